@@ -1,0 +1,25 @@
+//! Wire types shared by every chubby component.
+//!
+//! This crate holds only data: identifiers with their units ([`ids`], [`time`]), the
+//! messages replicas exchange to run Multi-Paxos ([`peer_msg`]) and the framing that puts
+//! any of them on a stream ([`codec`]). It depends on nothing that does I/O, so the pure
+//! cores in `chubby-server` and `chubby-client` can use it freely.
+//!
+//! # Versioning
+//! Every frame starts with [`codec::WIRE_VERSION`]; a peer speaking another version gets
+//! [`codec::DecodeError::UnknownVersion`], never a mis-parse.
+//!
+//! # Size limits
+//! Decoding is bounded by [`codec::FRAME_BYTES_MAX`] *before* anything is allocated, and a
+//! frame with trailing bytes is rejected (bincode 2 neither limits nor checks by default;
+//! see `../shared/STACK.md` §3).
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod ids;
+pub mod peer_msg;
+pub mod time;
+
+pub use ids::{Ballot, NodeId, Slot};
+pub use peer_msg::{PaxosMsg, PromiseEntry, Value};
+pub use time::Instant;

@@ -1,0 +1,149 @@
+//! The learner: which slots are chosen, contiguous delivery, and catch-up (PML §4.2).
+//!
+//! A slot becomes known chosen in one of three ways: a majority of Accepteds (on the
+//! master), a commit watermark from the master for a slot whose entry we accepted in the
+//! master's ballot, or a chosen value sent by a peer (catch-up reply, or a promise). Known
+//! values above the contiguous prefix wait in `chosen_above`; the prefix advances, is
+//! persisted, and is delivered in order.
+
+use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot, Value};
+
+use super::{Action, LogEntry, PersistBatch, Replica};
+
+impl Replica {
+    /// The master `from` says every slot through `chosen_through` is chosen; each of our
+    /// entries accepted in its `ballot` holds the chosen value.
+    pub(super) fn note_commit(&mut self, from: NodeId, ballot: Ballot, chosen_through: Slot) {
+        if chosen_through > self.known_chosen_through {
+            self.known_chosen_through = chosen_through;
+            self.catchup.source = Some(from);
+        }
+        if chosen_through <= self.chosen_through {
+            return;
+        }
+        let range = self.chosen_through.next()..=chosen_through;
+        let matching: Vec<(Slot, Value)> = self
+            .log
+            .range(range)
+            .filter(|(slot, e)| e.ballot == ballot && !self.chosen_above.contains_key(slot))
+            .map(|(slot, e)| (*slot, e.value.clone()))
+            .collect();
+        self.chosen_above.extend(matching);
+    }
+
+    /// Moves the contiguous chosen prefix forward, persists it, and delivers it.
+    pub(super) fn advance_chosen(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let before = self.chosen_through;
+        let mut batch = PersistBatch::default();
+        while let Some(value) = self.chosen_above.remove(&self.chosen_through.next()) {
+            let slot = self.chosen_through.next();
+            let holds_it = self.log.get(&slot).is_some_and(|e| e.value == value);
+            if !holds_it {
+                let entry = LogEntry { ballot: Ballot::ZERO, value };
+                self.log.insert(slot, entry.clone());
+                batch.entries.push((slot, entry));
+            }
+            self.chosen_through = slot;
+        }
+        // Values below the prefix that arrived late are already in the log.
+        while self.chosen_above.first_key_value().is_some_and(|(s, _)| *s <= self.chosen_through) {
+            self.chosen_above.pop_first();
+        }
+        if self.chosen_through > before {
+            batch.chosen_through = Some(self.chosen_through);
+            self.known_chosen_through = self.known_chosen_through.max(self.chosen_through);
+            Self::persist(out, batch);
+            self.announce_commit(now, out);
+            self.check_rebuild_done(now, out);
+        }
+        self.deliver(out);
+    }
+
+    fn deliver(&mut self, out: &mut Vec<Action>) {
+        while self.delivered < self.chosen_through {
+            let slot = self.delivered.next();
+            let entry = self.log.get(&slot).expect("every slot up to chosen_through is logged");
+            out.push(Action::Deliver { slot, value: entry.value.clone() });
+            self.delivered = slot;
+        }
+    }
+
+    /// Asks a peer for the chosen values we lack, retrying elsewhere when it does not answer.
+    pub(super) fn tick_catchup(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let behind = self.known_chosen_through > self.chosen_through;
+        if !behind {
+            self.catchup.retry_at = None;
+            return;
+        }
+        if self.catchup.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let retrying = self.catchup.retry_at.is_some();
+        self.request_catchup(now, retrying, out);
+    }
+
+    fn request_catchup(&mut self, now: Instant, rotate: bool, out: &mut Vec<Action>) {
+        let peers: Vec<NodeId> = self.cfg.peers().collect();
+        if peers.is_empty() {
+            return;
+        }
+        let source = match self.catchup.source.filter(|_| !rotate) {
+            Some(source) => source,
+            None => {
+                self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
+                peers[self.catchup.rotate % peers.len()]
+            }
+        };
+        self.catchup.source = Some(source);
+        self.catchup.retry_at = Some(now.plus_ms(self.cfg.retry_interval_ms));
+        let msg = PaxosMsg::CatchUpRequest {
+            from_slot: self.chosen_through.next(),
+            entries_max: self.cfg.catchup_entries_max,
+        };
+        Self::send(out, source, msg);
+    }
+
+    /// Sends the chosen values a peer asked for, bounded in count and bytes.
+    pub(super) fn serve_catchup(&mut self, from: NodeId, from_slot: Slot, entries_max: u32, out: &mut Vec<Action>) {
+        let count_max = entries_max.min(self.cfg.catchup_entries_max) as usize;
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let first = from_slot.max(Slot(1));
+        for (&slot, entry) in self.log.range(first..=self.chosen_through) {
+            let size = entry.value.payload_bytes();
+            if entries.len() >= count_max || (!entries.is_empty() && bytes + size > self.cfg.catchup_bytes_max) {
+                break;
+            }
+            bytes += size;
+            entries.push((slot, entry.value.clone()));
+        }
+        let reply = PaxosMsg::CatchUpReply { entries, chosen_through: self.chosen_through };
+        Self::send(out, from, reply);
+    }
+
+    pub(super) fn on_catchup_reply(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        entries: Vec<(Slot, Value)>,
+        chosen_through: Slot,
+        out: &mut Vec<Action>,
+    ) {
+        let progressed = entries.first().is_some_and(|(s, _)| *s == self.chosen_through.next());
+        for (slot, value) in entries {
+            if slot > self.chosen_through && slot <= chosen_through {
+                self.chosen_above.insert(slot, value);
+            }
+        }
+        if chosen_through > self.known_chosen_through {
+            self.known_chosen_through = chosen_through;
+        }
+        self.advance_chosen(now, out);
+        if progressed && self.known_chosen_through > self.chosen_through {
+            self.catchup.source = Some(from);
+            self.request_catchup(now, false, out);
+        } else if progressed {
+            self.catchup.retry_at = None;
+        }
+    }
+}

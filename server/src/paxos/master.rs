@@ -1,0 +1,485 @@
+//! The distinguished proposer: elections (phase 1 once for all open slots), phase 2 per
+//! slot with batching and a bounded window, the master lease, and ballot boosting
+//! (PML §4.2, §5.2).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot, Value};
+
+use super::{
+    Action, Inflight, LeaseTracker, LogEntry, MasterState, PersistBatch, Phase1, PromiseInfo,
+    Rejection, Replica, Role, RoleKind, LEASE_ROUNDS_MAX,
+};
+
+/// How phase 1 ended for the ballot it ran.
+enum Phase1Kind {
+    Election,
+    Boost,
+}
+
+impl Replica {
+    /// Whether this replica may start phase 1 now: it votes, and no lease it granted (or
+    /// may have granted before a restart) to another replica still runs.
+    pub(super) fn can_campaign(&self, now: Instant) -> bool {
+        self.voting() && !self.promise_blocked(now, self.cfg.me)
+    }
+
+    /// Starts an election with a ballot above everything seen.
+    pub(super) fn start_election(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let p1 = self.begin_phase1(now, out);
+        tracing::info!(me = %self.cfg.me, ballot = %p1.ballot, "starting election");
+        self.role = Role::Candidate(p1);
+        out.push(Action::Role { role: RoleKind::Candidate, epoch: None });
+        self.maybe_complete_phase1(now, out);
+    }
+
+    /// Promises a fresh ballot to ourselves (durably, before any Prepare leaves) and asks
+    /// every peer for the same.
+    fn begin_phase1(&mut self, now: Instant, out: &mut Vec<Action>) -> Phase1 {
+        let ballot = Ballot::next_above(self.promised.max(self.max_seen), self.cfg.me);
+        assert!(ballot > self.promised);
+        self.promised = ballot;
+        self.max_seen = ballot;
+        Self::persist(out, PersistBatch { promised: Some(ballot), ..PersistBatch::default() });
+        let from_slot = self.chosen_through.next();
+        let own = PromiseInfo {
+            chosen_through: self.chosen_through,
+            entries: self.promise_entries(from_slot),
+        };
+        let mut promises = BTreeMap::new();
+        promises.insert(self.cfg.me, own);
+        self.broadcast(out, &PaxosMsg::Prepare { ballot, from_slot });
+        Phase1 { ballot, from_slot, promises, retry_at: now.plus_ms(self.cfg.retry_interval_ms) }
+    }
+
+    pub(super) fn on_promise(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        ballot: Ballot,
+        info: PromiseInfo,
+        out: &mut Vec<Action>,
+    ) {
+        let phase1 = match &mut self.role {
+            Role::Candidate(p1) => Some(p1),
+            Role::Master(m) => m.boost.as_mut(),
+            Role::Follower => None,
+        };
+        let Some(p1) = phase1.filter(|p1| p1.ballot == ballot) else {
+            tracing::debug!(%from, %ballot, "ignoring stale Promise");
+            return;
+        };
+        p1.promises.insert(from, info);
+        self.maybe_complete_phase1(now, out);
+    }
+
+    fn maybe_complete_phase1(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let majority = self.cfg.majority();
+        let done = match &mut self.role {
+            Role::Candidate(p1) if p1.promises.len() >= majority => {
+                Some((p1.clone(), Phase1Kind::Election))
+            }
+            Role::Master(m) => match m.boost.take() {
+                Some(p1) if p1.promises.len() >= majority => Some((p1, Phase1Kind::Boost)),
+                other => {
+                    m.boost = other;
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some((p1, kind)) = done {
+            self.complete_phase1(now, p1, kind, out);
+        }
+    }
+
+    /// Phase 1 succeeded: learn what the promises say is chosen, re-propose the highest-ballot
+    /// value (or a no-op) in every other open slot, and lead from there.
+    fn complete_phase1(&mut self, now: Instant, p1: Phase1, kind: Phase1Kind, out: &mut Vec<Action>) {
+        assert!(p1.promises.len() >= self.cfg.majority());
+        assert!(p1.promises.contains_key(&self.cfg.me));
+        let (source, prefix) = p1
+            .promises
+            .iter()
+            .map(|(&node, info)| (node, info.chosen_through))
+            .max_by_key(|&(_, ct)| ct)
+            .expect("phase 1 has at least our own promise");
+        if prefix > self.known_chosen_through {
+            self.known_chosen_through = prefix;
+            self.catchup.source = Some(source);
+        }
+        // Per open slot: a value known chosen wins; otherwise the highest ballot's value.
+        let mut best: BTreeMap<Slot, (bool, Ballot, Value)> = BTreeMap::new();
+        for info in p1.promises.values() {
+            for e in info.entries.iter().filter(|e| e.slot > prefix) {
+                let rank = (e.chosen, e.ballot);
+                let better = best.get(&e.slot).is_none_or(|(c, b, _)| rank > (*c, *b));
+                if better {
+                    best.insert(e.slot, (e.chosen, e.ballot, e.value.clone()));
+                }
+            }
+        }
+        let last = best.keys().next_back().copied().unwrap_or(Slot::ZERO).max(prefix);
+        let last = last.max(self.chosen_through);
+        let mut reproposals = Vec::new();
+        for slot in (prefix.0 + 1..=last.0).map(Slot) {
+            match best.remove(&slot) {
+                Some((true, _, value)) => {
+                    if slot > self.chosen_through {
+                        self.chosen_above.insert(slot, value);
+                    }
+                }
+                Some((false, _, value)) => reproposals.push((slot, value)),
+                None => reproposals.push((slot, Value::noop())),
+            }
+        }
+        let ballot = p1.ballot;
+        match kind {
+            Phase1Kind::Election => self.become_master(now, ballot, last.next()),
+            Phase1Kind::Boost => {
+                if let Role::Master(m) = &mut self.role {
+                    tracing::info!(me = %self.cfg.me, %ballot, epoch = %m.epoch, "ballot boosted");
+                    m.ballot = ballot;
+                    m.inflight.clear();
+                    m.next_slot = m.next_slot.max(last.next());
+                }
+            }
+        }
+        for (slot, value) in reproposals {
+            if slot > self.chosen_through && !self.chosen_above.contains_key(&slot) {
+                self.propose(now, slot, value, out);
+            }
+        }
+        self.send_heartbeat(now, out);
+        if let Role::Master(m) = &self.role {
+            if matches!(kind, Phase1Kind::Election) {
+                out.push(Action::Role { role: RoleKind::Master, epoch: Some(m.epoch) });
+            }
+        }
+    }
+
+    fn become_master(&mut self, now: Instant, ballot: Ballot, next_slot: Slot) {
+        tracing::info!(me = %self.cfg.me, epoch = %ballot, %next_slot, "became master");
+        let boost_at = now.plus_ms(self.cfg.boost_interval_ms);
+        self.role = Role::Master(Box::new(MasterState {
+            ballot,
+            epoch: ballot,
+            boost: None,
+            next_slot,
+            inflight: BTreeMap::new(),
+            queue: VecDeque::new(),
+            lease: LeaseTracker::default(),
+            heartbeat_at: now,
+            boost_at,
+            noop_wanted: false,
+        }));
+        self.last_master = Some(self.cfg.me);
+        self.election_at = None;
+    }
+
+    /// Phase 2a for one slot: accept it ourselves (durably, before the Accept leaves: the
+    /// disk-loss rule relies on a master's own accept being durable), then ask the peers.
+    fn propose(&mut self, now: Instant, slot: Slot, value: Value, out: &mut Vec<Action>) {
+        let Role::Master(m) = &mut self.role else { unreachable!("propose needs a master") };
+        assert!(slot > self.chosen_through, "proposing in a chosen slot");
+        assert!(m.boost.is_none(), "proposing during a boost");
+        let ballot = m.ballot;
+        let entry = LogEntry { ballot, value: value.clone() };
+        self.log.insert(slot, entry.clone());
+        Self::persist(out, PersistBatch { entries: vec![(slot, entry)], ..PersistBatch::default() });
+        let lease_seq = m.lease.begin_round(now, self.cfg.me);
+        let msg = PaxosMsg::Accept {
+            ballot,
+            slot,
+            value: value.clone(),
+            chosen_through: self.chosen_through,
+            lease_seq,
+        };
+        let mut acks = BTreeSet::new();
+        acks.insert(self.cfg.me);
+        let resend_at = now.plus_ms(self.cfg.retry_interval_ms);
+        m.inflight.insert(slot, Inflight { value, acks, resend_at });
+        m.next_slot = m.next_slot.max(slot.next());
+        self.grant_lease(now, ballot);
+        self.broadcast(out, &msg);
+        self.check_chosen(slot);
+    }
+
+    /// Counts an acceptance; a majority makes the slot chosen.
+    pub(super) fn on_accepted(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        ballot: Ballot,
+        slot: Slot,
+        lease_seq: u64,
+    ) {
+        let majority = self.cfg.majority();
+        let believed_ms = self.cfg.master_lease_believed_ms();
+        let from_receipt = self.lease_from_receipt();
+        let Role::Master(m) = &mut self.role else { return };
+        if ballot != m.ballot {
+            tracing::debug!(%from, %ballot, "ignoring Accepted for another ballot");
+            return;
+        }
+        m.lease.ack(lease_seq, from, now, majority, believed_ms, from_receipt);
+        if let Some(inflight) = m.inflight.get_mut(&slot) {
+            inflight.acks.insert(from);
+        }
+        self.check_chosen(slot);
+    }
+
+    fn check_chosen(&mut self, slot: Slot) {
+        let majority = self.cfg.majority();
+        let Role::Master(m) = &mut self.role else { return };
+        let chosen = m.inflight.get(&slot).is_some_and(|i| i.acks.len() >= majority);
+        if chosen {
+            let inflight = m.inflight.remove(&slot).expect("checked above");
+            if slot > self.chosen_through {
+                self.chosen_above.insert(slot, inflight.value);
+            }
+        }
+    }
+
+    pub(super) fn on_heartbeat_ack(&mut self, now: Instant, from: NodeId, ballot: Ballot, lease_seq: u64) {
+        let majority = self.cfg.majority();
+        let believed_ms = self.cfg.master_lease_believed_ms();
+        let from_receipt = self.lease_from_receipt();
+        let Role::Master(m) = &mut self.role else { return };
+        let current = m.boost.as_ref().map_or(m.ballot, |p1| p1.ballot);
+        if ballot == current || ballot == m.ballot {
+            m.lease.ack(lease_seq, from, now, majority, believed_ms, from_receipt);
+        }
+    }
+
+    pub(super) fn on_nack(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        ballot: Ballot,
+        promised: Ballot,
+        lease_held: bool,
+        out: &mut Vec<Action>,
+    ) {
+        self.note_ballot(promised);
+        if promised.node == self.cfg.me && !lease_held {
+            // Our own later ballot (a boost) outranks the one refused: nothing to do.
+            return;
+        }
+        let mine = match &self.role {
+            Role::Candidate(p1) => p1.ballot == ballot,
+            Role::Master(m) => m.ballot == ballot || m.boost.as_ref().is_some_and(|p| p.ballot == ballot),
+            Role::Follower => false,
+        };
+        if !mine {
+            return;
+        }
+        tracing::info!(me = %self.cfg.me, %from, %ballot, %promised, lease_held, "refused; stepping down");
+        if promised > ballot || matches!(self.role, Role::Candidate(_)) {
+            self.step_down(now, out);
+        }
+    }
+
+    /// Steps down if `ballot`, owned by another replica, is above ours.
+    pub(super) fn step_down_for(&mut self, now: Instant, ballot: Ballot, out: &mut Vec<Action>) {
+        if ballot.node == self.cfg.me {
+            return;
+        }
+        let ours = match &self.role {
+            Role::Follower => return,
+            Role::Candidate(p1) => p1.ballot,
+            Role::Master(m) => m.boost.as_ref().map_or(m.ballot, |p| p.ballot),
+        };
+        if ballot > ours {
+            self.step_down(now, out);
+        }
+    }
+
+    fn step_down(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let old = std::mem::replace(&mut self.role, Role::Follower);
+        if let Role::Master(m) = old {
+            tracing::info!(me = %self.cfg.me, epoch = %m.epoch, "stepped down as master");
+            for command in m.queue {
+                let reason = Rejection::NotMaster { hint: None };
+                out.push(Action::Rejected { command, reason });
+            }
+        }
+        out.push(Action::Role { role: RoleKind::Follower, epoch: None });
+        let wait = self.election_wait();
+        self.election_at = Some(now.plus_ms(wait));
+    }
+
+    pub(super) fn tick_candidate(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Role::Candidate(p1) = &mut self.role else { return };
+        if now >= p1.retry_at {
+            Self::resend_prepare(&self.cfg, p1, now, out);
+        }
+    }
+
+    fn resend_prepare(cfg: &super::Config, p1: &mut Phase1, now: Instant, out: &mut Vec<Action>) {
+        p1.retry_at = now.plus_ms(cfg.retry_interval_ms);
+        let msg = PaxosMsg::Prepare { ballot: p1.ballot, from_slot: p1.from_slot };
+        for to in cfg.peers().filter(|n| !p1.promises.contains_key(n)) {
+            out.push(Action::Send { to, msg: msg.clone() });
+        }
+    }
+
+    pub(super) fn tick_master(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Role::Master(m) = &mut self.role else { return };
+        if let Some(p1) = &mut m.boost {
+            if now >= p1.retry_at {
+                Self::resend_prepare(&self.cfg, p1, now, out);
+            }
+        } else if now >= m.boost_at {
+            m.boost_at = now.plus_ms(self.cfg.boost_interval_ms);
+            let p1 = self.begin_phase1(now, out);
+            tracing::debug!(me = %self.cfg.me, ballot = %p1.ballot, "boosting ballot");
+            if let Role::Master(m) = &mut self.role {
+                m.boost = Some(p1);
+            }
+            self.maybe_complete_phase1(now, out);
+        }
+        self.resend_accepts(now, out);
+        let heartbeat_due = matches!(&self.role, Role::Master(m) if now >= m.heartbeat_at);
+        if heartbeat_due {
+            self.send_heartbeat(now, out);
+        }
+    }
+
+    /// Resends Accepts nobody answered in time, to the peers that have not acked.
+    fn resend_accepts(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let chosen_through = self.chosen_through;
+        let Role::Master(m) = &mut self.role else { return };
+        if m.boost.is_some() {
+            return;
+        }
+        let due: Vec<Slot> =
+            m.inflight.iter().filter(|(_, i)| now >= i.resend_at).map(|(s, _)| *s).collect();
+        if due.is_empty() {
+            return;
+        }
+        let lease_seq = m.lease.begin_round(now, self.cfg.me);
+        for slot in due {
+            let inflight = m.inflight.get_mut(&slot).expect("listed above");
+            inflight.resend_at = now.plus_ms(self.cfg.retry_interval_ms);
+            let msg = PaxosMsg::Accept {
+                ballot: m.ballot,
+                slot,
+                value: inflight.value.clone(),
+                chosen_through,
+                lease_seq,
+            };
+            for to in self.cfg.peers().filter(|n| !inflight.acks.contains(n)) {
+                out.push(Action::Send { to, msg: msg.clone() });
+            }
+        }
+    }
+
+    /// Renews the lease and announces the chosen watermark.
+    fn send_heartbeat(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let chosen_through = self.chosen_through;
+        let Role::Master(m) = &mut self.role else { return };
+        let ballot = m.boost.as_ref().map_or(m.ballot, |p1| p1.ballot);
+        m.heartbeat_at = now.plus_ms(self.cfg.heartbeat_interval_ms);
+        let lease_seq = m.lease.begin_round(now, self.cfg.me);
+        self.grant_lease(now, ballot);
+        self.broadcast(out, &PaxosMsg::Heartbeat { ballot, chosen_through, lease_seq });
+        // A single-member cell is its own majority.
+        let majority = self.cfg.majority();
+        let believed_ms = self.cfg.master_lease_believed_ms();
+        if let Role::Master(m) = &mut self.role {
+            m.lease.ack(lease_seq, self.cfg.me, now, majority, believed_ms, false);
+        }
+    }
+
+    pub(super) fn on_submit(&mut self, _now: Instant, command: Vec<u8>, out: &mut Vec<Action>) {
+        let hint = self.last_master;
+        let queue_max = self.cfg.queue_commands_max;
+        match &mut self.role {
+            Role::Master(m) if m.queue.len() < queue_max => m.queue.push_back(command),
+            Role::Master(_) => out.push(Action::Rejected { command, reason: Rejection::Busy }),
+            Role::Follower | Role::Candidate(_) => {
+                let reason = Rejection::NotMaster { hint };
+                out.push(Action::Rejected { command, reason });
+            }
+        }
+    }
+
+    /// Fills the window from the queue, one batch per slot; announces the watermark when
+    /// nothing else will carry it.
+    pub(super) fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
+        loop {
+            let Role::Master(m) = &mut self.role else { return };
+            if m.boost.is_some() || m.inflight.len() >= self.cfg.window {
+                return;
+            }
+            if m.queue.is_empty() && !m.noop_wanted {
+                return;
+            }
+            m.noop_wanted = false;
+            let mut commands = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(next) = m.queue.front() {
+                let fits = commands.is_empty()
+                    || (commands.len() < self.cfg.batch_commands_max
+                        && bytes + next.len() <= self.cfg.batch_bytes_max);
+                if !fits {
+                    break;
+                }
+                bytes += next.len();
+                commands.push(m.queue.pop_front().expect("front exists"));
+            }
+            let slot = m.next_slot;
+            self.propose(now, slot, Value { commands }, out);
+        }
+    }
+
+    fn lease_from_receipt(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.cfg.bugs.lease_from_receipt
+    }
+
+    /// Called when the chosen watermark moved on a master: tell the followers now if no
+    /// Accept is about to carry the news.
+    pub(super) fn announce_commit(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let idle = matches!(&self.role, Role::Master(m) if m.inflight.is_empty() && m.queue.is_empty() && m.boost.is_none());
+        if idle {
+            self.send_heartbeat(now, out);
+        }
+    }
+
+    /// A rebuilding peer needs an instance that starts after its restart.
+    pub(super) fn want_noop(&mut self) {
+        if let Role::Master(m) = &mut self.role {
+            m.noop_wanted = true;
+        }
+    }
+}
+
+impl LeaseTracker {
+    /// Starts a lease round sent at `now`, acked by ourselves.
+    fn begin_round(&mut self, now: Instant, me: NodeId) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut acks = BTreeSet::new();
+        acks.insert(me);
+        self.rounds.insert(seq, (now, acks));
+        while self.rounds.len() > LEASE_ROUNDS_MAX {
+            self.rounds.pop_first();
+        }
+        seq
+    }
+
+    /// Records `from`'s ack of round `seq`; a majority extends the lease from the round's
+    /// send time (PML §5.2), never from the ack's arrival.
+    fn ack(&mut self, seq: u64, from: NodeId, now: Instant, majority: usize, believed_ms: u64, from_receipt: bool) {
+        let Some((sent_at, acks)) = self.rounds.get_mut(&seq) else { return };
+        acks.insert(from);
+        if acks.len() < majority {
+            return;
+        }
+        let start = if from_receipt { now } else { *sent_at };
+        let until = start.plus_ms(believed_ms);
+        self.until = Some(self.until.map_or(until, |u| u.max(until)));
+        self.rounds.retain(|&s, _| s > seq);
+    }
+}

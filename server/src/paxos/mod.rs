@@ -1,0 +1,509 @@
+//! A pure Multi-Paxos replica (Paxos Made Live §3–5; DESIGN §2).
+//!
+//! ```text
+//!  Input::Submit(cmd) ──► master: queue ─► batch ─► propose(slot) ──Persist,Send Accept──►
+//!  Input::Peer(msg)   ──► acceptor: Prepare/Accept/Heartbeat ──Persist, then Send reply──►
+//!                     ──► master: Promise/Accepted/Nack/HeartbeatAck ─► chosen, lease
+//!                     ──► learner: commit watermark, catch-up replies ─► Deliver(slot)
+//!                     ──► rebuild: disk-loss rule (no vote until safe)
+//!  Input::Tick        ──► timers: election, heartbeat, boost, resends, catch-up, rebuild
+//! ```
+//!
+//! The replica never touches a clock, disk, socket or random source: `now` arrives with every
+//! input, writes leave as [`Action::Persist`], messages as [`Action::Send`]. The shell executes
+//! actions **in order**, and a `Persist` must be durable before any later `Send` runs. Merging
+//! several `Persist`s into one sync, and moving a `Persist` *earlier*, are always allowed
+//! (group commit); moving one later never is.
+//!
+//! # Invariants (checked by [`Replica::check_invariants`] and the simulator)
+//! - `delivered <= chosen_through`, and every slot up to `chosen_through` has a log entry
+//!   holding its chosen value; values are delivered in slot order, once per slot per start.
+//! - A promise or accept reply is sent only after the state it reports was persisted.
+//! - An acceptor refuses to promise another replica's ballot while a lease it granted runs,
+//!   and for one lease after it starts (it forgot what it granted).
+//! - The master believes its lease for `master_lease_ms·(1-ε)/(1+ε)` from before it sent.
+//! - A replica whose store was lost sends no promise, accept or lease ack until the rebuild
+//!   rule ([`rebuild`]) is met.
+//!
+//! # The master epoch
+//! The epoch is the ballot with which a replica *became* master. Boosting (PML §5.2) raises
+//! the ballot but keeps the epoch, because PML §5.3 defines the epoch as unchanged exactly
+//! while one replica stays master.
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod acceptor;
+pub mod config;
+pub mod durable;
+mod learner;
+mod master;
+mod rebuild;
+pub mod rng;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, PromiseEntry, Slot, Value};
+
+pub use config::{Bugs, Config, ConfigError};
+pub use durable::{DurableState, LogEntry, PersistBatch};
+
+/// Something that happened to the replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Time passed; the shell delivers it no later than [`Replica::next_deadline`].
+    Tick,
+    /// A message from another member.
+    Peer {
+        /// The authenticated sender.
+        from: NodeId,
+        /// The message.
+        msg: PaxosMsg,
+    },
+    /// A command to append to the log (PML Fig. 2 `submit`).
+    Submit {
+        /// The encoded command; opaque to Paxos.
+        command: Vec<u8>,
+    },
+}
+
+/// Why a submitted command was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// This replica is not master; `hint` is the master it last heard from.
+    NotMaster {
+        /// The probable master.
+        hint: Option<NodeId>,
+    },
+    /// The master's queue is full.
+    Busy,
+}
+
+/// The replica's role, as reported by [`Action::Role`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleKind {
+    /// Accepting, learning, waiting for a master.
+    Follower,
+    /// Running phase 1 to become master.
+    Candidate,
+    /// Master: phase 1 done for its ballot.
+    Master,
+}
+
+/// What the shell must do, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Make the batch durable (fsync) before executing any later action.
+    Persist(PersistBatch),
+    /// Send a message to a member. Best effort: loss is tolerated.
+    Send {
+        /// The receiver.
+        to: NodeId,
+        /// The message.
+        msg: PaxosMsg,
+    },
+    /// `value` is chosen for `slot`. Slots arrive contiguously from the first slot after
+    /// the start, each once per start of the replica.
+    Deliver {
+        /// The instance.
+        slot: Slot,
+        /// Its chosen value.
+        value: Value,
+    },
+    /// A submitted command will not be proposed.
+    Rejected {
+        /// The command, returned.
+        command: Vec<u8>,
+        /// Why.
+        reason: Rejection,
+    },
+    /// The replica's role changed; `epoch` is set while master.
+    Role {
+        /// The new role.
+        role: RoleKind,
+        /// The master epoch, when master.
+        epoch: Option<Ballot>,
+    },
+}
+
+/// Phase 1 in progress: an election, or a master's boost.
+#[derive(Clone, Debug)]
+struct Phase1 {
+    ballot: Ballot,
+    from_slot: Slot,
+    promises: BTreeMap<NodeId, PromiseInfo>,
+    retry_at: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct PromiseInfo {
+    chosen_through: Slot,
+    entries: Vec<PromiseEntry>,
+}
+
+/// One proposed, not yet chosen instance.
+#[derive(Clone, Debug)]
+struct Inflight {
+    value: Value,
+    acks: BTreeSet<NodeId>,
+    resend_at: Instant,
+}
+
+/// Lease rounds sent and acked; the master's belief in its lease.
+#[derive(Clone, Debug, Default)]
+struct LeaseTracker {
+    until: Option<Instant>,
+    next_seq: u64,
+    rounds: BTreeMap<u64, (Instant, BTreeSet<NodeId>)>,
+}
+
+/// Lease rounds remembered; older unacked rounds are forgotten (which only shortens the
+/// lease, never lengthens it).
+const LEASE_ROUNDS_MAX: usize = 64;
+
+#[derive(Clone, Debug)]
+struct MasterState {
+    ballot: Ballot,
+    epoch: Ballot,
+    boost: Option<Phase1>,
+    next_slot: Slot,
+    inflight: BTreeMap<Slot, Inflight>,
+    queue: VecDeque<Vec<u8>>,
+    lease: LeaseTracker,
+    heartbeat_at: Instant,
+    boost_at: Instant,
+    noop_wanted: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Role {
+    Follower,
+    Candidate(Phase1),
+    Master(Box<MasterState>),
+}
+
+/// Progress of the disk-loss rule.
+#[derive(Clone, Debug)]
+struct Rebuild {
+    nonce: u64,
+    replies: BTreeMap<NodeId, (Ballot, Slot)>,
+    target: Option<Slot>,
+    retry_at: Instant,
+}
+
+#[derive(Clone, Debug, Default)]
+struct CatchUp {
+    source: Option<NodeId>,
+    retry_at: Option<Instant>,
+    rotate: usize,
+}
+
+/// A Multi-Paxos replica: acceptor, master (distinguished proposer) and learner in one.
+#[derive(Debug)]
+pub struct Replica {
+    cfg: Config,
+    rng: rng::SplitMix64,
+    last_now: Option<Instant>,
+    promise_not_before: Instant,
+    // Acceptor.
+    voter: bool,
+    promised: Ballot,
+    max_seen: Ballot,
+    log: BTreeMap<Slot, LogEntry>,
+    lease_granted: Option<(Ballot, Instant)>,
+    // Learner.
+    chosen_through: Slot,
+    chosen_above: BTreeMap<Slot, Value>,
+    delivered: Slot,
+    known_chosen_through: Slot,
+    catchup: CatchUp,
+    // Roles.
+    role: Role,
+    last_master: Option<NodeId>,
+    election_at: Option<Instant>,
+    rebuild: Option<Rebuild>,
+}
+
+impl Replica {
+    /// A replica resuming from `durable`, as loaded by the shell.
+    ///
+    /// # Errors
+    /// The configuration is invalid, or the durable state fails its structural checks.
+    pub fn new(cfg: Config, durable: DurableState) -> Result<Replica, ConfigError> {
+        cfg.validate()?;
+        durable.validate().map_err(|_| ConfigError::Invalid("durable state is inconsistent"))?;
+        let voter = durable.voter;
+        let rng = rng::SplitMix64::new(cfg.seed ^ 0xC4B8_B1E5);
+        let rebuild = (!voter).then(|| Rebuild {
+            nonce: cfg.seed.rotate_left(17) ^ durable.promised.round,
+            replies: BTreeMap::new(),
+            target: None,
+            retry_at: Instant::ZERO,
+        });
+        Ok(Replica {
+            rng,
+            last_now: None,
+            promise_not_before: Instant::ZERO,
+            voter,
+            promised: durable.promised,
+            max_seen: durable.promised,
+            log: durable.log,
+            lease_granted: None,
+            chosen_through: durable.chosen_through,
+            chosen_above: BTreeMap::new(),
+            delivered: Slot::ZERO,
+            known_chosen_through: durable.chosen_through,
+            catchup: CatchUp::default(),
+            role: Role::Follower,
+            last_master: None,
+            election_at: None,
+            rebuild,
+            cfg,
+        })
+    }
+
+    /// Feeds one input; appends the actions it causes to `out`, in execution order.
+    pub fn step(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
+        self.observe_time(now);
+        match input {
+            Input::Tick => self.on_tick(now, out),
+            Input::Peer { from, msg } => self.on_peer(now, from, msg, out),
+            Input::Submit { command } => self.on_submit(now, command, out),
+        }
+        self.advance_chosen(now, out);
+        self.pump(now, out);
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    /// The latest time by which [`Input::Tick`] must be delivered.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut deadlines = vec![self.election_at, self.catchup.retry_at];
+        if let Some(rebuild) = &self.rebuild {
+            deadlines.push(Some(rebuild.retry_at));
+        }
+        match &self.role {
+            Role::Follower => {}
+            Role::Candidate(p1) => deadlines.push(Some(p1.retry_at)),
+            Role::Master(m) => {
+                deadlines.push(Some(m.heartbeat_at));
+                deadlines.push(Some(m.boost_at));
+                deadlines.push(m.boost.as_ref().map(|p1| p1.retry_at));
+                deadlines.extend(m.inflight.values().map(|i| Some(i.resend_at)));
+            }
+        }
+        deadlines.into_iter().flatten().min()
+    }
+
+    /// This replica's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.cfg.me
+    }
+
+    /// The current role.
+    #[must_use]
+    pub fn role(&self) -> RoleKind {
+        match self.role {
+            Role::Follower => RoleKind::Follower,
+            Role::Candidate(_) => RoleKind::Candidate,
+            Role::Master(_) => RoleKind::Master,
+        }
+    }
+
+    /// The master epoch, while master.
+    #[must_use]
+    pub fn epoch(&self) -> Option<Ballot> {
+        match &self.role {
+            Role::Master(m) => Some(m.epoch),
+            _ => None,
+        }
+    }
+
+    /// The end of the master lease this replica believes it holds at `now`, if any. While
+    /// this is `Some`, no other replica can get a value chosen (PML §5.2).
+    #[must_use]
+    pub fn lease_until(&self, now: Instant) -> Option<Instant> {
+        match &self.role {
+            Role::Master(m) => m.lease.until.filter(|&until| now < until),
+            _ => None,
+        }
+    }
+
+    /// The highest ballot promised.
+    #[must_use]
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    /// Every slot up to this one is known chosen here.
+    #[must_use]
+    pub fn chosen_through(&self) -> Slot {
+        self.chosen_through
+    }
+
+    /// False while rebuilding after disk loss.
+    #[must_use]
+    pub fn is_voter(&self) -> bool {
+        self.voter
+    }
+
+    /// The master this replica last heard from.
+    #[must_use]
+    pub fn master_hint(&self) -> Option<NodeId> {
+        match self.role {
+            Role::Master(_) => Some(self.cfg.me),
+            _ => self.last_master,
+        }
+    }
+
+    /// Structural invariants; cheap. Called after every step in debug builds and by the
+    /// simulator after every event.
+    ///
+    /// # Panics
+    /// When an invariant is broken: that is a bug in this module.
+    pub fn check_invariants(&self) {
+        assert!(self.delivered <= self.chosen_through, "delivered beyond chosen");
+        if let Some((&first_above, _)) = self.chosen_above.first_key_value() {
+            assert!(first_above > self.chosen_through.next(), "chosen_above not pruned");
+        }
+        if self.chosen_through > Slot::ZERO {
+            assert!(self.log.contains_key(&self.chosen_through), "chosen slot has no entry");
+        }
+        assert!(!self.log.contains_key(&Slot::ZERO), "slot 0 used");
+        assert!(self.voter == self.rebuild.is_none(), "rebuild state out of step with voter");
+        if let Role::Master(m) = &self.role {
+            assert!(m.ballot >= m.epoch, "master ballot below its epoch");
+            assert!(m.ballot.node == self.cfg.me, "master with a foreign ballot");
+            assert!(self.promised >= m.ballot, "master ballot not promised by itself");
+            assert!(m.queue.len() <= self.cfg.queue_commands_max, "queue over its bound");
+            for slot in m.inflight.keys() {
+                assert!(*slot < m.next_slot, "in-flight slot not yet allocated");
+                assert!(*slot > self.chosen_through, "in-flight slot already chosen");
+            }
+        }
+        if let Role::Candidate(p1) = &self.role {
+            assert!(p1.ballot.node == self.cfg.me, "candidate with a foreign ballot");
+        }
+    }
+
+    fn observe_time(&mut self, now: Instant) {
+        match self.last_now {
+            None => {
+                // We forgot any lease we granted before this start: promise nothing to
+                // anyone for one lease (DESIGN §7).
+                self.promise_not_before = now.plus_ms(self.cfg.master_lease_ms);
+                let wait = self.election_wait();
+                self.election_at = Some(now.plus_ms(wait));
+            }
+            Some(last) => assert!(now >= last, "time went backwards: {last} then {now}"),
+        }
+        self.last_now = Some(now);
+    }
+
+    fn on_peer(&mut self, now: Instant, from: NodeId, msg: PaxosMsg, out: &mut Vec<Action>) {
+        if from == self.cfg.me || !self.cfg.members.contains(&from) {
+            tracing::debug!(%from, kind = msg.kind(), "ignoring message from a non-member");
+            return;
+        }
+        match msg {
+            PaxosMsg::Prepare { ballot, from_slot } => {
+                self.on_prepare(now, from, ballot, from_slot, out);
+            }
+            PaxosMsg::Promise { ballot, chosen_through, entries } => {
+                self.on_promise(now, from, ballot, PromiseInfo { chosen_through, entries }, out);
+            }
+            PaxosMsg::Accept { ballot, slot, value, chosen_through, lease_seq } => {
+                let accept = acceptor::AcceptMsg { ballot, slot, value, chosen_through, lease_seq };
+                self.on_accept(now, from, accept, out);
+            }
+            PaxosMsg::Accepted { ballot, slot, lease_seq } => {
+                self.on_accepted(now, from, ballot, slot, lease_seq);
+            }
+            PaxosMsg::Heartbeat { ballot, chosen_through, lease_seq } => {
+                self.on_heartbeat(now, from, ballot, chosen_through, lease_seq, out);
+            }
+            PaxosMsg::HeartbeatAck { ballot, lease_seq } => {
+                self.on_heartbeat_ack(now, from, ballot, lease_seq);
+            }
+            PaxosMsg::Nack { ballot, promised, lease_held } => {
+                self.on_nack(now, from, ballot, promised, lease_held, out);
+            }
+            PaxosMsg::CatchUpRequest { from_slot, entries_max } => {
+                self.serve_catchup(from, from_slot, entries_max, out);
+            }
+            PaxosMsg::CatchUpReply { entries, chosen_through } => {
+                self.on_catchup_reply(now, from, entries, chosen_through, out);
+            }
+            PaxosMsg::RebuildQuery { nonce } => self.serve_rebuild_query(from, nonce, out),
+            PaxosMsg::RebuildReply { nonce, promised, accepted_through } => {
+                self.on_rebuild_reply(from, nonce, promised, accepted_through, out);
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.tick_catchup(now, out);
+        self.tick_rebuild(now, out);
+        match &self.role {
+            Role::Follower => {
+                if self.election_at.is_some_and(|at| now >= at) {
+                    if self.can_campaign(now) {
+                        self.start_election(now, out);
+                    } else {
+                        let wait = self.election_wait();
+                        self.election_at = Some(now.plus_ms(wait));
+                    }
+                }
+            }
+            Role::Candidate(_) => self.tick_candidate(now, out),
+            Role::Master(_) => self.tick_master(now, out),
+        }
+    }
+
+    /// A random election wait in `[t, 2t)`.
+    fn election_wait(&mut self) -> u64 {
+        let t = self.cfg.election_timeout_ms;
+        self.rng.range(t, 2 * t)
+    }
+
+    /// Whether this replica currently counts as a voter (the bug switch can fake it).
+    fn voting(&self) -> bool {
+        self.voter || (cfg!(feature = "bug-injection") && self.cfg.bugs.skip_no_vote_rule)
+    }
+
+    fn note_ballot(&mut self, ballot: Ballot) {
+        self.max_seen = self.max_seen.max(ballot);
+    }
+
+    fn send(out: &mut Vec<Action>, to: NodeId, msg: PaxosMsg) {
+        out.push(Action::Send { to, msg });
+    }
+
+    fn broadcast(&self, out: &mut Vec<Action>, msg: &PaxosMsg) {
+        for to in self.cfg.peers() {
+            out.push(Action::Send { to, msg: msg.clone() });
+        }
+    }
+
+    fn persist(out: &mut Vec<Action>, batch: PersistBatch) {
+        if !batch.is_empty() {
+            out.push(Action::Persist(batch));
+        }
+    }
+
+    /// Emits `persist` then `reply`, the order durability demands (or the reverse under the
+    /// `reply_before_persist` bug).
+    fn persist_then_send(&self, out: &mut Vec<Action>, batch: PersistBatch, to: NodeId, reply: PaxosMsg) {
+        if cfg!(feature = "bug-injection") && self.cfg.bugs.reply_before_persist {
+            Self::send(out, to, reply);
+            Self::persist(out, batch);
+        } else {
+            Self::persist(out, batch);
+            Self::send(out, to, reply);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
