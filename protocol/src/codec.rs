@@ -91,9 +91,14 @@ mod tests {
 
     fn sample() -> PaxosMsg {
         PaxosMsg::Accept {
-            ballot: Ballot { round: 7, node: NodeId(2) },
+            ballot: Ballot {
+                round: 7,
+                node: NodeId(2),
+            },
             slot: Slot(42),
-            value: Value { commands: vec![b"hello".to_vec(), vec![]] },
+            value: Value {
+                commands: vec![b"hello".to_vec(), vec![]],
+            },
             chosen_through: Slot(41),
             lease_seq: 9,
         }
@@ -109,10 +114,16 @@ mod tests {
     fn rejects_trailing_bytes_unknown_version_and_empty() {
         let mut frame = encode(&sample()).unwrap();
         frame.push(0);
-        assert_eq!(decode::<PaxosMsg>(&frame), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            decode::<PaxosMsg>(&frame),
+            Err(DecodeError::TrailingBytes(1))
+        );
         let mut frame = encode(&sample()).unwrap();
         frame[0] = 99;
-        assert_eq!(decode::<PaxosMsg>(&frame), Err(DecodeError::UnknownVersion(99)));
+        assert_eq!(
+            decode::<PaxosMsg>(&frame),
+            Err(DecodeError::UnknownVersion(99))
+        );
         assert_eq!(decode::<PaxosMsg>(&[]), Err(DecodeError::Empty));
     }
 
@@ -121,7 +132,10 @@ mod tests {
         // Accept variant (tag 2), ballot, slot, then a command list claiming 2^40 entries.
         let mut frame = vec![WIRE_VERSION, 2, 7, 2, 42, 251];
         frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(matches!(decode::<PaxosMsg>(&frame), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<PaxosMsg>(&frame),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -129,7 +143,9 @@ mod tests {
         let big = PaxosMsg::Accept {
             ballot: Ballot::ZERO,
             slot: Slot(1),
-            value: Value { commands: vec![vec![0u8; FRAME_BYTES_MAX]] },
+            value: Value {
+                commands: vec![vec![0u8; FRAME_BYTES_MAX]],
+            },
             chosen_through: Slot::ZERO,
             lease_seq: 0,
         };

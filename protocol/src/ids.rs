@@ -47,16 +47,25 @@ pub struct Ballot {
 
 impl Ballot {
     /// Lower than every ballot a replica can use (rounds start at 1).
-    pub const ZERO: Ballot = Ballot { round: 0, node: NodeId(0) };
+    pub const ZERO: Ballot = Ballot {
+        round: 0,
+        node: NodeId(0),
+    };
 
     /// The smallest ballot owned by `node` that is above `seen`.
     #[must_use]
     pub fn next_above(seen: Ballot, node: NodeId) -> Ballot {
-        let candidate = Ballot { round: seen.round, node };
+        let candidate = Ballot {
+            round: seen.round,
+            node,
+        };
         if candidate > seen {
             candidate
         } else {
-            Ballot { round: seen.round + 1, node }
+            Ballot {
+                round: seen.round + 1,
+                node,
+            }
         }
     }
 }
@@ -73,20 +82,44 @@ mod tests {
 
     #[test]
     fn ballots_order_by_round_then_node() {
-        let a = Ballot { round: 1, node: NodeId(3) };
-        let b = Ballot { round: 2, node: NodeId(1) };
-        let c = Ballot { round: 2, node: NodeId(2) };
+        let a = Ballot {
+            round: 1,
+            node: NodeId(3),
+        };
+        let b = Ballot {
+            round: 2,
+            node: NodeId(1),
+        };
+        let c = Ballot {
+            round: 2,
+            node: NodeId(2),
+        };
         assert!(a < b && b < c);
         assert!(Ballot::ZERO < a);
     }
 
     #[test]
     fn next_above_is_strictly_greater_and_owned() {
-        let seen = Ballot { round: 5, node: NodeId(2) };
+        let seen = Ballot {
+            round: 5,
+            node: NodeId(2),
+        };
         let mine = Ballot::next_above(seen, NodeId(3));
-        assert_eq!(mine, Ballot { round: 5, node: NodeId(3) });
+        assert_eq!(
+            mine,
+            Ballot {
+                round: 5,
+                node: NodeId(3)
+            }
+        );
         let mine = Ballot::next_above(seen, NodeId(1));
-        assert_eq!(mine, Ballot { round: 6, node: NodeId(1) });
+        assert_eq!(
+            mine,
+            Ballot {
+                round: 6,
+                node: NodeId(1)
+            }
+        );
         assert!(Ballot::next_above(Ballot::ZERO, NodeId(1)) > Ballot::ZERO);
     }
 }

@@ -21,7 +21,9 @@ impl Value {
     /// The no-op value.
     #[must_use]
     pub fn noop() -> Value {
-        Value { commands: Vec::new() }
+        Value {
+            commands: Vec::new(),
+        }
     }
 
     /// True for the no-op value.

@@ -36,12 +36,20 @@ impl Replica {
             return;
         }
         if ballot < self.promised {
-            let nack = PaxosMsg::Nack { ballot, promised: self.promised, lease_held: false };
+            let nack = PaxosMsg::Nack {
+                ballot,
+                promised: self.promised,
+                lease_held: false,
+            };
             Self::send(out, from, nack);
             return;
         }
         if self.promise_blocked(now, ballot.node) {
-            let nack = PaxosMsg::Nack { ballot, promised: self.promised, lease_held: true };
+            let nack = PaxosMsg::Nack {
+                ballot,
+                promised: self.promised,
+                lease_held: true,
+            };
             Self::send(out, from, nack);
             return;
         }
@@ -65,7 +73,13 @@ impl Replica {
     }
 
     /// Phase 2b. Accepting also grants the master lease and carries the commit watermark.
-    pub(super) fn on_accept(&mut self, now: Instant, from: NodeId, a: AcceptMsg, out: &mut Vec<Action>) {
+    pub(super) fn on_accept(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        a: AcceptMsg,
+        out: &mut Vec<Action>,
+    ) {
         if a.ballot.node != from || a.slot == Slot::ZERO {
             tracing::warn!(%from, ballot = %a.ballot, "ignoring malformed Accept");
             return;
@@ -76,8 +90,13 @@ impl Replica {
             self.note_commit(from, a.ballot, a.chosen_through);
             return;
         }
-        if a.ballot < self.promised {
-            let nack = PaxosMsg::Nack { ballot: a.ballot, promised: self.promised, lease_held: false };
+        if a.ballot < self.promised || self.lease_held_by_other(now, a.ballot.node) {
+            let lease_held = a.ballot >= self.promised;
+            let nack = PaxosMsg::Nack {
+                ballot: a.ballot,
+                promised: self.promised,
+                lease_held,
+            };
             Self::send(out, from, nack);
             return;
         }
@@ -90,11 +109,18 @@ impl Replica {
         // because any ballot proposing there proposes that value (Paxos P2c).
         let known_chosen = a.slot <= self.chosen_through || self.chosen_above.contains_key(&a.slot);
         if !known_chosen {
-            let entry = LogEntry { ballot: a.ballot, value: a.value };
+            let entry = LogEntry {
+                ballot: a.ballot,
+                value: a.value,
+            };
             self.log.insert(a.slot, entry.clone());
             batch.entries.push((a.slot, entry));
         }
-        let reply = PaxosMsg::Accepted { ballot: a.ballot, slot: a.slot, lease_seq: a.lease_seq };
+        let reply = PaxosMsg::Accepted {
+            ballot: a.ballot,
+            slot: a.slot,
+            lease_seq: a.lease_seq,
+        };
         self.persist_then_send(out, batch, from, reply);
         self.grant_lease(now, a.ballot);
         self.heard_from_master(now, a.ballot);
@@ -123,8 +149,13 @@ impl Replica {
             self.note_commit(from, ballot, chosen_through);
             return;
         }
-        if ballot < self.promised {
-            let nack = PaxosMsg::Nack { ballot, promised: self.promised, lease_held: false };
+        if ballot < self.promised || self.lease_held_by_other(now, ballot.node) {
+            let lease_held = ballot >= self.promised;
+            let nack = PaxosMsg::Nack {
+                ballot,
+                promised: self.promised,
+                lease_held,
+            };
             Self::send(out, from, nack);
             return;
         }
@@ -135,15 +166,24 @@ impl Replica {
         self.note_commit(from, ballot, chosen_through);
     }
 
-    /// True when a promise to `node` must be refused: another replica's lease runs here, or
-    /// this replica restarted less than a lease ago and may have granted one it forgot.
-    pub(super) fn promise_blocked(&self, now: Instant, node: chubby_protocol::NodeId) -> bool {
+    /// True when a lease this acceptor granted to a replica other than `node` still runs: it
+    /// then processes no Paxos message of `node`'s (PML §5.2), so `node` can neither gain
+    /// a lease nor get a value accepted here until the lease ends.
+    pub(super) fn lease_held_by_other(&self, now: Instant, node: NodeId) -> bool {
         if cfg!(feature = "bug-injection") && self.cfg.bugs.acceptor_ignores_lease {
             return false;
         }
-        let lease_held =
-            self.lease_granted.is_some_and(|(holder, until)| holder.node != node && now < until);
-        lease_held || now < self.promise_not_before
+        self.lease_granted
+            .is_some_and(|(holder, until)| holder.node != node && now < until)
+    }
+
+    /// True when a promise to `node` must be refused: another replica's lease runs here, or
+    /// this replica restarted less than a lease ago and may have granted one it forgot.
+    pub(super) fn promise_blocked(&self, now: Instant, node: NodeId) -> bool {
+        if cfg!(feature = "bug-injection") && self.cfg.bugs.acceptor_ignores_lease {
+            return false;
+        }
+        self.lease_held_by_other(now, node) || now < self.promise_not_before
     }
 
     /// Records the lease granted to `ballot`'s replica, on our own clock from now.
@@ -167,13 +207,28 @@ impl Replica {
             .log
             .range(start..)
             .map(|(&slot, entry)| match self.chosen_above.get(&slot) {
-                Some(value) => PromiseEntry { slot, ballot: entry.ballot, chosen: true, value: value.clone() },
-                None => PromiseEntry { slot, ballot: entry.ballot, chosen: false, value: entry.value.clone() },
+                Some(value) => PromiseEntry {
+                    slot,
+                    ballot: entry.ballot,
+                    chosen: true,
+                    value: value.clone(),
+                },
+                None => PromiseEntry {
+                    slot,
+                    ballot: entry.ballot,
+                    chosen: false,
+                    value: entry.value.clone(),
+                },
             })
             .collect();
         for (&slot, value) in self.chosen_above.range(start..) {
             if !self.log.contains_key(&slot) {
-                entries.push(PromiseEntry { slot, ballot: Ballot::ZERO, chosen: true, value: value.clone() });
+                entries.push(PromiseEntry {
+                    slot,
+                    ballot: Ballot::ZERO,
+                    chosen: true,
+                    value: value.clone(),
+                });
             }
         }
         entries.sort_by_key(|e| e.slot);

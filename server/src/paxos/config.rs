@@ -155,8 +155,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let check = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(what) };
         check(self.members.contains(&self.me), "members must include me")
-            .and(check(!self.members.is_empty() && self.members.len() <= 9, "1 to 9 members"))
-            .and(check(self.members.windows(2).all(|w| w[0] < w[1]), "members sorted, unique"))
+            .and(check(
+                !self.members.is_empty() && self.members.len() <= 9,
+                "1 to 9 members",
+            ))
+            .and(check(
+                self.members.windows(2).all(|w| w[0] < w[1]),
+                "members sorted, unique",
+            ))
             .and(check(self.drift_ppm < 1_000_000, "drift bound below 100%"))
             .and(check(
                 2 * self.heartbeat_interval_ms < self.master_lease_ms,
@@ -167,8 +173,14 @@ impl Config {
                 "master lease shorter than the election timeout",
             ))
             .and(check(self.window >= 1, "window at least 1"))
-            .and(check(self.batch_commands_max >= 1, "batch at least 1 command"))
-            .and(check(self.catchup_entries_max >= 1, "catch-up at least 1 entry"))
+            .and(check(
+                self.batch_commands_max >= 1,
+                "batch at least 1 command",
+            ))
+            .and(check(
+                self.catchup_entries_max >= 1,
+                "catch-up at least 1 entry",
+            ))
             .map_err(ConfigError::Invalid)
     }
 

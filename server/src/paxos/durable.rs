@@ -35,14 +35,20 @@ impl DurableState {
     /// and a voter (nobody can have relied on a promise it never made).
     #[must_use]
     pub fn bootstrap() -> DurableState {
-        DurableState { voter: true, ..DurableState::default() }
+        DurableState {
+            voter: true,
+            ..DurableState::default()
+        }
     }
 
     /// The state of a configured member whose store was empty or corrupt: it must rebuild
     /// before it votes.
     #[must_use]
     pub fn lost() -> DurableState {
-        DurableState { voter: false, ..DurableState::default() }
+        DurableState {
+            voter: false,
+            ..DurableState::default()
+        }
     }
 
     /// Applies a batch, exactly as storage does on disk. Storage twins and tests use it so
@@ -73,7 +79,10 @@ impl DurableState {
         }
         let missing = (1..=self.chosen_through.0).find(|s| !self.log.contains_key(&Slot(*s)));
         if let Some(s) = missing {
-            return Err(format!("chosen_through {} but slot {s} missing", self.chosen_through));
+            return Err(format!(
+                "chosen_through {} but slot {s} missing",
+                self.chosen_through
+            ));
         }
         Ok(())
     }

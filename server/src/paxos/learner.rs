@@ -39,17 +39,29 @@ impl Replica {
             let slot = self.chosen_through.next();
             let holds_it = self.log.get(&slot).is_some_and(|e| e.value == value);
             if !holds_it {
-                let entry = LogEntry { ballot: Ballot::ZERO, value };
+                let entry = LogEntry {
+                    ballot: Ballot::ZERO,
+                    value,
+                };
                 self.log.insert(slot, entry.clone());
                 batch.entries.push((slot, entry));
             }
             self.chosen_through = slot;
         }
         // Values below the prefix that arrived late are already in the log.
-        while self.chosen_above.first_key_value().is_some_and(|(s, _)| *s <= self.chosen_through) {
+        while self
+            .chosen_above
+            .first_key_value()
+            .is_some_and(|(s, _)| *s <= self.chosen_through)
+        {
             self.chosen_above.pop_first();
         }
         if self.chosen_through > before {
+            // A slot in flight may be learned chosen another way (catch-up, a promise).
+            if let super::Role::Master(m) = &mut self.role {
+                let chosen_through = self.chosen_through;
+                m.inflight.retain(|slot, _| *slot > chosen_through);
+            }
             batch.chosen_through = Some(self.chosen_through);
             self.known_chosen_through = self.known_chosen_through.max(self.chosen_through);
             Self::persist(out, batch);
@@ -62,8 +74,14 @@ impl Replica {
     fn deliver(&mut self, out: &mut Vec<Action>) {
         while self.delivered < self.chosen_through {
             let slot = self.delivered.next();
-            let entry = self.log.get(&slot).expect("every slot up to chosen_through is logged");
-            out.push(Action::Deliver { slot, value: entry.value.clone() });
+            let entry = self
+                .log
+                .get(&slot)
+                .expect("every slot up to chosen_through is logged");
+            out.push(Action::Deliver {
+                slot,
+                value: entry.value.clone(),
+            });
             self.delivered = slot;
         }
     }
@@ -104,20 +122,36 @@ impl Replica {
     }
 
     /// Sends the chosen values a peer asked for, bounded in count and bytes.
-    pub(super) fn serve_catchup(&mut self, from: NodeId, from_slot: Slot, entries_max: u32, out: &mut Vec<Action>) {
+    pub(super) fn serve_catchup(
+        &mut self,
+        from: NodeId,
+        from_slot: Slot,
+        entries_max: u32,
+        out: &mut Vec<Action>,
+    ) {
         let count_max = entries_max.min(self.cfg.catchup_entries_max) as usize;
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         let first = from_slot.max(Slot(1));
-        for (&slot, entry) in self.log.range(first..=self.chosen_through) {
+        let available = if first <= self.chosen_through {
+            self.log.range(first..=self.chosen_through)
+        } else {
+            self.log.range(first..first)
+        };
+        for (&slot, entry) in available {
             let size = entry.value.payload_bytes();
-            if entries.len() >= count_max || (!entries.is_empty() && bytes + size > self.cfg.catchup_bytes_max) {
+            if entries.len() >= count_max
+                || (!entries.is_empty() && bytes + size > self.cfg.catchup_bytes_max)
+            {
                 break;
             }
             bytes += size;
             entries.push((slot, entry.value.clone()));
         }
-        let reply = PaxosMsg::CatchUpReply { entries, chosen_through: self.chosen_through };
+        let reply = PaxosMsg::CatchUpReply {
+            entries,
+            chosen_through: self.chosen_through,
+        };
         Self::send(out, from, reply);
     }
 
@@ -129,7 +163,9 @@ impl Replica {
         chosen_through: Slot,
         out: &mut Vec<Action>,
     ) {
-        let progressed = entries.first().is_some_and(|(s, _)| *s == self.chosen_through.next());
+        let progressed = entries
+            .first()
+            .is_some_and(|(s, _)| *s == self.chosen_through.next());
         for (slot, value) in entries {
             if slot > self.chosen_through && slot <= chosen_through {
                 self.chosen_above.insert(slot, value);

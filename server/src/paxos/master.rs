@@ -29,7 +29,10 @@ impl Replica {
         let p1 = self.begin_phase1(now, out);
         tracing::info!(me = %self.cfg.me, ballot = %p1.ballot, "starting election");
         self.role = Role::Candidate(p1);
-        out.push(Action::Role { role: RoleKind::Candidate, epoch: None });
+        out.push(Action::Role {
+            role: RoleKind::Candidate,
+            epoch: None,
+        });
         self.maybe_complete_phase1(now, out);
     }
 
@@ -40,7 +43,13 @@ impl Replica {
         assert!(ballot > self.promised);
         self.promised = ballot;
         self.max_seen = ballot;
-        Self::persist(out, PersistBatch { promised: Some(ballot), ..PersistBatch::default() });
+        Self::persist(
+            out,
+            PersistBatch {
+                promised: Some(ballot),
+                ..PersistBatch::default()
+            },
+        );
         let from_slot = self.chosen_through.next();
         let own = PromiseInfo {
             chosen_through: self.chosen_through,
@@ -49,7 +58,12 @@ impl Replica {
         let mut promises = BTreeMap::new();
         promises.insert(self.cfg.me, own);
         self.broadcast(out, &PaxosMsg::Prepare { ballot, from_slot });
-        Phase1 { ballot, from_slot, promises, retry_at: now.plus_ms(self.cfg.retry_interval_ms) }
+        Phase1 {
+            ballot,
+            from_slot,
+            promises,
+            retry_at: now.plus_ms(self.cfg.retry_interval_ms),
+        }
     }
 
     pub(super) fn on_promise(
@@ -95,7 +109,13 @@ impl Replica {
 
     /// Phase 1 succeeded: learn what the promises say is chosen, re-propose the highest-ballot
     /// value (or a no-op) in every other open slot, and lead from there.
-    fn complete_phase1(&mut self, now: Instant, p1: Phase1, kind: Phase1Kind, out: &mut Vec<Action>) {
+    fn complete_phase1(
+        &mut self,
+        now: Instant,
+        p1: Phase1,
+        kind: Phase1Kind,
+        out: &mut Vec<Action>,
+    ) {
         assert!(p1.promises.len() >= self.cfg.majority());
         assert!(p1.promises.contains_key(&self.cfg.me));
         let (source, prefix) = p1
@@ -119,7 +139,12 @@ impl Replica {
                 }
             }
         }
-        let last = best.keys().next_back().copied().unwrap_or(Slot::ZERO).max(prefix);
+        let last = best
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(Slot::ZERO)
+            .max(prefix);
         let last = last.max(self.chosen_through);
         let mut reproposals = Vec::new();
         for slot in (prefix.0 + 1..=last.0).map(Slot) {
@@ -153,7 +178,10 @@ impl Replica {
         self.send_heartbeat(now, out);
         if let Role::Master(m) = &self.role {
             if matches!(kind, Phase1Kind::Election) {
-                out.push(Action::Role { role: RoleKind::Master, epoch: Some(m.epoch) });
+                out.push(Action::Role {
+                    role: RoleKind::Master,
+                    epoch: Some(m.epoch),
+                });
             }
         }
     }
@@ -180,13 +208,24 @@ impl Replica {
     /// Phase 2a for one slot: accept it ourselves (durably, before the Accept leaves: the
     /// disk-loss rule relies on a master's own accept being durable), then ask the peers.
     fn propose(&mut self, now: Instant, slot: Slot, value: Value, out: &mut Vec<Action>) {
-        let Role::Master(m) = &mut self.role else { unreachable!("propose needs a master") };
+        let Role::Master(m) = &mut self.role else {
+            unreachable!("propose needs a master")
+        };
         assert!(slot > self.chosen_through, "proposing in a chosen slot");
         assert!(m.boost.is_none(), "proposing during a boost");
         let ballot = m.ballot;
-        let entry = LogEntry { ballot, value: value.clone() };
+        let entry = LogEntry {
+            ballot,
+            value: value.clone(),
+        };
         self.log.insert(slot, entry.clone());
-        Self::persist(out, PersistBatch { entries: vec![(slot, entry)], ..PersistBatch::default() });
+        Self::persist(
+            out,
+            PersistBatch {
+                entries: vec![(slot, entry)],
+                ..PersistBatch::default()
+            },
+        );
         let lease_seq = m.lease.begin_round(now, self.cfg.me);
         let msg = PaxosMsg::Accept {
             ballot,
@@ -198,7 +237,14 @@ impl Replica {
         let mut acks = BTreeSet::new();
         acks.insert(self.cfg.me);
         let resend_at = now.plus_ms(self.cfg.retry_interval_ms);
-        m.inflight.insert(slot, Inflight { value, acks, resend_at });
+        m.inflight.insert(
+            slot,
+            Inflight {
+                value,
+                acks,
+                resend_at,
+            },
+        );
         m.next_slot = m.next_slot.max(slot.next());
         self.grant_lease(now, ballot);
         self.broadcast(out, &msg);
@@ -217,12 +263,15 @@ impl Replica {
         let majority = self.cfg.majority();
         let believed_ms = self.cfg.master_lease_believed_ms();
         let from_receipt = self.lease_from_receipt();
-        let Role::Master(m) = &mut self.role else { return };
+        let Role::Master(m) = &mut self.role else {
+            return;
+        };
         if ballot != m.ballot {
             tracing::debug!(%from, %ballot, "ignoring Accepted for another ballot");
             return;
         }
-        m.lease.ack(lease_seq, from, now, majority, believed_ms, from_receipt);
+        m.lease
+            .ack(lease_seq, from, now, majority, believed_ms, from_receipt);
         if let Some(inflight) = m.inflight.get_mut(&slot) {
             inflight.acks.insert(from);
         }
@@ -231,8 +280,13 @@ impl Replica {
 
     fn check_chosen(&mut self, slot: Slot) {
         let majority = self.cfg.majority();
-        let Role::Master(m) = &mut self.role else { return };
-        let chosen = m.inflight.get(&slot).is_some_and(|i| i.acks.len() >= majority);
+        let Role::Master(m) = &mut self.role else {
+            return;
+        };
+        let chosen = m
+            .inflight
+            .get(&slot)
+            .is_some_and(|i| i.acks.len() >= majority);
         if chosen {
             let inflight = m.inflight.remove(&slot).expect("checked above");
             if slot > self.chosen_through {
@@ -241,14 +295,22 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_heartbeat_ack(&mut self, now: Instant, from: NodeId, ballot: Ballot, lease_seq: u64) {
+    pub(super) fn on_heartbeat_ack(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        ballot: Ballot,
+        lease_seq: u64,
+    ) {
         let majority = self.cfg.majority();
         let believed_ms = self.cfg.master_lease_believed_ms();
         let from_receipt = self.lease_from_receipt();
-        let Role::Master(m) = &mut self.role else { return };
-        let current = m.boost.as_ref().map_or(m.ballot, |p1| p1.ballot);
-        if ballot == current || ballot == m.ballot {
-            m.lease.ack(lease_seq, from, now, majority, believed_ms, from_receipt);
+        let Role::Master(m) = &mut self.role else {
+            return;
+        };
+        if ballot == m.ballot {
+            m.lease
+                .ack(lease_seq, from, now, majority, believed_ms, from_receipt);
         }
     }
 
@@ -268,7 +330,9 @@ impl Replica {
         }
         let mine = match &self.role {
             Role::Candidate(p1) => p1.ballot == ballot,
-            Role::Master(m) => m.ballot == ballot || m.boost.as_ref().is_some_and(|p| p.ballot == ballot),
+            Role::Master(m) => {
+                m.ballot == ballot || m.boost.as_ref().is_some_and(|p| p.ballot == ballot)
+            }
             Role::Follower => false,
         };
         if !mine {
@@ -304,13 +368,18 @@ impl Replica {
                 out.push(Action::Rejected { command, reason });
             }
         }
-        out.push(Action::Role { role: RoleKind::Follower, epoch: None });
+        out.push(Action::Role {
+            role: RoleKind::Follower,
+            epoch: None,
+        });
         let wait = self.election_wait();
         self.election_at = Some(now.plus_ms(wait));
     }
 
     pub(super) fn tick_candidate(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Role::Candidate(p1) = &mut self.role else { return };
+        let Role::Candidate(p1) = &mut self.role else {
+            return;
+        };
         if now >= p1.retry_at {
             Self::resend_prepare(&self.cfg, p1, now, out);
         }
@@ -318,14 +387,22 @@ impl Replica {
 
     fn resend_prepare(cfg: &super::Config, p1: &mut Phase1, now: Instant, out: &mut Vec<Action>) {
         p1.retry_at = now.plus_ms(cfg.retry_interval_ms);
-        let msg = PaxosMsg::Prepare { ballot: p1.ballot, from_slot: p1.from_slot };
+        let msg = PaxosMsg::Prepare {
+            ballot: p1.ballot,
+            from_slot: p1.from_slot,
+        };
         for to in cfg.peers().filter(|n| !p1.promises.contains_key(n)) {
-            out.push(Action::Send { to, msg: msg.clone() });
+            out.push(Action::Send {
+                to,
+                msg: msg.clone(),
+            });
         }
     }
 
     pub(super) fn tick_master(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Role::Master(m) = &mut self.role else { return };
+        let Role::Master(m) = &mut self.role else {
+            return;
+        };
         if let Some(p1) = &mut m.boost {
             if now >= p1.retry_at {
                 Self::resend_prepare(&self.cfg, p1, now, out);
@@ -349,12 +426,18 @@ impl Replica {
     /// Resends Accepts nobody answered in time, to the peers that have not acked.
     fn resend_accepts(&mut self, now: Instant, out: &mut Vec<Action>) {
         let chosen_through = self.chosen_through;
-        let Role::Master(m) = &mut self.role else { return };
+        let Role::Master(m) = &mut self.role else {
+            return;
+        };
         if m.boost.is_some() {
             return;
         }
-        let due: Vec<Slot> =
-            m.inflight.iter().filter(|(_, i)| now >= i.resend_at).map(|(s, _)| *s).collect();
+        let due: Vec<Slot> = m
+            .inflight
+            .iter()
+            .filter(|(_, i)| now >= i.resend_at)
+            .map(|(s, _)| *s)
+            .collect();
         if due.is_empty() {
             return;
         }
@@ -370,7 +453,10 @@ impl Replica {
                 lease_seq,
             };
             for to in self.cfg.peers().filter(|n| !inflight.acks.contains(n)) {
-                out.push(Action::Send { to, msg: msg.clone() });
+                out.push(Action::Send {
+                    to,
+                    msg: msg.clone(),
+                });
             }
         }
     }
@@ -378,17 +464,29 @@ impl Replica {
     /// Renews the lease and announces the chosen watermark.
     fn send_heartbeat(&mut self, now: Instant, out: &mut Vec<Action>) {
         let chosen_through = self.chosen_through;
-        let Role::Master(m) = &mut self.role else { return };
-        let ballot = m.boost.as_ref().map_or(m.ballot, |p1| p1.ballot);
+        let Role::Master(m) = &mut self.role else {
+            return;
+        };
+        // Only the ballot whose phase 1 completed may ask for a lease: a boost ballot was not
+        // promised yet, and a lease granted to it would not come with a current log.
+        let ballot = m.ballot;
         m.heartbeat_at = now.plus_ms(self.cfg.heartbeat_interval_ms);
         let lease_seq = m.lease.begin_round(now, self.cfg.me);
         self.grant_lease(now, ballot);
-        self.broadcast(out, &PaxosMsg::Heartbeat { ballot, chosen_through, lease_seq });
+        self.broadcast(
+            out,
+            &PaxosMsg::Heartbeat {
+                ballot,
+                chosen_through,
+                lease_seq,
+            },
+        );
         // A single-member cell is its own majority.
         let majority = self.cfg.majority();
         let believed_ms = self.cfg.master_lease_believed_ms();
         if let Role::Master(m) = &mut self.role {
-            m.lease.ack(lease_seq, self.cfg.me, now, majority, believed_ms, false);
+            m.lease
+                .ack(lease_seq, self.cfg.me, now, majority, believed_ms, false);
         }
     }
 
@@ -397,7 +495,10 @@ impl Replica {
         let queue_max = self.cfg.queue_commands_max;
         match &mut self.role {
             Role::Master(m) if m.queue.len() < queue_max => m.queue.push_back(command),
-            Role::Master(_) => out.push(Action::Rejected { command, reason: Rejection::Busy }),
+            Role::Master(_) => out.push(Action::Rejected {
+                command,
+                reason: Rejection::Busy,
+            }),
             Role::Follower | Role::Candidate(_) => {
                 let reason = Rejection::NotMaster { hint };
                 out.push(Action::Rejected { command, reason });
@@ -409,7 +510,9 @@ impl Replica {
     /// nothing else will carry it.
     pub(super) fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
         loop {
-            let Role::Master(m) = &mut self.role else { return };
+            let Role::Master(m) = &mut self.role else {
+                return;
+            };
             if m.boost.is_some() || m.inflight.len() >= self.cfg.window {
                 return;
             }
@@ -471,8 +574,18 @@ impl LeaseTracker {
 
     /// Records `from`'s ack of round `seq`; a majority extends the lease from the round's
     /// send time (PML §5.2), never from the ack's arrival.
-    fn ack(&mut self, seq: u64, from: NodeId, now: Instant, majority: usize, believed_ms: u64, from_receipt: bool) {
-        let Some((sent_at, acks)) = self.rounds.get_mut(&seq) else { return };
+    fn ack(
+        &mut self,
+        seq: u64,
+        from: NodeId,
+        now: Instant,
+        majority: usize,
+        believed_ms: u64,
+        from_receipt: bool,
+    ) {
+        let Some((sent_at, acks)) = self.rounds.get_mut(&seq) else {
+            return;
+        };
         acks.insert(from);
         if acks.len() < majority {
             return;

@@ -229,7 +229,9 @@ impl Replica {
     /// The configuration is invalid, or the durable state fails its structural checks.
     pub fn new(cfg: Config, durable: DurableState) -> Result<Replica, ConfigError> {
         cfg.validate()?;
-        durable.validate().map_err(|_| ConfigError::Invalid("durable state is inconsistent"))?;
+        durable
+            .validate()
+            .map_err(|_| ConfigError::Invalid("durable state is inconsistent"))?;
         let voter = durable.voter;
         let rng = rng::SplitMix64::new(cfg.seed ^ 0xC4B8_B1E5);
         let rebuild = (!voter).then(|| Rebuild {
@@ -269,6 +271,7 @@ impl Replica {
             Input::Submit { command } => self.on_submit(now, command, out),
         }
         self.advance_chosen(now, out);
+        self.tick_catchup(now, out);
         self.pump(now, out);
         if cfg!(debug_assertions) {
             self.check_invariants();
@@ -278,21 +281,29 @@ impl Replica {
     /// The latest time by which [`Input::Tick`] must be delivered.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut deadlines = vec![self.election_at, self.catchup.retry_at];
-        if let Some(rebuild) = &self.rebuild {
-            deadlines.push(Some(rebuild.retry_at));
-        }
-        match &self.role {
-            Role::Follower => {}
-            Role::Candidate(p1) => deadlines.push(Some(p1.retry_at)),
-            Role::Master(m) => {
-                deadlines.push(Some(m.heartbeat_at));
-                deadlines.push(Some(m.boost_at));
-                deadlines.push(m.boost.as_ref().map(|p1| p1.retry_at));
-                deadlines.extend(m.inflight.values().map(|i| Some(i.resend_at)));
-            }
-        }
-        deadlines.into_iter().flatten().min()
+        let rebuild = self.rebuild.as_ref().map(|r| r.retry_at);
+        let role = match &self.role {
+            Role::Follower => None,
+            Role::Candidate(p1) => Some(p1.retry_at),
+            // While boosting, phase 1's retry replaces the boost timer and the resends.
+            Role::Master(m) => match &m.boost {
+                Some(p1) => Some(p1.retry_at.min(m.heartbeat_at)),
+                None => {
+                    let resend = m.inflight.values().map(|i| i.resend_at).min();
+                    [Some(m.heartbeat_at), Some(m.boost_at), resend]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                }
+            },
+        };
+        let election = self
+            .election_at
+            .filter(|_| matches!(self.role, Role::Follower));
+        [election, self.catchup.retry_at, rebuild, role]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// This replica's id.
@@ -363,27 +374,48 @@ impl Replica {
     /// # Panics
     /// When an invariant is broken: that is a bug in this module.
     pub fn check_invariants(&self) {
-        assert!(self.delivered <= self.chosen_through, "delivered beyond chosen");
+        assert!(
+            self.delivered <= self.chosen_through,
+            "delivered beyond chosen"
+        );
         if let Some((&first_above, _)) = self.chosen_above.first_key_value() {
-            assert!(first_above > self.chosen_through.next(), "chosen_above not pruned");
+            assert!(
+                first_above > self.chosen_through.next(),
+                "chosen_above not pruned"
+            );
         }
         if self.chosen_through > Slot::ZERO {
-            assert!(self.log.contains_key(&self.chosen_through), "chosen slot has no entry");
+            assert!(
+                self.log.contains_key(&self.chosen_through),
+                "chosen slot has no entry"
+            );
         }
         assert!(!self.log.contains_key(&Slot::ZERO), "slot 0 used");
-        assert!(self.voter == self.rebuild.is_none(), "rebuild state out of step with voter");
+        assert!(
+            self.voter == self.rebuild.is_none(),
+            "rebuild state out of step with voter"
+        );
         if let Role::Master(m) = &self.role {
             assert!(m.ballot >= m.epoch, "master ballot below its epoch");
             assert!(m.ballot.node == self.cfg.me, "master with a foreign ballot");
-            assert!(self.promised >= m.ballot, "master ballot not promised by itself");
-            assert!(m.queue.len() <= self.cfg.queue_commands_max, "queue over its bound");
+            assert!(
+                self.promised >= m.ballot,
+                "master ballot not promised by itself"
+            );
+            assert!(
+                m.queue.len() <= self.cfg.queue_commands_max,
+                "queue over its bound"
+            );
             for slot in m.inflight.keys() {
                 assert!(*slot < m.next_slot, "in-flight slot not yet allocated");
                 assert!(*slot > self.chosen_through, "in-flight slot already chosen");
             }
         }
         if let Role::Candidate(p1) = &self.role {
-            assert!(p1.ballot.node == self.cfg.me, "candidate with a foreign ballot");
+            assert!(
+                p1.ballot.node == self.cfg.me,
+                "candidate with a foreign ballot"
+            );
         }
     }
 
@@ -410,33 +442,80 @@ impl Replica {
             PaxosMsg::Prepare { ballot, from_slot } => {
                 self.on_prepare(now, from, ballot, from_slot, out);
             }
-            PaxosMsg::Promise { ballot, chosen_through, entries } => {
-                self.on_promise(now, from, ballot, PromiseInfo { chosen_through, entries }, out);
+            PaxosMsg::Promise {
+                ballot,
+                chosen_through,
+                entries,
+            } => {
+                self.on_promise(
+                    now,
+                    from,
+                    ballot,
+                    PromiseInfo {
+                        chosen_through,
+                        entries,
+                    },
+                    out,
+                );
             }
-            PaxosMsg::Accept { ballot, slot, value, chosen_through, lease_seq } => {
-                let accept = acceptor::AcceptMsg { ballot, slot, value, chosen_through, lease_seq };
+            PaxosMsg::Accept {
+                ballot,
+                slot,
+                value,
+                chosen_through,
+                lease_seq,
+            } => {
+                let accept = acceptor::AcceptMsg {
+                    ballot,
+                    slot,
+                    value,
+                    chosen_through,
+                    lease_seq,
+                };
                 self.on_accept(now, from, accept, out);
             }
-            PaxosMsg::Accepted { ballot, slot, lease_seq } => {
+            PaxosMsg::Accepted {
+                ballot,
+                slot,
+                lease_seq,
+            } => {
                 self.on_accepted(now, from, ballot, slot, lease_seq);
             }
-            PaxosMsg::Heartbeat { ballot, chosen_through, lease_seq } => {
+            PaxosMsg::Heartbeat {
+                ballot,
+                chosen_through,
+                lease_seq,
+            } => {
                 self.on_heartbeat(now, from, ballot, chosen_through, lease_seq, out);
             }
             PaxosMsg::HeartbeatAck { ballot, lease_seq } => {
                 self.on_heartbeat_ack(now, from, ballot, lease_seq);
             }
-            PaxosMsg::Nack { ballot, promised, lease_held } => {
+            PaxosMsg::Nack {
+                ballot,
+                promised,
+                lease_held,
+            } => {
                 self.on_nack(now, from, ballot, promised, lease_held, out);
             }
-            PaxosMsg::CatchUpRequest { from_slot, entries_max } => {
+            PaxosMsg::CatchUpRequest {
+                from_slot,
+                entries_max,
+            } => {
                 self.serve_catchup(from, from_slot, entries_max, out);
             }
-            PaxosMsg::CatchUpReply { entries, chosen_through } => {
+            PaxosMsg::CatchUpReply {
+                entries,
+                chosen_through,
+            } => {
                 self.on_catchup_reply(now, from, entries, chosen_through, out);
             }
             PaxosMsg::RebuildQuery { nonce } => self.serve_rebuild_query(from, nonce, out),
-            PaxosMsg::RebuildReply { nonce, promised, accepted_through } => {
+            PaxosMsg::RebuildReply {
+                nonce,
+                promised,
+                accepted_through,
+            } => {
                 self.on_rebuild_reply(from, nonce, promised, accepted_through, out);
             }
         }
@@ -482,7 +561,10 @@ impl Replica {
 
     fn broadcast(&self, out: &mut Vec<Action>, msg: &PaxosMsg) {
         for to in self.cfg.peers() {
-            out.push(Action::Send { to, msg: msg.clone() });
+            out.push(Action::Send {
+                to,
+                msg: msg.clone(),
+            });
         }
     }
 
@@ -494,7 +576,13 @@ impl Replica {
 
     /// Emits `persist` then `reply`, the order durability demands (or the reverse under the
     /// `reply_before_persist` bug).
-    fn persist_then_send(&self, out: &mut Vec<Action>, batch: PersistBatch, to: NodeId, reply: PaxosMsg) {
+    fn persist_then_send(
+        &self,
+        out: &mut Vec<Action>,
+        batch: PersistBatch,
+        to: NodeId,
+        reply: PaxosMsg,
+    ) {
         if cfg!(feature = "bug-injection") && self.cfg.bugs.reply_before_persist {
             Self::send(out, to, reply);
             Self::persist(out, batch);

@@ -32,15 +32,25 @@ impl Replica {
     pub(super) fn tick_rebuild(&mut self, now: Instant, out: &mut Vec<Action>) {
         let peers: Vec<NodeId> = self.cfg.peers().collect();
         let master = self.last_master;
-        let Some(rebuild) = &mut self.rebuild else { return };
+        let Some(rebuild) = &mut self.rebuild else {
+            return;
+        };
         if now < rebuild.retry_at {
             return;
         }
         rebuild.retry_at = now.plus_ms(self.cfg.retry_interval_ms);
-        let msg = PaxosMsg::RebuildQuery { nonce: rebuild.nonce };
+        let msg = PaxosMsg::RebuildQuery {
+            nonce: rebuild.nonce,
+        };
         if rebuild.target.is_none() {
-            for to in peers.into_iter().filter(|p| !rebuild.replies.contains_key(p)) {
-                out.push(Action::Send { to, msg: msg.clone() });
+            for to in peers
+                .into_iter()
+                .filter(|p| !rebuild.replies.contains_key(p))
+            {
+                out.push(Action::Send {
+                    to,
+                    msg: msg.clone(),
+                });
             }
         } else if let Some(master) = master {
             // Waiting for an instance to complete: remind the master to start one.
@@ -58,7 +68,11 @@ impl Replica {
         .flatten()
         .max()
         .unwrap_or(Slot::ZERO);
-        let reply = PaxosMsg::RebuildReply { nonce, promised: self.promised, accepted_through };
+        let reply = PaxosMsg::RebuildReply {
+            nonce,
+            promised: self.promised,
+            accepted_through,
+        };
         Self::send(out, from, reply);
         self.want_noop();
     }
@@ -72,7 +86,9 @@ impl Replica {
         out: &mut Vec<Action>,
     ) {
         let others = self.cfg.members.len() - 1;
-        let Some(rebuild) = &mut self.rebuild else { return };
+        let Some(rebuild) = &mut self.rebuild else {
+            return;
+        };
         if nonce != rebuild.nonce || rebuild.target.is_some() {
             return;
         }
@@ -80,8 +96,18 @@ impl Replica {
         if rebuild.replies.len() < others {
             return;
         }
-        let promised_max = rebuild.replies.values().map(|(b, _)| *b).max().unwrap_or(Ballot::ZERO);
-        let accepted_max = rebuild.replies.values().map(|(_, s)| *s).max().unwrap_or(Slot::ZERO);
+        let promised_max = rebuild
+            .replies
+            .values()
+            .map(|(b, _)| *b)
+            .max()
+            .unwrap_or(Ballot::ZERO);
+        let accepted_max = rebuild
+            .replies
+            .values()
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(Slot::ZERO);
         let target = accepted_max.next();
         rebuild.target = Some(target);
         rebuild.retry_at = Instant::ZERO;
@@ -89,7 +115,13 @@ impl Replica {
         if promised_max > self.promised {
             self.promised = promised_max;
             self.max_seen = self.max_seen.max(promised_max);
-            Self::persist(out, PersistBatch { promised: Some(promised_max), ..PersistBatch::default() });
+            Self::persist(
+                out,
+                PersistBatch {
+                    promised: Some(promised_max),
+                    ..PersistBatch::default()
+                },
+            );
         }
     }
 
@@ -103,7 +135,13 @@ impl Replica {
         tracing::info!(me = %self.cfg.me, %target, "rebuild complete: voting again");
         self.rebuild = None;
         self.voter = true;
-        Self::persist(out, PersistBatch { voter: Some(true), ..PersistBatch::default() });
+        Self::persist(
+            out,
+            PersistBatch {
+                voter: Some(true),
+                ..PersistBatch::default()
+            },
+        );
         let wait = self.election_wait();
         self.election_at = Some(now.plus_ms(wait));
     }

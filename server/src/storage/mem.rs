@@ -27,7 +27,8 @@ impl MemStorage {
 
     /// Writes a batch without syncing it (what a crash in the middle of `persist` leaves).
     pub fn write_unsynced(&mut self, batch: &PersistBatch) {
-        let format = !self.synced.contains_key(KEY_FORMAT) && !self.unsynced.contains_key(KEY_FORMAT);
+        let format =
+            !self.synced.contains_key(KEY_FORMAT) && !self.unsynced.contains_key(KEY_FORMAT);
         self.unsynced.extend(encode_batch(batch, format));
     }
 
@@ -72,7 +73,11 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn load(&mut self) -> Result<Loaded, StorageError> {
-        let records: Vec<_> = self.synced.iter().map(|(k, v)| Ok((k.clone(), v.clone()))).collect();
+        let records: Vec<_> = self
+            .synced
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.clone())))
+            .collect();
         decode_all(records)
     }
 
@@ -96,7 +101,13 @@ mod tests {
     use chubby_protocol::{Ballot, NodeId};
 
     fn promise(round: u64) -> PersistBatch {
-        PersistBatch { promised: Some(Ballot { round, node: NodeId(1) }), ..PersistBatch::default() }
+        PersistBatch {
+            promised: Some(Ballot {
+                round,
+                node: NodeId(1),
+            }),
+            ..PersistBatch::default()
+        }
     }
 
     #[test]
@@ -105,7 +116,9 @@ mod tests {
         store.persist(&promise(1)).unwrap();
         store.write_unsynced(&promise(2));
         store.crash();
-        let Loaded::State(state) = store.load().unwrap() else { panic!("empty") };
+        let Loaded::State(state) = store.load().unwrap() else {
+            panic!("empty")
+        };
         assert_eq!(state.promised.round, 1);
     }
 

@@ -61,7 +61,10 @@ pub fn encode_batch(batch: &PersistBatch, format: bool) -> Vec<(Vec<u8>, Vec<u8>
         records.push(encode(KEY_PROMISED, &promised));
     }
     for (slot, entry) in &batch.entries {
-        records.push(encode(&log_key(*slot), &(entry.ballot, entry.value.clone())));
+        records.push(encode(
+            &log_key(*slot),
+            &(entry.ballot, entry.value.clone()),
+        ));
     }
     if let Some(chosen) = batch.chosen_through {
         records.push(encode(KEY_CHOSEN, &chosen));
@@ -81,7 +84,10 @@ fn printable(key: &[u8]) -> String {
 }
 
 fn corrupt(key: &[u8], reason: impl Into<String>) -> StorageError {
-    StorageError::Corrupt { key: printable(key), reason: reason.into() }
+    StorageError::Corrupt {
+        key: printable(key),
+        reason: reason.into(),
+    }
 }
 
 /// Verifies a record's checksum and decodes its payload.
@@ -134,7 +140,9 @@ where
                 let mut be = [0u8; 8];
                 be.copy_from_slice(&k[LOG_PREFIX.len()..]);
                 let (ballot, value) = open::<(Ballot, Value)>(&key, &record)?;
-                state.log.insert(Slot(u64::from_be_bytes(be)), LogEntry { ballot, value });
+                state
+                    .log
+                    .insert(Slot(u64::from_be_bytes(be)), LogEntry { ballot, value });
             }
             _ => return Err(corrupt(&key, "unknown key")),
         }
@@ -143,7 +151,9 @@ where
         None if !any => Ok(Loaded::Empty),
         None => Err(corrupt(KEY_FORMAT, "records present but no format marker")),
         Some(FORMAT_VERSION) => {
-            state.validate().map_err(|reason| corrupt(KEY_CHOSEN, reason))?;
+            state
+                .validate()
+                .map_err(|reason| corrupt(KEY_CHOSEN, reason))?;
             Ok(Loaded::State(state))
         }
         Some(v) => Err(corrupt(KEY_FORMAT, format!("unknown format version {v}"))),
@@ -158,16 +168,29 @@ mod tests {
     fn batch() -> PersistBatch {
         PersistBatch {
             voter: Some(true),
-            promised: Some(Ballot { round: 3, node: NodeId(2) }),
+            promised: Some(Ballot {
+                round: 3,
+                node: NodeId(2),
+            }),
             chosen_through: Some(Slot(1)),
-            entries: vec![(Slot(1), LogEntry { ballot: Ballot::ZERO, value: Value { commands: vec![b"x".to_vec()] } })],
+            entries: vec![(
+                Slot(1),
+                LogEntry {
+                    ballot: Ballot::ZERO,
+                    value: Value {
+                        commands: vec![b"x".to_vec()],
+                    },
+                },
+            )],
         }
     }
 
     #[test]
     fn round_trips_a_batch() {
         let records = encode_batch(&batch(), true);
-        let Loaded::State(state) = decode_all(records.into_iter().map(Ok)).unwrap() else { panic!("empty") };
+        let Loaded::State(state) = decode_all(records.into_iter().map(Ok)).unwrap() else {
+            panic!("empty")
+        };
         let mut expected = DurableState::default();
         expected.apply(&batch());
         assert_eq!(state, expected);
@@ -181,7 +204,10 @@ mod tests {
                 let mut bad = records.clone();
                 bad[i].1[byte] ^= 0x10;
                 let err = decode_all(bad.into_iter().map(Ok)).unwrap_err();
-                assert!(matches!(err, StorageError::Corrupt { .. }), "{key:?} byte {byte}: {err}");
+                assert!(
+                    matches!(err, StorageError::Corrupt { .. }),
+                    "{key:?} byte {byte}: {err}"
+                );
             }
         }
     }
@@ -196,7 +222,10 @@ mod tests {
 
     #[test]
     fn empty_is_empty_and_unformatted_data_is_corrupt() {
-        assert!(matches!(decode_all(Vec::new().into_iter()), Ok(Loaded::Empty)));
+        assert!(matches!(
+            decode_all(Vec::new().into_iter()),
+            Ok(Loaded::Empty)
+        ));
         let records = encode_batch(&batch(), false);
         assert!(decode_all(records.into_iter().map(Ok)).is_err());
     }

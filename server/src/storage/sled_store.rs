@@ -124,10 +124,10 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 
 impl Storage for SledStorage {
     fn load(&mut self) -> Result<Loaded, StorageError> {
-        let records = self
-            .db
-            .iter()
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StorageError::from));
+        let records = self.db.iter().map(|item| {
+            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(StorageError::from)
+        });
         decode_all(records)
     }
 

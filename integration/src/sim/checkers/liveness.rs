@@ -1,0 +1,128 @@
+//! Liveness after faults heal (PML §6.3 "liveness mode"): once every fault stops, the cell
+//! elects a master, every replica rebuilds and converges, and every command submitted to a
+//! master that survives is delivered on every replica within a bound.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chubby_protocol::{Ballot, NodeId, Slot};
+
+use super::{violation, Violation};
+
+/// A command a master took during the liveness phase.
+#[derive(Clone, Debug)]
+struct Taken {
+    master: NodeId,
+    epoch: Ballot,
+}
+
+/// Commands taken in the liveness phase, and where they were delivered.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    taken: BTreeMap<Vec<u8>, Taken>,
+    delivered: BTreeMap<NodeId, BTreeSet<Vec<u8>>>,
+}
+
+/// A replica's state at the end of the run.
+#[derive(Clone, Debug)]
+pub struct FinalState {
+    /// The replica.
+    pub node: NodeId,
+    /// Whether it is running.
+    pub up: bool,
+    /// Whether it votes (rebuild finished).
+    pub voter: bool,
+    /// Its master epoch, if master.
+    pub epoch: Option<Ballot>,
+    /// Its chosen prefix.
+    pub chosen_through: Slot,
+}
+
+impl Liveness {
+    /// `master`, in `epoch`, queued `command` without rejecting it.
+    pub fn on_taken(&mut self, command: Vec<u8>, master: NodeId, epoch: Ballot) {
+        self.taken.insert(command, Taken { master, epoch });
+    }
+
+    /// `node` delivered `command`.
+    pub fn on_deliver(&mut self, node: NodeId, command: &[u8]) {
+        if self.taken.contains_key(command) {
+            self.delivered
+                .entry(node)
+                .or_default()
+                .insert(command.to_vec());
+        }
+    }
+
+    /// `node` restarted and will deliver everything again.
+    pub fn on_restart(&mut self, node: NodeId) {
+        self.delivered.remove(&node);
+    }
+
+    /// Commands taken so far.
+    #[must_use]
+    pub fn taken_count(&self) -> usize {
+        self.taken.len()
+    }
+
+    /// The verdict at the end of the liveness window.
+    ///
+    /// # Errors
+    /// No master, a replica down, rebuilding or behind, or a surviving master's command missing.
+    pub fn check(&self, nodes: &[FinalState]) -> Result<(), Violation> {
+        let masters: Vec<&FinalState> = nodes.iter().filter(|n| n.epoch.is_some()).collect();
+        if masters.len() != 1 {
+            return Err(violation(
+                "liveness",
+                format!("{} masters after healing: {nodes:?}", masters.len()),
+            ));
+        }
+        if let Some(stuck) = nodes.iter().find(|n| !n.up || !n.voter) {
+            return Err(violation(
+                "liveness",
+                format!("replica not back as a voter: {stuck:?}"),
+            ));
+        }
+        let top = nodes
+            .iter()
+            .map(|n| n.chosen_through)
+            .max()
+            .unwrap_or(Slot::ZERO);
+        if let Some(behind) = nodes.iter().find(|n| n.chosen_through != top) {
+            return Err(violation(
+                "liveness",
+                format!("replica behind {top}: {behind:?}"),
+            ));
+        }
+        if self.taken.is_empty() {
+            return Err(violation(
+                "liveness",
+                "no command was taken after healing".into(),
+            ));
+        }
+        for (command, taken) in &self.taken {
+            let survived = nodes
+                .iter()
+                .any(|n| n.node == taken.master && n.epoch == Some(taken.epoch));
+            if !survived {
+                continue;
+            }
+            for n in nodes {
+                let has = self
+                    .delivered
+                    .get(&n.node)
+                    .is_some_and(|d| d.contains(command));
+                if !has {
+                    let name = String::from_utf8_lossy(command);
+                    return Err(violation(
+                        "liveness",
+                        format!(
+                            "{name} taken by {} not delivered on {}",
+                            taken.master, n.node
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

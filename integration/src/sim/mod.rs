@@ -1,0 +1,477 @@
+//! The deterministic simulator: whole cells of pure Paxos replicas in one thread, driven
+//! from one seed (PML §6.3 "Test 1"; TigerBeetle's VOPR; STYLE §9.5).
+//!
+//! ```text
+//!   seed ─► Rng ─► cell size, Paxos timings, network faults, clock drift, fault schedule
+//!                 │
+//!   event queue (true µs, seq) ─► Deliver / Tick / Submit / Crash / Restart / Partition / Heal
+//!                 │
+//!   node: Replica.step(local clock, input) ─► actions executed in order, with a chance of
+//!         crashing between any two (or in the middle of a Persist); Persists may be merged
+//!         and moved earlier (group commit), never later
+//!                 │
+//!   checkers after every event: agreement, delivery_order, promise_monotonic, single_master;
+//!   at the end: liveness (faults stop at the end of the safety phase)
+//! ```
+//!
+//! A run is a pure function of its [`SimOptions`]: no wall clock, no threads, no hash-order
+//! iteration. `sim paxos --seed N` replays one run with a trace.
+
+pub mod checkers;
+pub mod clock;
+mod faults;
+pub mod net;
+mod node;
+pub mod rng;
+mod workload;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use chubby_protocol::{NodeId, PaxosMsg};
+use chubby_server::paxos::{Bugs, Config};
+
+use checkers::agreement::Agreement;
+use checkers::delivery_order::DeliveryOrder;
+use checkers::liveness::Liveness;
+use checkers::promise_monotonic::PromiseMonotonic;
+use checkers::single_master::SingleMaster;
+use checkers::Violation;
+use clock::NodeClock;
+use net::{NetConfig, Network};
+use node::SimNode;
+use rng::Rng;
+use workload::Client;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// The seed; everything else random derives from it.
+    pub seed: u64,
+    /// Cell size; random (3 or 5) when `None`.
+    pub replicas: Option<usize>,
+    /// Deliberate bugs to inject.
+    pub bugs: Bugs,
+    /// Draw clock rates beyond the drift bound the lease math assumes (a negative test).
+    pub drift_beyond_bound: bool,
+    /// Print every event.
+    pub trace: bool,
+    /// Length of the fault phase, simulated ms.
+    pub safety_ms: u64,
+    /// Length of the healed phase, simulated ms.
+    pub liveness_ms: u64,
+}
+
+impl SimOptions {
+    /// Defaults for `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            replicas: None,
+            bugs: Bugs::default(),
+            drift_beyond_bound: false,
+            trace: false,
+            safety_ms: 20_000,
+            liveness_ms: 40_000,
+        }
+    }
+}
+
+/// What a run covered (STYLE §9.5: pair every "always" with a "sometimes").
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Cell size.
+    pub replicas: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Commands submitted (including retries).
+    pub submitted: u64,
+    /// Commands delivered on the replica they were submitted to.
+    pub committed: u64,
+    /// Slots chosen (the oracle's count).
+    pub slots_chosen: u64,
+    /// Deliveries checked.
+    pub deliveries: u64,
+    /// Crashes between actions.
+    pub crashes: u64,
+    /// Crashes in the middle of a Persist (unsynced writes lost).
+    pub torn_persists: u64,
+    /// Restarts with a wiped disk.
+    pub wipes: u64,
+    /// Restarts that found (and reported) a corrupt record.
+    pub corruptions: u64,
+    /// Rebuilds that finished (the replica votes again).
+    pub rebuilds: u64,
+    /// Partitions made.
+    pub partitions: u64,
+    /// Messages sent.
+    pub messages: u64,
+    /// Messages dropped.
+    pub dropped: u64,
+    /// Messages duplicated.
+    pub duplicated: u64,
+    /// Times a replica became master.
+    pub elections: u64,
+    /// Checks at which a lease was held.
+    pub lease_observations: u64,
+}
+
+impl RunStats {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &RunStats) {
+        let fields: [(&mut u64, u64); 17] = [
+            (&mut self.replicas, other.replicas),
+            (&mut self.events, other.events),
+            (&mut self.submitted, other.submitted),
+            (&mut self.committed, other.committed),
+            (&mut self.slots_chosen, other.slots_chosen),
+            (&mut self.deliveries, other.deliveries),
+            (&mut self.crashes, other.crashes),
+            (&mut self.torn_persists, other.torn_persists),
+            (&mut self.wipes, other.wipes),
+            (&mut self.corruptions, other.corruptions),
+            (&mut self.rebuilds, other.rebuilds),
+            (&mut self.partitions, other.partitions),
+            (&mut self.messages, other.messages),
+            (&mut self.dropped, other.dropped),
+            (&mut self.duplicated, other.duplicated),
+            (&mut self.elections, other.elections),
+            (&mut self.lease_observations, other.lease_observations),
+        ];
+        for (mine, theirs) in fields {
+            *mine += theirs;
+        }
+    }
+
+    /// One line: operations and faults covered.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "{} events; ops: {} submitted, {} committed, {} slots chosen, {} deliveries checked, {} elections; \
+             faults: {} crashes, {} torn persists, {} wiped disks, {} corrupt records, {} rebuilds, \
+             {} partitions, {} of {} messages dropped, {} duplicated",
+            self.events,
+            self.submitted,
+            self.committed,
+            self.slots_chosen,
+            self.deliveries,
+            self.elections,
+            self.crashes,
+            self.torn_persists,
+            self.wipes,
+            self.corruptions,
+            self.rebuilds,
+            self.partitions,
+            self.dropped,
+            self.messages,
+            self.duplicated,
+        )
+    }
+}
+
+/// The result of one run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The seed run.
+    pub seed: u64,
+    /// What it covered.
+    pub stats: RunStats,
+    /// The first violated property, if any.
+    pub violation: Option<Violation>,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        msg: PaxosMsg,
+    },
+    Tick {
+        node: usize,
+        gen: u64,
+    },
+    Submit {
+        client: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    Fault,
+    Heal,
+    EndSafety,
+    End,
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Fault intensities for the safety phase, drawn per seed.
+#[derive(Clone, Debug)]
+struct FaultConfig {
+    fault_gap_ms: (u64, u64),
+    crash_between_actions_ppm: u64,
+    torn_persist_ppm: u64,
+    wipe_ppm: u64,
+    corrupt_ppm: u64,
+    merge_persists: bool,
+}
+
+/// One simulated cell.
+struct Sim {
+    opts: SimOptions,
+    rng: Rng,
+    now_us: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<SimNode>,
+    members: Vec<NodeId>,
+    net: Network,
+    faults: FaultConfig,
+    healed: bool,
+    track_from_us: u64,
+    track_until_us: u64,
+    clients: Vec<Client>,
+    stats: RunStats,
+    agreement: Agreement,
+    delivery: DeliveryOrder,
+    promises: PromiseMonotonic,
+    single_master: SingleMaster,
+    liveness: Liveness,
+    violation: Option<Violation>,
+}
+
+/// Runs one seed to completion or to its first violation.
+#[must_use]
+pub fn run(opts: &SimOptions) -> Outcome {
+    let mut sim = Sim::new(opts.clone());
+    sim.run();
+    sim.stats.slots_chosen = sim.agreement.chosen_count() as u64;
+    sim.stats.deliveries = sim.delivery.delivered;
+    sim.stats.messages = sim.net.sent;
+    sim.stats.dropped = sim.net.dropped;
+    sim.stats.duplicated = sim.net.duplicated;
+    sim.stats.lease_observations = sim.single_master.lease_observations;
+    Outcome {
+        seed: opts.seed,
+        stats: sim.stats,
+        violation: sim.violation,
+    }
+}
+
+impl Sim {
+    fn new(opts: SimOptions) -> Sim {
+        let mut rng = Rng::new(opts.seed);
+        let n = opts
+            .replicas
+            .unwrap_or_else(|| if rng.chance(500_000) { 3 } else { 5 });
+        let members: Vec<NodeId> = (1..=n as u32).map(NodeId).collect();
+        let base = random_paxos_config(&mut rng, &members, opts.bugs);
+        let epsilon = i64::try_from(base.drift_ppm).unwrap_or(0);
+        let nodes = members
+            .iter()
+            .map(|&id| {
+                let bound = if opts.drift_beyond_bound {
+                    4 * epsilon
+                } else {
+                    epsilon
+                };
+                let rate_ppm = rng.between(0, 2 * bound as u64) as i64 - bound;
+                let clock = NodeClock {
+                    offset_us: rng.between(0, 10_000_000),
+                    rate_ppm,
+                };
+                let mut cfg = base.clone();
+                cfg.me = id;
+                cfg.seed = rng.next_u64();
+                SimNode::new(id, cfg, clock)
+            })
+            .collect();
+        let net = Network::new(NetConfig::random(&mut rng));
+        let faults = FaultConfig {
+            fault_gap_ms: (rng.pick(&[50, 200, 1_000]).unwrap_or(200), 3_000),
+            crash_between_actions_ppm: rng.pick(&[0, 500, 3_000]).unwrap_or(0),
+            torn_persist_ppm: rng.pick(&[0, 2_000]).unwrap_or(0),
+            wipe_ppm: rng.pick(&[0, 150_000, 400_000]).unwrap_or(0),
+            corrupt_ppm: rng.pick(&[0, 100_000]).unwrap_or(0),
+            merge_persists: rng.chance(500_000),
+        };
+        let clients = (0..rng.between(1, 3) as usize)
+            .map(|i| Client::new(i, members[0]))
+            .collect();
+        let majority = n / 2 + 1;
+        let safety_us = opts.safety_ms * 1000;
+        let healed_us = safety_us + 10_000_000;
+        let end_us = safety_us + opts.liveness_ms * 1000;
+        Sim {
+            rng,
+            now_us: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            members,
+            net,
+            faults,
+            healed: false,
+            track_from_us: healed_us,
+            track_until_us: end_us.saturating_sub(10_000_000),
+            clients,
+            stats: RunStats {
+                replicas: n as u64,
+                ..RunStats::default()
+            },
+            agreement: Agreement::new(majority),
+            delivery: DeliveryOrder::default(),
+            promises: PromiseMonotonic::default(),
+            single_master: SingleMaster::default(),
+            liveness: Liveness::default(),
+            violation: None,
+            opts,
+        }
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    fn trace(&self, line: impl FnOnce() -> String) {
+        if self.opts.trace {
+            println!("[{:>11}us] {}", self.now_us, line());
+        }
+    }
+
+    fn fail(&mut self, result: Result<(), Violation>) {
+        if let Err(v) = result {
+            if self.violation.is_none() {
+                self.trace(|| format!("VIOLATION {v}"));
+                self.violation = Some(v);
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.boot(i);
+        }
+        for c in 0..self.clients.len() {
+            let at = self.rng.between(0, 100_000);
+            self.schedule(at, Event::Submit { client: c });
+        }
+        let first_fault = self.rng.between(500_000, 3_000_000);
+        self.schedule(first_fault, Event::Fault);
+        self.schedule(self.opts.safety_ms * 1000, Event::EndSafety);
+        self.schedule(
+            (self.opts.safety_ms + self.opts.liveness_ms) * 1000,
+            Event::End,
+        );
+        while let Some(Reverse(next)) = self.queue.pop() {
+            assert!(next.at >= self.now_us, "simulated time went backwards");
+            self.now_us = next.at;
+            self.stats.events += 1;
+            let done = matches!(next.event, Event::End);
+            self.handle(next.event);
+            self.check_single_master();
+            if self.violation.is_some() || done {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver { to, from, msg } => self.deliver(to, from, msg),
+            Event::Tick { node, gen } => {
+                if self.nodes[node].tick_gen == gen && self.nodes[node].is_up() {
+                    self.step(node, chubby_server::paxos::Input::Tick);
+                }
+            }
+            Event::Submit { client } => self.submit(client),
+            Event::Restart { node } => self.restart(node),
+            Event::Fault => self.inject_fault(),
+            Event::Heal => self.net.heal(),
+            Event::EndSafety => self.end_safety(),
+            Event::End => self.finish(),
+        }
+    }
+
+    fn deliver(&mut self, to: NodeId, from: NodeId, msg: PaxosMsg) {
+        let i = self.index(to);
+        if !self.nodes[i].is_up() || self.net.is_blocked(from, to) {
+            return;
+        }
+        self.trace(|| format!("{to} <- {from} {msg:?}"));
+        self.step(i, chubby_server::paxos::Input::Peer { from, msg });
+    }
+
+    fn index(&self, id: NodeId) -> usize {
+        self.members
+            .iter()
+            .position(|&m| m == id)
+            .expect("only members are addressed")
+    }
+
+    fn check_single_master(&mut self) {
+        let now = self.now_us;
+        let holders: Vec<_> = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let replica = n.replica.as_ref()?;
+                replica
+                    .lease_until(n.clock.local(now))
+                    .map(|until| (n.id, until))
+            })
+            .collect();
+        let result = self.single_master.check(now, &holders);
+        self.fail(result);
+    }
+
+    fn finish(&mut self) {
+        let states: Vec<_> = self.nodes.iter().map(SimNode::final_state).collect();
+        self.trace(|| format!("final: {states:?}"));
+        let result = self.liveness.check(&states);
+        self.fail(result);
+    }
+}
+
+fn random_paxos_config(rng: &mut Rng, members: &[NodeId], bugs: Bugs) -> Config {
+    let mut cfg = Config::new(members[0], members.to_vec());
+    cfg.master_lease_ms = rng.pick(&[300, 1_000, 2_000]).unwrap_or(1_000);
+    cfg.heartbeat_interval_ms = cfg.master_lease_ms / rng.pick(&[3, 4, 8]).unwrap_or(4);
+    cfg.election_timeout_ms = cfg.master_lease_ms + rng.between(50, cfg.master_lease_ms);
+    cfg.boost_interval_ms = rng.pick(&[700, 5_000, 30_000]).unwrap_or(30_000);
+    cfg.retry_interval_ms = rng.pick(&[30, 100, 300]).unwrap_or(100);
+    cfg.window = rng.pick(&[1, 2, 4, 16, 32]).unwrap_or(16);
+    cfg.batch_commands_max = rng.pick(&[1, 3, 16, 256]).unwrap_or(16);
+    cfg.batch_bytes_max = rng.pick(&[64, 4096, 1 << 20]).unwrap_or(4096);
+    cfg.catchup_entries_max = rng.pick(&[1, 3, 64]).unwrap_or(64) as u32;
+    cfg.bugs = bugs;
+    cfg
+}

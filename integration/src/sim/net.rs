@@ -1,0 +1,142 @@
+//! The message-level network: delay, loss, duplication, reordering (independent random
+//! delays reorder messages) and directed partitions. QUIC is not simulated (STYLE §0): the
+//! cores see exactly what a lossy, reordering, duplicating datagram network could do.
+
+use std::collections::BTreeSet;
+
+use chubby_protocol::NodeId;
+
+use super::rng::Rng;
+
+/// Network fault settings for one run.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Per-million chance a message is lost.
+    pub loss_ppm: u64,
+    /// Per-million chance a message is delivered twice.
+    pub dup_ppm: u64,
+    /// Usual one-way delay range, microseconds.
+    pub delay_us: (u64, u64),
+    /// Per-million chance of a long delay instead.
+    pub spike_ppm: u64,
+    /// Long delay range, microseconds.
+    pub spike_us: (u64, u64),
+}
+
+impl NetConfig {
+    /// A network that only delays (liveness phase).
+    #[must_use]
+    pub fn calm() -> NetConfig {
+        NetConfig {
+            loss_ppm: 0,
+            dup_ppm: 0,
+            delay_us: (200, 5_000),
+            spike_ppm: 0,
+            spike_us: (0, 0),
+        }
+    }
+
+    /// Random faulty settings.
+    pub fn random(rng: &mut Rng) -> NetConfig {
+        let loss_ppm = rng.pick(&[0, 10_000, 50_000, 200_000]).unwrap_or(0);
+        let dup_ppm = rng.pick(&[0, 10_000, 50_000]).unwrap_or(0);
+        let max_delay = rng.pick(&[2_000, 20_000, 100_000]).unwrap_or(2_000);
+        let spike_ppm = rng.pick(&[0, 5_000, 50_000]).unwrap_or(0);
+        let spike_max = rng.pick(&[300_000, 1_500_000]).unwrap_or(300_000);
+        NetConfig {
+            loss_ppm,
+            dup_ppm,
+            delay_us: (100, max_delay),
+            spike_ppm,
+            spike_us: (max_delay, spike_max),
+        }
+    }
+}
+
+/// Network state: settings, cut links and counters.
+#[derive(Clone, Debug)]
+pub struct Network {
+    /// Current settings.
+    pub cfg: NetConfig,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages dropped (loss or partition).
+    pub dropped: u64,
+    /// Extra copies delivered.
+    pub duplicated: u64,
+}
+
+impl Network {
+    /// A network with `cfg` and no partitions.
+    #[must_use]
+    pub fn new(cfg: NetConfig) -> Network {
+        Network {
+            cfg,
+            blocked: BTreeSet::new(),
+            sent: 0,
+            dropped: 0,
+            duplicated: 0,
+        }
+    }
+
+    /// Cuts every link between `side` and the other `members`, in the directions given.
+    pub fn partition(
+        &mut self,
+        side: &[NodeId],
+        members: &[NodeId],
+        outbound: bool,
+        inbound: bool,
+    ) {
+        for &a in side {
+            for &b in members.iter().filter(|b| !side.contains(b)) {
+                if outbound {
+                    self.blocked.insert((a, b));
+                }
+                if inbound {
+                    self.blocked.insert((b, a));
+                }
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Whether `from → to` is cut.
+    #[must_use]
+    pub fn is_blocked(&self, from: NodeId, to: NodeId) -> bool {
+        self.blocked.contains(&(from, to))
+    }
+
+    /// Number of cut directed links.
+    #[must_use]
+    pub fn cut_links(&self) -> usize {
+        self.blocked.len()
+    }
+
+    /// The delays (µs) after which copies of a message sent now arrive; empty if lost.
+    pub fn transmit(&mut self, rng: &mut Rng, from: NodeId, to: NodeId) -> Vec<u64> {
+        self.sent += 1;
+        if self.is_blocked(from, to) || rng.chance(self.cfg.loss_ppm) {
+            self.dropped += 1;
+            return Vec::new();
+        }
+        let mut delays = vec![self.delay(rng)];
+        if rng.chance(self.cfg.dup_ppm) {
+            self.duplicated += 1;
+            delays.push(self.delay(rng));
+        }
+        delays
+    }
+
+    fn delay(&self, rng: &mut Rng) -> u64 {
+        if rng.chance(self.cfg.spike_ppm) {
+            rng.between(self.cfg.spike_us.0, self.cfg.spike_us.1)
+        } else {
+            rng.between(self.cfg.delay_us.0, self.cfg.delay_us.1)
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! A simulated replica: the pure core, its in-memory disk and its drifting clock, and how
+//! the simulator executes the core's actions (in order, with crash points between them).
+
+use chubby_protocol::{NodeId, PaxosMsg};
+use chubby_server::paxos::{Action, Config, DurableState, Input, PersistBatch, Replica, RoleKind};
+use chubby_server::storage::{Loaded, MemStorage, Storage};
+
+use super::checkers::liveness::FinalState;
+use super::clock::NodeClock;
+use super::{Event, Sim};
+
+/// One replica of the simulated cell.
+#[derive(Debug)]
+pub(super) struct SimNode {
+    pub id: NodeId,
+    pub cfg: Config,
+    pub clock: NodeClock,
+    pub storage: MemStorage,
+    pub replica: Option<Replica>,
+    pub tick_gen: u64,
+    /// False from a wipe until the rebuild finishes: no other disk may be lost meanwhile.
+    pub intact_voter: bool,
+}
+
+impl SimNode {
+    pub fn new(id: NodeId, cfg: Config, clock: NodeClock) -> SimNode {
+        SimNode {
+            id,
+            cfg,
+            clock,
+            storage: MemStorage::new(),
+            replica: None,
+            tick_gen: 0,
+            intact_voter: true,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    pub fn final_state(&self) -> FinalState {
+        let replica = self.replica.as_ref();
+        FinalState {
+            node: self.id,
+            up: replica.is_some(),
+            voter: replica.is_some_and(Replica::is_voter),
+            epoch: replica.and_then(Replica::epoch),
+            chosen_through: replica.map(Replica::chosen_through).unwrap_or_default(),
+        }
+    }
+}
+
+impl Sim {
+    /// First start of a member of a new cell: its store is formatted as a voter.
+    pub(super) fn boot(&mut self, i: usize) {
+        let batch = PersistBatch {
+            voter: Some(true),
+            ..PersistBatch::default()
+        };
+        self.nodes[i]
+            .storage
+            .persist(&batch)
+            .expect("memory storage does not fail");
+        self.start(i, DurableState::bootstrap());
+    }
+
+    pub(super) fn start(&mut self, i: usize, state: DurableState) {
+        let node = &mut self.nodes[i];
+        let replica = Replica::new(node.cfg.clone(), state).expect("simulated configs are valid");
+        node.replica = Some(replica);
+        let id = node.id;
+        self.delivery.on_start(id);
+        self.liveness.on_restart(id);
+        self.step(i, Input::Tick);
+    }
+
+    /// Restarts a crashed replica, possibly after losing or corrupting its disk.
+    pub(super) fn restart(&mut self, i: usize) {
+        if self.nodes[i].is_up() {
+            return;
+        }
+        let others_intact = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .all(|j| self.nodes[j].intact_voter);
+        let may_lose = !self.healed && others_intact;
+        let id = self.nodes[i].id;
+        let mut lost = false;
+        if may_lose && self.rng.chance(self.faults.wipe_ppm) {
+            self.nodes[i]
+                .storage
+                .wipe()
+                .expect("memory storage does not fail");
+            self.stats.wipes += 1;
+            self.trace(|| format!("{id} restarts with a wiped disk"));
+        } else if may_lose && self.rng.chance(self.faults.corrupt_ppm) {
+            let (index, bit) = (self.rng.next_u64() as usize, self.rng.next_u64() as usize);
+            self.nodes[i].storage.corrupt_record(index, bit);
+        }
+        let state = match self.nodes[i].storage.load() {
+            Ok(Loaded::State(state)) => state,
+            Ok(Loaded::Empty) => {
+                lost = true;
+                DurableState::lost()
+            }
+            Err(e) => {
+                self.trace(|| {
+                    format!("{id} found corruption on start: {e}; rebuilding from peers")
+                });
+                self.stats.corruptions += 1;
+                self.nodes[i]
+                    .storage
+                    .wipe()
+                    .expect("memory storage does not fail");
+                lost = true;
+                DurableState::lost()
+            }
+        };
+        if lost {
+            self.nodes[i].intact_voter = false;
+            let batch = PersistBatch {
+                voter: Some(false),
+                ..PersistBatch::default()
+            };
+            self.nodes[i]
+                .storage
+                .persist(&batch)
+                .expect("memory storage does not fail");
+        }
+        let result = self.promises.on_restart(id, state.promised, lost);
+        self.fail(result);
+        self.trace(|| {
+            format!(
+                "{id} restarts (voter {}, promised {})",
+                state.voter, state.promised
+            )
+        });
+        self.start(i, state);
+    }
+
+    pub(super) fn crash(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.replica.take().is_some() {
+            node.storage.crash();
+            node.tick_gen += 1;
+            self.stats.crashes += 1;
+            let id = node.id;
+            self.trace(|| format!("{id} crashes"));
+            let downtime = self.rng.between(50_000, 4_000_000);
+            self.schedule(self.now_us + downtime, Event::Restart { node: i });
+        }
+    }
+
+    /// Steps replica `i` with `input` at its local time and executes what it asks.
+    pub(super) fn step(&mut self, i: usize, input: Input) -> Vec<Action> {
+        let local = self.nodes[i].clock.local(self.now_us);
+        let mut actions = Vec::new();
+        let is_tick = input == Input::Tick;
+        let Some(replica) = self.nodes[i].replica.as_mut() else {
+            return actions;
+        };
+        replica.step(local, input, &mut actions);
+        replica.check_invariants();
+        // A tick must move every due timer into the future, or the replica spins.
+        if is_tick && replica.next_deadline().is_some_and(|d| d <= local) {
+            let detail = format!(
+                "{} left a timer due at {local} after a tick",
+                self.nodes[i].id
+            );
+            self.fail(Err(super::checkers::violation("timer_progress", detail)));
+        }
+        if self.faults.merge_persists {
+            actions = merge_persists(actions);
+        }
+        self.execute(i, &actions);
+        self.reschedule_tick(i);
+        actions
+    }
+
+    fn reschedule_tick(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        if replica.is_voter() {
+            node.intact_voter = true;
+        }
+        node.tick_gen += 1;
+        if let Some(deadline) = replica.next_deadline() {
+            let at = node.clock.true_time_of(deadline).max(self.now_us + 1);
+            let gen = node.tick_gen;
+            self.schedule(at, Event::Tick { node: i, gen });
+        }
+    }
+
+    fn execute(&mut self, i: usize, actions: &[Action]) {
+        let id = self.nodes[i].id;
+        for (k, action) in actions.iter().enumerate() {
+            if !self.healed && k > 0 && self.rng.chance(self.faults.crash_between_actions_ppm) {
+                self.crash(i);
+                return;
+            }
+            match action {
+                Action::Persist(batch) => {
+                    if !self.healed && self.rng.chance(self.faults.torn_persist_ppm) {
+                        self.nodes[i].storage.write_unsynced(batch);
+                        self.stats.torn_persists += 1;
+                        self.crash(i);
+                        return;
+                    }
+                    self.persist(i, batch);
+                }
+                Action::Send { to, msg } => self.send(id, *to, msg),
+                Action::Deliver { slot, value } => {
+                    let result = self.delivery.on_deliver(id, *slot, value, &self.agreement);
+                    self.fail(result);
+                    for command in &value.commands {
+                        self.liveness.on_deliver(id, command);
+                        self.on_delivered(id, command);
+                    }
+                }
+                Action::Rejected { command, reason } => self.on_rejected(command, reason),
+                Action::Role { role, epoch } => {
+                    if *role == RoleKind::Master {
+                        self.stats.elections += 1;
+                    }
+                    self.trace(|| format!("{id} is now {role:?} {epoch:?}"));
+                }
+            }
+        }
+    }
+
+    fn persist(&mut self, i: usize, batch: &PersistBatch) {
+        let id = self.nodes[i].id;
+        self.nodes[i]
+            .storage
+            .persist(batch)
+            .expect("memory storage does not fail");
+        if let Some(promised) = batch.promised {
+            let result = self.promises.on_persist_promise(id, promised);
+            self.fail(result);
+        }
+        if batch.voter == Some(true) && self.stats.events > 0 {
+            self.stats.rebuilds += 1;
+        }
+        let result = self.agreement.on_persist(id, batch);
+        self.fail(result);
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: &PaxosMsg) {
+        if let PaxosMsg::Promise { ballot, .. } = msg {
+            self.promises.on_send_promise(from, *ballot);
+        }
+        for delay in self.net.transmit(&mut self.rng, from, to) {
+            let event = Event::Deliver {
+                to,
+                from,
+                msg: msg.clone(),
+            };
+            self.schedule(self.now_us + delay, event);
+        }
+    }
+}
+
+/// Group commit as a shell may do it: every Persist of one step merged into the first
+/// one's place (moving a write earlier is always allowed; later, never).
+fn merge_persists(actions: Vec<Action>) -> Vec<Action> {
+    let mut merged: Option<(usize, PersistBatch)> = None;
+    let mut rest = Vec::with_capacity(actions.len());
+    for action in actions {
+        match action {
+            Action::Persist(batch) => match &mut merged {
+                Some((_, into)) => into.merge(batch),
+                None => {
+                    merged = Some((rest.len(), batch));
+                    rest.push(Action::Persist(PersistBatch::default()));
+                }
+            },
+            other => rest.push(other),
+        }
+    }
+    if let Some((at, batch)) = merged {
+        rest[at] = Action::Persist(batch);
+    }
+    rest
+}
