@@ -129,8 +129,9 @@ mod tests {
 
     #[test]
     fn huge_length_claim_is_refused_without_allocating() {
-        // Accept variant (tag 2), ballot, slot, then a command list claiming 2^40 entries.
-        let mut frame = vec![WIRE_VERSION, 2, 7, 2, 42, 251];
+        // Accept variant (tag 2), ballot (7, 2), slot 42, then a command list whose varint
+        // length (253 = u64 follows) claims 2^40 entries.
+        let mut frame = vec![WIRE_VERSION, 2, 7, 2, 42, 253];
         frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(matches!(
             decode::<PaxosMsg>(&frame),

@@ -13,14 +13,19 @@ impl Sim {
         if self.healed {
             return;
         }
-        match self.rng.between(0, 9) {
-            0..=3 => self.crash_random(),
-            4..=7 => self.partition_random(),
-            _ => {
-                // Several replicas at once: a rack power cut.
-                self.crash_random();
-                self.crash_random();
-            }
+        let [crash, partition, link, power_cut] = self.faults.weights;
+        let total = crash + partition + link + power_cut;
+        let roll = self.rng.between(0, total.saturating_sub(1));
+        if roll < crash {
+            self.crash_random();
+        } else if roll < crash + partition {
+            self.partition_random();
+        } else if roll < crash + partition + link {
+            self.cut_link_random();
+        } else {
+            // Several replicas at once: a rack power cut.
+            self.crash_random();
+            self.crash_random();
         }
         let (low, high) = self.faults.fault_gap_ms;
         let gap = self.rng.between(low, high) * 1000;
@@ -55,6 +60,23 @@ impl Sim {
         self.net.partition(&side, &members, outbound, inbound);
         self.stats.partitions += 1;
         self.trace(|| format!("partition {side:?} out={outbound} in={inbound}"));
+        let heal_after = self.rng.between(100_000, 5_000_000);
+        self.schedule(self.now_us + heal_after, Event::Heal);
+    }
+
+    /// Cuts the link between two replicas only, in one or both directions: the old master
+    /// unreachable from one follower while it still reaches the others (the case leases
+    /// exist for).
+    fn cut_link_random(&mut self) {
+        let a = self.rng.pick(&self.members).expect("members exist");
+        let others: Vec<NodeId> = self.members.iter().copied().filter(|&m| m != a).collect();
+        let Some(b) = self.rng.pick(&others) else {
+            return;
+        };
+        let both = self.rng.chance(500_000);
+        self.net.partition(&[a], &[a, b], true, both);
+        self.stats.partitions += 1;
+        self.trace(|| format!("cut link {a} -> {b} (both ways: {both})"));
         let heal_after = self.rng.between(100_000, 5_000_000);
         self.schedule(self.now_us + heal_after, Event::Heal);
     }

@@ -194,6 +194,7 @@ enum Event {
     },
     Submit {
         client: usize,
+        gen: u64,
     },
     Restart {
         node: usize,
@@ -231,6 +232,8 @@ impl Ord for Scheduled {
 /// Fault intensities for the safety phase, drawn per seed.
 #[derive(Clone, Debug)]
 struct FaultConfig {
+    /// Relative weights of crash, group partition, single link cut, double crash.
+    weights: [u64; 4],
     fault_gap_ms: (u64, u64),
     crash_between_actions_ppm: u64,
     torn_persist_ppm: u64,
@@ -309,8 +312,16 @@ impl Sim {
                 SimNode::new(id, cfg, clock)
             })
             .collect();
-        let net = Network::new(NetConfig::random(&mut rng));
+        let mut net = Network::new(NetConfig::random(&mut rng));
+        let slow_ppm = rng.pick(&[0, 0, 300_000]).unwrap_or(0);
+        net.slow_some_links(&mut rng, &members, slow_ppm);
         let faults = FaultConfig {
+            weights: [
+                rng.pick(&[0, 1, 4]).unwrap_or(1),
+                rng.pick(&[1, 3]).unwrap_or(1),
+                rng.pick(&[1, 3]).unwrap_or(1),
+                rng.pick(&[0, 1]).unwrap_or(0),
+            ],
             fault_gap_ms: (rng.pick(&[50, 200, 1_000]).unwrap_or(200), 3_000),
             crash_between_actions_ppm: rng.pick(&[0, 500, 3_000]).unwrap_or(0),
             torn_persist_ppm: rng.pick(&[0, 2_000]).unwrap_or(0),
@@ -318,7 +329,7 @@ impl Sim {
             corrupt_ppm: rng.pick(&[0, 100_000]).unwrap_or(0),
             merge_persists: rng.chance(500_000),
         };
-        let clients = (0..rng.between(1, 3) as usize)
+        let clients = (0..rng.between(1, 4) as usize)
             .map(|i| Client::new(i, members[0]))
             .collect();
         let majority = n / 2 + 1;
@@ -382,7 +393,7 @@ impl Sim {
         }
         for c in 0..self.clients.len() {
             let at = self.rng.between(0, 100_000);
-            self.schedule(at, Event::Submit { client: c });
+            self.wake_client(c, at);
         }
         let first_fault = self.rng.between(500_000, 3_000_000);
         self.schedule(first_fault, Event::Fault);
@@ -412,7 +423,7 @@ impl Sim {
                     self.step(node, chubby_server::paxos::Input::Tick);
                 }
             }
-            Event::Submit { client } => self.submit(client),
+            Event::Submit { client, gen } => self.submit(client, gen),
             Event::Restart { node } => self.restart(node),
             Event::Fault => self.inject_fault(),
             Event::Heal => self.net.heal(),
@@ -422,8 +433,10 @@ impl Sim {
     }
 
     fn deliver(&mut self, to: NodeId, from: NodeId, msg: PaxosMsg) {
+        // A partition cuts messages sent while it lasts (checked in `Network::transmit`);
+        // those already in flight still arrive, like packets queued past the cut.
         let i = self.index(to);
-        if !self.nodes[i].is_up() || self.net.is_blocked(from, to) {
+        if !self.nodes[i].is_up() {
             return;
         }
         self.trace(|| format!("{to} <- {from} {msg:?}"));
@@ -465,7 +478,10 @@ fn random_paxos_config(rng: &mut Rng, members: &[NodeId], bugs: Bugs) -> Config 
     let mut cfg = Config::new(members[0], members.to_vec());
     cfg.master_lease_ms = rng.pick(&[300, 1_000, 2_000]).unwrap_or(1_000);
     cfg.heartbeat_interval_ms = cfg.master_lease_ms / rng.pick(&[3, 4, 8]).unwrap_or(4);
-    cfg.election_timeout_ms = cfg.master_lease_ms + rng.between(50, cfg.master_lease_ms);
+    let margin_ms = rng
+        .pick(&[5, 50, cfg.master_lease_ms / 2, cfg.master_lease_ms])
+        .unwrap_or(50);
+    cfg.election_timeout_ms = cfg.master_lease_ms + margin_ms;
     cfg.boost_interval_ms = rng.pick(&[700, 5_000, 30_000]).unwrap_or(30_000);
     cfg.retry_interval_ms = rng.pick(&[30, 100, 300]).unwrap_or(100);
     cfg.window = rng.pick(&[1, 2, 4, 16, 32]).unwrap_or(16);

@@ -2,7 +2,7 @@
 //! delays reorder messages) and directed partitions. QUIC is not simulated (STYLE §0): the
 //! cores see exactly what a lossy, reordering, duplicating datagram network could do.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chubby_protocol::NodeId;
 
@@ -41,7 +41,7 @@ impl NetConfig {
         let loss_ppm = rng.pick(&[0, 10_000, 50_000, 200_000]).unwrap_or(0);
         let dup_ppm = rng.pick(&[0, 10_000, 50_000]).unwrap_or(0);
         let max_delay = rng.pick(&[2_000, 20_000, 100_000]).unwrap_or(2_000);
-        let spike_ppm = rng.pick(&[0, 5_000, 50_000]).unwrap_or(0);
+        let spike_ppm = rng.pick(&[0, 5_000, 50_000, 250_000]).unwrap_or(0);
         let spike_max = rng.pick(&[300_000, 1_500_000]).unwrap_or(300_000);
         NetConfig {
             loss_ppm,
@@ -59,6 +59,8 @@ pub struct Network {
     /// Current settings.
     pub cfg: NetConfig,
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Extra one-way latency of slow directed links (a replica in a farther rack).
+    slow_links: BTreeMap<(NodeId, NodeId), u64>,
     /// Messages sent.
     pub sent: u64,
     /// Messages dropped (loss or partition).
@@ -74,9 +76,21 @@ impl Network {
         Network {
             cfg,
             blocked: BTreeSet::new(),
+            slow_links: BTreeMap::new(),
             sent: 0,
             dropped: 0,
             duplicated: 0,
+        }
+    }
+
+    /// Makes some directed links slower than the rest, for the whole run.
+    pub fn slow_some_links(&mut self, rng: &mut Rng, members: &[NodeId], per_million: u64) {
+        for &a in members {
+            for &b in members.iter().filter(|&&b| b != a) {
+                if rng.chance(per_million) {
+                    self.slow_links.insert((a, b), rng.between(20_000, 150_000));
+                }
+            }
         }
     }
 
@@ -124,10 +138,11 @@ impl Network {
             self.dropped += 1;
             return Vec::new();
         }
-        let mut delays = vec![self.delay(rng)];
+        let extra = self.slow_links.get(&(from, to)).copied().unwrap_or(0);
+        let mut delays = vec![extra + self.delay(rng)];
         if rng.chance(self.cfg.dup_ppm) {
             self.duplicated += 1;
-            delays.push(self.delay(rng));
+            delays.push(extra + self.delay(rng));
         }
         delays
     }

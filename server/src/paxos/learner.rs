@@ -10,6 +10,10 @@ use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot, Value};
 
 use super::{Action, LogEntry, PersistBatch, Replica};
 
+/// Catch-up chunks requested ahead of the chosen prefix, so a far-behind replica over a slow
+/// link is not limited to one chunk per round trip.
+pub(super) const CATCHUP_DEPTH: u64 = 4;
+
 impl Replica {
     /// The master `from` says every slot through `chosen_through` is chosen; each of our
     /// entries accepted in its `ballot` holds the chosen value.
@@ -86,39 +90,58 @@ impl Replica {
         }
     }
 
-    /// Asks a peer for the chosen values we lack, retrying elsewhere when it does not answer.
+    /// Asks a peer for the chosen values we lack: up to [`CATCHUP_DEPTH`] chunks in flight,
+    /// starting over from another peer when none arrives in time.
     pub(super) fn tick_catchup(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let behind = self.known_chosen_through > self.chosen_through;
-        if !behind {
+        if self.known_chosen_through <= self.chosen_through {
             self.catchup.retry_at = None;
+            self.catchup.requested_through = self.chosen_through;
             return;
         }
-        if self.catchup.retry_at.is_some_and(|at| now < at) {
-            return;
+        match self.catchup.retry_at {
+            Some(at) if now >= at => self.request_catchup(now, true, out),
+            Some(_) => self.request_catchup(now, false, out),
+            None => self.request_catchup(now, false, out),
         }
-        let retrying = self.catchup.retry_at.is_some();
-        self.request_catchup(now, retrying, out);
     }
 
-    fn request_catchup(&mut self, now: Instant, rotate: bool, out: &mut Vec<Action>) {
+    fn request_catchup(&mut self, now: Instant, start_over: bool, out: &mut Vec<Action>) {
         let peers: Vec<NodeId> = self.cfg.peers().collect();
         if peers.is_empty() {
             return;
         }
-        let source = match self.catchup.source.filter(|_| !rotate) {
-            Some(source) => source,
-            None => {
-                self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
-                peers[self.catchup.rotate % peers.len()]
-            }
+        if start_over || self.catchup.source.is_none() {
+            self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
+            let fallback = peers[self.catchup.rotate % peers.len()];
+            self.catchup.source = Some(if start_over {
+                fallback
+            } else {
+                self.catchup.source.unwrap_or(fallback)
+            });
+            self.catchup.requested_through = self.chosen_through;
+        }
+        let Some(source) = self.catchup.source else {
+            return;
         };
-        self.catchup.source = Some(source);
+        let chunk = u64::from(self.cfg.catchup_entries_max);
+        let limit = self
+            .known_chosen_through
+            .0
+            .min(self.chosen_through.0 + CATCHUP_DEPTH * chunk);
+        let mut next = self.catchup.requested_through.max(self.chosen_through).0;
+        if next >= limit && !start_over && self.catchup.retry_at.is_some() {
+            return;
+        }
+        while next < limit {
+            let msg = PaxosMsg::CatchUpRequest {
+                from_slot: Slot(next + 1),
+                entries_max: self.cfg.catchup_entries_max,
+            };
+            Self::send(out, source, msg);
+            next += chunk;
+        }
+        self.catchup.requested_through = Slot(next);
         self.catchup.retry_at = Some(now.plus_ms(self.cfg.retry_interval_ms));
-        let msg = PaxosMsg::CatchUpRequest {
-            from_slot: self.chosen_through.next(),
-            entries_max: self.cfg.catchup_entries_max,
-        };
-        Self::send(out, source, msg);
     }
 
     /// Sends the chosen values a peer asked for, bounded in count and bytes.
@@ -175,11 +198,11 @@ impl Replica {
             self.known_chosen_through = chosen_through;
         }
         self.advance_chosen(now, out);
-        if progressed && self.known_chosen_through > self.chosen_through {
+        if progressed {
+            // The source is alive: extend its deadline and keep the pipeline full.
             self.catchup.source = Some(from);
-            self.request_catchup(now, false, out);
-        } else if progressed {
-            self.catchup.retry_at = None;
+            self.catchup.retry_at = Some(now.plus_ms(self.cfg.retry_interval_ms));
+            self.tick_catchup(now, out);
         }
     }
 }

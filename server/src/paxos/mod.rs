@@ -194,6 +194,7 @@ struct CatchUp {
     source: Option<NodeId>,
     retry_at: Option<Instant>,
     rotate: usize,
+    requested_through: Slot,
 }
 
 /// A Multi-Paxos replica: acceptor, master (distinguished proposer) and learner in one.
@@ -273,6 +274,8 @@ impl Replica {
         self.advance_chosen(now, out);
         self.tick_catchup(now, out);
         self.pump(now, out);
+        // A single-member cell chooses while pumping.
+        self.advance_chosen(now, out);
         if cfg!(debug_assertions) {
             self.check_invariants();
         }

@@ -1,1 +1,536 @@
+//! Exact-action tests of the Paxos core, each naming the rule and its source. A small
+//! perfect-network harness drives whole cells; the simulator covers the faulty cases.
 
+use std::collections::VecDeque;
+
+use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot, Value};
+
+use super::*;
+
+fn ids(n: u32) -> Vec<NodeId> {
+    (1..=n).map(NodeId).collect()
+}
+
+fn config(me: u32, n: u32) -> Config {
+    let mut cfg = Config::new(NodeId(me), ids(n));
+    cfg.seed = u64::from(me) * 7919;
+    cfg
+}
+
+fn ballot(round: u64, node: u32) -> Ballot {
+    Ballot {
+        round,
+        node: NodeId(node),
+    }
+}
+
+/// A cell on a perfect network: messages arrive in order, instantly; time moves by ticks.
+struct Cell {
+    replicas: Vec<Replica>,
+    now: Instant,
+    wire: VecDeque<(NodeId, NodeId, PaxosMsg)>,
+    delivered: Vec<Vec<(Slot, Value)>>,
+    down: Vec<bool>,
+}
+
+impl Cell {
+    fn new(n: u32) -> Cell {
+        let replicas = (1..=n)
+            .map(|i| Replica::new(config(i, n), DurableState::bootstrap()).unwrap())
+            .collect();
+        Cell {
+            replicas,
+            now: Instant(1_000),
+            wire: VecDeque::new(),
+            delivered: vec![Vec::new(); n as usize],
+            down: vec![false; n as usize],
+        }
+    }
+
+    fn step(&mut self, i: usize, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.down[i] {
+            return out;
+        }
+        self.replicas[i].step(self.now, input, &mut out);
+        let me = self.replicas[i].id();
+        for action in &out {
+            match action {
+                Action::Send { to, msg } => self.wire.push_back((me, *to, msg.clone())),
+                Action::Deliver { slot, value } => self.delivered[i].push((*slot, value.clone())),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Delivers messages until none are left.
+    fn settle(&mut self) {
+        while let Some((from, to, msg)) = self.wire.pop_front() {
+            let i = (to.0 - 1) as usize;
+            self.step(i, Input::Peer { from, msg });
+        }
+    }
+
+    /// Advances time in 50 ms ticks for `ms`, settling after each.
+    fn run_for(&mut self, ms: u64) {
+        let end = self.now.plus_ms(ms);
+        while self.now < end {
+            self.now = self.now.plus_ms(50);
+            for i in 0..self.replicas.len() {
+                self.step(i, Input::Tick);
+            }
+            self.settle();
+        }
+    }
+
+    fn master(&self) -> Option<usize> {
+        let masters: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| !self.down[i] && self.replicas[i].role() == RoleKind::Master)
+            .collect();
+        assert!(
+            masters.len() <= 1,
+            "two masters on a perfect network: {masters:?}"
+        );
+        masters.first().copied()
+    }
+}
+
+fn submit(cell: &mut Cell, i: usize, text: &str) -> Vec<Action> {
+    let out = cell.step(
+        i,
+        Input::Submit {
+            command: text.as_bytes().to_vec(),
+        },
+    );
+    cell.settle();
+    out
+}
+
+#[test]
+fn a_cell_elects_one_master_and_delivers_in_order_everywhere() {
+    // PML §3 Fig. 2: submit() at the master; callback() with the same values, in the same
+    // order, on every replica.
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master after five seconds");
+    for k in 0..20 {
+        submit(&mut cell, m, &format!("cmd-{k}"));
+    }
+    cell.run_for(1_000);
+    let commands = |d: &Vec<(Slot, Value)>| -> Vec<Vec<u8>> {
+        d.iter().flat_map(|(_, v)| v.commands.clone()).collect()
+    };
+    let expected: Vec<Vec<u8>> = (0..20).map(|k| format!("cmd-{k}").into_bytes()).collect();
+    for d in &cell.delivered {
+        assert_eq!(commands(d), expected);
+        let slots: Vec<u64> = d.iter().map(|(s, _)| s.0).collect();
+        assert_eq!(
+            slots,
+            (1..=slots.len() as u64).collect::<Vec<_>>(),
+            "contiguous from 1"
+        );
+    }
+}
+
+#[test]
+fn a_follower_rejects_submissions_with_the_master_hint() {
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    let follower = (m + 1) % 3;
+    let out = submit(&mut cell, follower, "x");
+    let hint = Some(NodeId(m as u32 + 1));
+    assert_eq!(
+        out,
+        vec![Action::Rejected {
+            command: b"x".to_vec(),
+            reason: Rejection::NotMaster { hint }
+        }]
+    );
+}
+
+#[test]
+fn an_acceptor_persists_its_promise_before_replying() {
+    // Paxos Made Simple §2.3 / PML §4.2: the promise is flushed to disk before the reply.
+    let mut r = Replica::new(config(2, 3), DurableState::bootstrap()).unwrap();
+    let mut out = Vec::new();
+    r.step(Instant(0), Input::Tick, &mut out);
+    let later = Instant(10_000); // past the restart wait of one lease
+    out.clear();
+    let b = ballot(1, 1);
+    r.step(
+        later,
+        Input::Peer {
+            from: NodeId(1),
+            msg: PaxosMsg::Prepare {
+                ballot: b,
+                from_slot: Slot(1),
+            },
+        },
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        vec![
+            Action::Persist(PersistBatch {
+                promised: Some(b),
+                ..PersistBatch::default()
+            }),
+            Action::Send {
+                to: NodeId(1),
+                msg: PaxosMsg::Promise {
+                    ballot: b,
+                    chosen_through: Slot::ZERO,
+                    entries: vec![]
+                }
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_restarted_acceptor_promises_nothing_for_one_lease() {
+    // DESIGN §7: a restarted replica forgot the leases it granted, so it waits one lease.
+    let mut r = Replica::new(config(2, 3), DurableState::bootstrap()).unwrap();
+    let start = Instant(5_000);
+    let mut out = Vec::new();
+    r.step(start, Input::Tick, &mut out);
+    out.clear();
+    let prepare = |b| Input::Peer {
+        from: NodeId(1),
+        msg: PaxosMsg::Prepare {
+            ballot: b,
+            from_slot: Slot(1),
+        },
+    };
+    r.step(start.plus_ms(999), prepare(ballot(1, 1)), &mut out);
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: NodeId(1),
+            msg: PaxosMsg::Nack {
+                ballot: ballot(1, 1),
+                promised: Ballot::ZERO,
+                lease_held: true
+            }
+        }]
+    );
+    out.clear();
+    r.step(start.plus_ms(1_000), prepare(ballot(2, 1)), &mut out);
+    assert!(
+        matches!(
+            out.last(),
+            Some(Action::Send {
+                msg: PaxosMsg::Promise { .. },
+                ..
+            })
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_acceptor_refuses_other_replicas_while_a_lease_it_granted_runs() {
+    // PML §5.2: replicas refuse to process Paxos messages from any other replica while the
+    // lease is held.
+    let mut r = Replica::new(config(3, 3), DurableState::bootstrap()).unwrap();
+    let t = Instant(10_000);
+    let mut out = Vec::new();
+    r.step(t, Input::Tick, &mut out);
+    let b1 = ballot(1, 1);
+    let hb = PaxosMsg::Heartbeat {
+        ballot: b1,
+        chosen_through: Slot::ZERO,
+        lease_seq: 0,
+    };
+    r.step(
+        t,
+        Input::Peer {
+            from: NodeId(1),
+            msg: hb,
+        },
+        &mut out,
+    );
+    out.clear();
+    let b2 = ballot(2, 2);
+    let prepare = PaxosMsg::Prepare {
+        ballot: b2,
+        from_slot: Slot(1),
+    };
+    r.step(
+        t.plus_ms(999),
+        Input::Peer {
+            from: NodeId(2),
+            msg: prepare.clone(),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: NodeId(2),
+            msg: PaxosMsg::Nack {
+                ballot: b2,
+                promised: Ballot::ZERO,
+                lease_held: true
+            }
+        }]
+    );
+    out.clear();
+    let hb2 = PaxosMsg::Heartbeat {
+        ballot: b2,
+        chosen_through: Slot::ZERO,
+        lease_seq: 0,
+    };
+    r.step(
+        t.plus_ms(999),
+        Input::Peer {
+            from: NodeId(2),
+            msg: hb2,
+        },
+        &mut out,
+    );
+    assert!(
+        matches!(
+            &out[..],
+            [Action::Send {
+                msg: PaxosMsg::Nack {
+                    lease_held: true,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    out.clear();
+    r.step(
+        t.plus_ms(1_000),
+        Input::Peer {
+            from: NodeId(2),
+            msg: prepare,
+        },
+        &mut out,
+    );
+    assert!(
+        matches!(
+            out.last(),
+            Some(Action::Send {
+                msg: PaxosMsg::Promise { .. },
+                ..
+            })
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_master_counts_its_lease_from_before_it_sent() {
+    // PML §5.2 + STYLE §9.4: lease_until = sent_at + lease·(1-ε)/(1+ε), not from the ack.
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    cell.now = cell.now.plus_ms(300); // past the heartbeat interval
+    let sent_at = cell.now;
+    cell.step(m, Input::Tick); // sends a heartbeat
+    cell.now = cell.now.plus_ms(40); // acks arrive 40 ms later
+    cell.settle();
+    let believed = cell.replicas[m].cfg.master_lease_believed_ms();
+    assert_eq!(
+        cell.replicas[m].lease_until(cell.now),
+        Some(sent_at.plus_ms(believed))
+    );
+}
+
+#[test]
+fn boosting_raises_the_ballot_but_keeps_the_epoch() {
+    // PML §5.2 boosting; §5.3 the epoch changes iff mastership was not continuous.
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    let epoch = cell.replicas[m].epoch().unwrap();
+    cell.run_for(35_000); // past the 30 s boost interval
+    assert_eq!(cell.master(), Some(m));
+    assert_eq!(cell.replicas[m].epoch(), Some(epoch));
+    assert!(
+        cell.replicas[m].promised() > epoch,
+        "ballot boosted above the epoch"
+    );
+    submit(&mut cell, m, "after-boost");
+    cell.run_for(500);
+    assert!(cell.delivered.iter().all(|d| d
+        .iter()
+        .any(|(_, v)| v.commands == vec![b"after-boost".to_vec()])));
+}
+
+#[test]
+fn a_master_that_sees_a_higher_ballot_steps_down_and_returns_its_queue() {
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    let other = NodeId(((m + 1) % 3) as u32 + 1);
+    let mut out = Vec::new();
+    let r = &mut cell.replicas[m];
+    let window = r.cfg.window;
+    // Fill the window so the next command waits in the queue.
+    for k in 0..=window {
+        r.step(
+            cell.now,
+            Input::Submit {
+                command: format!("q{k}").into_bytes(),
+            },
+            &mut out,
+        );
+    }
+    out.clear();
+    let higher = Ballot {
+        round: r.promised().round + 5,
+        node: other,
+    };
+    r.step(
+        cell.now,
+        Input::Peer {
+            from: other,
+            msg: PaxosMsg::Nack {
+                ballot: r.promised(),
+                promised: higher,
+                lease_held: false,
+            },
+        },
+        &mut out,
+    );
+    assert_eq!(r.role(), RoleKind::Follower);
+    let rejected: Vec<&Action> = out
+        .iter()
+        .filter(|a| matches!(a, Action::Rejected { .. }))
+        .collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "the one queued command comes back: {out:?}"
+    );
+    assert!(out.contains(&Action::Role {
+        role: RoleKind::Follower,
+        epoch: None
+    }));
+}
+
+#[test]
+fn a_replica_that_lost_its_disk_votes_only_after_the_rebuild_rule() {
+    // PML §5.1: no promise and no accept until one complete instance that began after the
+    // restart; rebuild.rs explains the bounds taken from every other member.
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    for k in 0..5 {
+        submit(&mut cell, m, &format!("before-{k}"));
+    }
+    cell.run_for(500);
+    let lost = (m + 1) % 3;
+    cell.replicas[lost] = Replica::new(config(lost as u32 + 1, 3), DurableState::lost()).unwrap();
+    cell.delivered[lost].clear();
+    assert!(!cell.replicas[lost].is_voter());
+    // While rebuilding it answers no Prepare.
+    let mut out = Vec::new();
+    let probe = PaxosMsg::Prepare {
+        ballot: ballot(999, (m as u32) + 1),
+        from_slot: Slot(1),
+    };
+    cell.replicas[lost].step(
+        cell.now,
+        Input::Peer {
+            from: NodeId(m as u32 + 1),
+            msg: probe,
+        },
+        &mut out,
+    );
+    assert!(
+        out.iter().all(|a| !matches!(
+            a,
+            Action::Send {
+                msg: PaxosMsg::Promise { .. },
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+    cell.run_for(3_000);
+    assert!(
+        cell.replicas[lost].is_voter(),
+        "the master's no-op completed the rule"
+    );
+    assert!(
+        cell.replicas[lost].promised()
+            >= cell.replicas[m]
+                .promised()
+                .min(cell.replicas[m].epoch().unwrap())
+    );
+    let caught_up: Vec<Vec<u8>> = cell.delivered[lost]
+        .iter()
+        .flat_map(|(_, v)| v.commands.clone())
+        .collect();
+    assert_eq!(
+        caught_up.len(),
+        5,
+        "every earlier value was re-learned by catch-up"
+    );
+}
+
+#[test]
+fn a_lagging_replica_catches_up_from_a_peer() {
+    // PML §4.2 catch-up.
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    let lag = (m + 2) % 3;
+    cell.down[lag] = true;
+    for k in 0..200 {
+        submit(&mut cell, m, &format!("c{k}"));
+    }
+    cell.down[lag] = false;
+    cell.run_for(2_000);
+    let got: usize = cell.delivered[lag]
+        .iter()
+        .map(|(_, v)| v.commands.len())
+        .sum();
+    assert_eq!(got, 200);
+    assert_eq!(
+        cell.replicas[lag].chosen_through(),
+        cell.replicas[m].chosen_through()
+    );
+}
+
+#[test]
+fn batches_respect_the_command_and_byte_bounds() {
+    // Many submissions share an instance, up to the configured bounds (PML §4.2 batching).
+    let mut r = Replica::new(
+        {
+            let mut c = config(1, 1);
+            c.batch_commands_max = 3;
+            c.window = 1;
+            c
+        },
+        DurableState::bootstrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut now = Instant(0);
+    while r.role() != RoleKind::Master {
+        now = now.plus_ms(100);
+        r.step(now, Input::Tick, &mut out);
+    }
+    out.clear();
+    for k in 0..7 {
+        r.step(now, Input::Submit { command: vec![k] }, &mut out);
+    }
+    let sizes: Vec<usize> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { value, .. } => Some(value.commands.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 7);
+    assert!(sizes.iter().all(|&s| (1..=3).contains(&s)), "{sizes:?}");
+}

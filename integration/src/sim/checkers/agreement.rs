@@ -13,11 +13,14 @@ use chubby_server::paxos::PersistBatch;
 
 use super::{violation, Violation};
 
+/// For one `(slot, ballot)`: which replicas durably accepted each value (by its commands).
+type Votes = BTreeMap<Vec<Vec<u8>>, BTreeSet<NodeId>>;
+
 /// Durable votes and the values they chose.
 #[derive(Debug, Default)]
 pub struct Agreement {
     majority: usize,
-    votes: BTreeMap<(Slot, Ballot), BTreeMap<Vec<Vec<u8>>, BTreeSet<NodeId>>>,
+    votes: BTreeMap<(Slot, Ballot), Votes>,
     chosen: BTreeMap<Slot, Value>,
 }
 
