@@ -63,6 +63,10 @@ pub mod sessions;
 pub mod snapshot;
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

@@ -1373,3 +1373,18 @@ fn checksum_command_reports_the_digest() {
     };
     assert_eq!(digest, t.db.digest());
 }
+
+/// PML §6.2: the digest sees contents: two databases that differ only in one file's bytes
+/// (same slot, same time, same generations) have different digests.
+#[test]
+fn digest_sees_contents() {
+    let run = |bytes: &[u8]| {
+        let mut t = Harness::new();
+        let s = t.session("admin");
+        let h = t.file(s, "/f");
+        t.write(s, h, bytes).unwrap();
+        t.db.digest()
+    };
+    assert_eq!(run(b"same"), run(b"same"));
+    assert_ne!(run(b"one"), run(b"two"));
+}
