@@ -36,6 +36,7 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 use chubby_protocol::{HandleId, InstanceNumber, Instant, LockMode, SessionId};
 
+use super::cow_map::{CowMap, EntryDigest, FieldHasher};
 use super::ensure;
 
 /// One holder of a lock.
@@ -99,6 +100,39 @@ impl LockState {
     }
 }
 
+fn mode_bit(mode: LockMode) -> u64 {
+    match mode {
+        LockMode::Exclusive => 0,
+        LockMode::Shared => 1,
+    }
+}
+
+impl EntryDigest<InstanceNumber> for LockState {
+    fn entry_digest(instance: &InstanceNumber, lock: &LockState) -> u64 {
+        let mut h = FieldHasher::new("lock").u64(instance.0).str(&lock.path);
+        h = h.u64(mode_bit(lock.mode)).u64(lock.holders.len() as u64);
+        for (handle, holder) in &lock.holders {
+            h = h
+                .u64(handle.0)
+                .u64(holder.session.0)
+                .u64(holder.lock_delay_ms);
+        }
+        h = h.u64(lock.waiters.len() as u64);
+        for w in &lock.waiters {
+            h = h
+                .u64(w.handle.0)
+                .u64(w.session.0)
+                .u64(mode_bit(w.mode))
+                .u64(w.lock_delay_ms);
+        }
+        match lock.delayed_until {
+            None => h.u64(0),
+            Some(until) => h.u64(1).u64(until.0),
+        }
+        .finish()
+    }
+}
+
 /// A lock handed to a handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -137,7 +171,7 @@ pub enum ReleaseCause {
 /// All lock state, keyed by node instance.
 #[derive(Clone, Debug, Default, Encode, Decode)]
 pub struct Locks {
-    locks: BTreeMap<InstanceNumber, LockState>,
+    locks: CowMap<InstanceNumber, LockState>,
     delays: BTreeSet<(Instant, InstanceNumber)>,
 }
 
@@ -183,23 +217,29 @@ impl Locks {
             !self.involves(instance, w.handle),
             "caller checks AlreadyHeld"
         );
-        let lock = self.locks.entry(instance).or_insert_with(|| LockState {
-            path: Arc::clone(path),
-            mode: w.mode,
-            holders: BTreeMap::new(),
-            waiters: VecDeque::new(),
-            delayed_until: None,
-        });
-        assert_eq!(lock.path, *path, "lock path out of step with its node");
-        let attempt = if lock.waiters.is_empty() && lock.compatible(w.mode) {
-            Attempt::Granted(Self::grant(lock, w))
-        } else if let (true, Some(until)) = (lock.holders.is_empty(), lock.delayed_until) {
-            Attempt::Delayed(until)
-        } else {
-            Attempt::Conflict(lock.holder_pairs())
-        };
-        self.gc(instance);
-        attempt
+        match self.locks.get(&instance) {
+            Some(lock) => {
+                assert_eq!(lock.path, *path, "lock path out of step with its node");
+                if !lock.waiters.is_empty() || !lock.compatible(w.mode) {
+                    return match (lock.holders.is_empty(), lock.delayed_until) {
+                        (true, Some(until)) => Attempt::Delayed(until),
+                        _ => Attempt::Conflict(lock.holder_pairs()),
+                    };
+                }
+            }
+            None => {
+                let fresh = LockState {
+                    path: Arc::clone(path),
+                    mode: w.mode,
+                    holders: BTreeMap::new(),
+                    waiters: VecDeque::new(),
+                    delayed_until: None,
+                };
+                self.locks.insert(instance, fresh);
+            }
+        }
+        let grant = self.locks.update(&instance, |lock| Self::grant(lock, w));
+        Attempt::Granted(grant.expect("lock state just checked"))
     }
 
     fn grant(lock: &mut LockState, w: Waiter) -> Grant {
@@ -224,16 +264,15 @@ impl Locks {
 
     /// Queues `w` behind everybody else.
     pub fn enqueue(&mut self, instance: InstanceNumber, w: Waiter) {
-        let lock = self
-            .locks
-            .get_mut(&instance)
-            .expect("enqueue on an idle lock");
-        assert!(!lock.holders.contains_key(&w.handle), "holder queued");
-        assert!(
-            lock.waiters.iter().all(|q| q.handle != w.handle),
-            "queued twice"
-        );
-        lock.waiters.push_back(w);
+        let queued = self.locks.update(&instance, |lock| {
+            assert!(!lock.holders.contains_key(&w.handle), "holder queued");
+            assert!(
+                lock.waiters.iter().all(|q| q.handle != w.handle),
+                "queued twice"
+            );
+            lock.waiters.push_back(w);
+        });
+        assert!(queued.is_some(), "enqueue on an idle lock");
     }
 
     /// Removes `handle` as holder (true) or waiter (false); `None` if it was neither.
@@ -245,36 +284,44 @@ impl Locks {
         cause: ReleaseCause,
         now: Instant,
     ) -> Option<bool> {
-        let lock = self.locks.get_mut(&instance)?;
-        if let Some(holder) = lock.holders.remove(&handle) {
-            if cause == ReleaseCause::SessionLost && holder.lock_delay_ms > 0 {
-                let until = now.plus_ms(holder.lock_delay_ms);
-                if let Some(old) = lock.delayed_until {
-                    self.delays.remove(&(old, instance));
-                }
-                let until = lock.delayed_until.map_or(until, |old| old.max(until));
-                lock.delayed_until = Some(until);
-                self.delays.insert((until, instance));
-            }
-            return Some(true);
+        if !self.involves(instance, handle) {
+            return None;
         }
-        let at = lock.waiters.iter().position(|w| w.handle == handle)?;
-        lock.waiters.remove(at);
-        Some(false)
+        let delays = &mut self.delays;
+        self.locks.update(&instance, |lock| {
+            if let Some(holder) = lock.holders.remove(&handle) {
+                if cause == ReleaseCause::SessionLost && holder.lock_delay_ms > 0 {
+                    let until = now.plus_ms(holder.lock_delay_ms);
+                    if let Some(old) = lock.delayed_until {
+                        delays.remove(&(old, instance));
+                    }
+                    let until = lock.delayed_until.map_or(until, |old| old.max(until));
+                    lock.delayed_until = Some(until);
+                    delays.insert((until, instance));
+                }
+                return true;
+            }
+            let at = lock.waiters.iter().position(|w| w.handle == handle);
+            lock.waiters.remove(at.expect("involved: holder or waiter"));
+            false
+        })
     }
 
     /// Grants the queue head, and then each following compatible waiter, as far as the
     /// state allows; drops idle state.
     pub fn hand_off(&mut self, instance: InstanceNumber) -> Vec<Grant> {
         let mut grants = Vec::new();
-        if let Some(lock) = self.locks.get_mut(&instance) {
-            while let Some(&head) = lock.waiters.front() {
-                if !lock.compatible(head.mode) {
-                    break;
+        let grantable = |l: &LockState| l.waiters.front().is_some_and(|w| l.compatible(w.mode));
+        if self.locks.get(&instance).is_some_and(grantable) {
+            self.locks.update(&instance, |lock| {
+                while let Some(&head) = lock.waiters.front() {
+                    if !lock.compatible(head.mode) {
+                        break;
+                    }
+                    lock.waiters.pop_front();
+                    grants.push(Self::grant(lock, head));
                 }
-                lock.waiters.pop_front();
-                grants.push(Self::grant(lock, head));
-            }
+            });
         }
         self.gc(instance);
         grants
@@ -288,12 +335,11 @@ impl Locks {
                 break;
             }
             self.delays.pop_first();
-            let lock = self
-                .locks
-                .get_mut(&instance)
-                .expect("delay of a missing lock");
-            assert_eq!(lock.delayed_until, Some(until), "delay index out of step");
-            lock.delayed_until = None;
+            let ended = self.locks.update(&instance, |lock| {
+                assert_eq!(lock.delayed_until, Some(until), "delay index out of step");
+                lock.delayed_until = None;
+            });
+            assert!(ended.is_some(), "delay of a missing lock");
             due.push(instance);
         }
         due
@@ -309,6 +355,12 @@ impl Locks {
             );
         }
         Some(lock)
+    }
+
+    /// A digest of the lock table: O(1), from its running sum (`delays` is derived).
+    #[must_use]
+    pub fn digest(&self) -> u64 {
+        self.locks.sum()
     }
 
     /// The earliest pending lock-delay end.
@@ -329,7 +381,8 @@ impl Locks {
     /// The first broken one, described.
     pub fn validate(&self) -> Result<(), String> {
         let mut delayed = BTreeSet::new();
-        for (instance, lock) in &self.locks {
+        self.locks.validate()?;
+        for (instance, lock) in self.locks.iter() {
             ensure!(!lock.idle(), "idle lock state kept for {instance:?}");
             let exclusive = lock.mode == LockMode::Exclusive;
             ensure!(

@@ -53,6 +53,7 @@
 
 mod acl;
 pub mod command;
+pub mod cow_map;
 pub mod locks;
 pub mod namespace;
 mod ops_locks;

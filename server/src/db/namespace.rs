@@ -6,11 +6,12 @@
 //! because `0` is the byte after `/`. So "has children" is one range lookup, and listing
 //! children skips each child's subtree with one more lookup.
 //!
-//! # Why `Arc`
-//! Keys are `Arc<str>` and values `Arc<Node>`, and file contents are themselves an `Arc`.
-//! Cloning the map (to snapshot it) then copies pointers, not paths or bytes, and a
-//! mutation after a snapshot copies one node's metadata (`Arc::make_mut`), never its
-//! contents. See `snapshot.rs` for the measured cost.
+//! # Why `CowMap` and `Arc`
+//! The map is a [`CowMap`]: cloning it (to snapshot) copies one pointer per leaf of
+//! [`super::cow_map::LEAF_MAX`] nodes. Keys are `Arc<str>` and values `Arc<Node>`, and file
+//! contents are themselves an `Arc`, so the first write to a leaf after a snapshot copies
+//! pointers (not paths or bytes), and a changed node copies its metadata
+//! (`Arc::make_mut`), never its contents. `snapshot.rs` gives the measured cost.
 //!
 //! # The node digest
 //! The namespace keeps a running sum (wrapping, so order does not matter) of a 64-bit hash
@@ -21,15 +22,15 @@
 //! # Invariants
 //! - `/` exists and is a directory; every other node's parent exists and is a directory.
 //! - Instance numbers are unique and below `next_instance`.
-//! - `node_sum` equals the sum of the node hashes.
+//! - The map's running digest equals the sum of the node hashes (checked by `CowMap`).
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 use chubby_protocol::db::{check_path, fnv1a64, FILE_BYTES_MAX, FNV_OFFSET};
 
+use super::cow_map::{CowMap, EntryDigest};
 use super::ensure;
 use chubby_protocol::{
     AclNames, ContentChecksum, Generation, InstanceNumber, Instant, NodeKind, Stat,
@@ -164,12 +165,17 @@ fn subtree(dir: &str) -> (Bound<String>, String) {
     }
 }
 
-/// The node map, the instance counter and the running node digest.
+impl EntryDigest<Arc<str>> for Arc<Node> {
+    fn entry_digest(path: &Arc<str>, node: &Arc<Node>) -> u64 {
+        node.digest(path)
+    }
+}
+
+/// The node map (with its running digest) and the instance counter.
 #[derive(Clone, Debug, Encode, Decode)]
 pub struct Namespace {
-    nodes: BTreeMap<Arc<str>, Arc<Node>>,
+    nodes: CowMap<Arc<str>, Arc<Node>>,
     next_instance: u64,
-    node_sum: u64,
 }
 
 impl Namespace {
@@ -177,9 +183,8 @@ impl Namespace {
     #[must_use]
     pub fn new(now: Instant, acl: AclNames) -> Namespace {
         let mut ns = Namespace {
-            nodes: BTreeMap::new(),
+            nodes: CowMap::default(),
             next_instance: 1,
-            node_sum: 0,
         };
         let root = Node::new(NodeKind::Directory, ns.allocate_instance(), now, acl);
         ns.insert("/", root);
@@ -227,7 +232,6 @@ impl Namespace {
                 "orphan {path}"
             );
         }
-        self.node_sum = self.node_sum.wrapping_add(node.digest(path));
         let key: Arc<str> = Arc::from(path);
         self.nodes.insert(Arc::clone(&key), Arc::new(node));
         key
@@ -235,17 +239,18 @@ impl Namespace {
 
     /// Changes the node at `path` in place (copying its metadata if a snapshot shares it).
     pub fn update<R>(&mut self, path: &str, f: impl FnOnce(&mut Node) -> R) -> R {
-        let node = self.nodes.get_mut(path).expect("update of a missing node");
-        let before = node.digest(path);
-        let instance = node.instance;
-        let r = f(Arc::make_mut(node));
-        assert_eq!(
-            node.instance, instance,
-            "an update must not change the instance"
-        );
-        let after = node.digest(path);
-        self.node_sum = self.node_sum.wrapping_sub(before).wrapping_add(after);
-        r
+        let update = |node: &mut Arc<Node>| {
+            let instance = node.instance;
+            let r = f(Arc::make_mut(node));
+            assert_eq!(
+                node.instance, instance,
+                "an update must not change the instance"
+            );
+            r
+        };
+        self.nodes
+            .update(path, update)
+            .expect("update of a missing node")
     }
 
     /// Removes the node at `path`, which must have no children.
@@ -255,9 +260,7 @@ impl Namespace {
             !self.has_children(path),
             "remove of a non-empty directory {path}"
         );
-        let node = self.nodes.remove(path).expect("remove of a missing node");
-        self.node_sum = self.node_sum.wrapping_sub(node.digest(path));
-        node
+        self.nodes.remove(path).expect("remove of a missing node")
     }
 
     /// True if `dir` has at least one child.
@@ -282,7 +285,7 @@ impl Namespace {
 
     /// The first node with a key from `lo` up to (excluding) `hi`.
     fn first_in(&self, lo: Bound<&str>, hi: &str) -> Option<(&Arc<str>, &Arc<Node>)> {
-        self.nodes.range::<str, _>((lo, Bound::Excluded(hi))).next()
+        self.nodes.first_in(lo, hi)
     }
 
     /// Every node, in path order.
@@ -305,7 +308,7 @@ impl Namespace {
     /// The running digest of all nodes.
     #[must_use]
     pub fn node_sum(&self) -> u64 {
-        self.node_sum
+        self.nodes.sum()
     }
 
     /// The instance counter (for the digest).
@@ -319,15 +322,14 @@ impl Namespace {
     /// # Errors
     /// The first broken one, described.
     pub fn validate(&self) -> Result<(), String> {
+        self.nodes.validate()?;
         ensure!(
             self.get("/").is_some_and(|r| r.is_dir()),
             "root missing or not a directory"
         );
-        let mut sum = 0u64;
         let mut instances = std::collections::BTreeSet::new();
-        for (path, node) in &self.nodes {
+        for (path, node) in self.nodes.iter() {
             ensure!(check_path(path).is_ok(), "invalid path {path:?}");
-            sum = sum.wrapping_add(node.digest(path));
             ensure!(instances.insert(node.instance), "instance reused at {path}");
             ensure!(
                 node.instance.0 < self.next_instance,
@@ -354,7 +356,6 @@ impl Namespace {
                 ensure!(!node.ephemeral, "ephemeral root");
             }
         }
-        ensure!(sum == self.node_sum, "running node digest out of step");
         Ok(())
     }
 }

@@ -21,12 +21,13 @@
 //! - A handle is in `openers[instance]` iff its node is alive (checked by `Db`).
 //! - Each session holds at most [`HANDLES_PER_SESSION_MAX`] handles.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 use chubby_protocol::{HandleId, InstanceNumber, OpenMode, Sequencer, SessionId};
 
+use super::cow_map::{CowMap, EntryDigest, FieldHasher};
 use super::ensure;
 
 /// Bound on open handles per session (STYLE habit 9). Far above what a client needs; it
@@ -59,12 +60,51 @@ pub struct Handle {
     pub sequencer: Option<Sequencer>,
 }
 
+impl EntryDigest<SessionId> for Arc<Session> {
+    /// The handle set is derived from the handle table, so it is left out.
+    fn entry_digest(id: &SessionId, session: &Arc<Session>) -> u64 {
+        FieldHasher::new("session")
+            .u64(id.0)
+            .str(&session.principal)
+            .finish()
+    }
+}
+
+impl EntryDigest<HandleId> for Handle {
+    fn entry_digest(id: &HandleId, h: &Handle) -> u64 {
+        let mode = u64::from(h.mode.read) | u64::from(h.mode.write) << 1;
+        let mode = mode | u64::from(h.mode.change_acl) << 2;
+        let hasher = FieldHasher::new("handle")
+            .u64(id.0)
+            .u64(h.session.0)
+            .str(&h.path);
+        let hasher = hasher.u64(h.instance.0).u64(mode).u64(h.lock_delay_ms);
+        match &h.sequencer {
+            None => hasher.u64(0),
+            Some(seq) => hasher
+                .u64(1)
+                .str(&seq.path)
+                .u64(seq.instance.0)
+                .u64(u64::from(seq.mode == chubby_protocol::LockMode::Shared))
+                .u64(seq.lock_generation.0),
+        }
+        .finish()
+    }
+}
+
+impl EntryDigest<InstanceNumber> for Arc<BTreeSet<HandleId>> {
+    /// Derived from the handle table (and checked against it): left out.
+    fn entry_digest(_: &InstanceNumber, _: &Arc<BTreeSet<HandleId>>) -> u64 {
+        0
+    }
+}
+
 /// Sessions, handles and the per-instance index of open handles.
 #[derive(Clone, Debug, Default, Encode, Decode)]
 pub struct Sessions {
-    sessions: BTreeMap<SessionId, Session>,
-    handles: BTreeMap<HandleId, Handle>,
-    openers: BTreeMap<InstanceNumber, BTreeSet<HandleId>>,
+    sessions: CowMap<SessionId, Arc<Session>>,
+    handles: CowMap<HandleId, Handle>,
+    openers: CowMap<InstanceNumber, Arc<BTreeSet<HandleId>>>,
     next_session: u64,
     next_handle: u64,
 }
@@ -79,7 +119,7 @@ impl Sessions {
             handles: BTreeSet::new(),
         };
         assert!(
-            self.sessions.insert(id, fresh).is_none(),
+            self.sessions.insert(id, Arc::new(fresh)).is_none(),
             "session id reused"
         );
         id
@@ -88,12 +128,12 @@ impl Sessions {
     /// The session `id`.
     #[must_use]
     pub fn session(&self, id: SessionId) -> Option<&Session> {
-        self.sessions.get(&id)
+        self.sessions.get(&id).map(|s| &**s)
     }
 
     /// Every session.
     pub fn iter_sessions(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
-        self.sessions.iter()
+        self.sessions.iter().map(|(id, s)| (id, &**s))
     }
 
     /// Removes a session that has no handles left.
@@ -124,18 +164,27 @@ impl Sessions {
 
     /// Opens a handle on a live node.
     pub fn open(&mut self, handle: Handle) -> HandleId {
-        let session = self
-            .sessions
-            .get_mut(&handle.session)
-            .expect("open in unknown session");
-        assert!(
-            session.handles.len() < HANDLES_PER_SESSION_MAX,
-            "handle bound not checked"
-        );
         self.next_handle += 1;
         let id = HandleId(self.next_handle);
-        session.handles.insert(id);
-        self.openers.entry(handle.instance).or_default().insert(id);
+        let listed = self.sessions.update(&handle.session, |s| {
+            assert!(
+                s.handles.len() < HANDLES_PER_SESSION_MAX,
+                "handle bound not checked"
+            );
+            Arc::make_mut(s).handles.insert(id)
+        });
+        assert_eq!(
+            listed,
+            Some(true),
+            "open in an unknown session, or id reused"
+        );
+        let added = self
+            .openers
+            .update(&handle.instance, |set| Arc::make_mut(set).insert(id));
+        if added.is_none() {
+            self.openers
+                .insert(handle.instance, Arc::new(BTreeSet::from([id])));
+        }
         assert!(
             self.handles.insert(id, handle).is_none(),
             "handle id reused"
@@ -154,14 +203,10 @@ impl Sessions {
     /// Closes a handle; returns it.
     pub fn close(&mut self, id: HandleId) -> Handle {
         let handle = self.handles.remove(&id).expect("closing an unknown handle");
-        let session = self
+        let listed = self
             .sessions
-            .get_mut(&handle.session)
-            .expect("handle without session");
-        assert!(
-            session.handles.remove(&id),
-            "session did not list its handle"
-        );
+            .update(&handle.session, |s| Arc::make_mut(s).handles.remove(&id));
+        assert_eq!(listed, Some(true), "session did not list its handle");
         self.unlink_opener(handle.instance, id);
         handle
     }
@@ -169,7 +214,7 @@ impl Sessions {
     /// The live handles open on `instance`.
     #[must_use]
     pub fn openers(&self, instance: InstanceNumber) -> Option<&BTreeSet<HandleId>> {
-        self.openers.get(&instance)
+        self.openers.get(&instance).map(|o| &**o)
     }
 
     /// True if some handle has `instance` open.
@@ -192,33 +237,42 @@ impl Sessions {
         let Some(ids) = self.openers.remove(&old) else {
             return;
         };
-        for id in &ids {
-            let h = self.handles.get_mut(id).expect("opener without handle");
-            assert_eq!(h.instance, old, "opener bound elsewhere");
-            h.instance = new;
-            h.path = Arc::clone(path);
+        for id in ids.iter() {
+            let moved = self.handles.update(id, |h| {
+                assert_eq!(h.instance, old, "opener bound elsewhere");
+                h.instance = new;
+                h.path = Arc::clone(path);
+            });
+            assert!(moved.is_some(), "opener without handle");
         }
         self.openers.insert(new, ids);
     }
 
     /// Sets or clears a handle's sequencer.
     pub fn set_sequencer(&mut self, id: HandleId, sequencer: Option<Sequencer>) {
-        self.handles.get_mut(&id).expect("unknown handle").sequencer = sequencer;
+        let set = self.handles.update(&id, |h| h.sequencer = sequencer);
+        assert!(set.is_some(), "unknown handle");
     }
 
     fn unlink_opener(&mut self, instance: InstanceNumber, id: HandleId) {
-        if let Some(set) = self.openers.get_mut(&instance) {
-            set.remove(&id);
-            if set.is_empty() {
-                self.openers.remove(&instance);
-            }
+        let emptied = self.openers.update(&instance, |set| {
+            Arc::make_mut(set).remove(&id);
+            set.is_empty()
+        });
+        if emptied == Some(true) {
+            self.openers.remove(&instance);
         }
     }
 
-    /// The id counters, for the digest.
+    /// A digest of the tables: O(1), from their running sums and the id counters.
     #[must_use]
-    pub fn counters(&self) -> (u64, u64) {
-        (self.next_session, self.next_handle)
+    pub fn digest(&self) -> u64 {
+        FieldHasher::new("sessions")
+            .u64(self.sessions.sum())
+            .u64(self.handles.sum())
+            .u64(self.next_session)
+            .u64(self.next_handle)
+            .finish()
     }
 
     /// Checks the invariants this table can check alone.
@@ -226,7 +280,10 @@ impl Sessions {
     /// # Errors
     /// The first broken one, described.
     pub fn validate(&self) -> Result<(), String> {
-        for (id, h) in &self.handles {
+        self.sessions.validate()?;
+        self.handles.validate()?;
+        self.openers.validate()?;
+        for (id, h) in self.handles.iter() {
             let s = self.sessions.get(&h.session);
             ensure!(
                 s.is_some_and(|s| s.handles.contains(id)),
@@ -234,7 +291,7 @@ impl Sessions {
             );
             ensure!(id.0 <= self.next_handle, "handle id above the counter");
         }
-        for (sid, s) in &self.sessions {
+        for (sid, s) in self.sessions.iter() {
             ensure!(
                 s.handles.len() <= HANDLES_PER_SESSION_MAX,
                 "handle bound broken"
@@ -245,9 +302,9 @@ impl Sessions {
                 ensure!(owner == Some(*sid), "session lists a stray handle {id:?}");
             }
         }
-        for (instance, ids) in &self.openers {
+        for (instance, ids) in self.openers.iter() {
             ensure!(!ids.is_empty(), "empty opener set kept");
-            for id in ids {
+            for id in ids.iter() {
                 let bound = self.handles.get(id).map(|h| h.instance);
                 ensure!(bound == Some(*instance), "opener bound to another instance");
             }

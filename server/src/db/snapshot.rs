@@ -2,13 +2,20 @@
 //!
 //! # Without stalling apply
 //! PML's snapshots are taken "while the replica keeps participating in Paxos" (their later
-//! versions used a shadow structure). Here [`Db::freeze`] makes a copy that shares every
-//! node with the live database: the node map holds `Arc`s, so the copy costs one pointer
-//! copy per node (and a deep copy of the small session, handle and lock tables). The live
-//! database then goes on applying; a node it changes is copied on its first write
-//! (`Arc::make_mut`, metadata only: contents are an `Arc` of their own). The frozen copy is
-//! encoded on another thread. `cargo bench -p chubby-server --bench db` measures the
-//! freeze for 100k files (it is the whole stall).
+//! versions used a shadow structure). Here [`Db::freeze`] clones the database, and every
+//! table in it is a [`CowMap`]: the clone copies one pointer per leaf of up to 512 entries.
+//! The live database goes on applying; the first write to a leaf after a freeze copies
+//! that leaf (pointers only: nodes are `Arc`s, and so are file contents). The frozen copy
+//! is encoded, then dropped, on another thread.
+//!
+//! Measured by `cargo bench -p chubby-server --bench db` (100k files of 1 KiB, 5000
+//! sessions, 50k handles, 1000 held locks; shared 2-core VM): freeze 0.01–0.03 ms; a plain
+//! `BTreeMap` of `Arc`s took 7.5 ms median, 12 ms max, before `CowMap`. Writes while a
+//! copy is held: p99 about 20–30 µs instead of 6–8 µs (leaf copies). Encoding takes 0.2–1 s
+//! and 106 MiB; dropping the copy afterwards 8–14 ms, which is why it must happen off the
+//! apply thread.
+//!
+//! [`CowMap`]: super::cow_map::CowMap
 //!
 //! # Format
 //! ```text
@@ -20,14 +27,18 @@
 //! of the snapshot is used (PML §5.5: the application "can verify integrity and discard").
 //!
 //! # Digest
-//! A 64-bit digest of everything replicated: the namespace's running sum of node hashes
-//! (O(1), see `namespace.rs`) combined with a hash of the encoded session, handle and lock
-//! tables. Replicas that applied the same log have equal digests.
+//! A 64-bit digest of everything replicated, in O(1): every table is a [`CowMap`] that
+//! keeps a running (wrapping) sum of its entries' hashes, and the digest combines those
+//! sums with the counters, the epoch, the time, the slot and the configuration. Derived
+//! indexes (openers, a session's handle set, the lock-delay queue) are left out; they are
+//! checked against the tables instead. Replicas that applied the same log have equal
+//! digests; the Checksum command computes one inside apply at no cost (measured 3–5 µs).
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use chubby_protocol::db::fnv1a64;
 use chubby_protocol::{NodeId, Slot};
 
+use super::cow_map::FieldHasher;
 use super::{Db, Digest};
 
 /// Start of every snapshot.
@@ -80,6 +91,11 @@ pub struct SnapshotInfo {
 }
 
 /// A frozen copy of the database, sharing nodes with the live one.
+///
+/// # Contract
+/// Encode it **and drop it** off the apply thread: dropping frees every leaf the live
+/// database has replaced since the freeze (measured: 6.8 ms after 20k writes to 100k
+/// nodes), which is the deferred half of copy-on-write.
 #[derive(Clone, Debug)]
 pub struct Frozen(pub(super) Db);
 
@@ -173,22 +189,17 @@ fn check_header(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     Ok(body)
 }
 
-/// The digest of `db` (see the module docs).
+/// The digest of `db` (see the module docs): O(1).
 pub(super) fn digest_of(db: &Db) -> Digest {
-    let tables = (
-        &db.config,
-        db.epoch,
-        db.now,
-        db.applied,
-        db.ns.next_instance(),
-        &db.sessions,
-        &db.locks,
-    );
-    let bytes = bincode::encode_to_vec(tables, config::standard())
-        .expect("encoding into memory has no failure mode");
-    let h = fnv1a64(
-        chubby_protocol::db::FNV_OFFSET,
-        &db.ns.node_sum().to_le_bytes(),
-    );
-    Digest(fnv1a64(h, &bytes))
+    let config = bincode::encode_to_vec(
+        (&db.config, db.epoch, db.now, db.applied),
+        config::standard(),
+    )
+    .expect("encoding into memory has no failure mode");
+    let h = FieldHasher::new("db")
+        .u64(db.ns.node_sum())
+        .u64(db.ns.next_instance())
+        .u64(db.sessions.digest())
+        .u64(db.locks.digest());
+    Digest(fnv1a64(h.finish(), &config))
 }

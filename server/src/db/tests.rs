@@ -1388,3 +1388,26 @@ fn digest_sees_contents() {
     assert_eq!(run(b"same"), run(b"same"));
     assert_ne!(run(b"one"), run(b"two"));
 }
+
+/// PML §6.2: the digest sees lock modes and handles' sequencers too, not only nodes (same
+/// slots, same times, different state).
+#[test]
+fn digest_sees_locks_and_handles() {
+    let run = |mode: LockMode, keep_sequencer: bool| {
+        let mut t = Harness::new();
+        let s = t.session("admin");
+        let h = t.file(s, "/f");
+        let seq = sequencer_of(t.try_acquire(s, h, mode).unwrap());
+        let sequencer = keep_sequencer.then_some(seq);
+        t.ok(Op::SetSequencer {
+            session: s,
+            handle: h,
+            sequencer,
+        });
+        t.db.digest()
+    };
+    let base = run(LockMode::Exclusive, true);
+    assert_eq!(base, run(LockMode::Exclusive, true));
+    assert_ne!(base, run(LockMode::Shared, true));
+    assert_ne!(base, run(LockMode::Exclusive, false));
+}
