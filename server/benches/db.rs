@@ -179,7 +179,9 @@ fn lock_rate() {
 /// 100k files of 1 KiB (in 100 directories), 5000 sessions holding 50k handles and 1000
 /// locks: freeze, encode, restore, digest, and the apply latency while a snapshot is
 /// encoded on another thread.
-fn snapshot_figures() {
+/// 100k files of 1 KiB in 100 directories, then 5000 sessions holding 10 handles each
+/// and 1000 locks; returns the feed, a session and 1000 handles of it to write through.
+fn build_cell() -> (Feed, SessionId, Vec<HandleId>) {
     let mut f = Feed::new();
     let s = f.session();
     let build = Instant::now();
@@ -208,16 +210,21 @@ fn snapshot_figures() {
         "built 100k files of 1 KiB in {:.1} s (Open+Close each)",
         build.elapsed().as_secs_f64()
     );
+    add_clients(&mut f);
+    let writers = (0..1000)
+        .map(|i| f.open(s, &format!("/d{}/file{:04}", i % 100, i), Vec::new()))
+        .collect();
+    (f, s, writers)
+}
+
+fn add_clients(f: &mut Feed) {
     let build = Instant::now();
     for c in 0..5_000u64 {
         let client = f.session();
         for k in 0..10u64 {
             let i = (c * 10 + k) % 100_000;
-            let handle = f.open(
-                client,
-                &format!("/d{}/file{:04}", i / 1000, i % 1000),
-                Vec::new(),
-            );
+            let path = format!("/d{}/file{:04}", i / 1000, i % 1000);
+            let handle = f.open(client, &path, Vec::new());
             if k == 0 && c % 5 == 0 {
                 f.ok(Op::Acquire {
                     session: client,
@@ -231,9 +238,11 @@ fn snapshot_figures() {
         "added 5000 sessions, 50k handles, 1000 held locks in {:.1} s",
         build.elapsed().as_secs_f64()
     );
-    let writers: Vec<HandleId> = (0..1000)
-        .map(|i| f.open(s, &format!("/d{}/file{:04}", i % 100, i), Vec::new()))
-        .collect();
+}
+
+/// Freeze (the apply stall), encode, size, restore and digest of a snapshot.
+fn snapshot_figures() {
+    let (mut f, s, writers) = build_cell();
 
     let freezes: Vec<f64> = (0..9)
         .map(|_| {
@@ -274,6 +283,12 @@ fn snapshot_figures() {
     assert_eq!(restored.digest(), digest, "restored snapshot differs");
     drop((restored, frozen));
 
+    latency_figures(&mut f, s, &writers);
+}
+
+/// Write latency with no snapshot, with a frozen copy held, next to a CPU-burning thread
+/// (control) and next to a thread encoding and dropping a snapshot.
+fn latency_figures(f: &mut Feed, s: SessionId, writers: &[HandleId]) {
     let payload = vec![b'y'; 1024];
     // Latencies of 1 KiB SetContents spread over 1000 files in 100 directories, so the
     // writes after a freeze touch many leaves (each first touch copies one leaf).
@@ -295,13 +310,13 @@ fn snapshot_figures() {
     };
     println!(
         "SetContents 1 KiB latency, no snapshot: {}",
-        apply_latency(&mut f, 20_000)
+        apply_latency(f, 20_000)
     );
 
     let frozen = f.db.freeze();
     println!(
         "SetContents 1 KiB latency, frozen copy held (copy-on-write only): {}",
-        apply_latency(&mut f, 20_000)
+        apply_latency(f, 20_000)
     );
     let start = Instant::now();
     drop(frozen);
@@ -322,7 +337,7 @@ fn snapshot_figures() {
         }
         flag.store(true, Ordering::Release);
     });
-    let control = apply_until(&mut f, &done, &apply_latency);
+    let control = apply_until(f, &done, &apply_latency);
     burner.join().expect("burner thread");
     println!("SetContents 1 KiB latency, control (another thread burns CPU 0.8 s): {control}");
 
@@ -341,7 +356,7 @@ fn snapshot_figures() {
         flag.store(true, Ordering::Release);
         (encode_ms, drop_ms, bytes.len())
     });
-    let during = apply_until(&mut f, &done, &apply_latency);
+    let during = apply_until(f, &done, &apply_latency);
     let (encode_ms, drop_ms, len) = encoder.join().expect("encoder thread");
     println!(
         "SetContents 1 KiB latency while another thread encodes and drops a snapshot: \

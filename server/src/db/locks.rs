@@ -166,6 +166,9 @@ pub enum ReleaseCause {
     Closed,
     /// ExpireSession: the holder may still think it holds the lock; lock-delay applies.
     SessionLost,
+    /// The node was deleted: the lock (and its sequencers) went with it; no delay, since
+    /// a re-created node is another instance with its own lock.
+    NodeDeleted,
 }
 
 /// All lock state, keyed by node instance.

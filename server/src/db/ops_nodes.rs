@@ -244,7 +244,7 @@ impl Db {
         if let Some(lock) = self.locks.remove(instance) {
             for (handle, holder) in &lock.holders {
                 let (path, session, handle) = (Arc::clone(path), holder.session, *handle);
-                let cause = ReleaseCause::Closed;
+                let cause = ReleaseCause::NodeDeleted;
                 changes.push(Change::LockReleased {
                     path,
                     instance,

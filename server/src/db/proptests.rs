@@ -426,25 +426,31 @@ impl Driver {
     }
 
     fn observe(&mut self, cmd: &Command, applied: &Applied) {
-        match (&cmd.op, &applied.result) {
-            (_, Ok(Outcome::SessionCreated { session })) => {
-                self.sessions.push(*session);
-                self.live_sessions.push(*session);
-            }
-            (Op::Open(a), Ok(Outcome::Opened { handle, .. })) => {
-                self.handles.push((a.session, *handle));
-                self.live_handles.push((a.session, *handle));
-            }
-            (Op::Close { handle, .. }, Ok(Outcome::Closed)) => {
-                self.live_handles.retain(|(_, h)| h != handle);
-            }
-            (Op::CloseSession { session } | Op::ExpireSession { session }, Ok(_)) => {
-                self.live_sessions.retain(|s| s != session);
-                self.live_handles.retain(|(s, _)| s != session);
-            }
-            (_, Ok(Outcome::Acquired { sequencer })) => self.sequencers.push(sequencer.clone()),
-            _ => {}
+        let Ok(outcome) = &applied.result else {
+            return self.note_grants(applied);
+        };
+        if let Outcome::SessionCreated { session } = outcome {
+            self.sessions.push(*session);
+            self.live_sessions.push(*session);
         }
+        if let (Op::Open(a), Outcome::Opened { handle, .. }) = (&cmd.op, outcome) {
+            self.handles.push((a.session, *handle));
+            self.live_handles.push((a.session, *handle));
+        }
+        if let Op::Close { handle, .. } = &cmd.op {
+            self.live_handles.retain(|(_, h)| h != handle);
+        }
+        if let Op::CloseSession { session } | Op::ExpireSession { session } = &cmd.op {
+            self.live_sessions.retain(|s| s != session);
+            self.live_handles.retain(|(s, _)| s != session);
+        }
+        if let Outcome::Acquired { sequencer } = outcome {
+            self.sequencers.push(sequencer.clone());
+        }
+        self.note_grants(applied);
+    }
+
+    fn note_grants(&mut self, applied: &Applied) {
         for change in &applied.changes {
             if let Change::LockAcquired { sequencer, .. } = change {
                 self.sequencers.push(sequencer.clone());

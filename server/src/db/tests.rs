@@ -1411,3 +1411,52 @@ fn digest_sees_locks_and_handles() {
     assert_ne!(base, run(LockMode::Shared, true));
     assert_ne!(base, run(LockMode::Exclusive, false));
 }
+
+/// STYLE habit 9 through `apply`: Open refuses with TooMany once a session holds the
+/// maximum number of handles (filled directly, to keep the test fast), and Close frees one.
+#[test]
+fn open_beyond_the_handle_bound_is_refused() {
+    let mut t = Harness::new();
+    let s = t.session("admin");
+    let first = t.file(s, "/f");
+    let template = t.db.handle(s, first).unwrap().clone();
+    for _ in 1..sessions::HANDLES_PER_SESSION_MAX {
+        t.db.sessions.open(template.clone());
+    }
+    let again = Harness::open_op(s, "/f", OpenMode::READ, Creation::Never);
+    assert_eq!(t.err(again.clone()), Refusal::TooMany);
+    t.ok(Op::Close {
+        session: s,
+        handle: first,
+    });
+    assert!(matches!(t.ok(again), Outcome::Opened { .. }));
+}
+
+/// Chubby §2.6: deleting a locked node ends its lock; holders and waiters are told, and
+/// the sequencer is stale, with no lock-delay for the re-created name.
+#[test]
+fn deleting_a_locked_node_ends_its_lock() {
+    let mut t = Harness::new();
+    let (a, b) = (t.session("admin"), t.session("admin"));
+    let (ha, hb) = (t.file(a, "/l"), t.file(b, "/l"));
+    let seq = sequencer_of(t.try_acquire(a, ha, LockMode::Exclusive).unwrap());
+    assert_eq!(
+        t.acquire(b, hb, LockMode::Exclusive).result,
+        Ok(Outcome::Queued)
+    );
+    let applied = t.run(Op::Delete {
+        session: a,
+        handle: ha,
+    });
+    let released = applied.changes.iter().any(|c| {
+        matches!(c, Change::LockReleased { cause: ReleaseCause::NodeDeleted, handle, .. } if *handle == ha)
+    });
+    let ended = applied.changes.iter().any(|c| {
+        matches!(c, Change::WaitEnded { reason: WaitEnd::NodeDeleted, handle, .. } if *handle == hb)
+    });
+    assert!(released && ended, "{:?}", applied.changes);
+    assert!(!t.db.check_sequencer(&seq));
+    let h = t.file(b, "/l");
+    assert!(t.try_acquire(b, h, LockMode::Exclusive).is_ok());
+    assert_eq!(t.db.next_deadline(), None);
+}
