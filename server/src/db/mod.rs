@@ -12,7 +12,7 @@
 //!             │
 //!   namespace (nodes, metadata) · acl · sessions (handles) · locks (FIFO, lock-delay)
 //!
-//!   Db::freeze ─► Frozen (O(n) pointer copy) ─► encode on another thread ─► snapshot bytes
+//!   Db::freeze ─► Frozen (one pointer per 512 entries) ─► encode + drop on another thread
 //!   Db::restore(bytes) ◄─ checksum verified, structure validated, or an error
 //! ```
 //!
@@ -23,7 +23,8 @@
 //!
 //! # Results
 //! `apply` returns `Result<Outcome, Refusal>`: a [`Refusal`] is an expected answer (the
-//! file exists, the CAS lost) and changes nothing except the time. Programmer errors (a
+//! file exists, the CAS lost) and changes nothing except the time (and a StaleEpoch
+//! refusal not even that: the command is not applied at all, its stamp unchecked). Programmer errors (a
 //! command stamped earlier than the last one, slots going backwards, broken internal
 //! invariants) are assertions. Alongside the result come [`Change`]s: what changed, so the
 //! master can send invalidations and events without re-deriving them. Changes can come
@@ -34,9 +35,10 @@
 //!   nodes must survive fail-over; their ids come from counters.
 //! - The lock waiter queue lives here too: a blocked Acquire is a queued waiter, and the
 //!   grant to it appears later as [`Change::LockAcquired`] in the result of whichever
-//!   command freed the lock (Release, Close, ExpireSession, Delete of a waiter's node, or
-//!   any command stamped after a lock-delay's end). [`Db::next_deadline`] tells the master
-//!   when to propose a Noop so that a lock-delay ends on time.
+//!   command freed the lock (Release, Close, CloseSession, ExpireSession, a waiter ahead
+//!   leaving the queue, or any command stamped at or after a lock-delay's end). A wait that
+//!   ends without the lock is reported as [`Change::WaitEnded`]. [`Db::next_deadline`]
+//!   tells the master when to propose a Noop so that a lock-delay ends on time.
 //! - A handle's lock-delay is chosen at Open (Chubby §2.6), defaulting to the cell's
 //!   [`DbConfig::lock_delay_ms_default`], bounded by [`LOCK_DELAY_MS_MAX`].
 //! - Several commands may share a slot (a Paxos value is a batch). A snapshot covers
@@ -417,6 +419,17 @@ impl Db {
             self.check_invariants();
         }
         Applied { result, changes }
+    }
+
+    /// Records that `slot` was delivered with no command for the database (an empty
+    /// Paxos value), so that [`Db::applied_slot`] and a snapshot's slot keep up with the
+    /// log. Replicas must treat such slots alike: the slot is part of the digest.
+    ///
+    /// # Panics
+    /// If `slot` is below the last applied one.
+    pub fn advance_slot(&mut self, slot: Slot) {
+        assert!(slot >= self.applied, "slot {slot} after {}", self.applied);
+        self.applied = slot;
     }
 
     /// The epoch guard (PML §5.3): NewEpoch must raise the epoch; everything else must

@@ -1460,3 +1460,19 @@ fn deleting_a_locked_node_ends_its_lock() {
     assert!(t.try_acquire(b, h, LockMode::Exclusive).is_ok());
     assert_eq!(t.db.next_deadline(), None);
 }
+
+/// PML §5.5: a snapshot names the slot it covers, also when the last slots held no
+/// command for the database (empty Paxos values).
+#[test]
+fn empty_slots_advance_the_snapshot_slot() {
+    let mut t = Harness::new();
+    t.slot = Slot(t.slot.0 + 5);
+    t.db.advance_slot(t.slot);
+    let (_, info) = Db::restore(&t.db.freeze().encode(&[])).unwrap();
+    assert_eq!(info.slot, t.slot);
+    assert_eq!(
+        t.run(Op::Noop).result,
+        Ok(Outcome::Noop),
+        "later slots still apply"
+    );
+}
