@@ -23,6 +23,10 @@
 //!   applied (a Noop will do; `Db::next_deadline` says when one is due).
 //! - The lock generation lives in the node's metadata; the caller bumps it for a grant
 //!   with `from_free` set.
+//! - A lock belongs to a node instance: deleting the node drops its lock, lock-delay
+//!   included. So an *ephemeral* lock file whose holder's session is lost is reaped at
+//!   once and its lock-delay protects nothing; a re-created file is a new instance with a
+//!   free lock. Lock files meant to use lock-delay should be permanent.
 //!
 //! # Invariants
 //! - Exclusive ⇒ exactly one holder. No handle both holds and waits.
