@@ -1,7 +1,8 @@
 //! Wire types shared by every chubby component.
 //!
 //! This crate holds only data: identifiers with their units ([`ids`], [`time`]), the
-//! messages replicas exchange to run Multi-Paxos ([`peer_msg`]) and the framing that puts
+//! messages replicas exchange to run Multi-Paxos ([`peer_msg`]), the vocabulary of the
+//! replicated database ([`db`]) with its refusals ([`error`]) and the framing that puts
 //! any of them on a stream ([`codec`]). It depends on nothing that does I/O, so the pure
 //! cores in `chubby-server` and `chubby-client` can use it freely.
 //!
@@ -16,10 +17,17 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod db;
+pub mod error;
 pub mod ids;
 pub mod peer_msg;
 pub mod time;
 
+pub use db::{
+    AclNames, ContentChecksum, Creation, Generation, HandleId, InstanceNumber, LockMode, NodeKind,
+    OpenMode, PathError, Sequencer, SessionId, Stat,
+};
+pub use error::Refusal;
 pub use ids::{Ballot, NodeId, Slot};
 pub use peer_msg::{PaxosMsg, PromiseEntry, Value};
 pub use time::Instant;

@@ -17,10 +17,13 @@
 //! ```
 //!
 //! Module map:
+//! - [`db`]: the pure replicated database: Chubby's nodes, ACLs, sessions, handles, locks
+//!   and snapshots, applied one log command at a time (Chubby §2.3–2.9, PML §5.3–5.6).
 //! - [`paxos`]: the pure Multi-Paxos replica (Paxos Made Live §3–5).
 //! - [`storage`]: the durable acceptor state and log: sled (really synced) and an
 //!   in-memory twin for the simulator.
 #![warn(missing_docs)]
 
+pub mod db;
 pub mod paxos;
 pub mod storage;

@@ -1,0 +1,324 @@
+//! What clients can see of the replicated database (DESIGN §3; Chubby §2.3–2.6).
+//!
+//! These types cross the wire: in database commands (inside Paxos values), in replies to
+//! clients, and in sequencers that clients hand to other services. The database itself
+//! lives in `chubby-server` (`server/src/db`); this module only names its vocabulary and
+//! its limits, so that a client can check a path or a size before it sends anything.
+//!
+//! # Paths
+//! A path is `/` (the root) or `/` followed by names joined by `/`. A name is UTF-8 (the
+//! `String` type enforces it, also when decoding), 1–[`NAME_BYTES_MAX`] bytes, contains no
+//! `/` and no NUL, and is neither `.` nor `..`. There are no links, so every node has
+//! exactly one path (Chubby §2.3).
+
+use bincode::{Decode, Encode};
+
+use crate::time::Instant;
+
+/// The largest file, in bytes (Chubby §4.5: 256 kBytes).
+pub const FILE_BYTES_MAX: usize = 256 * 1024;
+/// The longest name (one path component), in bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+/// The longest path, in bytes. The paper states no bound; this one keeps a command with a
+/// maximal path far below a frame.
+pub const PATH_BYTES_MAX: usize = 4096;
+/// The lock-delay a handle gets when it names none (DESIGN §7; the paper gives no default).
+pub const LOCK_DELAY_MS_DEFAULT: u64 = 15_000;
+/// The largest lock-delay a client may ask for (Chubby §2.4: "currently one minute").
+pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
+/// The directory that holds ACL files (Chubby §2.3: "a well-known part of the cell's
+/// local name space").
+pub const ACL_DIR: &str = "/acl";
+
+const _: () = assert!(LOCK_DELAY_MS_DEFAULT <= LOCK_DELAY_MS_MAX);
+// A maximal path plus a maximal file must fit in one frame with room for the rest.
+const _: () = assert!(PATH_BYTES_MAX + FILE_BYTES_MAX < crate::codec::FRAME_BYTES_MAX / 2);
+
+/// A client session, allocated by the database when the session is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct SessionId(pub u64);
+
+/// An open handle, allocated by the database at Open. Never reused in a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct HandleId(pub u64);
+
+/// A node's instance number: greater than that of any earlier node, so in particular
+/// greater than that of any earlier node with the same name (Chubby §2.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct InstanceNumber(pub u64);
+
+/// A content, lock or ACL generation number: only ever increases for one node instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct Generation(pub u64);
+
+impl Generation {
+    /// The next generation.
+    #[must_use]
+    pub fn next(self) -> Generation {
+        Generation(self.0 + 1)
+    }
+}
+
+/// A 64-bit checksum of a file's contents: FNV-1a 64 ([`ContentChecksum::of`]). The
+/// algorithm is part of the wire contract, since clients and mirrors compare checksums
+/// taken in different places.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct ContentChecksum(pub u64);
+
+impl ContentChecksum {
+    /// FNV-1a 64 of `bytes`.
+    #[must_use]
+    pub fn of(bytes: &[u8]) -> ContentChecksum {
+        ContentChecksum(fnv1a64(FNV_OFFSET, bytes))
+    }
+}
+
+/// The FNV-1a 64 offset basis.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Continues an FNV-1a 64 hash from `state` over `bytes`.
+#[must_use]
+pub fn fnv1a64(state: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(state, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
+/// File or directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub enum NodeKind {
+    /// Holds bytes, read and written whole.
+    File,
+    /// Holds children.
+    Directory,
+}
+
+/// The two lock modes (Chubby §2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub enum LockMode {
+    /// One holder (writer).
+    Exclusive,
+    /// Any number of holders (readers).
+    Shared,
+}
+
+/// What a handle may do, fixed at Open and checked against the node's ACLs then (Chubby
+/// §2.6: "reading; writing and locking; changing the ACL").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct OpenMode {
+    /// Read contents, stat, list children.
+    pub read: bool,
+    /// Write contents, delete, lock.
+    pub write: bool,
+    /// Change the ACL names.
+    pub change_acl: bool,
+}
+
+impl OpenMode {
+    /// Read only.
+    pub const READ: OpenMode = OpenMode {
+        read: true,
+        write: false,
+        change_acl: false,
+    };
+    /// Read and write (and lock).
+    pub const READ_WRITE: OpenMode = OpenMode {
+        read: true,
+        write: true,
+        change_acl: false,
+    };
+    /// Everything.
+    pub const ALL: OpenMode = OpenMode {
+        read: true,
+        write: true,
+        change_acl: true,
+    };
+
+    /// True if no right is asked for.
+    #[must_use]
+    pub fn is_empty(self) -> bool {
+        !self.read && !self.write && !self.change_acl
+    }
+}
+
+/// Whether Open may or must create the node (Chubby §2.6: "should (or must)").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Creation {
+    /// Open an existing node only.
+    Never,
+    /// Create it if it is missing (`O_CREAT`).
+    IfMissing,
+    /// Create it; fail if it exists (`O_CREAT|O_EXCL`).
+    Must,
+}
+
+/// The three ACL names of a node: each names a file under [`ACL_DIR`] listing the
+/// principals allowed (Chubby §2.3).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct AclNames {
+    /// Who may read.
+    pub read: String,
+    /// Who may write, delete and lock.
+    pub write: String,
+    /// Who may change these names.
+    pub change_acl: String,
+}
+
+impl AclNames {
+    /// All three set to `name`.
+    #[must_use]
+    pub fn all(name: &str) -> AclNames {
+        AclNames {
+            read: name.to_owned(),
+            write: name.to_owned(),
+            change_acl: name.to_owned(),
+        }
+    }
+}
+
+/// A token describing a lock just after it was acquired (Chubby §2.4). It is valid while
+/// the lock on that node instance is held in that mode and that lock generation.
+///
+/// Beyond the paper's name, mode and generation, it carries the node's instance number:
+/// lock generations restart for a re-created node, so without it a token from a deleted
+/// node could pass for one of its successor.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct Sequencer {
+    /// The locked node.
+    pub path: String,
+    /// Its instance number.
+    pub instance: InstanceNumber,
+    /// The mode the lock was held in.
+    pub mode: LockMode,
+    /// The lock generation at acquisition.
+    pub lock_generation: Generation,
+}
+
+/// A node's metadata (Chubby §2.3), as GetStat returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct Stat {
+    /// File or directory.
+    pub kind: NodeKind,
+    /// Deleted automatically when unused.
+    pub ephemeral: bool,
+    /// Instance number.
+    pub instance: InstanceNumber,
+    /// Bumped by every write of the contents (files; 0 for directories).
+    pub content_generation: Generation,
+    /// Bumped each time the lock goes from free to held.
+    pub lock_generation: Generation,
+    /// Bumped by every SetAcl.
+    pub acl_generation: Generation,
+    /// Checksum of the contents.
+    pub checksum: ContentChecksum,
+    /// Length of the contents in bytes.
+    pub size_bytes: u64,
+    /// Creation time (master-stamped).
+    pub ctime: Instant,
+    /// Time of the last content write; equal to `ctime` for directories (Chubby §2.3 keeps
+    /// no directory modified times).
+    pub mtime: Instant,
+    /// The ACL names.
+    pub acl: AclNames,
+}
+
+/// Why a path or name is not acceptable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    #[error("path is not absolute")]
+    NotAbsolute,
+    /// The path is longer than [`PATH_BYTES_MAX`].
+    #[error("path longer than {PATH_BYTES_MAX} bytes")]
+    PathTooLong,
+    /// An empty name: `//`, a trailing `/`, or an empty string.
+    #[error("empty name")]
+    EmptyName,
+    /// A name longer than [`NAME_BYTES_MAX`].
+    #[error("name longer than {NAME_BYTES_MAX} bytes")]
+    NameTooLong,
+    /// A name containing NUL.
+    #[error("name contains NUL")]
+    Nul,
+    /// A name containing `/` (only possible for a bare name).
+    #[error("name contains '/'")]
+    Slash,
+    /// The name `.` or `..`.
+    #[error("name is '.' or '..'")]
+    Dots,
+}
+
+/// Checks one name (a path component, or an ACL name).
+///
+/// # Errors
+/// The first rule the name breaks.
+pub fn check_name(name: &str) -> Result<(), PathError> {
+    if name.is_empty() {
+        return Err(PathError::EmptyName);
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(PathError::NameTooLong);
+    }
+    if name.contains('\0') {
+        return Err(PathError::Nul);
+    }
+    if name.contains('/') {
+        return Err(PathError::Slash);
+    }
+    if name == "." || name == ".." {
+        return Err(PathError::Dots);
+    }
+    Ok(())
+}
+
+/// Checks a whole path; `/` is the root and is valid.
+///
+/// # Errors
+/// The first rule the path breaks.
+pub fn check_path(path: &str) -> Result<(), PathError> {
+    if path.len() > PATH_BYTES_MAX {
+        return Err(PathError::PathTooLong);
+    }
+    let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    if rest.is_empty() {
+        return Ok(());
+    }
+    rest.split('/').try_for_each(check_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chubby §2.3 naming, DESIGN §3: each kind of bad name is refused with its reason.
+    #[test]
+    fn path_rules() {
+        assert_eq!(check_path("/"), Ok(()));
+        assert_eq!(check_path("/a/b"), Ok(()));
+        assert_eq!(check_path("/é/ünï"), Ok(()));
+        assert_eq!(check_path(""), Err(PathError::NotAbsolute));
+        assert_eq!(check_path("a/b"), Err(PathError::NotAbsolute));
+        assert_eq!(check_path("/a/"), Err(PathError::EmptyName));
+        assert_eq!(check_path("/a//b"), Err(PathError::EmptyName));
+        assert_eq!(check_path("/a\0b"), Err(PathError::Nul));
+        assert_eq!(check_path("/a/."), Err(PathError::Dots));
+        assert_eq!(check_path("/../a"), Err(PathError::Dots));
+        assert_eq!(check_path("/...").map_err(|_| ()), Ok(()));
+        let long = format!("/{}", "x".repeat(NAME_BYTES_MAX + 1));
+        assert_eq!(check_path(&long), Err(PathError::NameTooLong));
+        let ok = format!("/{}", "x".repeat(NAME_BYTES_MAX));
+        assert_eq!(check_path(&ok), Ok(()));
+        let deep = "/x".repeat(PATH_BYTES_MAX / 2 + 1);
+        assert_eq!(check_path(&deep), Err(PathError::PathTooLong));
+        assert_eq!(check_name("a/b"), Err(PathError::Slash));
+    }
+
+    /// The checksum is FNV-1a 64 (a wire contract): check the published test vectors.
+    #[test]
+    fn checksum_is_fnv1a64() {
+        assert_eq!(ContentChecksum::of(b"").0, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(ContentChecksum::of(b"a").0, 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(ContentChecksum::of(b"foobar").0, 0x8594_4171_f739_67e8);
+    }
+}

@@ -1,0 +1,341 @@
+//! Node operations: Open (with creation), SetContents, Delete, SetAcl, Rename, and the
+//! automatic deletion of ephemeral nodes (Chubby §2.3, §2.6; DESIGN §3).
+//!
+//! # Check order
+//! Each operation refuses with the first check that fails, in this order:
+//! - Open: session, path syntax, mode not empty and lock-delay within bound, handle bound;
+//!   then for an existing node: Must-create → Exists, kind (unless `Creation::Never`), each
+//!   right of the mode; for a missing one: Never → NotFound, parent missing → NotFound,
+//!   parent a file → NotADirectory, no write right on the parent, contents for a
+//!   directory → InvalidArgument, size → TooLarge, ACL names → InvalidArgument, each
+//!   right of the mode under the new node's ACL names.
+//! - Handle calls: session, handle, the handle's sequencer, node alive; then kind, mode
+//!   and right, arguments, CAS.
+//!
+//! # Ephemeral nodes
+//! An ephemeral file is deleted when no handle has it open: when its last handle closes,
+//! or when its last opener's session ends. An ephemeral directory is deleted when it is
+//! empty and unopened, so a new one survives while its creator's handle is open, and goes
+//! when its last child goes after that (Chubby §2.3: "if no client has them open (and, for
+//! directories, they are empty)"). Deletions cascade up through ephemeral parents.
+//!
+//! # Rename (our extension)
+//! Files only; atomic; replaces a target file; refused while the source or the target is
+//! locked (held, awaited or in lock-delay), so no lock or sequencer ever changes path.
+//! The moved file gets a new instance number (the name's instance numbers must keep
+//! growing) and keeps its contents, generations, ACL names and ephemeral flag; its open
+//! handles follow it. Handles on a replaced target fail from then on, as after Delete.
+
+use std::sync::Arc;
+
+use chubby_protocol::db::{check_path, FILE_BYTES_MAX, LOCK_DELAY_MS_MAX};
+use chubby_protocol::{
+    AclNames, ContentChecksum, Creation, Generation, HandleId, NodeKind, Refusal, SessionId,
+};
+
+use super::acl::{self, Right};
+use super::locks::ReleaseCause;
+use super::namespace::{parent, Node};
+use super::sessions::Handle;
+use super::{Change, Db, OpenArgs, Outcome, WaitEnd};
+
+impl Db {
+    pub(super) fn open(
+        &mut self,
+        args: &OpenArgs,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        let principal = self.principal(args.session)?.to_owned();
+        check_path(&args.path).map_err(|_| Refusal::InvalidPath)?;
+        let lock_delay_ms = args
+            .lock_delay_ms
+            .unwrap_or(self.config.lock_delay_ms_default);
+        if args.mode.is_empty() || lock_delay_ms > LOCK_DELAY_MS_MAX {
+            return Err(Refusal::InvalidArgument);
+        }
+        if !self.sessions.may_open(args.session) {
+            return Err(Refusal::TooMany);
+        }
+        let created = match self.ns.get(&args.path) {
+            Some(node) => {
+                self.check_open_existing(args, node, &principal)?;
+                false
+            }
+            None => {
+                self.create_node(args, &principal, changes)?;
+                true
+            }
+        };
+        let node = self.ns.get(&args.path).expect("opened node exists");
+        let (instance, stat) = (node.instance, node.stat());
+        let path = self.ns.key(&args.path).expect("opened node has a key");
+        let handle = Handle {
+            session: args.session,
+            path,
+            instance,
+            mode: args.mode,
+            lock_delay_ms,
+            sequencer: None,
+        };
+        let handle = self.sessions.open(handle);
+        Ok(Outcome::Opened {
+            handle,
+            created,
+            stat,
+        })
+    }
+
+    fn check_open_existing(
+        &self,
+        args: &OpenArgs,
+        node: &Node,
+        principal: &str,
+    ) -> Result<(), Refusal> {
+        if args.creation == Creation::Must {
+            return Err(Refusal::Exists);
+        }
+        if args.creation != Creation::Never && node.kind != args.kind {
+            return Err(match args.kind {
+                NodeKind::Directory => Refusal::NotADirectory,
+                NodeKind::File => Refusal::IsADirectory,
+            });
+        }
+        if !acl::has_mode(
+            &self.ns,
+            &self.config.admin,
+            principal,
+            &node.acl,
+            args.mode,
+        ) {
+            return Err(Refusal::PermissionDenied);
+        }
+        Ok(())
+    }
+
+    fn create_node(
+        &mut self,
+        args: &OpenArgs,
+        principal: &str,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), Refusal> {
+        if args.creation == Creation::Never {
+            return Err(Refusal::NotFound);
+        }
+        assert!(args.path != "/", "the root always exists");
+        let dir = parent(&args.path);
+        let parent_node = self.ns.get(dir).ok_or(Refusal::NotFound)?;
+        if !parent_node.is_dir() {
+            return Err(Refusal::NotADirectory);
+        }
+        let admin = &self.config.admin;
+        if !acl::has_right(&self.ns, admin, principal, &parent_node.acl, Right::Write) {
+            return Err(Refusal::PermissionDenied);
+        }
+        if args.kind == NodeKind::Directory && !args.contents.is_empty() {
+            return Err(Refusal::InvalidArgument);
+        }
+        if args.contents.len() > FILE_BYTES_MAX {
+            return Err(Refusal::TooLarge);
+        }
+        let acl_names = args.acl.clone().unwrap_or_else(|| parent_node.acl.clone());
+        if !acl::valid_names(&acl_names) {
+            return Err(Refusal::InvalidArgument);
+        }
+        if !acl::has_mode(&self.ns, admin, principal, &acl_names, args.mode) {
+            return Err(Refusal::PermissionDenied);
+        }
+        let instance = self.ns.allocate_instance();
+        let mut node = Node::new(args.kind, instance, self.now, acl_names);
+        node.ephemeral = args.ephemeral;
+        node.checksum = ContentChecksum::of(&args.contents);
+        node.contents = Arc::new(args.contents.clone());
+        let path = self.ns.insert(&args.path, node);
+        changes.push(Change::Created {
+            path,
+            instance,
+            kind: args.kind,
+        });
+        push_children_changed(changes, dir);
+        Ok(())
+    }
+
+    pub(super) fn set_contents(
+        &mut self,
+        session: SessionId,
+        handle: HandleId,
+        contents: &[u8],
+        expected: Option<Generation>,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        let principal = self.principal(session)?;
+        let (h, node) = self.use_handle(session, handle)?;
+        if node.is_dir() {
+            return Err(Refusal::IsADirectory);
+        }
+        let right = acl::has_right(
+            &self.ns,
+            &self.config.admin,
+            principal,
+            &node.acl,
+            Right::Write,
+        );
+        if !h.mode.write || !right {
+            return Err(Refusal::PermissionDenied);
+        }
+        if contents.len() > FILE_BYTES_MAX {
+            return Err(Refusal::TooLarge);
+        }
+        if let Some(expected) = expected.filter(|&e| e != node.content_generation) {
+            assert_ne!(expected, node.content_generation);
+            return Err(Refusal::CasMismatch {
+                current: node.content_generation,
+            });
+        }
+        let (path, instance, now) = (Arc::clone(&h.path), node.instance, self.now);
+        let stat = self.ns.update(&path, |n| {
+            n.contents = Arc::new(contents.to_vec());
+            n.checksum = ContentChecksum::of(contents);
+            n.content_generation = n.content_generation.next();
+            n.mtime = now;
+            n.stat()
+        });
+        let content_generation = stat.content_generation;
+        changes.push(Change::ContentsChanged {
+            path,
+            instance,
+            content_generation,
+        });
+        Ok(Outcome::ContentsSet { stat })
+    }
+
+    pub(super) fn delete(
+        &mut self,
+        session: SessionId,
+        handle: HandleId,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        let principal = self.principal(session)?;
+        let (h, node) = self.use_handle(session, handle)?;
+        if &*h.path == "/" {
+            return Err(Refusal::InvalidArgument);
+        }
+        let right = acl::has_right(
+            &self.ns,
+            &self.config.admin,
+            principal,
+            &node.acl,
+            Right::Write,
+        );
+        if !h.mode.write || !right {
+            return Err(Refusal::PermissionDenied);
+        }
+        if self.ns.has_children(&h.path) {
+            return Err(Refusal::NotEmpty);
+        }
+        let path = Arc::clone(&h.path);
+        self.delete_node(&path, changes);
+        self.reap(parent(&path), changes);
+        Ok(Outcome::Deleted)
+    }
+
+    /// Removes a childless node with its lock; its handles stay, bound to nothing.
+    pub(super) fn delete_node(&mut self, path: &Arc<str>, changes: &mut Vec<Change>) {
+        let instance = self.ns.get(path).expect("deleting a missing node").instance;
+        if let Some(lock) = self.locks.remove(instance) {
+            for (handle, holder) in &lock.holders {
+                let (path, session, handle) = (Arc::clone(path), holder.session, *handle);
+                let cause = ReleaseCause::NodeDeleted;
+                changes.push(Change::LockReleased {
+                    path,
+                    instance,
+                    session,
+                    handle,
+                    cause,
+                });
+            }
+            for w in &lock.waiters {
+                let (path, session, handle) = (Arc::clone(path), w.session, w.handle);
+                let reason = WaitEnd::NodeDeleted;
+                changes.push(Change::WaitEnded {
+                    path,
+                    session,
+                    handle,
+                    reason,
+                });
+            }
+        }
+        self.sessions.forget_instance(instance);
+        let gone = self.ns.remove(path);
+        assert_eq!(gone.instance, instance);
+        changes.push(Change::Deleted {
+            path: Arc::clone(path),
+            instance,
+        });
+        push_children_changed(changes, parent(path));
+    }
+
+    /// Deletes `path` if it is an unused ephemeral node, then its parent likewise, and so on.
+    pub(super) fn reap(&mut self, path: &str, changes: &mut Vec<Change>) {
+        let mut path: Arc<str> = Arc::from(path);
+        while let Some(node) = self.ns.get(&path) {
+            let opened = self.sessions.is_open(node.instance);
+            let nonempty = node.is_dir() && self.ns.has_children(&path);
+            if !node.ephemeral || opened || nonempty {
+                return;
+            }
+            assert!(&*path != "/", "the root is never ephemeral");
+            self.delete_node(&path, changes);
+            path = Arc::from(parent(&path));
+        }
+    }
+
+    pub(super) fn set_acl(
+        &mut self,
+        session: SessionId,
+        handle: HandleId,
+        acl_names: &AclNames,
+        expected: Option<Generation>,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        let principal = self.principal(session)?;
+        let (h, node) = self.use_handle(session, handle)?;
+        let admin = &self.config.admin;
+        let right = acl::has_right(&self.ns, admin, principal, &node.acl, Right::ChangeAcl);
+        if !h.mode.change_acl || !right {
+            return Err(Refusal::PermissionDenied);
+        }
+        if !acl::valid_names(acl_names) {
+            return Err(Refusal::InvalidArgument);
+        }
+        if let Some(_stale) = expected.filter(|&e| e != node.acl_generation) {
+            return Err(Refusal::CasMismatch {
+                current: node.acl_generation,
+            });
+        }
+        let (path, instance) = (Arc::clone(&h.path), node.instance);
+        let stat = self.ns.update(&path, |n| {
+            n.acl = acl_names.clone();
+            n.acl_generation = n.acl_generation.next();
+            n.stat()
+        });
+        let acl_generation = stat.acl_generation;
+        changes.push(Change::AclChanged {
+            path,
+            instance,
+            acl_generation,
+        });
+        Ok(Outcome::AclSet { stat })
+    }
+}
+
+/// Reports that `dir`'s children changed, once per command.
+pub(super) fn push_children_changed(changes: &mut Vec<Change>, dir: &str) {
+    let seen = changes
+        .iter()
+        .any(|c| matches!(c, Change::ChildrenChanged { dir: d } if &**d == dir));
+    if !seen {
+        changes.push(Change::ChildrenChanged {
+            dir: Arc::from(dir),
+        });
+    }
+}
