@@ -31,7 +31,14 @@ impl Cell {
                 Replica::new(cfg, DurableState::bootstrap()).expect("valid config")
             })
             .collect();
-        Cell { replicas, wire: VecDeque::new(), delivered_commands: vec![0; 3], instances: 0, now: Instant(0), out: Vec::new() }
+        Cell {
+            replicas,
+            wire: VecDeque::new(),
+            delivered_commands: vec![0; 3],
+            instances: 0,
+            now: Instant(0),
+            out: Vec::new(),
+        }
     }
 
     fn step(&mut self, i: usize, input: Input) {
@@ -89,7 +96,12 @@ fn measure(batch: usize, commands: u64) -> (f64, f64) {
         }
         let delivered_at_master = cell.delivered_commands[master] - base[master];
         while submitted < commands && submitted - delivered_at_master < in_flight_max {
-            cell.step(master, Input::Submit { command: payload.clone() });
+            cell.step(
+                master,
+                Input::Submit {
+                    command: payload.clone(),
+                },
+            );
             submitted += 1;
         }
         if cell.wire.is_empty() {
@@ -105,8 +117,13 @@ fn measure(batch: usize, commands: u64) -> (f64, f64) {
 }
 
 fn main() {
-    println!("pure Multi-Paxos core, 3 replicas in one thread, no disk, 64-byte commands, window 16");
-    println!("{:>6} {:>24} {:>20}", "batch", "committed commands/s", "instances/s");
+    println!(
+        "pure Multi-Paxos core, 3 replicas in one thread, no disk, 64-byte commands, window 16"
+    );
+    println!(
+        "{:>6} {:>24} {:>20}",
+        "batch", "committed commands/s", "instances/s"
+    );
     for (batch, commands) in [(1usize, 100_000u64), (16, 400_000), (256, 2_000_000)] {
         let (cps, ips) = measure(batch, commands);
         println!("{batch:>6} {cps:>24.0} {ips:>20.0}");

@@ -24,12 +24,33 @@ fn dir(name: &str) -> PathBuf {
 fn batch(first: u64, records: u64) -> PersistBatch {
     let entries = (first..first + records)
         .map(|s| {
-            let value = Value { commands: vec![vec![(s % 251) as u8; VALUE_BYTES]] };
-            (Slot(s), LogEntry { ballot: Ballot { round: 1, node: NodeId(1) }, value })
+            let value = Value {
+                commands: vec![vec![(s % 251) as u8; VALUE_BYTES]],
+            };
+            (
+                Slot(s),
+                LogEntry {
+                    ballot: Ballot {
+                        round: 1,
+                        node: NodeId(1),
+                    },
+                    value,
+                },
+            )
         })
         .collect();
-    PersistBatch { promised: Some(Ballot { round: first, node: NodeId(1) }), entries, ..PersistBatch::default() }
+    PersistBatch {
+        promised: Some(Ballot {
+            round: first,
+            node: NodeId(1),
+        }),
+        entries,
+        ..PersistBatch::default()
+    }
 }
+
+/// One measurement: (records per batch, batches) -> (syncs/s, records/s, p50 µs, p99 µs).
+type Measure = fn(u64, u64) -> (f64, f64, f64, f64);
 
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -44,20 +65,34 @@ fn sled(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
     let started = Instant::now();
     for b in 0..batches {
         let t = Instant::now();
-        store.persist(&batch(1 + b * records_per_batch, records_per_batch)).expect("persist");
+        store
+            .persist(&batch(1 + b * records_per_batch, records_per_batch))
+            .expect("persist");
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let seconds = started.elapsed().as_secs_f64();
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
-    let (p50, p99) = (percentile(&mut latencies, 0.5), percentile(&mut latencies, 0.99));
-    (batches as f64 / seconds, (batches * records_per_batch) as f64 / seconds, p50, p99)
+    let (p50, p99) = (
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
+    );
+    (
+        batches as f64 / seconds,
+        (batches * records_per_batch) as f64 / seconds,
+        p50,
+        p99,
+    )
 }
 
 fn raw(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
     let dir = dir("raw");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let mut file = OpenOptions::new().create(true).append(true).open(dir.join("log")).expect("open");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .expect("open");
     let record = [0x5au8; VALUE_BYTES];
     let mut latencies = Vec::new();
     let started = Instant::now();
@@ -71,14 +106,28 @@ fn raw(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
     }
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
-    let (p50, p99) = (percentile(&mut latencies, 0.5), percentile(&mut latencies, 0.99));
-    (batches as f64 / seconds, (batches * records_per_batch) as f64 / seconds, p50, p99)
+    let (p50, p99) = (
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
+    );
+    (
+        batches as f64 / seconds,
+        (batches * records_per_batch) as f64 / seconds,
+        p50,
+        p99,
+    )
 }
 
 fn main() {
-    println!("persist rate, {VALUE_BYTES}-byte values, one sync per batch, dir {:?}", dir("x").parent().expect("has parent"));
-    println!("{:<40} {:>10} {:>12} {:>10} {:>10}", "what", "syncs/s", "records/s", "p50 µs", "p99 µs");
-    let rows: [(&str, fn(u64, u64) -> (f64, f64, f64, f64), u64, u64); 4] = [
+    println!(
+        "persist rate, {VALUE_BYTES}-byte values, one sync per batch, dir {:?}",
+        dir("x").parent().expect("has parent")
+    );
+    println!(
+        "{:<40} {:>10} {:>12} {:>10} {:>10}",
+        "what", "syncs/s", "records/s", "p50 µs", "p99 µs"
+    );
+    let rows: [(&str, Measure, u64, u64); 4] = [
         ("sled store, 1 record per batch", sled, 1, 2_000),
         ("raw append + fdatasync, 1 per sync", raw, 1, 2_000),
         ("sled store, 100 records per batch", sled, 100, 300),

@@ -57,11 +57,11 @@ impl Sim {
             _ => (true, true),
         };
         let members = self.members.clone();
-        self.net.partition(&side, &members, outbound, inbound);
+        let links = self.net.partition(&side, &members, outbound, inbound);
         self.stats.partitions += 1;
         self.trace(|| format!("partition {side:?} out={outbound} in={inbound}"));
         let heal_after = self.rng.between(100_000, 5_000_000);
-        self.schedule(self.now_us + heal_after, Event::Heal);
+        self.schedule(self.now_us + heal_after, Event::Heal { links });
     }
 
     /// Cuts the link between two replicas only, in one or both directions: the old master
@@ -74,11 +74,11 @@ impl Sim {
             return;
         };
         let both = self.rng.chance(500_000);
-        self.net.partition(&[a], &[a, b], true, both);
+        let links = self.net.partition(&[a], &[a, b], true, both);
         self.stats.partitions += 1;
         self.trace(|| format!("cut link {a} -> {b} (both ways: {both})"));
         let heal_after = self.rng.between(100_000, 5_000_000);
-        self.schedule(self.now_us + heal_after, Event::Heal);
+        self.schedule(self.now_us + heal_after, Event::Heal { links });
     }
 
     /// Ends the safety phase: every link restored, every replica restarted with its disk,

@@ -83,6 +83,15 @@ impl Network {
         }
     }
 
+    /// Makes every link *into* `node` slower than the rest, for the whole run: a replica whose
+    /// acknowledgements always come back late.
+    pub fn slow_inbound(&mut self, rng: &mut Rng, node: NodeId, members: &[NodeId]) {
+        for &a in members.iter().filter(|&&a| a != node) {
+            self.slow_links
+                .insert((a, node), rng.between(30_000, 150_000));
+        }
+    }
+
     /// Makes some directed links slower than the rest, for the whole run.
     pub fn slow_some_links(&mut self, rng: &mut Rng, members: &[NodeId], per_million: u64) {
         for &a in members {
@@ -94,29 +103,45 @@ impl Network {
         }
     }
 
-    /// Cuts every link between `side` and the other `members`, in the directions given.
+    /// Cuts every link between `side` and the other `members`, in the directions given, and
+    /// returns the links it cut (to restore exactly those later).
     pub fn partition(
         &mut self,
         side: &[NodeId],
         members: &[NodeId],
         outbound: bool,
         inbound: bool,
-    ) {
+    ) -> Vec<(NodeId, NodeId)> {
+        let mut cut = Vec::new();
         for &a in side {
             for &b in members.iter().filter(|b| !side.contains(b)) {
-                if outbound {
-                    self.blocked.insert((a, b));
+                if outbound && self.blocked.insert((a, b)) {
+                    cut.push((a, b));
                 }
-                if inbound {
-                    self.blocked.insert((b, a));
+                if inbound && self.blocked.insert((b, a)) {
+                    cut.push((b, a));
                 }
             }
+        }
+        cut
+    }
+
+    /// Restores the given links (one partition's), leaving other partitions in place.
+    pub fn restore(&mut self, links: &[(NodeId, NodeId)]) {
+        for link in links {
+            self.blocked.remove(link);
         }
     }
 
     /// Restores every link.
     pub fn heal(&mut self) {
         self.blocked.clear();
+    }
+
+    /// The slow directed links and their extra latency (µs).
+    #[must_use]
+    pub fn slow_links(&self) -> &BTreeMap<(NodeId, NodeId), u64> {
+        &self.slow_links
     }
 
     /// Whether `from → to` is cut.

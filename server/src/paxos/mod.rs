@@ -229,7 +229,7 @@ impl Replica {
     /// # Errors
     /// The configuration is invalid, or the durable state fails its structural checks.
     pub fn new(cfg: Config, durable: DurableState) -> Result<Replica, ConfigError> {
-        cfg.validate()?;
+        cfg.validate_safety()?;
         durable
             .validate()
             .map_err(|_| ConfigError::Invalid("durable state is inconsistent"))?;
