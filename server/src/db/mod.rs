@@ -640,19 +640,32 @@ impl Db {
             .collect())
     }
 
+    /// Refuses unless `h` was opened in the mode `right` needs and `principal` holds `right`
+    /// in the node's ACL *now* (Chubby checks ACLs at each call, not only at open).
+    fn handle_permits(
+        &self,
+        principal: &str,
+        h: &Handle,
+        node: &Node,
+        right: acl::Right,
+    ) -> Result<(), Refusal> {
+        let opened_for = match right {
+            acl::Right::Read => h.mode.read,
+            acl::Right::Write => h.mode.write,
+            acl::Right::ChangeAcl => h.mode.change_acl,
+        };
+        let granted = acl::has_right(&self.ns, &self.config.admin, principal, &node.acl, right);
+        if opened_for && granted {
+            Ok(())
+        } else {
+            Err(Refusal::PermissionDenied)
+        }
+    }
+
     fn readable(&self, session: SessionId, handle: HandleId) -> Result<&Arc<Node>, Refusal> {
         let principal = self.principal(session)?;
         let (h, node) = self.use_handle(session, handle)?;
-        let right = acl::has_right(
-            &self.ns,
-            &self.config.admin,
-            principal,
-            &node.acl,
-            acl::Right::Read,
-        );
-        if !h.mode.read || !right {
-            return Err(Refusal::PermissionDenied);
-        }
+        self.handle_permits(principal, h, node, acl::Right::Read)?;
         Ok(node)
     }
 

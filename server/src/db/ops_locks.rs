@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chubby_protocol::{HandleId, InstanceNumber, LockMode, Refusal, Sequencer, SessionId};
 
-use super::acl::{self, Right};
+use super::acl::Right;
 use super::locks::{Attempt, Grant, ReleaseCause, Waiter};
 use super::{Change, Db, Outcome, WaitEnd};
 
@@ -26,16 +26,7 @@ impl Db {
     ) -> Result<Outcome, Refusal> {
         let principal = self.principal(session)?;
         let (h, node) = self.use_handle(session, handle)?;
-        let right = acl::has_right(
-            &self.ns,
-            &self.config.admin,
-            principal,
-            &node.acl,
-            Right::Write,
-        );
-        if !h.mode.write || !right {
-            return Err(Refusal::PermissionDenied);
-        }
+        self.handle_permits(principal, h, node, Right::Write)?;
         let (instance, path) = (node.instance, Arc::clone(&h.path));
         if self.locks.involves(instance, handle) {
             return Err(Refusal::AlreadyHeld);

@@ -172,16 +172,7 @@ impl Db {
         if node.is_dir() {
             return Err(Refusal::IsADirectory);
         }
-        let right = acl::has_right(
-            &self.ns,
-            &self.config.admin,
-            principal,
-            &node.acl,
-            Right::Write,
-        );
-        if !h.mode.write || !right {
-            return Err(Refusal::PermissionDenied);
-        }
+        self.handle_permits(principal, h, node, Right::Write)?;
         if contents.len() > FILE_BYTES_MAX {
             return Err(Refusal::TooLarge);
         }
@@ -219,16 +210,7 @@ impl Db {
         if &*h.path == "/" {
             return Err(Refusal::InvalidArgument);
         }
-        let right = acl::has_right(
-            &self.ns,
-            &self.config.admin,
-            principal,
-            &node.acl,
-            Right::Write,
-        );
-        if !h.mode.write || !right {
-            return Err(Refusal::PermissionDenied);
-        }
+        self.handle_permits(principal, h, node, Right::Write)?;
         if self.ns.has_children(&h.path) {
             return Err(Refusal::NotEmpty);
         }
@@ -299,11 +281,7 @@ impl Db {
     ) -> Result<Outcome, Refusal> {
         let principal = self.principal(session)?;
         let (h, node) = self.use_handle(session, handle)?;
-        let admin = &self.config.admin;
-        let right = acl::has_right(&self.ns, admin, principal, &node.acl, Right::ChangeAcl);
-        if !h.mode.change_acl || !right {
-            return Err(Refusal::PermissionDenied);
-        }
+        self.handle_permits(principal, h, node, Right::ChangeAcl)?;
         if !acl::valid_names(acl_names) {
             return Err(Refusal::InvalidArgument);
         }
