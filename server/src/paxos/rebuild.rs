@@ -35,6 +35,14 @@ impl Replica {
         let Some(rebuild) = &mut self.rebuild else {
             return;
         };
+        if peers.is_empty() {
+            // A one-member cell: no other acceptor can hold a promise of ours, so voting is
+            // safe at once; but everything it stored is gone.
+            tracing::error!(me = %self.cfg.me, "single-member cell lost its disk: its data is gone");
+            rebuild.target = Some(Slot::ZERO);
+            self.check_rebuild_done(now, out);
+            return;
+        }
         if now < rebuild.retry_at {
             return;
         }

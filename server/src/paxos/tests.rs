@@ -534,3 +534,22 @@ fn batches_respect_the_command_and_byte_bounds() {
     assert_eq!(sizes.iter().sum::<usize>(), 7);
     assert!(sizes.iter().all(|&s| (1..=3).contains(&s)), "{sizes:?}");
 }
+
+#[test]
+fn a_single_member_cell_that_lost_its_disk_votes_again() {
+    // With no other acceptor nobody can rely on a forgotten promise: vote at once.
+    let mut r = Replica::new(config(1, 1), DurableState::lost()).unwrap();
+    let mut out = Vec::new();
+    r.step(Instant(0), Input::Tick, &mut out);
+    assert!(r.is_voter());
+    let voted = Action::Persist(PersistBatch {
+        voter: Some(true),
+        ..PersistBatch::default()
+    });
+    assert!(out.contains(&voted), "{out:?}");
+    let mut now = Instant(0);
+    while r.role() != RoleKind::Master {
+        now = now.plus_ms(100);
+        r.step(now, Input::Tick, &mut out);
+    }
+}
