@@ -66,6 +66,53 @@ async fn two_replicas_exchange_messages_both_ways() {
     t2.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_restarted_peer_is_reconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfgs = cell(dir.path(), 3);
+    let sockets: Vec<std::net::UdpSocket> = cfgs.iter().map(|_| socket()).collect();
+    let addrs = addresses(&cfgs, &sockets);
+    let mut sockets = sockets.into_iter();
+    let (t1, _rx1) = start_one(&cfgs[0], sockets.next().unwrap(), &addrs);
+    let (t2, mut rx2) = start_one(&cfgs[1], sockets.next().unwrap(), &addrs);
+    t1.send(NodeId(2), prepare(1, 1)).unwrap();
+    assert_eq!(next(&mut rx2, WAIT).await, Some((NodeId(1), prepare(1, 1))));
+
+    // Replica 2 goes away; sends to it are dropped without blocking.
+    t2.shutdown().await;
+    drop(rx2);
+    for i in 0..10 {
+        let _ = t1.send(NodeId(2), prepare(10 + i, 1));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // It comes back on the same address: replica 1 reconnects by itself.
+    let addr2 = addrs[&NodeId(2)].addr;
+    let rebind_deadline = tokio::time::Instant::now() + WAIT;
+    let rebound = loop {
+        // The old endpoint frees its socket once its connections have drained.
+        match std::net::UdpSocket::bind(addr2) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < rebind_deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (t2, mut rx2) = start_one(&cfgs[1], rebound, &addrs);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let got = loop {
+        let _ = t1.send(NodeId(2), prepare(99, 1));
+        if let Some(got) = next(&mut rx2, Duration::from_millis(200)).await {
+            break got;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reconnected");
+    };
+    assert_eq!(got.0, NodeId(1));
+    t1.shutdown().await;
+    t2.shutdown().await;
+}
+
 /// Opens a uni stream, writes a valid frame and finishes it.
 async fn send_valid(conn: &quinn::Connection) -> Result<(), Box<dyn std::error::Error>> {
     let mut s = conn.open_uni().await?;

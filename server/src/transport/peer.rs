@@ -247,10 +247,13 @@ impl PeerTransport {
 
     /// Closes every connection and waits (bounded by the idle timeout) for the peers to be
     /// told.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.endpoint.close(CLOSE_SHUTDOWN.into(), b"shutdown");
-        for task in &self.tasks {
+        // Wait for the aborted tasks to drop their endpoint handles, so the socket is
+        // released once the connections have drained.
+        for task in std::mem::take(&mut self.tasks) {
             task.abort();
+            let _ = task.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }

@@ -30,16 +30,10 @@ pub fn socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").unwrap()
 }
 
-/// Starts replicas `ids` of `cfgs` on fresh sockets, each knowing every member's real port
-/// (members not started get an address nobody listens on).
-pub fn start(
-    cfgs: &[ReplicaConfig],
-    ids: &[u32],
-) -> Vec<(PeerTransport, mpsc::Receiver<(NodeId, PaxosMsg)>)> {
-    let sockets: Vec<UdpSocket> = cfgs.iter().map(|_| socket()).collect();
-    let addrs: BTreeMap<NodeId, PeerAddr> = cfgs
-        .iter()
-        .zip(&sockets)
+/// Every member's peer address, from the sockets the test bound for them.
+pub fn addresses(cfgs: &[ReplicaConfig], sockets: &[UdpSocket]) -> BTreeMap<NodeId, PeerAddr> {
+    cfgs.iter()
+        .zip(sockets)
         .map(|(c, s)| {
             (
                 NodeId(c.id),
@@ -49,16 +43,33 @@ pub fn start(
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Starts one replica on `socket`.
+pub fn start_one(
+    cfg: &ReplicaConfig,
+    socket: UdpSocket,
+    addrs: &BTreeMap<NodeId, PeerAddr>,
+) -> (PeerTransport, mpsc::Receiver<(NodeId, PaxosMsg)>) {
+    let identity = TlsIdentity::load(&cfg.tls).unwrap();
+    let mut pc = PeerConfig::new(NodeId(cfg.id), identity, addrs.clone());
+    pc.backoff_max = Duration::from_millis(200);
+    PeerTransport::with_socket(pc, socket).unwrap()
+}
+
+/// Starts replicas `ids` of `cfgs` on fresh sockets, each knowing every member's real port
+/// (members not started get an address nobody listens on).
+pub fn start(
+    cfgs: &[ReplicaConfig],
+    ids: &[u32],
+) -> Vec<(PeerTransport, mpsc::Receiver<(NodeId, PaxosMsg)>)> {
+    let sockets: Vec<UdpSocket> = cfgs.iter().map(|_| socket()).collect();
+    let addrs = addresses(cfgs, &sockets);
     cfgs.iter()
         .zip(sockets)
         .filter(|(c, _)| ids.contains(&c.id))
-        .map(|(c, s)| {
-            let identity = TlsIdentity::load(&c.tls).unwrap();
-            let mut pc = PeerConfig::new(NodeId(c.id), identity, addrs.clone());
-            pc.backoff_max = Duration::from_millis(200);
-            PeerTransport::with_socket(pc, s).unwrap()
-        })
+        .map(|(c, s)| start_one(c, s, &addrs))
         .collect()
 }
 
