@@ -17,13 +17,19 @@
 //! ```
 //!
 //! Module map:
+//! - [`cell`]: creating a cell: its CA, replica/admin/client certificates and the
+//!   replica `config.toml` / client `cell.toml` files, with their loaders.
 //! - [`db`]: the pure replicated database: Chubby's nodes, ACLs, sessions, handles, locks
 //!   and snapshots, applied one log command at a time (Chubby §2.3–2.9, PML §5.3–5.6).
 //! - [`paxos`]: the pure Multi-Paxos replica (Paxos Made Live §3–5).
 //! - [`storage`]: the durable acceptor state and log: sled (really synced) and an
 //!   in-memory twin for the simulator.
+//! - [`transport`]: QUIC with mutual TLS: rustls configs, the connection's principal,
+//!   length-prefixed framing and the replica-to-replica [`transport::PeerTransport`].
 #![warn(missing_docs)]
 
+pub mod cell;
 pub mod db;
 pub mod paxos;
 pub mod storage;
+pub mod transport;

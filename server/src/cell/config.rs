@@ -1,0 +1,213 @@
+//! The files that describe a cell: a replica's `config.toml` and the client's `cell.toml`.
+//!
+//! Relative paths inside a file are resolved against the directory holding that file, so a
+//! cell directory can be moved or copied to another host as a whole. Every loader validates
+//! what it read and names the file in its error.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use chubby_protocol::NodeId;
+use serde::{Deserialize, Serialize};
+
+use super::CellError;
+
+/// The smallest and largest number of replicas a cell may have (DESIGN §7).
+pub const REPLICAS_MIN: usize = 1;
+/// See [`REPLICAS_MIN`].
+pub const REPLICAS_MAX: usize = 9;
+
+/// Where a certificate, its key and the cell CA are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The cell CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This party's certificate (PEM).
+    pub cert: PathBuf,
+    /// This party's private key (PEM, 0600).
+    pub key: PathBuf,
+}
+
+impl TlsPaths {
+    fn resolved(&self, base: &Path) -> TlsPaths {
+        TlsPaths {
+            ca: base.join(&self.ca),
+            cert: base.join(&self.cert),
+            key: base.join(&self.key),
+        }
+    }
+}
+
+/// One member of the cell, as every replica's config lists it.
+///
+/// Each replica has two UDP ports: `peer_port` serves only ALPN `chubby-peer/1` (replica
+/// to replica), `client_port` only `chubby/1` (clients).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The replica's id (its certificate's CN is `replica-<id>`).
+    pub id: u32,
+    /// The host others reach it at; also the SAN of its certificate.
+    pub host: String,
+    /// UDP port for replicas.
+    pub peer_port: u16,
+    /// UDP port for clients.
+    pub client_port: u16,
+}
+
+impl Member {
+    /// The id as the Paxos core knows it.
+    #[must_use]
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.id)
+    }
+
+    /// `host:peer_port`.
+    #[must_use]
+    pub fn peer_endpoint(&self) -> String {
+        join_host_port(&self.host, self.peer_port)
+    }
+
+    /// `host:client_port`.
+    #[must_use]
+    pub fn client_endpoint(&self) -> String {
+        join_host_port(&self.host, self.client_port)
+    }
+}
+
+/// `host:port`, bracketing IPv6 literals.
+#[must_use]
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A replica's `config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// Which member this replica is.
+    pub id: u32,
+    /// The address both endpoints bind (the member entry's host, or e.g. `0.0.0.0`).
+    pub bind_host: String,
+    /// The replica's durable state.
+    pub data_dir: PathBuf,
+    /// Its certificate, key and the cell CA.
+    pub tls: TlsPaths,
+    /// Every member of the cell, this replica included.
+    pub members: Vec<Member>,
+}
+
+impl ReplicaConfig {
+    /// This replica's own member entry.
+    ///
+    /// # Errors
+    /// [`CellError::UnknownId`] if `id` is not a member (impossible after [`Self::load`]).
+    pub fn me(&self) -> Result<&Member, CellError> {
+        self.members
+            .iter()
+            .find(|m| m.id == self.id)
+            .ok_or(CellError::UnknownId(self.id))
+    }
+
+    /// Checks the member list: odd size within 1..=9, ids unique and non-zero, `id` listed.
+    ///
+    /// # Errors
+    /// The first violation found.
+    pub fn validate(&self) -> Result<(), CellError> {
+        validate_replica_count(self.members.len())?;
+        let mut ids = BTreeSet::new();
+        for m in &self.members {
+            if m.id == 0 {
+                return Err(CellError::ZeroId);
+            }
+            if !ids.insert(m.id) {
+                return Err(CellError::DuplicateId(m.id));
+            }
+        }
+        self.me()?;
+        Ok(())
+    }
+
+    /// Reads, validates and resolves (relative paths against the file's directory) a
+    /// replica configuration.
+    ///
+    /// # Errors
+    /// [`CellError::Io`] if the file cannot be read, [`CellError::Toml`] if it does not
+    /// parse, or the validation error.
+    pub fn load(path: &Path) -> Result<ReplicaConfig, CellError> {
+        let mut cfg: ReplicaConfig = read_toml(path)?;
+        cfg.validate().map_err(|e| CellError::Invalid {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+        let base = parent_dir(path);
+        cfg.data_dir = base.join(&cfg.data_dir);
+        cfg.tls = cfg.tls.resolved(&base);
+        Ok(cfg)
+    }
+}
+
+/// A client's `cell.toml`: where the replicas are and which certificate to present.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellFile {
+    /// `host:client_port` of every replica.
+    pub replicas: Vec<String>,
+    /// The CA, and the client's certificate and key.
+    pub tls: TlsPaths,
+}
+
+impl CellFile {
+    /// Reads, checks (1..=9 replicas, odd, no duplicates) and resolves a cell file.
+    ///
+    /// # Errors
+    /// As [`ReplicaConfig::load`].
+    pub fn load(path: &Path) -> Result<CellFile, CellError> {
+        let mut cell: CellFile = read_toml(path)?;
+        let invalid = |e| CellError::Invalid {
+            path: path.to_owned(),
+            source: Box::new(e),
+        };
+        validate_replica_count(cell.replicas.len()).map_err(invalid)?;
+        let mut seen = BTreeSet::new();
+        for r in &cell.replicas {
+            if !seen.insert(r) {
+                return Err(invalid(CellError::DuplicateAddress(r.clone())));
+            }
+        }
+        cell.tls = cell.tls.resolved(&parent_dir(path));
+        Ok(cell)
+    }
+}
+
+/// Odd, within [`REPLICAS_MIN`]..=[`REPLICAS_MAX`].
+///
+/// # Errors
+/// [`CellError::ReplicaCount`].
+pub fn validate_replica_count(n: usize) -> Result<(), CellError> {
+    if (REPLICAS_MIN..=REPLICAS_MAX).contains(&n) && n % 2 == 1 {
+        Ok(())
+    } else {
+        Err(CellError::ReplicaCount(n))
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CellError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CellError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| CellError::Toml {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}

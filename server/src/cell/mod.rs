@@ -1,0 +1,308 @@
+//! Creating a cell: its CA, certificates and configuration files (DESIGN §5: mutual TLS,
+//! the principal is the certificate's CN).
+//!
+//! [`init_cell`] writes this layout (keys 0600, everything else 0644):
+//!
+//! ```text
+//! DIR/ca.pem  DIR/ca.key                   the cell CA (keep ca.key offline in production)
+//! DIR/cell.toml                            client cell file: replica client addresses +
+//!                                          admin/ certificate (relative paths)
+//! DIR/replica-<n>/config.toml              id, bind host, members, tls paths, data dir
+//! DIR/replica-<n>/{cert.pem,key.pem}       CN replica-<n>, SAN host, serverAuth+clientAuth
+//! DIR/replica-<n>/data/                    the replica's durable state
+//! DIR/admin/{cert.pem,key.pem}             CN admin, clientAuth
+//! DIR/clients/<principal>/{cert,key}.pem   written later by [`issue_client_cert`]
+//! ```
+//!
+//! Ports: replica `n` (from 1) has peer port `base_port + 2(n-1)` and client port one above.
+//! Two ports rather than one port with two ALPNs: each endpoint then offers exactly one
+//! ALPN, a client can never reach the peer accept loop, and the peer port can be firewalled
+//! to the cell's hosts.
+//!
+//! Refuses to write into a directory that already holds files, so an existing cell's CA key
+//! is never replaced by accident.
+
+pub mod config;
+pub mod pki;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub use config::{CellFile, Member, ReplicaConfig, TlsPaths, REPLICAS_MAX, REPLICAS_MIN};
+pub use pki::{CellCa, PemPair, REPLICA_CN_PREFIX};
+
+/// Why a cell could not be created or its files loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    /// A file or directory operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A configuration file is not valid TOML for its schema.
+    #[error("{path}: bad TOML: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A configuration file parsed but says something impossible.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: Box<CellError>,
+    },
+    /// The replica count is even or outside 1..=9.
+    #[error(
+        "a cell has an odd number of replicas between {REPLICAS_MIN} and {REPLICAS_MAX}, not {0}"
+    )]
+    ReplicaCount(usize),
+    /// Two members share an id.
+    #[error("replica id {0} is listed twice")]
+    DuplicateId(u32),
+    /// Two replicas share an address.
+    #[error("replica address {0} is listed twice")]
+    DuplicateAddress(String),
+    /// Replica ids start at 1.
+    #[error("replica id 0 is reserved")]
+    ZeroId,
+    /// The replica's own id is not in the member list.
+    #[error("replica id {0} is not a member of the cell")]
+    UnknownId(u32),
+    /// The target directory already holds files.
+    #[error("{0} already contains files: refusing to overwrite a cell")]
+    NotEmpty(PathBuf),
+    /// The port range does not fit in 1..=65535.
+    #[error("ports from {base} for {replicas} replicas do not fit in 1..=65535")]
+    Ports {
+        /// The first port.
+        base: u16,
+        /// The replica count.
+        replicas: usize,
+    },
+    /// A principal name that cannot be a client certificate's CN.
+    #[error("principal {0:?}: {1}")]
+    BadPrincipal(String, String),
+    /// Certificate generation or parsing failed.
+    #[error("certificate: {0}")]
+    Pki(String),
+}
+
+/// What [`init_cell`] wrote.
+#[derive(Clone, Debug)]
+pub struct CellLayout {
+    /// The cell directory.
+    pub dir: PathBuf,
+    /// `DIR/ca.pem`.
+    pub ca_cert: PathBuf,
+    /// `DIR/ca.key`.
+    pub ca_key: PathBuf,
+    /// `DIR/replica-<n>/config.toml`, in id order.
+    pub replica_configs: Vec<PathBuf>,
+    /// `DIR/admin/` paths.
+    pub admin: TlsPaths,
+    /// `DIR/cell.toml`.
+    pub cell_file: PathBuf,
+}
+
+/// Creates a cell of `replicas` replicas reachable at `host` (see the module docs).
+///
+/// # Errors
+/// [`CellError::ReplicaCount`], [`CellError::Ports`], [`CellError::NotEmpty`],
+/// [`CellError::Pki`] or [`CellError::Io`].
+pub fn init_cell(
+    dir: &Path,
+    replicas: usize,
+    host: &str,
+    base_port: u16,
+) -> Result<CellLayout, CellError> {
+    config::validate_replica_count(replicas)?;
+    let members = plan_members(replicas, host, base_port)?;
+    ensure_empty_dir(dir)?;
+
+    let cell_name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "chubby".to_owned());
+    let (ca, ca_pair) = CellCa::generate(&cell_name)?;
+    let ca_cert = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
+    write_public(&ca_cert, &ca_pair.cert_pem)?;
+    write_secret(&ca_key, &ca_pair.key_pem)?;
+
+    let mut replica_configs = Vec::with_capacity(replicas);
+    for m in &members {
+        let rdir = dir.join(format!("{REPLICA_CN_PREFIX}{}", m.id));
+        create_dir(&rdir)?;
+        create_dir(&rdir.join("data"))?;
+        let pair = ca.issue_replica(m.id, host)?;
+        write_pair(&rdir, &pair)?;
+        let cfg = ReplicaConfig {
+            id: m.id,
+            bind_host: host.to_owned(),
+            data_dir: PathBuf::from("data"),
+            tls: TlsPaths {
+                ca: PathBuf::from("../ca.pem"),
+                cert: PathBuf::from("cert.pem"),
+                key: PathBuf::from("key.pem"),
+            },
+            members: members.clone(),
+        };
+        let path = rdir.join("config.toml");
+        write_public(&path, &to_toml(&cfg)?)?;
+        replica_configs.push(path);
+    }
+
+    let admin_dir = dir.join("admin");
+    create_dir(&admin_dir)?;
+    write_pair(&admin_dir, &ca.issue_client("admin")?)?;
+    let cell = CellFile {
+        replicas: members.iter().map(Member::client_endpoint).collect(),
+        tls: TlsPaths {
+            ca: PathBuf::from("ca.pem"),
+            cert: PathBuf::from("admin/cert.pem"),
+            key: PathBuf::from("admin/key.pem"),
+        },
+    };
+    let cell_file = dir.join("cell.toml");
+    write_public(&cell_file, &to_toml(&cell)?)?;
+
+    Ok(CellLayout {
+        dir: dir.to_owned(),
+        ca_cert,
+        ca_key,
+        replica_configs,
+        admin: TlsPaths {
+            ca: dir.join("ca.pem"),
+            cert: admin_dir.join("cert.pem"),
+            key: admin_dir.join("key.pem"),
+        },
+        cell_file,
+    })
+}
+
+/// Issues a client certificate for `principal` with the CA of the cell in `dir`, written to
+/// `DIR/clients/<principal>/{cert.pem,key.pem}`.
+///
+/// # Errors
+/// [`CellError::BadPrincipal`], [`CellError::NotEmpty`] if that principal already has a
+/// certificate, or the I/O and PKI errors.
+pub fn issue_client_cert(dir: &Path, principal: &str) -> Result<TlsPaths, CellError> {
+    pki::validate_principal(principal)?;
+    let ca = CellCa::from_pem(
+        &read_string(&dir.join("ca.pem"))?,
+        &read_string(&dir.join("ca.key"))?,
+    )?;
+    let cdir = dir.join("clients").join(principal);
+    ensure_empty_dir(&cdir)?;
+    write_pair(&cdir, &ca.issue_client(principal)?)?;
+    Ok(TlsPaths {
+        ca: dir.join("ca.pem"),
+        cert: cdir.join("cert.pem"),
+        key: cdir.join("key.pem"),
+    })
+}
+
+fn plan_members(replicas: usize, host: &str, base_port: u16) -> Result<Vec<Member>, CellError> {
+    let ports_err = CellError::Ports {
+        base: base_port,
+        replicas,
+    };
+    if base_port == 0 {
+        return Err(ports_err);
+    }
+    let mut members = Vec::with_capacity(replicas);
+    for n in 0..replicas {
+        let offset = u16::try_from(2 * n).map_err(|_| CellError::Ports {
+            base: base_port,
+            replicas,
+        })?;
+        let peer_port = base_port.checked_add(offset);
+        let client_port = peer_port.and_then(|p| p.checked_add(1));
+        let (Some(peer_port), Some(client_port)) = (peer_port, client_port) else {
+            return Err(ports_err);
+        };
+        let id = u32::try_from(n + 1).map_err(|_| CellError::ReplicaCount(replicas))?;
+        members.push(Member {
+            id,
+            host: host.to_owned(),
+            peer_port,
+            client_port,
+        });
+    }
+    Ok(members)
+}
+
+fn ensure_empty_dir(dir: &Path) -> Result<(), CellError> {
+    let io = |source| CellError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(CellError::NotEmpty(dir.to_owned()));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), CellError> {
+    std::fs::create_dir(dir).map_err(|source| CellError::Io {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+fn to_toml<T: serde::Serialize>(value: &T) -> Result<String, CellError> {
+    toml::to_string_pretty(value).map_err(|e| CellError::Pki(format!("serialising TOML: {e}")))
+}
+
+fn write_pair(dir: &Path, pair: &PemPair) -> Result<(), CellError> {
+    write_public(&dir.join("cert.pem"), &pair.cert_pem)?;
+    write_secret(&dir.join("key.pem"), &pair.key_pem)
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), CellError> {
+    write_new(path, text, 0o644)
+}
+
+/// Keys are created 0600 from the start (not chmod-ed afterwards), so they are never
+/// readable by others, even briefly.
+fn write_secret(path: &Path, text: &str) -> Result<(), CellError> {
+    write_new(path, text, 0o600)
+}
+
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CellError> {
+    let io = |source| CellError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+fn read_string(path: &Path) -> Result<String, CellError> {
+    std::fs::read_to_string(path).map_err(|source| CellError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,441 @@
+//! Replica-to-replica messaging over QUIC.
+//!
+//! One endpoint (one UDP socket) per replica does both jobs:
+//! - **inbound**: it accepts connections offering ALPN `chubby-peer/1`, authorizes them
+//!   ([`identity::authorize_peer_connection`]) and refuses everything else by closing the
+//!   connection with [`CLOSE_NOT_A_PEER`]. Each unidirectional stream of an authorized
+//!   connection carries length-prefixed frames; each decoded message is delivered as
+//!   `(sender, msg)` where the sender comes from the certificate, never from the message.
+//!   A malformed stream is stopped with [`STREAM_MALFORMED`]; the connection and its other
+//!   streams go on.
+//! - **outbound**: one task per peer owns a connection to it and sends each message on a
+//!   new unidirectional stream (so messages may arrive reordered; Paxos tolerates that, and
+//!   no message waits behind a large one). It checks the server is the replica it meant to
+//!   reach (CN `replica-<id>`), reconnects with exponential backoff, and drops what was
+//!   queued while the peer was unreachable: a Paxos message is better lost than late.
+//!
+//! [`PeerTransport::send`] never blocks and never fails loudly: a full queue or a dead peer
+//! drops the message (Paxos retransmits), logged at debug level per message and at warn
+//! level per connection failure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chubby_protocol::{codec, NodeId, PaxosMsg};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::framing::{read_msg, write_frame};
+use super::identity::{self, authorize_peer_connection, replica_id_of_cn};
+use super::tls::{replica_client_config, server_config, Alpn, TlsIdentity};
+use super::TransportError;
+use crate::cell::ReplicaConfig;
+
+/// Connection close code: orderly shutdown.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Connection close code: the other end is not an authorized peer.
+pub const CLOSE_NOT_A_PEER: u32 = 1;
+/// Connection close code: the server is not the replica we meant to reach.
+pub const CLOSE_WRONG_SERVER: u32 = 2;
+/// Stream stop code: the stream carried a malformed frame.
+pub const STREAM_MALFORMED: u32 = 1;
+
+/// How to reach one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// Its peer-port address.
+    pub addr: SocketAddr,
+    /// The name its certificate is checked against (its SAN: host name or IP).
+    pub server_name: String,
+}
+
+/// Everything a [`PeerTransport`] needs.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// This replica.
+    pub me: NodeId,
+    /// Its replica certificate, key and the cell CA.
+    pub identity: TlsIdentity,
+    /// The other members (an entry for `me` is ignored).
+    pub peers: BTreeMap<NodeId, PeerAddr>,
+    /// Messages queued per peer before [`PeerTransport::send`] drops.
+    pub outbound_queue: usize,
+    /// Received messages buffered before the transport stops reading (back-pressure).
+    pub inbound_queue: usize,
+    /// First reconnection delay.
+    pub backoff_min: Duration,
+    /// Longest reconnection delay.
+    pub backoff_max: Duration,
+    /// How long one send may wait for stream credit before the connection is replaced.
+    pub send_timeout: Duration,
+}
+
+impl PeerConfig {
+    /// Defaults for everything but identity and addresses.
+    #[must_use]
+    pub fn new(me: NodeId, identity: TlsIdentity, peers: BTreeMap<NodeId, PeerAddr>) -> Self {
+        PeerConfig {
+            me,
+            identity,
+            peers,
+            outbound_queue: 1024,
+            inbound_queue: 4096,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            send_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Builds the config of a replica from its loaded `config.toml` (resolves host names).
+    ///
+    /// # Errors
+    /// [`TransportError::Pem`] for unreadable certificate files, [`TransportError::Config`]
+    /// for a member address that does not resolve.
+    pub fn from_replica_config(cfg: &ReplicaConfig) -> Result<Self, TransportError> {
+        let identity = TlsIdentity::load(&cfg.tls)?;
+        let mut peers = BTreeMap::new();
+        for m in cfg.members.iter().filter(|m| m.id != cfg.id) {
+            let endpoint = m.peer_endpoint();
+            let addr = endpoint
+                .to_socket_addrs()
+                .map_err(|e| TransportError::Config(format!("{endpoint}: {e}")))?
+                .next()
+                .ok_or_else(|| TransportError::Config(format!("{endpoint}: no address")))?;
+            peers.insert(
+                m.node_id(),
+                PeerAddr {
+                    addr,
+                    server_name: m.host.clone(),
+                },
+            );
+        }
+        Ok(PeerConfig::new(NodeId(cfg.id), identity, peers))
+    }
+}
+
+/// Why [`PeerTransport::send`] dropped a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Not a configured peer.
+    #[error("{0} is not a peer")]
+    UnknownPeer(NodeId),
+    /// The peer's queue is full (it is slow, or unreachable and being reconnected).
+    #[error("queue to {0} is full: message dropped")]
+    QueueFull(NodeId),
+    /// The transport is shutting down.
+    #[error("transport is shut down")]
+    Closed,
+}
+
+/// The replica's peer endpoint. Dropping it closes the endpoint and stops its tasks.
+#[derive(Debug)]
+pub struct PeerTransport {
+    me: NodeId,
+    endpoint: quinn::Endpoint,
+    queues: BTreeMap<NodeId, mpsc::Sender<PaxosMsg>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl PeerTransport {
+    /// Binds `addr` and starts. Must be called inside a tokio runtime.
+    ///
+    /// Returns the transport and the channel on which `(sender, message)` arrive.
+    ///
+    /// # Errors
+    /// [`TransportError::Io`] if the socket cannot be bound, or a TLS configuration error.
+    pub fn bind(
+        config: PeerConfig,
+        addr: SocketAddr,
+    ) -> Result<(PeerTransport, mpsc::Receiver<(NodeId, PaxosMsg)>), TransportError> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        PeerTransport::with_socket(config, socket)
+    }
+
+    /// Starts on an already bound socket (lets tests learn every port before starting).
+    ///
+    /// # Errors
+    /// As [`PeerTransport::bind`].
+    pub fn with_socket(
+        config: PeerConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<(PeerTransport, mpsc::Receiver<(NodeId, PaxosMsg)>), TransportError> {
+        let server = server_config(&config.identity, &[Alpn::Peer])?;
+        let client = replica_client_config(&config.identity)?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        endpoint.set_default_client_config(client);
+
+        let me = config.me;
+        let peers: BTreeMap<NodeId, PeerAddr> = config
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        let members: Arc<BTreeSet<NodeId>> = Arc::new(peers.keys().copied().collect());
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue.max(1));
+
+        let mut tasks = Vec::with_capacity(peers.len() + 1);
+        tasks.push(tokio::spawn(accept_loop(
+            endpoint.clone(),
+            me,
+            members,
+            inbound_tx,
+        )));
+        let mut queues = BTreeMap::new();
+        for (id, addr) in peers {
+            let (tx, rx) = mpsc::channel(config.outbound_queue.max(1));
+            queues.insert(id, tx);
+            let sender = PeerSender {
+                endpoint: endpoint.clone(),
+                me,
+                peer: id,
+                addr,
+                backoff_min: config.backoff_min,
+                backoff_max: config.backoff_max,
+                send_timeout: config.send_timeout,
+            };
+            tasks.push(tokio::spawn(sender.run(rx)));
+        }
+        Ok((
+            PeerTransport {
+                me,
+                endpoint,
+                queues,
+                tasks,
+            },
+            inbound_rx,
+        ))
+    }
+
+    /// This replica's id.
+    #[must_use]
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// [`TransportError::Io`] if the socket is gone.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Queues `msg` for `to`; never blocks.
+    ///
+    /// # Errors
+    /// [`SendError`] when the message was dropped (already logged at debug level).
+    pub fn send(&self, to: NodeId, msg: PaxosMsg) -> Result<(), SendError> {
+        let queue = self.queues.get(&to).ok_or(SendError::UnknownPeer(to))?;
+        queue.try_send(msg).map_err(|e| {
+            let err = match e {
+                mpsc::error::TrySendError::Full(_) => SendError::QueueFull(to),
+                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            };
+            debug!(me = %self.me, peer = %to, error = %err, "dropping peer message");
+            err
+        })
+    }
+
+    /// Closes every connection and waits (bounded by the idle timeout) for the peers to be
+    /// told.
+    pub async fn shutdown(mut self) {
+        self.endpoint.close(CLOSE_SHUTDOWN.into(), b"shutdown");
+        // Wait for the aborted tasks to drop their endpoint handles, so the socket is
+        // released once the connections have drained.
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+            let _ = task.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for PeerTransport {
+    fn drop(&mut self) {
+        self.endpoint.close(CLOSE_SHUTDOWN.into(), b"shutdown");
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    me: NodeId,
+    members: Arc<BTreeSet<NodeId>>,
+    inbound: mpsc::Sender<(NodeId, PaxosMsg)>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(serve_connection(
+            incoming,
+            me,
+            members.clone(),
+            inbound.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    me: NodeId,
+    members: Arc<BTreeSet<NodeId>>,
+    inbound: mpsc::Sender<(NodeId, PaxosMsg)>,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // A certificate from another CA ends here (the TLS alert tells the client).
+            warn!(%me, %remote, error = %e, "peer handshake failed");
+            return;
+        }
+    };
+    let from = match authorize_peer_connection(&conn, &members) {
+        Ok(from) => from,
+        Err(why) => {
+            warn!(%me, %remote, reason = %why, "refusing peer connection");
+            conn.close(CLOSE_NOT_A_PEER.into(), why.to_string().as_bytes());
+            return;
+        }
+    };
+    debug!(%me, peer = %from, %remote, "peer connected");
+    loop {
+        match conn.accept_uni().await {
+            Ok(stream) => {
+                tokio::spawn(read_stream(stream, me, from, inbound.clone()));
+            }
+            Err(e) => {
+                debug!(%me, peer = %from, error = %e, "peer connection ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn read_stream(
+    mut stream: quinn::RecvStream,
+    me: NodeId,
+    from: NodeId,
+    inbound: mpsc::Sender<(NodeId, PaxosMsg)>,
+) {
+    loop {
+        match read_msg::<PaxosMsg, _>(&mut stream).await {
+            Ok(Some(msg)) => {
+                if inbound.send((from, msg)).await.is_err() {
+                    return; // the replica stopped listening
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                warn!(%me, peer = %from, error = %e, "dropping malformed peer stream");
+                let _ = stream.stop(STREAM_MALFORMED.into());
+                return;
+            }
+        }
+    }
+}
+
+struct PeerSender {
+    endpoint: quinn::Endpoint,
+    me: NodeId,
+    peer: NodeId,
+    addr: PeerAddr,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    send_timeout: Duration,
+}
+
+impl PeerSender {
+    async fn run(self, mut queue: mpsc::Receiver<PaxosMsg>) {
+        let (me, peer) = (self.me, self.peer);
+        let mut delay = self.backoff_min;
+        loop {
+            let conn = match self.connect().await {
+                Ok(conn) => {
+                    delay = self.backoff_min;
+                    conn
+                }
+                Err(e) => {
+                    let dropped = drain(&mut queue);
+                    warn!(%me, %peer, addr = %self.addr.addr, error = %e, dropped,
+                        retry_in_ms = delay.as_millis(), "cannot reach peer");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.backoff_max);
+                    continue;
+                }
+            };
+            loop {
+                let msg = tokio::select! {
+                    msg = queue.recv() => msg,
+                    reason = conn.closed() => {
+                        warn!(%me, %peer, reason = %reason, "peer connection lost");
+                        break;
+                    }
+                };
+                let Some(msg) = msg else {
+                    conn.close(CLOSE_SHUTDOWN.into(), b"shutdown");
+                    return;
+                };
+                let frame = match codec::encode(&msg) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        warn!(%me, %peer, error = %e, "cannot encode peer message: dropped");
+                        continue;
+                    }
+                };
+                let sent = tokio::time::timeout(self.send_timeout, send_frame(&conn, &frame)).await;
+                let failure = match sent {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e,
+                    Err(_) => TransportError::Timeout,
+                };
+                warn!(%me, %peer, error = %failure, "send to peer failed: reconnecting");
+                conn.close(CLOSE_SHUTDOWN.into(), b"reconnecting");
+                break;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<quinn::Connection, TransportError> {
+        let conn = self
+            .endpoint
+            .connect(self.addr.addr, &self.addr.server_name)?
+            .await?;
+        let cert = identity::peer_certificate(&conn).map_err(TransportError::Refused)?;
+        if replica_id_of_cn(&cert.common_name) != Some(self.peer) {
+            conn.close(CLOSE_WRONG_SERVER.into(), b"not the replica expected");
+            return Err(TransportError::WrongServer {
+                expected: self.peer,
+                common_name: cert.common_name,
+            });
+        }
+        Ok(conn)
+    }
+}
+
+async fn send_frame(conn: &quinn::Connection, frame: &[u8]) -> Result<(), TransportError> {
+    let mut stream = conn.open_uni().await?;
+    write_frame(&mut stream, frame).await?;
+    stream
+        .finish()
+        .map_err(|e| TransportError::Config(format!("finishing stream: {e}")))?;
+    Ok(())
+}
+
+/// Drops everything queued; returns how many messages that was.
+fn drain(queue: &mut mpsc::Receiver<PaxosMsg>) -> usize {
+    let mut n = 0;
+    while queue.try_recv().is_ok() {
+        n += 1;
+    }
+    n
+}
