@@ -145,8 +145,14 @@ fn sync_happens_before_the_reply() {
     for _ in 0..20 {
         lines.next().unwrap().unwrap();
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // Closing the pipe makes the child's next acknowledgement fail, so it exits, and strace
+    // exits with it. (Killing strace would only detach the child and leave it running.)
+    drop(lines);
+    let status = child.wait().unwrap();
+    assert!(
+        status.code().is_some(),
+        "strace ended by a signal: {status}"
+    );
     let text = std::fs::read_to_string(&trace).unwrap();
     let mut synced_since_reply = false;
     let mut replies = 0;

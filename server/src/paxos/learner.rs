@@ -98,11 +98,8 @@ impl Replica {
             self.catchup.requested_through = self.chosen_through;
             return;
         }
-        match self.catchup.retry_at {
-            Some(at) if now >= at => self.request_catchup(now, true, out),
-            Some(_) => self.request_catchup(now, false, out),
-            None => self.request_catchup(now, false, out),
-        }
+        let timed_out = self.catchup.retry_at.is_some_and(|at| now >= at);
+        self.request_catchup(now, timed_out, out);
     }
 
     fn request_catchup(&mut self, now: Instant, start_over: bool, out: &mut Vec<Action>) {
@@ -110,18 +107,16 @@ impl Replica {
         if peers.is_empty() {
             return;
         }
-        if start_over || self.catchup.source.is_none() {
-            self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
-            let fallback = peers[self.catchup.rotate % peers.len()];
-            self.catchup.source = Some(if start_over {
-                fallback
-            } else {
-                self.catchup.source.unwrap_or(fallback)
-            });
-            self.catchup.requested_through = self.chosen_through;
-        }
-        let Some(source) = self.catchup.source else {
-            return;
+        // No source yet, or the last one went quiet: the next peer in turn, from scratch.
+        let source = match self.catchup.source.filter(|_| !start_over) {
+            Some(source) => source,
+            None => {
+                self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
+                let source = peers[self.catchup.rotate % peers.len()];
+                self.catchup.source = Some(source);
+                self.catchup.requested_through = self.chosen_through;
+                source
+            }
         };
         let chunk = u64::from(self.cfg.catchup_entries_max);
         let limit = self

@@ -96,6 +96,17 @@ impl Cell {
     }
 }
 
+/// The last action sends a Promise.
+fn ends_with_promise(out: &[Action]) -> bool {
+    matches!(
+        out.last(),
+        Some(Action::Send {
+            msg: PaxosMsg::Promise { .. },
+            ..
+        })
+    )
+}
+
 fn submit(cell: &mut Cell, i: usize, text: &str) -> Vec<Action> {
     let out = cell.step(
         i,
@@ -218,16 +229,7 @@ fn a_restarted_acceptor_promises_nothing_for_one_lease() {
     );
     out.clear();
     r.step(start.plus_ms(1_000), prepare(ballot(2, 1)), &mut out);
-    assert!(
-        matches!(
-            out.last(),
-            Some(Action::Send {
-                msg: PaxosMsg::Promise { .. },
-                ..
-            })
-        ),
-        "{out:?}"
-    );
+    assert!(ends_with_promise(&out), "{out:?}");
 }
 
 #[test]
@@ -313,16 +315,7 @@ fn an_acceptor_refuses_other_replicas_while_a_lease_it_granted_runs() {
         },
         &mut out,
     );
-    assert!(
-        matches!(
-            out.last(),
-            Some(Action::Send {
-                msg: PaxosMsg::Promise { .. },
-                ..
-            })
-        ),
-        "{out:?}"
-    );
+    assert!(ends_with_promise(&out), "{out:?}");
 }
 
 #[test]

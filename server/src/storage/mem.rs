@@ -97,7 +97,6 @@ impl Storage for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paxos::DurableState;
     use chubby_protocol::{Ballot, NodeId};
 
     fn promise(round: u64) -> PersistBatch {
@@ -130,6 +129,5 @@ mod tests {
         assert!(matches!(store.load(), Err(StorageError::Corrupt { .. })));
         store.wipe().unwrap();
         assert!(matches!(store.load(), Ok(Loaded::Empty)));
-        let _ = DurableState::default();
     }
 }
