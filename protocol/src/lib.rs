@@ -3,8 +3,11 @@
 //! This crate holds only data: identifiers with their units ([`ids`], [`time`]), the
 //! messages replicas exchange to run Multi-Paxos ([`peer_msg`]), the vocabulary of the
 //! replicated database ([`db`]) with its refusals ([`error`]) and the framing that puts
-//! any of them on a stream ([`codec`]). It depends on nothing that does I/O, so the pure
-//! cores in `chubby-server` and `chubby-client` can use it freely.
+//! any of them on a stream ([`codec`]). Without the `net` feature it depends on nothing that
+//! does I/O, so the pure cores in `chubby-server` and `chubby-client` can use it freely.
+//! With `net`, it also holds what replicas and clients share about the network and the
+//! cell's files: `cell` (cell files, CA and certificates) and `net` (TLS configs, framing,
+//! certificate identity).
 //!
 //! # Versioning
 //! Every frame starts with [`codec::WIRE_VERSION`]; a peer speaking another version gets
@@ -16,10 +19,14 @@
 //! see `../shared/STACK.md` §3).
 #![deny(missing_docs)]
 
+#[cfg(feature = "net")]
+pub mod cell;
 pub mod codec;
 pub mod db;
 pub mod error;
 pub mod ids;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod peer_msg;
 pub mod time;
 

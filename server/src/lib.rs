@@ -28,8 +28,9 @@
 //!   length-prefixed framing and the replica-to-replica [`transport::PeerTransport`].
 #![warn(missing_docs)]
 
-pub mod cell;
 pub mod db;
 pub mod paxos;
 pub mod storage;
 pub mod transport;
+
+pub use chubby_protocol::cell;

@@ -11,57 +11,9 @@
 //! Nothing here panics on input a peer controls: a bad frame ends that stream, a bad
 //! certificate ends that connection, and both are logged.
 
-pub mod framing;
-pub mod identity;
 pub mod peer;
-pub mod tls;
 
-use chubby_protocol::NodeId;
-
-pub use framing::FrameError;
-pub use identity::PeerRefusal;
+pub use chubby_protocol::net::{
+    framing, identity, tls, Alpn, FrameError, PeerRefusal, TlsIdentity, TransportError,
+};
 pub use peer::{PeerAddr, PeerConfig, PeerTransport, SendError};
-pub use tls::{Alpn, TlsIdentity};
-
-/// Why a transport operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    /// A socket operation failed.
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    /// A certificate or key file is missing or unreadable.
-    #[error("PEM: {0}")]
-    Pem(String),
-    /// rustls refused the configuration.
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
-    /// Some other configuration problem.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// A connection could not be started.
-    #[error("connect: {0}")]
-    Connect(#[from] quinn::ConnectError),
-    /// A connection failed or was closed.
-    #[error("connection: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    /// Writing to a stream failed.
-    #[error("write: {0}")]
-    Write(#[from] quinn::WriteError),
-    /// A frame could not be written or read.
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The other end's certificate is unusable.
-    #[error("refused: {0}")]
-    Refused(PeerRefusal),
-    /// The server reached is another replica than the one meant.
-    #[error("expected replica {expected}, reached {common_name:?}")]
-    WrongServer {
-        /// The replica meant.
-        expected: NodeId,
-        /// The CN presented.
-        common_name: String,
-    },
-    /// An operation took too long.
-    #[error("timed out")]
-    Timeout,
-}

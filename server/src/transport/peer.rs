@@ -28,11 +28,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::framing::{read_msg, write_frame};
-use super::identity::{self, authorize_peer_connection, replica_id_of_cn};
-use super::tls::{replica_client_config, server_config, Alpn, TlsIdentity};
-use super::TransportError;
 use crate::cell::ReplicaConfig;
+use chubby_protocol::net::framing::{read_msg, write_frame};
+use chubby_protocol::net::identity::{self, authorize_peer_connection, replica_id_of_cn};
+use chubby_protocol::net::tls::{replica_client_config, server_config, Alpn, TlsIdentity};
+use chubby_protocol::net::TransportError;
 
 /// Connection close code: orderly shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0;

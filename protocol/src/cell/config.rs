@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use chubby_protocol::NodeId;
+use crate::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::CellError;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use chubby_protocol::NodeId;
+use crate::NodeId;
 use quinn::crypto::rustls::HandshakeData;
 use rustls::pki_types::CertificateDer;
 

@@ -1,13 +1,13 @@
 //! Frames on a QUIC stream: `[u32 big-endian length][frame]`, where a frame is what
-//! [`chubby_protocol::codec`] encodes (version byte + bincode).
+//! [`crate::codec`] encodes (version byte + bincode).
 //!
 //! The length is checked against [`FRAME_BYTES_MAX`] before anything is allocated, and the
 //! buffer then grows only as bytes really arrive, so a peer that announces 1 MiB and sends
 //! nothing costs nothing. Every malformed input is a [`FrameError`] for that stream; none
 //! panics.
 
+use crate::codec::{self, DecodeError, EncodeError, FRAME_BYTES_MAX};
 use bincode::{Decode, Encode};
-use chubby_protocol::codec::{self, DecodeError, EncodeError, FRAME_BYTES_MAX};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes of the length prefix.
@@ -112,7 +112,7 @@ pub async fn read_msg<T: Decode<()>, R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chubby_protocol::{Ballot, PaxosMsg, Slot};
+    use crate::{Ballot, PaxosMsg, Slot};
 
     fn msg() -> PaxosMsg {
         PaxosMsg::Prepare {
