@@ -1,7 +1,11 @@
-//! The chubby client: session and cache cores, the async client library, the `chubby`
-//! command and the FUSE mount.
+//! The chubby client: the connection to a cell, the `chubby` command's subcommands, and
+//! (with issues 5 and 6) sessions, the consistent cache and the FUSE mount.
 //!
-//! Only the crate exists so far; the client arrives with the sessions-and-client issue.
-//! It will depend on [`chubby_protocol`] for every wire type.
+//! - [`conn`]: QUIC connections to a cell's replicas with master discovery.
+//!
+//! The `chubby` command itself lives in `src/bin/chubby/` (`cell init`, `up`, `status`).
+#![warn(missing_docs)]
+
+pub mod conn;
 
 pub use chubby_protocol as protocol;

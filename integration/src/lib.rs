@@ -1,6 +1,8 @@
 //! chubby's integration crate: the deterministic simulator ([`sim`]) that drives the pure
 //! cores of `chubby-server` with seeded faults, and (in `tests/`) tests that run real
-//! components: child processes, real disks, later real cells and mounts.
+//! components: child processes, real disks, real cells of `chubby-server` processes
+//! ([`real_cell`]) and, later, mounts.
 #![warn(missing_docs)]
 
+pub mod real_cell;
 pub mod sim;

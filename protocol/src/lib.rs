@@ -21,6 +21,7 @@
 
 #[cfg(feature = "net")]
 pub mod cell;
+pub mod client_msg;
 pub mod codec;
 pub mod db;
 pub mod error;

@@ -100,6 +100,39 @@ pub struct ReplicaConfig {
     pub tls: TlsPaths,
     /// Every member of the cell, this replica included.
     pub members: Vec<Member>,
+    /// Optional knobs; omitted from the file when all are defaults.
+    #[serde(default, skip_serializing_if = "Tuning::is_default")]
+    pub tuning: Tuning,
+}
+
+/// Optional replica knobs (`[tuning]` in `config.toml`). Timing of the Paxos lease and
+/// elections is not here on purpose: every replica must agree on it, and DESIGN §7's
+/// defaults are what production wants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// How often the master asks every replica to compare database digests (PML §6.2).
+    pub checksum_interval_ms: u64,
+    /// How long a proposed write may wait to be chosen before its caller is told the
+    /// outcome is unknown.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            checksum_interval_ms: 60_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Tuning {
+    /// True when every knob has its default (so the section is not written).
+    #[must_use]
+    pub fn is_default(&self) -> bool {
+        *self == Tuning::default()
+    }
 }
 
 impl ReplicaConfig {

@@ -9,7 +9,8 @@
 //!                                          admin/ certificate (relative paths)
 //! DIR/replica-<n>/config.toml              id, bind host, members, tls paths, data dir
 //! DIR/replica-<n>/{cert.pem,key.pem}       CN replica-<n>, SAN host, serverAuth+clientAuth
-//! DIR/replica-<n>/data/                    the replica's durable state
+//! DIR/replica-<n>/data/                    the replica's durable state; holds NEW-CELL until
+//!                                          the replica's first start
 //! DIR/admin/{cert.pem,key.pem}             CN admin, clientAuth
 //! DIR/clients/<principal>/{cert,key}.pem   written later by [`issue_client_cert`]
 //! ```
@@ -25,11 +26,14 @@
 pub mod config;
 pub mod pki;
 
+/// The marker left in each founding replica's empty data directory (see [`init_cell`]).
+pub const NEW_CELL_MARKER: &str = "NEW-CELL";
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub use config::{CellFile, Member, ReplicaConfig, TlsPaths, REPLICAS_MAX, REPLICAS_MIN};
+pub use config::{CellFile, Member, ReplicaConfig, TlsPaths, Tuning, REPLICAS_MAX, REPLICAS_MIN};
 pub use pki::{CellCa, PemPair, REPLICA_CN_PREFIX};
 
 /// Why a cell could not be created or its files loaded.
@@ -142,6 +146,12 @@ pub fn init_cell(
         let rdir = dir.join(format!("{REPLICA_CN_PREFIX}{}", m.id));
         create_dir(&rdir)?;
         create_dir(&rdir.join("data"))?;
+        // A founding member formats its empty store as a voter only when this marker is
+        // present; an empty store without it is a lost disk (chubby-server node::disk).
+        write_public(
+            &rdir.join("data").join(NEW_CELL_MARKER),
+            "founding member of a new cell: the first start formats the store as a voter\n",
+        )?;
         let pair = ca.issue_replica(m.id, host)?;
         write_pair(&rdir, &pair)?;
         let cfg = ReplicaConfig {
@@ -154,6 +164,7 @@ pub fn init_cell(
                 key: PathBuf::from("key.pem"),
             },
             members: members.clone(),
+            tuning: config::Tuning::default(),
         };
         let path = rdir.join("config.toml");
         write_public(&path, &to_toml(&cfg)?)?;

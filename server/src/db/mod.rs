@@ -590,6 +590,12 @@ impl Db {
         self.sessions.handle_of(session, handle)
     }
 
+    /// The session `id`, if it is live.
+    #[must_use]
+    pub fn session(&self, id: SessionId) -> Option<&sessions::Session> {
+        self.sessions.session(id)
+    }
+
     /// Every session, with its principal and handles (to rebuild the master at fail-over).
     pub fn sessions(&self) -> impl Iterator<Item = (&SessionId, &sessions::Session)> {
         self.sessions.iter_sessions()

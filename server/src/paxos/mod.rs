@@ -356,6 +356,18 @@ impl Replica {
         self.chosen_through
     }
 
+    /// The highest slot this replica has heard is chosen (its catch-up target).
+    #[must_use]
+    pub fn known_chosen_through(&self) -> Slot {
+        self.known_chosen_through.max(self.chosen_through)
+    }
+
+    /// Log entries held.
+    #[must_use]
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
     /// False while rebuilding after disk loss.
     #[must_use]
     pub fn is_voter(&self) -> bool {

@@ -1,0 +1,71 @@
+//! `chubby cell init`: the CA, replica and admin certificates, replica configs and the
+//! client cell file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chubby_client::protocol::cell::{init_cell, issue_client_cert};
+
+/// Cell management.
+#[derive(Debug, clap::Subcommand)]
+pub enum CellCommand {
+    /// Create a new cell in DIR: CA, one certificate and config.toml per replica
+    /// (DIR/replica-<n>/), an admin certificate and the client cell file DIR/cell.toml.
+    Init(InitArgs),
+    /// Issue a client certificate for PRINCIPAL with the cell's CA
+    /// (written to DIR/clients/PRINCIPAL/).
+    IssueClient {
+        /// The cell directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The principal (the certificate's CN), e.g. a user or service name.
+        principal: String,
+    },
+}
+
+/// Arguments of `chubby cell init`.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Directory to create the cell in (must be empty or absent).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Number of replicas: odd, 1 to 9 (3 to try it, 5 for production).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    /// Host (name or IP) the replicas listen on and are reached at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// First UDP port; replica n uses base+2(n-1) for peers and the next one for clients.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+}
+
+pub fn run(cmd: CellCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CellCommand::Init(args) => {
+            let layout = init_cell(&args.dir, args.replicas, &args.host, args.base_port)?;
+            println!(
+                "created a {}-replica cell in {}",
+                args.replicas,
+                layout.dir.display()
+            );
+            for cfg in &layout.replica_configs {
+                println!(
+                    "  start a replica:  chubby-server --config {}",
+                    cfg.display()
+                );
+            }
+            println!(
+                "  use the cell:     export CHUBBY_CELL={}",
+                layout.cell_file.display()
+            );
+            println!("keep {} offline in production", layout.ca_key.display());
+        }
+        CellCommand::IssueClient { dir, principal } => {
+            let paths = issue_client_cert(&dir, &principal)?;
+            println!("certificate for {principal:?}: {}", paths.cert.display());
+            println!("key:                        {}", paths.key.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,79 @@
+//! `chubby`: the operator's and user's command for a chubby cell.
+//!
+//! Subcommands so far: `cell init` (create a cell's CA, certificates and configs), `up` (run
+//! a local cell of child `chubby-server` processes), `status` (every replica's view). Every
+//! command that talks to a cell takes `--cell DIR/cell.toml` or the `CHUBBY_CELL`
+//! environment variable.
+
+mod cell;
+mod status;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chubby_client::protocol::cell::CellFile;
+use clap::{Parser, Subcommand};
+
+/// chubby: a Paxos lock service whose namespace you can mount.
+#[derive(Debug, Parser)]
+#[command(name = "chubby", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or manage a cell's files.
+    #[command(subcommand)]
+    Cell(cell::CellCommand),
+    /// Run a whole local cell (initialising it if needed) until Ctrl-C.
+    Up(up::UpArgs),
+    /// Show each replica's role, epoch, applied slot, lag and the master's lease.
+    Status(status::StatusArgs),
+}
+
+/// Where the cell file comes from, shared by every command that talks to a cell.
+#[derive(Debug, clap::Args)]
+pub struct CellArg {
+    /// The client cell file written by `chubby cell init` (DIR/cell.toml).
+    #[arg(long, env = "CHUBBY_CELL", value_name = "FILE")]
+    cell: Option<PathBuf>,
+}
+
+impl CellArg {
+    /// Loads the cell file, or says how to name one.
+    fn load(&self) -> anyhow::Result<CellFile> {
+        let path = self.cell.as_ref().context(
+            "no cell given: pass --cell DIR/cell.toml or set CHUBBY_CELL (create one with \
+             `chubby cell init --dir DIR` or `chubby up`)",
+        )?;
+        Ok(CellFile::load(path)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Cell(cmd) => cell::run(cmd),
+        Command::Up(args) => up::run(&args),
+        Command::Status(args) => status::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chubby: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A small runtime for commands that talk to the cell.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

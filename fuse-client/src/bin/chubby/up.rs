@@ -1,0 +1,175 @@
+//! `chubby up`: a whole local cell for trying chubby out — initialised if needed, each
+//! replica a child `chubby-server` process logging to `DIR/replica-<n>/server.log`, all
+//! stopped cleanly on Ctrl-C (or when `chubby up` itself is killed: each child watches its
+//! stdin and stops when the pipe closes).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use chubby_client::conn::CellConn;
+use chubby_client::protocol::cell::{init_cell, CellFile};
+use chubby_client::protocol::client_msg::ReplicaRole;
+
+/// Arguments of `chubby up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// The cell directory; created with `chubby cell init` defaults if it holds no cell.
+    #[arg(long, default_value = "chubby-cell", value_name = "DIR")]
+    dir: PathBuf,
+    /// Replicas of a newly created cell (odd, 1 to 9).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Host of a newly created cell.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// First UDP port of a newly created cell.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    /// The chubby-server binary (default: the one beside this `chubby`, else from PATH).
+    #[arg(long, value_name = "PATH")]
+    server: Option<PathBuf>,
+}
+
+pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let cell_file = args.dir.join("cell.toml");
+    if cell_file.exists() {
+        println!("using the cell in {}", args.dir.display());
+    } else {
+        init_cell(&args.dir, args.replicas, &args.host, args.base_port)?;
+        println!(
+            "created a {}-replica cell in {}",
+            args.replicas,
+            args.dir.display()
+        );
+    }
+    let configs = replica_configs(&args.dir)?;
+    let server = server_binary(args.server.as_deref())?;
+    let mut children = Vec::new();
+    for cfg in &configs {
+        let rdir = cfg.parent().unwrap_or(Path::new("."));
+        let log_path = rdir.join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = std::process::Command::new(&server)
+            .arg("--config")
+            .arg(cfg)
+            .arg("--stop-on-stdin-close")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", server.display()))?;
+        println!(
+            "started {} (pid {}), log {}",
+            cfg.display(),
+            child.id(),
+            log_path.display()
+        );
+        children.push(child);
+    }
+    let result = crate::runtime()?.block_on(supervise(&cell_file, &mut children));
+    stop(&mut children);
+    result
+}
+
+async fn supervise(cell_file: &Path, children: &mut [Child]) -> anyhow::Result<ExitCode> {
+    let cell = CellFile::load(cell_file)?;
+    let conn = CellConn::new(&cell)?;
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            for i in 0..conn.replica_addrs().len() {
+                if let Ok(s) = conn.status_of(i).await {
+                    if s.role == ReplicaRole::Master && s.lease_remaining_ms.is_some() {
+                        return s.id;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    match waited {
+        Ok(id) => println!(
+            "cell is up: master is replica {}. In another shell:\n  export CHUBBY_CELL={}\n  chubby status\nCtrl-C stops the cell.",
+            id.0,
+            cell_file.display()
+        ),
+        Err(_) => println!("no master elected after 30 s; see the server.log files (Ctrl-C stops)"),
+    }
+    conn.close().await;
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                println!("stopping the cell");
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = poll.tick() => {
+                for child in children.iter_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        println!("replica (pid {}) exited: {status}; stopping the cell", child.id());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Closes every child's stdin (each then shuts down cleanly), waits up to 10 s, then kills.
+fn stop(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        drop(child.stdin.take());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for child in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+fn replica_configs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut configs = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path().join("config.toml");
+        let is_replica = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n.to_string_lossy().starts_with("replica-"));
+        if is_replica && path.exists() {
+            configs.push(path);
+        }
+    }
+    configs.sort();
+    anyhow::ensure!(
+        !configs.is_empty(),
+        "{} holds no replica-<n>/config.toml",
+        dir.display()
+    );
+    Ok(configs)
+}
+
+fn server_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("chubby-server")))
+        .filter(|p| p.exists());
+    Ok(beside.unwrap_or_else(|| PathBuf::from("chubby-server")))
+}

@@ -1,0 +1,335 @@
+//! Talking to a cell: QUIC connections to its replicas, one request per stream, and master
+//! discovery (DESIGN §6: ask any replica; a non-master names the master).
+//!
+//! [`CellConn::call`] finds the master and retries only where that is safe: a request that
+//! never left (no connection, no stream) or that a replica answered with "not the master"
+//! or "unavailable" (both mean nothing was done). Once a write has been sent, a lost
+//! connection is reported as [`ClientError::Lost`]: the write may or may not have been
+//! applied, and only the caller knows whether retrying is harmless.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chubby_protocol::cell::CellFile;
+use chubby_protocol::client_msg::{Answer, Call, CallError, Reply, Request, StatusReport};
+use chubby_protocol::net::framing::{read_msg, write_msg};
+use chubby_protocol::net::tls::{chubby_client_config, TlsIdentity};
+use tokio::time::Instant;
+
+/// How long one request may take on one replica before it counts as unreachable.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`CellConn::call`] keeps looking for a master that can serve.
+pub const FIND_MASTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cell file or certificates are unusable.
+    #[error("{0}")]
+    Setup(String),
+    /// The request could not be delivered to that replica (nothing was done).
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable {
+        /// The replica.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request was sent but no reply came: it may or may not have been applied.
+    #[error("lost the connection to {addr} after sending: outcome unknown ({reason})")]
+    Lost {
+        /// The replica.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The replica answered with an error.
+    #[error("{0}")]
+    Call(#[from] CallError),
+    /// No replica could serve within the time allowed.
+    #[error("no master could serve within {waited_ms} ms; last error: {last}")]
+    NoMaster {
+        /// How long we tried.
+        waited_ms: u64,
+        /// The last error seen.
+        last: String,
+    },
+}
+
+#[derive(Debug)]
+struct ReplicaSlot {
+    endpoint: String,
+    addr: SocketAddr,
+    server_name: String,
+    conn: Option<quinn::Connection>,
+}
+
+/// Connections to the replicas of one cell.
+#[derive(Debug)]
+pub struct CellConn {
+    endpoint: quinn::Endpoint,
+    replicas: Mutex<Vec<ReplicaSlot>>,
+    master: Mutex<Option<usize>>,
+}
+
+impl CellConn {
+    /// Prepares connections to the replicas of `cell` (connects lazily). Must be called in
+    /// a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ClientError::Setup`]: unreadable certificates, an address that does not resolve.
+    pub fn new(cell: &CellFile) -> Result<CellConn, ClientError> {
+        let identity = TlsIdentity::load(&cell.tls).map_err(|e| {
+            ClientError::Setup(format!(
+                "client certificate {} / key {} / CA {}: {e}",
+                cell.tls.cert.display(),
+                cell.tls.key.display(),
+                cell.tls.ca.display()
+            ))
+        })?;
+        let config =
+            chubby_client_config(&identity).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| ClientError::Setup(format!("cannot open a UDP socket: {e}")))?;
+        endpoint.set_default_client_config(config);
+        let mut replicas = Vec::with_capacity(cell.replicas.len());
+        for endpoint_str in &cell.replicas {
+            replicas.push(resolve(endpoint_str)?);
+        }
+        Ok(CellConn {
+            endpoint,
+            replicas: Mutex::new(replicas),
+            master: Mutex::new(None),
+        })
+    }
+
+    /// The replicas' client addresses, in cell-file order.
+    #[must_use]
+    pub fn replica_addrs(&self) -> Vec<String> {
+        lock(&self.replicas)
+            .iter()
+            .map(|r| r.endpoint.clone())
+            .collect()
+    }
+
+    /// Asks replica `index` (cell-file order) for its status.
+    ///
+    /// # Errors
+    /// Unreachable, or a reply that is not a status.
+    pub async fn status_of(&self, index: usize) -> Result<StatusReport, ClientError> {
+        match self
+            .call_replica(index, &Request { call: Call::Status })
+            .await?
+        {
+            Reply::Ok(Answer::Status(report)) => Ok(*report),
+            Reply::Ok(other) => Err(ClientError::Setup(format!("unexpected answer {other:?}"))),
+            Reply::Err(e) => Err(ClientError::Call(e)),
+        }
+    }
+
+    /// Sends `call` to the master, finding it first if needed.
+    ///
+    /// # Errors
+    /// The master's refusal, [`ClientError::Lost`] after a send, or
+    /// [`ClientError::NoMaster`] when no replica could serve in [`FIND_MASTER_TIMEOUT`].
+    pub async fn call(&self, call: Call) -> Result<Answer, ClientError> {
+        let request = Request { call };
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut next = 0usize;
+        let count = lock(&self.replicas).len();
+        loop {
+            let target = (*lock(&self.master)).unwrap_or(next % count.max(1));
+            let failure = match self.call_replica(target, &request).await {
+                Ok(Reply::Ok(answer)) => {
+                    *lock(&self.master) = Some(target);
+                    return Ok(answer);
+                }
+                Ok(Reply::Err(CallError::NotMaster { master: Some(hint) })) => {
+                    let index = self.index_of(&hint.addr)?;
+                    if index != target {
+                        *lock(&self.master) = Some(index);
+                        continue;
+                    }
+                    *lock(&self.master) = None;
+                    format!("{} says it is not the master", hint.addr)
+                }
+                Ok(Reply::Err(e @ (CallError::NotMaster { .. } | CallError::Unavailable(_)))) => {
+                    *lock(&self.master) = None;
+                    e.to_string()
+                }
+                Ok(Reply::Err(e)) => return Err(ClientError::Call(e)),
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    *lock(&self.master) = None;
+                    e.to_string()
+                }
+                Err(e) => return Err(e),
+            };
+            next = target + 1;
+            if started.elapsed() >= FIND_MASTER_TIMEOUT {
+                return Err(ClientError::NoMaster {
+                    waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    last: failure,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    fn index_of(&self, endpoint: &str) -> Result<usize, ClientError> {
+        let mut replicas = lock(&self.replicas);
+        if let Some(i) = replicas.iter().position(|r| r.endpoint == endpoint) {
+            return Ok(i);
+        }
+        // A master the cell file does not list (added later): remember it.
+        replicas.push(resolve(endpoint)?);
+        Ok(replicas.len() - 1)
+    }
+
+    /// One request to one replica, on a fresh stream of a cached connection.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] before the request left, [`ClientError::Lost`] after.
+    pub async fn call_replica(
+        &self,
+        index: usize,
+        request: &Request,
+    ) -> Result<Reply, ClientError> {
+        let (addr, conn) = self.connection(index).await?;
+        let unreachable = |reason: String| ClientError::Unreachable {
+            addr: addr.clone(),
+            reason,
+        };
+        let (mut send, mut recv) = match tokio::time::timeout(CALL_TIMEOUT, conn.open_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => {
+                self.forget(index);
+                return Err(unreachable(describe_connection_error(&e)));
+            }
+            Err(_) => {
+                self.forget(index);
+                return Err(unreachable("timed out opening a stream".into()));
+            }
+        };
+        write_msg(&mut send, request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = send.finish();
+        let lost = |reason: String| ClientError::Lost {
+            addr: addr.clone(),
+            reason,
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, read_msg::<Reply, _>(&mut recv)).await {
+            Ok(Ok(Some(reply))) => Ok(reply),
+            Ok(Ok(None)) => {
+                self.forget(index);
+                Err(lost("the replica closed the stream without a reply".into()))
+            }
+            Ok(Err(e)) => {
+                self.forget(index);
+                let reason = match conn.close_reason() {
+                    Some(why) => describe_connection_error(&why),
+                    None => e.to_string(),
+                };
+                Err(lost(reason))
+            }
+            Err(_) => {
+                self.forget(index);
+                Err(lost(format!(
+                    "no reply within {} s",
+                    CALL_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+
+    async fn connection(&self, index: usize) -> Result<(String, quinn::Connection), ClientError> {
+        let (endpoint, addr, server_name, cached) = {
+            let replicas = lock(&self.replicas);
+            let r = replicas.get(index).ok_or_else(|| {
+                ClientError::Setup(format!("no replica number {index} in the cell file"))
+            })?;
+            (
+                r.endpoint.clone(),
+                r.addr,
+                r.server_name.clone(),
+                r.conn.clone(),
+            )
+        };
+        if let Some(conn) = cached.filter(|c| c.close_reason().is_none()) {
+            return Ok((endpoint, conn));
+        }
+        let unreachable = |reason: String| ClientError::Unreachable {
+            addr: endpoint.clone(),
+            reason,
+        };
+        let connecting = self
+            .endpoint
+            .connect(addr, &server_name)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = match tokio::time::timeout(CALL_TIMEOUT, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(unreachable(describe_connection_error(&e))),
+            Err(_) => return Err(unreachable("connection timed out".into())),
+        };
+        if let Some(r) = lock(&self.replicas).get_mut(index) {
+            r.conn = Some(conn.clone());
+        }
+        Ok((endpoint, conn))
+    }
+
+    fn forget(&self, index: usize) {
+        if let Some(r) = lock(&self.replicas).get_mut(index) {
+            r.conn = None;
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"client done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Turns a connection error into words an operator can act on; a refused certificate
+/// surfaces here, on the first request (DESIGN §1a).
+fn describe_connection_error(e: &quinn::ConnectionError) -> String {
+    let text = e.to_string();
+    if text.contains("certificate") || text.contains("crypto") || text.contains("alert") {
+        format!("the replica refused this client's TLS certificate or we refused its ({text})")
+    } else {
+        text
+    }
+}
+
+fn resolve(endpoint: &str) -> Result<ReplicaSlot, ClientError> {
+    let addr = endpoint
+        .to_socket_addrs()
+        .map_err(|e| ClientError::Setup(format!("replica address {endpoint}: {e}")))?
+        .next()
+        .ok_or_else(|| {
+            ClientError::Setup(format!("replica address {endpoint} resolves to nothing"))
+        })?;
+    let host = endpoint
+        .rsplit_once(':')
+        .map_or(endpoint, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Ok(ReplicaSlot {
+        endpoint: endpoint.to_owned(),
+        addr,
+        server_name: host.to_owned(),
+        conn: None,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these short locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Shared handle, for callers that spawn tasks.
+pub type SharedCellConn = Arc<CellConn>;

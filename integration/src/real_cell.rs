@@ -1,0 +1,402 @@
+//! A cell of real `chubby-server` processes on loopback, for tests (DESIGN §8 "real
+//! processes"). Every process a [`RealCell`] starts is killed when it is dropped, so a
+//! failing test leaves nothing running; its files live in a temporary directory.
+//!
+//! The binaries are the workspace's own (`target/<profile>/chubby-server`, `chubby`), found
+//! beside the test executable; `cargo test --workspace` builds them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chubby_client::conn::{CellConn, ClientError};
+use chubby_protocol::cell::{init_cell, CellFile};
+use chubby_protocol::client_msg::{Answer, Call, OpenCall, ReplicaRole, StatusReport};
+use chubby_protocol::{Creation, HandleId, NodeKind, OpenMode, SessionId, Slot};
+
+/// Where the workspace's binaries are: beside the test executable's `deps/` directory.
+///
+/// # Panics
+/// If the binary was not built (with a message saying how to build it).
+#[must_use]
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --bins` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// A running (or partly running) cell.
+#[derive(Debug)]
+pub struct RealCell {
+    dir: tempfile::TempDir,
+    configs: Vec<PathBuf>,
+    children: Vec<Option<Child>>,
+    cell_file: PathBuf,
+}
+
+impl RealCell {
+    /// Creates a cell of `replicas` replicas on free loopback ports and starts them all.
+    ///
+    /// # Panics
+    /// If the cell cannot be created or a process cannot start.
+    #[must_use]
+    pub fn start(replicas: usize) -> RealCell {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cell_dir = dir.path().join("cell");
+        let base = free_port_range(2 * replicas);
+        let layout = init_cell(&cell_dir, replicas, "127.0.0.1", base).expect("cell init");
+        let mut cell = RealCell {
+            configs: layout.replica_configs.clone(),
+            children: (0..replicas).map(|_| None).collect(),
+            cell_file: layout.cell_file,
+            dir,
+        };
+        for i in 1..=replicas {
+            cell.spawn(i);
+        }
+        cell
+    }
+
+    /// Number of replicas.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.configs.len()
+    }
+
+    /// True for a cell of no replicas (never).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.configs.is_empty()
+    }
+
+    /// The cell directory (`cell init`'s DIR).
+    #[must_use]
+    pub fn cell_dir(&self) -> PathBuf {
+        self.dir.path().join("cell")
+    }
+
+    /// The client cell file.
+    #[must_use]
+    pub fn cell_file(&self) -> &Path {
+        &self.cell_file
+    }
+
+    /// Replica `id`'s directory (`replica-<id>`).
+    #[must_use]
+    pub fn replica_dir(&self, id: usize) -> PathBuf {
+        self.cell_dir().join(format!("replica-{id}"))
+    }
+
+    /// Replica `id`'s log file (appended across restarts).
+    #[must_use]
+    pub fn log_path(&self, id: usize) -> PathBuf {
+        self.replica_dir(id).join("server.log")
+    }
+
+    /// Replica `id`'s log so far.
+    #[must_use]
+    pub fn log(&self, id: usize) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// Starts replica `id` (1-based).
+    ///
+    /// # Panics
+    /// If it is running already or cannot be started.
+    pub fn spawn(&mut self, id: usize) {
+        assert!(self.children[id - 1].is_none(), "replica {id} is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        let child = Command::new(binary("chubby-server"))
+            .arg("--config")
+            .arg(&self.configs[id - 1])
+            .arg("--log")
+            .arg("info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start chubby-server");
+        self.children[id - 1] = Some(child);
+    }
+
+    /// `kill -9` replica `id` and reaps it.
+    pub fn kill9(&mut self, id: usize) {
+        if let Some(mut child) = self.children[id - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The process of replica `id`, if running.
+    pub fn child(&mut self, id: usize) -> Option<&mut Child> {
+        self.children[id - 1].as_mut()
+    }
+
+    /// A client connection presenting the admin certificate.
+    ///
+    /// # Panics
+    /// If the cell file is unusable.
+    #[must_use]
+    pub fn connect(&self) -> CellConn {
+        let cell = CellFile::load(&self.cell_file).expect("cell file");
+        CellConn::new(&cell).expect("client")
+    }
+
+    /// Every replica's status (`None` where unreachable), in id order.
+    pub async fn statuses(&self, conn: &CellConn) -> Vec<Option<StatusReport>> {
+        let mut out = Vec::new();
+        for i in 0..self.len() {
+            out.push(conn.status_of(i).await.ok());
+        }
+        out
+    }
+
+    /// Waits until some replica is master with a lease and serving; returns its id.
+    ///
+    /// # Panics
+    /// After `timeout` without one.
+    pub async fn wait_master(&self, conn: &CellConn, timeout: Duration) -> u32 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            for s in self.statuses(conn).await.into_iter().flatten() {
+                if s.role == ReplicaRole::Master && s.lease_remaining_ms.is_some() {
+                    return s.id.0;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no master within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every replica in `ids` has applied the same slot (at least `at_least`)
+    /// and reports the same digest; returns that slot.
+    ///
+    /// # Panics
+    /// After `timeout`, printing the statuses seen.
+    pub async fn wait_converged(
+        &self,
+        conn: &CellConn,
+        ids: &[usize],
+        at_least: Slot,
+        timeout: Duration,
+    ) -> Slot {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let all = self.statuses(conn).await;
+            let chosen: Vec<_> = ids.iter().map(|&i| all[i - 1].clone()).collect();
+            if let Some(first) = chosen.first().and_then(Option::as_ref) {
+                let same = chosen.iter().all(|s| {
+                    s.as_ref()
+                        .is_some_and(|s| s.applied == first.applied && s.digest == first.digest)
+                });
+                if same && first.applied >= at_least {
+                    return first.applied;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replicas {ids:?} did not converge within {timeout:?}: {:#?}",
+                chosen
+                    .iter()
+                    .map(|s| s.as_ref().map(|s| (s.id, s.role, s.applied, s.digest)))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for RealCell {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `count` consecutive UDP ports that are free right now (a race with other processes is
+/// possible but unlikely in the high range).
+fn free_port_range(count: usize) -> u16 {
+    let mut seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos().into());
+    for _ in 0..1000 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let base = 20_000 + u16::try_from((seed >> 33) % 40_000).unwrap_or(0);
+        let all_free = (0..count).all(|k| {
+            u16::try_from(k)
+                .ok()
+                .and_then(|k| base.checked_add(k))
+                .is_some_and(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+/// A writer that creates one file per write, so every acknowledged write can be checked
+/// afterwards.
+#[derive(Debug)]
+pub struct FileWriter {
+    session: SessionId,
+    dir: String,
+}
+
+/// What became of one write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Acknowledged: it must be there.
+    Acked,
+    /// Refused or never sent: nothing was done.
+    Failed(String),
+    /// Sent, no answer: it may or may not be there.
+    Unknown(String),
+}
+
+impl FileWriter {
+    /// Starts a session and creates directory `dir`.
+    ///
+    /// # Errors
+    /// The cell's answer.
+    pub async fn new(conn: &CellConn, dir: &str) -> Result<FileWriter, ClientError> {
+        let session = match conn.call(Call::CreateSession).await? {
+            Answer::Session { session } => session,
+            other => panic!("unexpected {other:?}"),
+        };
+        let writer = FileWriter {
+            session,
+            dir: dir.to_owned(),
+        };
+        writer
+            .open(
+                conn,
+                dir,
+                Creation::IfMissing,
+                NodeKind::Directory,
+                Vec::new(),
+            )
+            .await?;
+        Ok(writer)
+    }
+
+    /// Opens (maybe creating) `path`; returns the handle.
+    ///
+    /// # Errors
+    /// The cell's answer.
+    pub async fn open(
+        &self,
+        conn: &CellConn,
+        path: &str,
+        creation: Creation,
+        kind: NodeKind,
+        contents: Vec<u8>,
+    ) -> Result<HandleId, ClientError> {
+        let answer = conn
+            .call(Call::Open(OpenCall {
+                session: self.session,
+                path: path.to_owned(),
+                mode: OpenMode::READ_WRITE,
+                creation,
+                kind,
+                ephemeral: false,
+                contents,
+                acl: None,
+                lock_delay_ms: None,
+            }))
+            .await?;
+        match answer {
+            Answer::Opened { handle, .. } => Ok(handle),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The path of write number `i`.
+    #[must_use]
+    pub fn path_of(&self, i: u64) -> String {
+        format!("{}/w{i}", self.dir)
+    }
+
+    /// The contents of write number `i`.
+    #[must_use]
+    pub fn contents_of(i: u64) -> Vec<u8> {
+        format!("write {i}\n").into_bytes()
+    }
+
+    /// Write number `i`: creates its file with its contents.
+    pub async fn write(&self, conn: &CellConn, i: u64) -> WriteOutcome {
+        let path = self.path_of(i);
+        let contents = Self::contents_of(i);
+        match self
+            .open(conn, &path, Creation::Must, NodeKind::File, contents)
+            .await
+        {
+            Ok(_) => WriteOutcome::Acked,
+            Err(
+                e @ (ClientError::Lost { .. }
+                | ClientError::Call(chubby_protocol::client_msg::CallError::OutcomeUnknown(_))),
+            ) => WriteOutcome::Unknown(e.to_string()),
+            Err(e) => WriteOutcome::Failed(e.to_string()),
+        }
+    }
+
+    /// Reads file `path` back (`None` if it does not exist).
+    ///
+    /// # Errors
+    /// The cell's answer, other than "not found".
+    pub async fn read(&self, conn: &CellConn, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        let handle = match self
+            .open(conn, path, Creation::Never, NodeKind::File, Vec::new())
+            .await
+        {
+            Ok(h) => h,
+            Err(ClientError::Call(chubby_protocol::client_msg::CallError::Refused(
+                chubby_protocol::Refusal::NotFound,
+            ))) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let answer = conn
+            .call(Call::GetContentsAndStat {
+                session: self.session,
+                handle,
+            })
+            .await?;
+        let _ = conn
+            .call(Call::Close {
+                session: self.session,
+                handle,
+            })
+            .await;
+        match answer {
+            Answer::Contents { contents, .. } => Ok(Some(contents)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

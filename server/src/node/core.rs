@@ -1,0 +1,665 @@
+//! The core loop: owns the Paxos replica, the database, the store and the transport, and
+//! runs every input through them in one task (see the module docs of [`super`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chubby_protocol::cell::ReplicaConfig;
+use chubby_protocol::client_msg::{
+    Answer, Call, CallError, MasterHint, OpenCall, ReplicaRole, Reply, StatusReport,
+};
+use chubby_protocol::db::FILE_BYTES_MAX;
+use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Refusal, SessionId, Slot, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::client_port::ClientCall;
+use super::entry::{Entry, Stamper};
+use super::NodeError;
+use crate::db::{Command, Db, Op, OpenArgs, Outcome};
+use crate::paxos::{Action, Input, PersistBatch, Rejection, Replica, RoleKind};
+use crate::storage::{SledStorage, Storage};
+use crate::transport::PeerTransport;
+
+/// Inputs stepped before the actions they caused are executed (bounds a group commit).
+const INPUTS_PER_ROUND: usize = 1024;
+/// Housekeeping period: request time-outs, lock-delay Noops, checksum requests.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// Digests remembered for comparison with the master's.
+const CHECKSUMS_KEPT: usize = 64;
+
+/// What [`Core::new`] needs.
+pub(super) struct CoreParts {
+    pub cfg: ReplicaConfig,
+    pub replica: Replica,
+    pub db: Db,
+    pub storage: SledStorage,
+    pub transport: PeerTransport,
+    pub origin: u64,
+}
+
+/// A client call waiting for its command to be chosen and applied.
+struct Pending {
+    reply: oneshot::Sender<Reply>,
+    deadline: Instant,
+    what: &'static str,
+}
+
+pub(super) struct Core {
+    cfg: ReplicaConfig,
+    me: NodeId,
+    replica: Replica,
+    db: Db,
+    storage: Option<SledStorage>,
+    transport: PeerTransport,
+    stamper: Stamper,
+    origin: u64,
+    next_request: u64,
+    pending: BTreeMap<u64, Pending>,
+    /// Set while master: the epoch it became master with.
+    master_epoch: Option<Ballot>,
+    /// True once the master's NewEpoch was applied: it may serve.
+    serving: bool,
+    start: tokio::time::Instant,
+    inputs: Vec<Input>,
+    actions: Vec<Action>,
+    checksums: BTreeMap<Slot, u64>,
+    divergence: Option<String>,
+    next_checksum_at: Instant,
+    noop_for: Option<Instant>,
+    syncs: u64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    pub(super) fn new(parts: CoreParts) -> Core {
+        let me = NodeId(parts.cfg.id);
+        let checksum_every = parts.cfg.tuning.checksum_interval_ms;
+        Core {
+            me,
+            replica: parts.replica,
+            db: parts.db,
+            storage: Some(parts.storage),
+            transport: parts.transport,
+            stamper: Stamper::default(),
+            origin: parts.origin,
+            next_request: 1,
+            pending: BTreeMap::new(),
+            master_epoch: None,
+            serving: false,
+            start: tokio::time::Instant::now(),
+            inputs: Vec::new(),
+            actions: Vec::new(),
+            checksums: BTreeMap::new(),
+            divergence: None,
+            next_checksum_at: Instant(checksum_every),
+            noop_for: None,
+            syncs: 0,
+            cfg: parts.cfg,
+        }
+    }
+
+    /// Milliseconds since this process started: the Paxos clock.
+    fn now(&self) -> Instant {
+        let ms = self.start.elapsed().as_millis();
+        Instant(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch: the database's clock, before stamping.
+    fn wall() -> Instant {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Instant(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut peer_rx: mpsc::Receiver<(NodeId, PaxosMsg)>,
+        mut client_rx: mpsc::Receiver<ClientCall>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NodeError> {
+        tokio::pin!(shutdown);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first step happens at once: it starts the election timer.
+        self.inputs.push(Input::Tick);
+        let result = loop {
+            if self.inputs.is_empty() {
+                let deadline = self
+                    .replica
+                    .next_deadline()
+                    .map(|at| self.start + Duration::from_millis(at.0));
+                let timer = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = &mut shutdown => break Ok(()),
+                    msg = peer_rx.recv() => match msg {
+                        Some((from, msg)) => self.inputs.push(Input::Peer { from, msg }),
+                        None => break Err(NodeError::Internal("peer transport stopped".into())),
+                    },
+                    call = client_rx.recv() => match call {
+                        Some(call) => self.on_call(call),
+                        None => break Err(NodeError::Internal("client port stopped".into())),
+                    },
+                    () = timer => self.inputs.push(Input::Tick),
+                    _ = housekeeping.tick() => self.housekeeping(),
+                }
+            }
+            // Take whatever else is ready, so one sync covers it all.
+            while self.inputs.len() < INPUTS_PER_ROUND {
+                if let Ok((from, msg)) = peer_rx.try_recv() {
+                    self.inputs.push(Input::Peer { from, msg });
+                } else if let Ok(call) = client_rx.try_recv() {
+                    self.on_call(call);
+                } else {
+                    break;
+                }
+            }
+            if let Err(e) = self.round().await {
+                break Err(e);
+            }
+        };
+        if let Err(e) = &result {
+            error!(replica = self.me.0, error = %e, "replica stopping on a fatal error");
+        }
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.reply.send(Reply::Err(CallError::OutcomeUnknown(
+                "the replica stopped before the write was chosen".into(),
+            )));
+        }
+        self.transport.shutdown().await;
+        result
+    }
+
+    /// Steps every queued input, then executes the actions: one merged sync first.
+    async fn round(&mut self) -> Result<(), NodeError> {
+        let now = self.now();
+        for input in std::mem::take(&mut self.inputs) {
+            self.replica.step(now, input, &mut self.actions);
+        }
+        if self.replica.next_deadline().is_some_and(|d| d <= now) {
+            self.replica.step(now, Input::Tick, &mut self.actions);
+        }
+        let actions = std::mem::take(&mut self.actions);
+        let mut batch: Option<PersistBatch> = None;
+        let mut rest = Vec::with_capacity(actions.len());
+        for action in actions {
+            match action {
+                Action::Persist(b) => {
+                    for (_, entry) in &b.entries {
+                        self.stamper.observe(&entry.value.commands);
+                    }
+                    match &mut batch {
+                        Some(merged) => merged.merge(b),
+                        None => batch = Some(b),
+                    }
+                }
+                other => rest.push(other),
+            }
+        }
+        if let Some(batch) = batch {
+            self.persist(batch).await?;
+        }
+        for action in rest {
+            match action {
+                Action::Persist(_) => {}
+                Action::Send { to, msg } => {
+                    // Loss is tolerated by Paxos; the transport logs drops.
+                    let _ = self.transport.send(to, msg);
+                }
+                Action::Deliver { slot, value } => self.deliver(slot, &value),
+                Action::Rejected { command, reason } => self.rejected(&command, &reason),
+                Action::Role { role, epoch } => self.role_changed(role, epoch),
+            }
+        }
+        Ok(())
+    }
+
+    async fn persist(&mut self, batch: PersistBatch) -> Result<(), NodeError> {
+        let mut storage = self
+            .storage
+            .take()
+            .ok_or_else(|| NodeError::Internal("store lost by an earlier failure".into()))?;
+        let (storage, result) = tokio::task::spawn_blocking(move || {
+            let result = storage.persist(&batch);
+            (storage, result)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("storage thread: {e}")))?;
+        self.storage = Some(storage);
+        self.syncs += 1;
+        result.map_err(NodeError::Storage)
+    }
+
+    // ---- Deliveries: apply to the database, answer parked calls. ----
+
+    fn deliver(&mut self, slot: Slot, value: &Value) {
+        self.stamper.observe(&value.commands);
+        if value.commands.is_empty() {
+            self.db.advance_slot(slot);
+        }
+        for bytes in &value.commands {
+            match Entry::decode(bytes) {
+                Ok(Entry::Db {
+                    origin,
+                    request,
+                    cmd,
+                }) => self.apply(slot, origin, request, cmd),
+                Ok(Entry::DigestCheck { slot: at, digest }) => {
+                    self.db.advance_slot(slot);
+                    self.check_digest(at, digest);
+                }
+                Err(e) => {
+                    // Every replica decodes the same bytes and skips them alike.
+                    error!(%slot, error = %e, "undecodable command in the log: skipped");
+                    self.db.advance_slot(slot);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, slot: Slot, origin: u64, request: u64, mut cmd: Command) {
+        if cmd.now < self.db.now() {
+            // Deterministic on every replica (a function of the log alone), so it cannot
+            // make replicas diverge; it can only happen if a master mis-stamped.
+            warn!(%slot, stamp = %cmd.now, db_now = %self.db.now(), "command stamped in the past: clamped");
+            cmd.now = self.db.now();
+        }
+        let op_name = cmd.op.name();
+        let applied = self.db.apply(slot, &cmd);
+        match (&cmd.op, &applied.result) {
+            (Op::NewEpoch, Ok(_)) => {
+                info!(replica = self.me.0, epoch = %cmd.epoch, %slot, "database epoch started");
+                if self.master_epoch == Some(cmd.epoch) {
+                    self.serving = true;
+                    info!(replica = self.me.0, epoch = %cmd.epoch, "master is serving");
+                }
+            }
+            (Op::Checksum, Ok(Outcome::Checksum { digest })) => {
+                self.checksums.insert(slot, digest.0);
+                while self.checksums.len() > CHECKSUMS_KEPT {
+                    self.checksums.pop_first();
+                }
+                if self.serving && self.master_epoch == Some(cmd.epoch) {
+                    self.submit(Entry::DigestCheck {
+                        slot,
+                        digest: digest.0,
+                    });
+                }
+            }
+            _ => {}
+        }
+        if origin != self.origin {
+            return;
+        }
+        let Some(p) = self.pending.remove(&request) else {
+            return;
+        };
+        let reply = match applied.result {
+            Ok(outcome) => Reply::Ok(answer_of(outcome)),
+            Err(Refusal::StaleEpoch { .. }) => Reply::Err(CallError::Unavailable(
+                "the master changed before the write was applied; it was not applied".into(),
+            )),
+            Err(refusal) => Reply::Err(CallError::Refused(refusal)),
+        };
+        debug!(what = op_name, %slot, "write applied");
+        let _ = p.reply.send(reply);
+    }
+
+    fn check_digest(&mut self, at: Slot, master_digest: u64) {
+        match self.checksums.get(&at) {
+            Some(&mine) if mine == master_digest => {
+                debug!(%at, digest = mine, "database digest matches the master's");
+            }
+            Some(&mine) => {
+                let what = format!(
+                    "at slot {at} this replica's digest is {mine:016x}, the master's {master_digest:016x}"
+                );
+                error!(replica = self.me.0, divergence = %what, "DATABASE DIVERGENCE");
+                self.divergence = Some(what);
+            }
+            None => debug!(%at, "no digest of mine at that slot (started later)"),
+        }
+    }
+
+    fn rejected(&mut self, command: &[u8], reason: &Rejection) {
+        let Ok(Entry::Db {
+            origin, request, ..
+        }) = Entry::decode(command)
+        else {
+            return;
+        };
+        if origin != self.origin {
+            return;
+        }
+        if let Some(p) = self.pending.remove(&request) {
+            let err = match reason {
+                Rejection::NotMaster { hint } => CallError::NotMaster {
+                    master: hint.and_then(|id| self.hint_of(id)),
+                },
+                Rejection::Busy => CallError::Unavailable("the master's queue is full".into()),
+            };
+            let _ = p.reply.send(Reply::Err(err));
+        }
+    }
+
+    fn role_changed(&mut self, role: RoleKind, epoch: Option<Ballot>) {
+        match (role, epoch) {
+            (RoleKind::Master, Some(epoch)) => {
+                info!(replica = self.me.0, %epoch, "became master; starting the epoch");
+                self.master_epoch = Some(epoch);
+                self.serving = false;
+                self.noop_for = None;
+                let cmd = Command {
+                    epoch,
+                    now: self.stamper.stamp(Self::wall()),
+                    op: Op::NewEpoch,
+                };
+                self.submit_command(cmd);
+            }
+            (role, _) => {
+                if self.master_epoch.take().is_some() {
+                    warn!(replica = self.me.0, ?role, "lost mastership");
+                } else {
+                    debug!(replica = self.me.0, ?role, "role changed");
+                }
+                self.serving = false;
+            }
+        }
+    }
+
+    // ---- Client calls. ----
+
+    fn on_call(&mut self, call: ClientCall) {
+        let ClientCall {
+            principal,
+            request,
+            reply,
+        } = call;
+        let what = request.call.name();
+        let result = match request.call {
+            Call::Status => Ok(Answer::Status(Box::new(self.status()))),
+            Call::GetContentsAndStat { session, handle } => self
+                .check_serving()
+                .and_then(|()| self.check_session(&principal, session))
+                .and_then(|()| {
+                    self.db
+                        .read(session, handle)
+                        .map(|(stat, contents)| Answer::Contents {
+                            contents: contents.as_ref().clone(),
+                            stat,
+                        })
+                        .map_err(CallError::Refused)
+                }),
+            other => match self.op_for(&principal, other) {
+                Ok(op) => {
+                    self.propose(op, what, reply);
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let _ = reply.send(match result {
+            Ok(answer) => Reply::Ok(answer),
+            Err(e) => Reply::Err(e),
+        });
+    }
+
+    /// Turns a write call into a database operation, after the checks that need no log.
+    fn op_for(&self, principal: &str, call: Call) -> Result<Op, CallError> {
+        self.check_serving()?;
+        let op = match call {
+            Call::CreateSession => Op::CreateSession {
+                principal: principal.to_owned(),
+            },
+            Call::Open(open) => {
+                self.check_session(principal, open.session)?;
+                if open.contents.len() > FILE_BYTES_MAX {
+                    return Err(CallError::Refused(Refusal::TooLarge));
+                }
+                Op::Open(Box::new(open_args(open)))
+            }
+            Call::Close { session, handle } => {
+                self.check_session(principal, session)?;
+                Op::Close { session, handle }
+            }
+            Call::SetContents {
+                session,
+                handle,
+                contents,
+                expected,
+            } => {
+                self.check_session(principal, session)?;
+                if contents.len() > FILE_BYTES_MAX {
+                    return Err(CallError::Refused(Refusal::TooLarge));
+                }
+                Op::SetContents {
+                    session,
+                    handle,
+                    contents,
+                    expected,
+                }
+            }
+            Call::Delete { session, handle } => {
+                self.check_session(principal, session)?;
+                Op::Delete { session, handle }
+            }
+            Call::Status | Call::GetContentsAndStat { .. } => {
+                return Err(CallError::BadRequest("not a write".into()));
+            }
+        };
+        Ok(op)
+    }
+
+    /// The caller must own the session it names (a session id is not a capability).
+    fn check_session(&self, principal: &str, session: SessionId) -> Result<(), CallError> {
+        match self.db.session(session) {
+            None => Err(CallError::Refused(Refusal::SessionExpired)),
+            Some(s) if s.principal != principal => Err(CallError::Refused(Refusal::BadHandle)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Master, epoch started, lease held: may answer from the database and propose.
+    fn check_serving(&self) -> Result<(), CallError> {
+        if self.replica.role() != RoleKind::Master {
+            return Err(CallError::NotMaster {
+                master: self.replica.master_hint().and_then(|id| self.hint_of(id)),
+            });
+        }
+        if !self.serving {
+            return Err(CallError::Unavailable(
+                "the master is starting its epoch; retry shortly".into(),
+            ));
+        }
+        if self.replica.lease_until(self.now()).is_none() {
+            return Err(CallError::Unavailable(
+                "the master's lease lapsed; retry shortly".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, op: Op, what: &'static str, reply: oneshot::Sender<Reply>) {
+        let epoch = self.master_epoch.unwrap_or(Ballot::ZERO);
+        let cmd = Command {
+            epoch,
+            now: self.stamper.stamp(Self::wall()),
+            op,
+        };
+        let request = self.submit_command(cmd);
+        let deadline = self.now().plus_ms(self.cfg.tuning.request_timeout_ms);
+        self.pending.insert(
+            request,
+            Pending {
+                reply,
+                deadline,
+                what,
+            },
+        );
+    }
+
+    /// Queues a database command for proposal; returns its request number.
+    fn submit_command(&mut self, cmd: Command) -> u64 {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.submit(Entry::Db {
+            origin: self.origin,
+            request,
+            cmd,
+        });
+        request
+    }
+
+    fn submit(&mut self, entry: Entry) {
+        match entry.encode() {
+            Ok(command) => self.inputs.push(Input::Submit { command }),
+            Err(e) => error!(error = %e, "cannot encode a command: dropped"),
+        }
+    }
+
+    // ---- Housekeeping. ----
+
+    fn housekeeping(&mut self) {
+        let now = self.now();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for request in expired {
+            if let Some(p) = self.pending.remove(&request) {
+                warn!(what = p.what, "write not chosen in time: outcome unknown");
+                let _ = p.reply.send(Reply::Err(CallError::OutcomeUnknown(
+                    "not chosen in time (mastership may have moved); it may still be applied"
+                        .into(),
+                )));
+            }
+        }
+        if !self.serving {
+            return;
+        }
+        let Some(epoch) = self.master_epoch else {
+            return;
+        };
+        // End due lock-delays on time: they end at the first command stamped after them.
+        if let Some(due) = self.db.next_deadline() {
+            if Self::wall() >= due && self.noop_for != Some(due) {
+                self.noop_for = Some(due);
+                let cmd = Command {
+                    epoch,
+                    now: self.stamper.stamp(Self::wall()),
+                    op: Op::Noop,
+                };
+                self.submit_command(cmd);
+            }
+        }
+        if now >= self.next_checksum_at {
+            self.next_checksum_at = now.plus_ms(self.cfg.tuning.checksum_interval_ms);
+            let cmd = Command {
+                epoch,
+                now: self.stamper.stamp(Self::wall()),
+                op: Op::Checksum,
+            };
+            self.submit_command(cmd);
+        }
+    }
+
+    // ---- Status. ----
+
+    fn hint_of(&self, id: NodeId) -> Option<MasterHint> {
+        self.cfg
+            .members
+            .iter()
+            .find(|m| m.id == id.0)
+            .map(|m| MasterHint {
+                id,
+                addr: m.client_endpoint(),
+            })
+    }
+
+    fn status(&self) -> StatusReport {
+        let now = self.now();
+        let role = if !self.replica.is_voter() {
+            ReplicaRole::Rebuilding
+        } else {
+            match self.replica.role() {
+                RoleKind::Follower => ReplicaRole::Follower,
+                RoleKind::Candidate => ReplicaRole::Candidate,
+                RoleKind::Master => ReplicaRole::Master,
+            }
+        };
+        StatusReport {
+            id: self.me,
+            role,
+            epoch: self.db.epoch(),
+            master: self.replica.master_hint().and_then(|id| self.hint_of(id)),
+            lease_remaining_ms: self
+                .replica
+                .lease_until(now)
+                .map(|until| until.ms_since(now)),
+            applied: self.db.applied_slot(),
+            chosen_through: self.replica.chosen_through(),
+            known_chosen: self.replica.known_chosen_through(),
+            snapshot: Slot::ZERO,
+            log_entries: self.replica.log_len() as u64,
+            digest: self.db.digest().0,
+            last_checksum: self.checksums.last_key_value().map(|(s, d)| (*s, *d)),
+            divergence: self.divergence.clone(),
+            members: self
+                .cfg
+                .members
+                .iter()
+                .map(|m| MasterHint {
+                    id: NodeId(m.id),
+                    addr: m.client_endpoint(),
+                })
+                .collect(),
+            sessions: self.db.sessions().count() as u64,
+        }
+    }
+}
+
+fn open_args(open: OpenCall) -> OpenArgs {
+    OpenArgs {
+        session: open.session,
+        path: open.path,
+        mode: open.mode,
+        creation: open.creation,
+        kind: open.kind,
+        ephemeral: open.ephemeral,
+        contents: open.contents,
+        acl: open.acl,
+        lock_delay_ms: open.lock_delay_ms,
+    }
+}
+
+fn answer_of(outcome: Outcome) -> Answer {
+    match outcome {
+        Outcome::SessionCreated { session } => Answer::Session { session },
+        Outcome::Opened {
+            handle,
+            created,
+            stat,
+        } => Answer::Opened {
+            handle,
+            created,
+            stat,
+        },
+        Outcome::ContentsSet { stat } => Answer::Written { stat },
+        _ => Answer::Done,
+    }
+}

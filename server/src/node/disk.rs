@@ -1,0 +1,214 @@
+//! Opening a replica's data directory: which cell it belongs to, whether this is a founding
+//! member's first start, and what to do with an empty or corrupt store.
+//!
+//! ```text
+//! DATA/cell-id     hex fingerprint of the cell CA; written on first start, checked after
+//! DATA/NEW-CELL    written by `chubby cell init`; present only until a founding member's
+//!                  first start formats its store as a voter
+//! DATA/paxos/      the sled store (storage::SledStorage)
+//! ```
+//!
+//! The three start cases (PML §5.1):
+//! - store holds state → resume it;
+//! - store empty and `NEW-CELL` present → a member of a new cell, which never promised
+//!   anything: format as a voter;
+//! - store empty without `NEW-CELL` (wiped disk, a new replica added later), or any record
+//!   failing its checksum → start as a non-voter that rebuilds from its peers before it
+//!   votes. Corruption is logged as an error, the store wiped, never used.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chubby_protocol::ContentChecksum;
+
+use crate::paxos::{DurableState, PersistBatch};
+use crate::storage::{Loaded, SledStorage, Storage, StorageError};
+
+pub use crate::cell::NEW_CELL_MARKER;
+/// The file naming the cell a data directory belongs to.
+pub const CELL_ID_FILE: &str = "cell-id";
+/// The sled store's subdirectory.
+pub const STORE_DIR: &str = "paxos";
+
+/// How the store was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartKind {
+    /// Resumed from intact state.
+    Resumed,
+    /// First start of a founding member: formatted as a voter.
+    Founded,
+    /// Empty store of a configured member: rebuilding from peers before voting.
+    Empty,
+    /// Corrupt store: wiped; rebuilding from peers before voting.
+    Corrupt(String),
+}
+
+/// Why the data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The data directory belongs to another cell.
+    #[error(
+        "{dir} belongs to another cell (its cell-id is {found}, this configuration's CA is \
+         {expected}); point data_dir at this replica's own directory"
+    )]
+    OtherCell {
+        /// The directory.
+        dir: PathBuf,
+        /// The id found.
+        found: String,
+        /// This cell's id.
+        expected: String,
+    },
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened or written.
+    #[error("{path}: {source}")]
+    Storage {
+        /// The store's directory.
+        path: PathBuf,
+        /// What failed.
+        source: StorageError,
+    },
+}
+
+/// The cell's fingerprint: FNV-1a 64 of the CA certificate's PEM text (whitespace-trimmed).
+#[must_use]
+pub fn cell_id(ca_pem: &str) -> String {
+    format!("{:016x}", ContentChecksum::of(ca_pem.trim().as_bytes()).0)
+}
+
+/// An opened store and the state to start the Paxos core from.
+#[derive(Debug)]
+pub struct Opened {
+    /// The store.
+    pub storage: SledStorage,
+    /// What it held (or the state to start with).
+    pub state: DurableState,
+    /// Which start case this was.
+    pub kind: StartKind,
+}
+
+/// Opens `data_dir` for the cell with id `cell`.
+///
+/// # Errors
+/// [`DiskError::OtherCell`], or an I/O or storage failure (including sled's lock held by
+/// another running replica).
+pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DiskError::Io { path, source }
+    };
+    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let id_path = data_dir.join(CELL_ID_FILE);
+    match std::fs::read_to_string(&id_path) {
+        Ok(found) if found.trim() == cell => {}
+        Ok(found) => {
+            return Err(DiskError::OtherCell {
+                dir: data_dir.to_path_buf(),
+                found: found.trim().to_owned(),
+                expected: cell.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_synced(&id_path, &format!("{cell}\n")).map_err(io(&id_path))?;
+        }
+        Err(e) => return Err(io(&id_path)(e)),
+    }
+
+    let store_dir = data_dir.join(STORE_DIR);
+    let storage_err = |source| DiskError::Storage {
+        path: store_dir.clone(),
+        source,
+    };
+    let mut storage = SledStorage::open(&store_dir).map_err(storage_err)?;
+    let marker = data_dir.join(NEW_CELL_MARKER);
+    let (state, kind) = match storage.load() {
+        Ok(Loaded::State(state)) => (state, StartKind::Resumed),
+        Ok(Loaded::Empty) if marker.exists() => (DurableState::bootstrap(), StartKind::Founded),
+        Ok(Loaded::Empty) => (DurableState::lost(), StartKind::Empty),
+        Err(StorageError::Corrupt { key, reason }) => {
+            let what = format!("record {key}: {reason}");
+            tracing::error!(
+                store = %store_dir.display(),
+                corruption = %what,
+                "CORRUPT STORE: discarding every record and rebuilding from peers; \
+                 this replica casts no vote until it has seen a complete new instance"
+            );
+            storage.wipe().map_err(storage_err)?;
+            (DurableState::lost(), StartKind::Corrupt(what))
+        }
+        Err(e) => return Err(storage_err(e)),
+    };
+    if kind != StartKind::Resumed {
+        // Record the voter flag durably before anything else happens, so a crash right
+        // after does not turn a rebuilding replica into a voter on the next start.
+        let batch = PersistBatch {
+            voter: Some(state.voter),
+            ..PersistBatch::default()
+        };
+        storage.persist(&batch).map_err(storage_err)?;
+    }
+    if kind == StartKind::Founded {
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
+    }
+    Ok(Opened {
+        storage,
+        state,
+        kind,
+    })
+}
+
+fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_cases() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join(NEW_CELL_MARKER), "new").unwrap();
+
+        let first = open(&data, "abc").unwrap();
+        assert_eq!(first.kind, StartKind::Founded);
+        assert!(first.state.voter);
+        assert!(!data.join(NEW_CELL_MARKER).exists(), "marker consumed");
+        drop(first);
+
+        let again = open(&data, "abc").unwrap();
+        assert_eq!(again.kind, StartKind::Resumed);
+        assert!(again.state.voter);
+        drop(again);
+
+        let err = open(&data, "other").unwrap_err();
+        assert!(matches!(err, DiskError::OtherCell { .. }), "{err}");
+        assert!(err.to_string().contains("another cell"), "{err}");
+
+        // A wiped directory (no marker) rebuilds before voting, and stays a non-voter
+        // across a restart.
+        std::fs::remove_dir_all(&data).unwrap();
+        let wiped = open(&data, "abc").unwrap();
+        assert_eq!(wiped.kind, StartKind::Empty);
+        assert!(!wiped.state.voter);
+        drop(wiped);
+        let restarted = open(&data, "abc").unwrap();
+        assert_eq!(restarted.kind, StartKind::Resumed);
+        assert!(!restarted.state.voter);
+    }
+}

@@ -1,0 +1,143 @@
+//! What the node puts in a Paxos value: database commands tagged with who proposed them,
+//! and the node's own bookkeeping entries.
+//!
+//! A value's commands are opaque to Paxos; the node encodes each as an [`Entry`]. The tag
+//! (`origin`, `request`) lets the master that proposed a command answer the client waiting
+//! for it when the command is delivered — even if it was delivered through another master's
+//! phase-1 re-proposal. `origin` is a random number drawn at every start of the process, so
+//! tags from an earlier run of the same replica never match a later run's requests.
+//!
+//! Every replica decodes the same bytes, so a value that fails to decode fails alike
+//! everywhere: it is skipped (and logged) on every replica, keeping them identical.
+
+use bincode::{Decode, Encode};
+use chubby_protocol::codec::{self, DecodeError, EncodeError};
+use chubby_protocol::{Instant, Slot};
+
+use crate::db::Command;
+
+/// One command inside a Paxos value.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Entry {
+    /// A database command.
+    Db {
+        /// The proposing process's start nonce.
+        origin: u64,
+        /// Its request number within that process.
+        request: u64,
+        /// The command.
+        cmd: Command,
+    },
+    /// The master's digest at `slot` (where an `Op::Checksum` was applied): every replica
+    /// compares its own (PML §6.2).
+    DigestCheck {
+        /// The slot of the checksum command.
+        slot: Slot,
+        /// The master's digest there.
+        digest: u64,
+    },
+}
+
+impl Entry {
+    /// The entry as bytes for a Paxos value.
+    ///
+    /// # Errors
+    /// Too large for a frame (callers check sizes first).
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        codec::encode(self)
+    }
+
+    /// Decodes one command of a delivered value.
+    ///
+    /// # Errors
+    /// Bytes that are not an entry of this version.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+        codec::decode(bytes)
+    }
+
+    /// The database time stamp it carries, if any.
+    #[must_use]
+    pub fn stamp(&self) -> Option<Instant> {
+        match self {
+            Entry::Db { cmd, .. } => Some(cmd.now),
+            Entry::DigestCheck { .. } => None,
+        }
+    }
+}
+
+/// The master's stamp for database commands: `max(wall clock, every stamp seen in the log)`,
+/// so stamps never go backwards even when a new master's clock is behind the old one's
+/// (see `db::command`). Fed with every value the replica persists or delivers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stamper {
+    seen: Instant,
+}
+
+impl Stamper {
+    /// Notes the stamps in a value's encoded commands (undecodable ones are ignored: they
+    /// are skipped on apply too).
+    pub fn observe(&mut self, commands: &[Vec<u8>]) {
+        for bytes in commands {
+            if let Ok(entry) = Entry::decode(bytes) {
+                if let Some(stamp) = entry.stamp() {
+                    self.seen = self.seen.max(stamp);
+                }
+            }
+        }
+    }
+
+    /// A stamp for a new command at wall-clock time `wall`.
+    #[must_use]
+    pub fn stamp(&mut self, wall: Instant) -> Instant {
+        self.seen = self.seen.max(wall);
+        self.seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Op;
+    use chubby_protocol::Ballot;
+
+    fn db_entry(now: u64) -> Vec<u8> {
+        Entry::Db {
+            origin: 7,
+            request: 1,
+            cmd: Command {
+                epoch: Ballot::ZERO,
+                now: Instant(now),
+                op: Op::Noop,
+            },
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[test]
+    fn stamps_never_go_below_what_the_log_holds() {
+        let mut s = Stamper::default();
+        s.observe(&[db_entry(5_000), b"garbage".to_vec()]);
+        assert_eq!(
+            s.stamp(Instant(1_000)),
+            Instant(5_000),
+            "clock behind the log"
+        );
+        assert_eq!(s.stamp(Instant(9_000)), Instant(9_000));
+        assert_eq!(
+            s.stamp(Instant(8_000)),
+            Instant(9_000),
+            "clock stepped back"
+        );
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let e = Entry::DigestCheck {
+            slot: Slot(4),
+            digest: 99,
+        };
+        assert_eq!(Entry::decode(&e.encode().unwrap()).unwrap(), e);
+        assert!(Entry::decode(b"\x01\xff\xff").is_err());
+    }
+}

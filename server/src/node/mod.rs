@@ -1,0 +1,254 @@
+//! The async shell: one replica process around the pure cores (DESIGN §1, §2).
+//!
+//! ```text
+//!  peer port (chubby-peer/1) ─► PeerTransport ─┐
+//!  client port (chubby/1) ───► ClientPort ─────┼─► core loop (one task, owns everything)
+//!  timers (Paxos deadline, housekeeping) ──────┘     │ step every ready input
+//!                                                    │ merge all Persists → ONE sync
+//!                                                    ▼ (spawn_blocking, fdatasync)
+//!                                       then, in order: Send · Deliver → Db::apply
+//!                                       → replies to parked client calls · Role changes
+//! ```
+//!
+//! # Ordering (the Persist-before-Send contract)
+//! The core loop gathers every input that is ready, steps the replica with each, and then
+//! executes the actions: all `Persist` batches merged into one and made durable first
+//! (moving a Persist earlier is always allowed), then every other action in its original
+//! order. So no message leaves before the state it reports is on disk, and a burst of
+//! Accepts costs one sync (group commit).
+//!
+//! # Reads
+//! The master answers reads from its applied database, with no Paxos round, while it holds
+//! its lease and after its `NewEpoch` command was applied (so every write of earlier
+//! masters is in its database).
+//!
+//! # Time
+//! Paxos runs on a monotonic clock (milliseconds since this process started). Database
+//! commands are stamped with wall-clock milliseconds through [`entry::Stamper`], which never
+//! goes below a stamp already in the log.
+mod client_port;
+mod core;
+pub mod disk;
+pub mod entry;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use chubby_protocol::cell::{CellError, ReplicaConfig};
+use chubby_protocol::net::identity::{describe_certificate, replica_id_of_cn};
+use chubby_protocol::net::tls::TlsIdentity;
+use chubby_protocol::net::TransportError;
+use chubby_protocol::NodeId;
+use tracing::info;
+
+use crate::db::{Db, DbConfig};
+use crate::paxos::{self, Replica};
+use crate::storage::StorageError;
+use crate::transport::{PeerConfig, PeerTransport};
+
+pub use client_port::{ClientCall, ClientPort};
+pub use disk::StartKind;
+
+/// The principal with every right in a new cell's database (`/acl/admin`).
+pub const ADMIN_PRINCIPAL: &str = "admin";
+
+/// Why a replica could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Loading the configuration file failed.
+    #[error(transparent)]
+    Cell(#[from] CellError),
+    /// The certificate, key or CA could not be loaded or does not fit this replica.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// A port could not be bound.
+    #[error("cannot bind the {what} port {addr}: {source}")]
+    Bind {
+        /// Peer or client.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: TransportError,
+    },
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+    /// A write to the store failed; the replica stops rather than guess what is durable.
+    #[error("storage failed, stopping: {0}")]
+    Storage(#[from] StorageError),
+    /// An internal task failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A replica's identity and resolved addresses, checked before anything binds.
+#[derive(Debug)]
+struct Prepared {
+    cfg: ReplicaConfig,
+    identity: TlsIdentity,
+    cell_id: String,
+    peer_addr: SocketAddr,
+    client_addr: SocketAddr,
+}
+
+fn prepare(cfg: ReplicaConfig) -> Result<Prepared, NodeError> {
+    let identity = TlsIdentity::load(&cfg.tls).map_err(|e| {
+        NodeError::Certificate(format!(
+            "{e} (files: cert {}, key {}, CA {})",
+            cfg.tls.cert.display(),
+            cfg.tls.key.display(),
+            cfg.tls.ca.display()
+        ))
+    })?;
+    let leaf = identity.chain.first().ok_or_else(|| {
+        NodeError::Certificate("the certificate file holds no certificate".into())
+    })?;
+    let cert = describe_certificate(leaf).map_err(|e| NodeError::Certificate(e.to_string()))?;
+    if replica_id_of_cn(&cert.common_name) != Some(NodeId(cfg.id)) {
+        return Err(NodeError::Certificate(format!(
+            "{} is issued to {:?}, but this configuration is replica {}: use replica-{}'s \
+             certificate",
+            cfg.tls.cert.display(),
+            cert.common_name,
+            cfg.id,
+            cfg.id
+        )));
+    }
+    if !cert.server_auth {
+        return Err(NodeError::Certificate(format!(
+            "{} is a client certificate, not a replica certificate",
+            cfg.tls.cert.display()
+        )));
+    }
+    let ca_pem = std::fs::read_to_string(&cfg.tls.ca)
+        .map_err(|e| NodeError::Certificate(format!("{}: {e}", cfg.tls.ca.display())))?;
+    let me = cfg.me()?.clone();
+    let resolve = |port: u16| -> Result<SocketAddr, NodeError> {
+        let endpoint = chubby_protocol::cell::config::join_host_port(&cfg.bind_host, port);
+        endpoint
+            .to_socket_addrs()
+            .map_err(|e| NodeError::Config(format!("bind address {endpoint}: {e}")))?
+            .next()
+            .ok_or_else(|| {
+                NodeError::Config(format!("bind address {endpoint} resolves to nothing"))
+            })
+    };
+    let peer_addr = resolve(me.peer_port)?;
+    let client_addr = resolve(me.client_port)?;
+    Ok(Prepared {
+        cell_id: disk::cell_id(&ca_pem),
+        cfg,
+        identity,
+        peer_addr,
+        client_addr,
+    })
+}
+
+/// Runs replica `cfg` until `shutdown` completes or a fatal error.
+///
+/// # Errors
+/// A start-up failure (bad configuration or certificate, a port in use, a data directory of
+/// another cell, a store held by another process) or a fatal runtime failure (a sync that
+/// failed).
+pub async fn run(
+    cfg: ReplicaConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let prepared = prepare(cfg)?;
+    let cfg = &prepared.cfg;
+    let me = NodeId(cfg.id);
+    let data_dir: PathBuf = cfg.data_dir.clone();
+    // Blocking, once, before anything else runs on this runtime.
+    let opened = disk::open(&data_dir, &prepared.cell_id)?;
+    match &opened.kind {
+        StartKind::Resumed => info!(
+            replica = cfg.id,
+            promised = %opened.state.promised,
+            chosen_through = %opened.state.chosen_through,
+            log_entries = opened.state.log.len(),
+            voter = opened.state.voter,
+            "resuming from the data directory"
+        ),
+        StartKind::Founded => info!(replica = cfg.id, "first start of a founding member"),
+        StartKind::Empty => tracing::warn!(
+            replica = cfg.id,
+            dir = %data_dir.display(),
+            "empty data directory: rebuilding from peers; no vote until a new instance completes"
+        ),
+        StartKind::Corrupt(what) => tracing::error!(
+            replica = cfg.id,
+            corruption = %what,
+            "store was corrupt and has been discarded; rebuilding from peers"
+        ),
+    }
+
+    let mut members: Vec<NodeId> = cfg.members.iter().map(|m| NodeId(m.id)).collect();
+    members.sort();
+    let mut pcfg = paxos::Config::new(me, members);
+    pcfg.seed = random_seed();
+    pcfg.validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+    let replica = Replica::new(pcfg, opened.state)
+        .map_err(|e| NodeError::Config(format!("cannot start the Paxos replica: {e}")))?;
+    let db =
+        Db::new(DbConfig::new(ADMIN_PRINCIPAL)).map_err(|e| NodeError::Config(e.to_string()))?;
+
+    let peer_cfg = PeerConfig::from_replica_config(cfg)
+        .map_err(|e| NodeError::Config(format!("peers: {e}")))?;
+    let (transport, peer_rx) =
+        PeerTransport::bind(peer_cfg, prepared.peer_addr).map_err(|source| NodeError::Bind {
+            what: "peer",
+            addr: prepared.peer_addr,
+            source,
+        })?;
+    let (client_port, client_rx) =
+        match ClientPort::bind(&prepared.identity, prepared.client_addr, 4096) {
+            Ok(bound) => bound,
+            Err(source) => {
+                transport.shutdown().await;
+                return Err(NodeError::Bind {
+                    what: "client",
+                    addr: prepared.client_addr,
+                    source,
+                });
+            }
+        };
+    info!(
+        replica = cfg.id,
+        peer = %prepared.peer_addr,
+        client = %prepared.client_addr,
+        members = cfg.members.len(),
+        "replica started"
+    );
+
+    let core = core::Core::new(core::CoreParts {
+        cfg: cfg.clone(),
+        replica,
+        db,
+        storage: opened.storage,
+        transport,
+        origin: random_seed(),
+    });
+    let result = core.run(peer_rx, client_rx, shutdown).await;
+    client_port.shutdown().await;
+    info!(replica = cfg.id, "replica stopped");
+    result
+}
+
+/// A seed that differs between processes and starts: wall-clock nanoseconds mixed with the
+/// process id. Used for election jitter and request tags, never for anything that must
+/// replay.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut x = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
