@@ -231,6 +231,17 @@ impl RealCell {
 
 impl Drop for RealCell {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: show what each replica logged, for the report.
+            for id in 1..=self.len() {
+                let log = self.log(id);
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                eprintln!("---- replica {id} log (last {} lines) ----", tail.len());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         for child in self.children.iter_mut().filter_map(Option::take) {
             let mut child = child;
             let _ = child.kill();

@@ -207,3 +207,121 @@ fn follower_kill9_and_restart_catches_up() {
         conn.close().await;
     });
 }
+
+#[test]
+fn wiped_follower_rebuilds_before_it_votes() {
+    let mut cell = RealCell::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let conn = cell.connect();
+        let master = cell.wait_master(&conn, ELECTION).await as usize;
+        let follower = (1..=3).find(|&i| i != master).unwrap();
+        let writer = FileWriter::new(&conn, "/wipe").await.unwrap();
+        for i in 0..20 {
+            assert_eq!(writer.write(&conn, i).await, WriteOutcome::Acked);
+        }
+        cell.kill9(follower);
+        let data = cell.replica_dir(follower).join("data");
+        std::fs::remove_dir_all(&data).unwrap();
+        cell.spawn(follower);
+        for i in 20..30 {
+            assert_eq!(writer.write(&conn, i).await, WriteOutcome::Acked);
+        }
+        let before = cell.statuses(&conn).await[master - 1]
+            .clone()
+            .unwrap()
+            .applied;
+        let slot = cell
+            .wait_converged(&conn, &[1, 2, 3], before, CONVERGE)
+            .await;
+        let log = cell.log(follower);
+        let wiped_at = log.find("empty data directory").expect("wipe reported");
+        let waiting_at = log[wiped_at..]
+            .find("rebuild: bounds known; waiting for a new instance")
+            .expect("rebuild bounds logged");
+        let voting_at = log[wiped_at..]
+            .find("rebuild complete: voting again")
+            .expect("rebuild completion logged");
+        assert!(
+            waiting_at < voting_at,
+            "voted before a new instance completed:\n{log}"
+        );
+        let after_wipe = &log[wiped_at..wiped_at + voting_at];
+        assert!(
+            !after_wipe.contains("starting election"),
+            "campaigned while rebuilding:\n{log}"
+        );
+        let status = cell.statuses(&conn).await[follower - 1].clone().unwrap();
+        assert_ne!(
+            status.role,
+            chubby_protocol::client_msg::ReplicaRole::Rebuilding
+        );
+        println!("wiped follower {follower} rebuilt and converged at {slot}");
+        conn.close().await;
+    });
+}
+
+/// KNOWN GAP (issue 4, open): sled 0.34.7 treats a bad checksum in its own log as the torn
+/// end of the log and silently drops it and everything after it, so a flipped byte in a
+/// synced record loses acknowledged acceptor state without any error (seen: a follower with
+/// 30 slots restarts with `chosen_through=s10`). Our record checksums never see the lost
+/// records. The fix planned is a checksummed write-ahead log of our own for the Paxos
+/// state (STACK §4's alternative), where a bad record followed by good ones is corruption.
+#[test]
+#[ignore = "sled silently truncates its log at a flipped byte; see the comment and docs/paxos.md"]
+fn corrupt_follower_store_is_detected_reported_and_recovered() {
+    let mut cell = RealCell::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let conn = cell.connect();
+        let master = cell.wait_master(&conn, ELECTION).await as usize;
+        let follower = (1..=3).find(|&i| i != master).unwrap();
+        let writer = FileWriter::new(&conn, "/corrupt").await.unwrap();
+        for i in 0..20 {
+            assert_eq!(writer.write(&conn, i).await, WriteOutcome::Acked);
+        }
+        cell.wait_converged(&conn, &[1, 2, 3], Slot(20), CONVERGE)
+            .await;
+        cell.kill9(follower);
+        let flipped = flip_byte_of(&cell.replica_dir(follower).join("data/paxos"), b"write 7\n");
+        assert!(flipped, "no stored copy of a known value found to corrupt");
+        cell.spawn(follower);
+        for i in 20..30 {
+            assert_eq!(writer.write(&conn, i).await, WriteOutcome::Acked);
+        }
+        let before = cell.statuses(&conn).await[master - 1]
+            .clone()
+            .unwrap()
+            .applied;
+        cell.wait_converged(&conn, &[1, 2, 3], before, CONVERGE)
+            .await;
+        let log = cell.log(follower);
+        assert!(
+            log.contains("CORRUPT STORE"),
+            "corruption not reported:\n{log}"
+        );
+        assert!(log.contains("rebuild complete: voting again"), "{log}");
+        conn.close().await;
+    });
+}
+
+/// Flips one bit inside the first stored occurrence of `needle` in any file under `dir`.
+fn flip_byte_of(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).unwrap();
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+                bytes[at + 1] ^= 0x20;
+                std::fs::write(&path, bytes).unwrap();
+                return true;
+            }
+        }
+    }
+    false
+}
