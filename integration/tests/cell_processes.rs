@@ -325,3 +325,78 @@ fn flip_byte_of(dir: &std::path::Path, needle: &[u8]) -> bool {
     }
     false
 }
+
+/// Runs `chubby-server --config cfg` expecting it to refuse to start; returns its stderr.
+fn refused_start(cfg: &std::path::Path) -> String {
+    let out = std::process::Command::new(binary("chubby-server"))
+        .arg("--config")
+        .arg(cfg)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with {}", cfg.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_starts_are_refused_with_clear_errors() {
+    let mut cell = RealCell::start(1);
+    let dir = cell.replica_dir(1);
+    let cfg = dir.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+
+    // The port is in use: replica 1 is running on it.
+    let rt = runtime();
+    rt.block_on(async {
+        let conn = cell.connect();
+        cell.wait_master(&conn, ELECTION).await;
+        conn.close().await;
+    });
+    let err = refused_start(&cfg);
+    assert!(
+        err.contains("port") || err.contains("in use") || err.contains("held"),
+        "{err}"
+    );
+    cell.kill9(1);
+
+    // A malformed file names itself.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "id = \"one\"\n").unwrap();
+    let err = refused_start(&bad);
+    assert!(err.contains("bad.toml"), "{err}");
+
+    // Another cell's certificate.
+    let other = tempfile::tempdir().unwrap();
+    chubby_protocol::cell::init_cell(&other.path().join("c"), 1, "127.0.0.1", 40_500).unwrap();
+    let foreign = dir.join("foreign.toml");
+    let other_ca = other.path().join("c/ca.pem");
+    std::fs::write(
+        &foreign,
+        text.replace("../ca.pem", other_ca.to_str().unwrap()),
+    )
+    .unwrap();
+    // (Today the start is refused because the CA's fingerprint does not match the data
+    // directory's cell-id; checking the replica certificate's signature against the CA at
+    // start is still to do.)
+    let err = refused_start(&foreign);
+    assert!(
+        err.contains("certificate") || err.contains("another cell"),
+        "{err}"
+    );
+
+    // Another cell's data directory (same CA check, different cell id).
+    let other_data = other.path().join("c/replica-1/data");
+    std::fs::write(other_data.join("cell-id"), "0123456789abcdef\n").unwrap();
+    let misplaced = dir.join("misplaced.toml");
+    std::fs::write(
+        &misplaced,
+        text.replace(
+            "data_dir = \"data\"",
+            &format!("data_dir = {:?}", other_data.to_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let err = refused_start(&misplaced);
+    assert!(err.contains("belongs to another cell"), "{err}");
+}

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chubby-server: error: {e:#}");
+            eprintln!("chubby-server: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -113,4 +113,20 @@ fn watch_stdin() -> tokio::sync::oneshot::Receiver<()> {
         let _ = tx.send(());
     });
     rx
+}
+
+/// The error and its causes, skipping a cause whose text the message already contains (our
+/// errors name their source in their own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }

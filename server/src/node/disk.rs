@@ -59,6 +59,9 @@ pub enum DiskError {
         /// This cell's id.
         expected: String,
     },
+    /// Another process (a running replica) holds the store.
+    #[error("{0} is in use by another running chubby-server (its store is locked)")]
+    InUse(PathBuf),
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -126,7 +129,13 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         path: store_dir.clone(),
         source,
     };
-    let mut storage = SledStorage::open(&store_dir).map_err(storage_err)?;
+    let mut storage = SledStorage::open(&store_dir).map_err(|e| {
+        if e.to_string().contains("could not acquire lock") {
+            DiskError::InUse(data_dir.to_path_buf())
+        } else {
+            storage_err(e)
+        }
+    })?;
     let marker = data_dir.join(NEW_CELL_MARKER);
     let (state, kind) = match storage.load() {
         Ok(Loaded::State(state)) => (state, StartKind::Resumed),
