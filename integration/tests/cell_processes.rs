@@ -234,6 +234,16 @@ fn wiped_follower_rebuilds_before_it_votes() {
         let slot = cell
             .wait_converged(&conn, &[1, 2, 3], before, CONVERGE)
             .await;
+        // Catching up can finish before the rebuild rule is met: wait for it to vote again.
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        loop {
+            let s = cell.statuses(&conn).await[follower - 1].clone();
+            if s.is_some_and(|s| s.role != chubby_protocol::client_msg::ReplicaRole::Rebuilding) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still rebuilding");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let log = cell.log(follower);
         let wiped_at = log.find("empty data directory").expect("wipe reported");
         let waiting_at = log[wiped_at..]
