@@ -8,7 +8,7 @@
 //! applied, and only the caller knows whether retrying is harmless.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chubby_protocol::cell::CellFile;
@@ -330,6 +330,3 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these short locks leaves plain data behind; keep going.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
-/// Shared handle, for callers that spawn tasks.
-pub type SharedCellConn = Arc<CellConn>;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chubby_client::conn::{CellConn, ClientError};
 use chubby_protocol::cell::{init_cell, CellFile};
-use chubby_protocol::client_msg::{Answer, Call, OpenCall, ReplicaRole, StatusReport};
+use chubby_protocol::client_msg::{Answer, Call, ReplicaRole, StatusReport};
 use chubby_protocol::{Creation, HandleId, NodeKind, OpenMode, SessionId, Slot};
 
 /// Where the workspace's binaries are: beside the test executable's `deps/` directory.
@@ -191,6 +191,26 @@ impl RealCell {
         }
     }
 
+    /// Waits until replica `id` is reachable and votes (is not rebuilding).
+    ///
+    /// # Panics
+    /// After `timeout`.
+    pub async fn wait_voting(&self, conn: &CellConn, id: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(s) = conn.status_of(id - 1).await {
+                if s.role != ReplicaRole::Rebuilding {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {id} still rebuilding after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until every replica in `ids` has applied the same slot (at least `at_least`)
     /// and reports the same digest; returns that slot.
     ///
@@ -331,7 +351,7 @@ impl FileWriter {
         contents: Vec<u8>,
     ) -> Result<HandleId, ClientError> {
         let answer = conn
-            .call(Call::Open(OpenCall {
+            .call(Call::Open(chubby_protocol::db::OpenArgs {
                 session: self.session,
                 path: path.to_owned(),
                 mode: OpenMode::READ_WRITE,

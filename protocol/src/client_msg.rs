@@ -15,7 +15,7 @@
 
 use bincode::{Decode, Encode};
 
-use crate::db::{AclNames, Creation, Generation, HandleId, NodeKind, OpenMode, SessionId, Stat};
+use crate::db::{Generation, HandleId, OpenArgs, SessionId, Stat};
 use crate::error::Refusal;
 use crate::ids::{Ballot, NodeId, Slot};
 
@@ -34,7 +34,7 @@ pub enum Call {
     /// Start a session for the caller's principal.
     CreateSession,
     /// Open (and maybe create) a node.
-    Open(OpenCall),
+    Open(OpenArgs),
     /// Close a handle.
     Close {
         /// The session.
@@ -85,29 +85,6 @@ impl Call {
             Call::Delete { .. } => "Delete",
         }
     }
-}
-
-/// The arguments of Open (Chubby §2.6).
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct OpenCall {
-    /// The caller's session.
-    pub session: SessionId,
-    /// Absolute path of the node.
-    pub path: String,
-    /// The rights the handle needs.
-    pub mode: OpenMode,
-    /// Whether the node may or must be created.
-    pub creation: Creation,
-    /// Kind of node to create.
-    pub kind: NodeKind,
-    /// Create it ephemeral.
-    pub ephemeral: bool,
-    /// Initial contents of a created file.
-    pub contents: Vec<u8>,
-    /// ACL names of a created node; `None` inherits the parent's.
-    pub acl: Option<AclNames>,
-    /// The handle's lock-delay; `None` takes the cell default.
-    pub lock_delay_ms: Option<u64>,
 }
 
 /// The answer to one call.

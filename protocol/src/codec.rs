@@ -68,6 +68,28 @@ pub fn encode<T: Encode>(msg: &T) -> Result<Vec<u8>, EncodeError> {
 /// # Errors
 /// Every way the bytes can be wrong is a [`DecodeError`]; none panics.
 pub fn decode<T: Decode<()>>(frame: &[u8]) -> Result<T, DecodeError> {
+    let payload = payload_of(frame)?;
+    let (msg, used) = bincode::decode_from_slice::<T, _>(payload, WIRE)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(DecodeError::TrailingBytes(payload.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Decodes the leading part of a frame produced by [`encode`] as `T`, ignoring the rest:
+/// for reading a few header fields of a large message without decoding all of it.
+///
+/// # Errors
+/// As [`decode`], except that trailing bytes are allowed.
+pub fn decode_prefix<T: Decode<()>>(frame: &[u8]) -> Result<T, DecodeError> {
+    bincode::decode_from_slice::<T, _>(payload_of(frame)?, WIRE)
+        .map(|(msg, _)| msg)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// The bincode payload of a frame, after the size and version checks.
+fn payload_of(frame: &[u8]) -> Result<&[u8], DecodeError> {
     if frame.len() > FRAME_BYTES_MAX {
         return Err(DecodeError::TooLarge(frame.len()));
     }
@@ -75,12 +97,7 @@ pub fn decode<T: Decode<()>>(frame: &[u8]) -> Result<T, DecodeError> {
     if version != WIRE_VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let (msg, used) = bincode::decode_from_slice::<T, _>(payload, WIRE)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if used != payload.len() {
-        return Err(DecodeError::TrailingBytes(payload.len() - used));
-    }
-    Ok(msg)
+    Ok(payload)
 }
 
 #[cfg(test)]

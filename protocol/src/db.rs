@@ -322,3 +322,28 @@ mod tests {
         assert_eq!(ContentChecksum::of(b"foobar").0, 0x8594_4171_f739_67e8);
     }
 }
+
+/// The arguments of Open (Chubby §2.6): what a client sends and what the master proposes
+/// as the database command, one type for both.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct OpenArgs {
+    /// The caller's session.
+    pub session: SessionId,
+    /// Absolute path of the node.
+    pub path: String,
+    /// The rights the handle needs; each is checked against the node's ACLs.
+    pub mode: OpenMode,
+    /// Whether the node may or must be created.
+    pub creation: Creation,
+    /// Kind of node to create (an existing node of the other kind is refused unless
+    /// `creation` is [`Creation::Never`]).
+    pub kind: NodeKind,
+    /// Create it ephemeral.
+    pub ephemeral: bool,
+    /// Initial contents of a created file.
+    pub contents: Vec<u8>,
+    /// ACL names of a created node; `None` inherits the parent's.
+    pub acl: Option<AclNames>,
+    /// The handle's lock-delay; `None` takes the cell default.
+    pub lock_delay_ms: Option<u64>,
+}

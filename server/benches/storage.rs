@@ -73,16 +73,7 @@ fn sled(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
     let seconds = started.elapsed().as_secs_f64();
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
-    let (p50, p99) = (
-        percentile(&mut latencies, 0.5),
-        percentile(&mut latencies, 0.99),
-    );
-    (
-        batches as f64 / seconds,
-        (batches * records_per_batch) as f64 / seconds,
-        p50,
-        p99,
-    )
+    summary(&mut latencies, batches, records_per_batch, seconds)
 }
 
 fn raw(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
@@ -106,16 +97,7 @@ fn raw(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
     }
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
-    let (p50, p99) = (
-        percentile(&mut latencies, 0.5),
-        percentile(&mut latencies, 0.99),
-    );
-    (
-        batches as f64 / seconds,
-        (batches * records_per_batch) as f64 / seconds,
-        p50,
-        p99,
-    )
+    summary(&mut latencies, batches, records_per_batch, seconds)
 }
 
 fn main() {
@@ -137,4 +119,19 @@ fn main() {
         let (syncs, records, p50, p99) = f(per_batch, batches);
         println!("{name:<40} {syncs:>10.0} {records:>12.0} {p50:>10.0} {p99:>10.0}");
     }
+}
+
+/// (syncs/s, records/s, p50 µs, p99 µs) of one run.
+fn summary(
+    latencies: &mut [f64],
+    batches: u64,
+    records_per_batch: u64,
+    seconds: f64,
+) -> (f64, f64, f64, f64) {
+    (
+        batches as f64 / seconds,
+        (batches * records_per_batch) as f64 / seconds,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99),
+    )
 }

@@ -19,9 +19,10 @@
 use bincode::{Decode, Encode};
 use chubby_protocol::codec::{self, DecodeError, EncodeError};
 use chubby_protocol::{
-    AclNames, Ballot, Creation, Generation, HandleId, Instant, LockMode, NodeKind, OpenMode,
-    Sequencer, SessionId,
+    AclNames, Ballot, Generation, HandleId, Instant, LockMode, Sequencer, SessionId,
 };
+
+pub use chubby_protocol::db::OpenArgs;
 
 /// One log entry for the database.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -32,30 +33,6 @@ pub struct Command {
     pub now: Instant,
     /// What to do.
     pub op: Op,
-}
-
-/// The arguments of Open (Chubby §2.6).
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct OpenArgs {
-    /// The caller's session.
-    pub session: SessionId,
-    /// Absolute path of the node.
-    pub path: String,
-    /// The rights the handle needs; each is checked against the node's ACLs.
-    pub mode: OpenMode,
-    /// Whether the node may or must be created.
-    pub creation: Creation,
-    /// Kind of node to create (an existing node of the other kind is refused unless
-    /// `creation` is [`Creation::Never`]).
-    pub kind: NodeKind,
-    /// Create it ephemeral.
-    pub ephemeral: bool,
-    /// Initial contents of a created file.
-    pub contents: Vec<u8>,
-    /// ACL names of a created node; `None` inherits the parent's.
-    pub acl: Option<AclNames>,
-    /// The handle's lock-delay; `None` takes the cell default.
-    pub lock_delay_ms: Option<u64>,
 }
 
 /// The operations. Every variant is one atomic change (or a refusal that changes nothing
@@ -214,7 +191,7 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chubby_protocol::NodeId;
+    use chubby_protocol::{Creation, NodeId, NodeKind, OpenMode};
     use proptest::prelude::*;
 
     fn open() -> Command {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chubby_protocol::cell::ReplicaConfig;
 use chubby_protocol::client_msg::{
-    Answer, Call, CallError, MasterHint, OpenCall, ReplicaRole, Reply, StatusReport,
+    Answer, Call, CallError, MasterHint, ReplicaRole, Reply, StatusReport,
 };
 use chubby_protocol::db::FILE_BYTES_MAX;
 use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Refusal, SessionId, Slot, Value};
@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 use super::client_port::ClientCall;
 use super::entry::{Entry, Stamper};
 use super::NodeError;
-use crate::db::{Command, Db, Op, OpenArgs, Outcome};
+use crate::db::{Command, Db, Op, Outcome};
 use crate::paxos::{Action, Input, PersistBatch, Rejection, Replica, RoleKind};
 use crate::storage::{SledStorage, Storage};
 use crate::transport::PeerTransport;
@@ -67,7 +67,6 @@ pub(super) struct Core {
     divergence: Option<String>,
     next_checksum_at: Instant,
     noop_for: Option<Instant>,
-    syncs: u64,
 }
 
 impl std::fmt::Debug for Core {
@@ -101,7 +100,6 @@ impl Core {
             divergence: None,
             next_checksum_at: Instant(checksum_every),
             noop_for: None,
-            syncs: 0,
             cfg: parts.cfg,
         }
     }
@@ -189,6 +187,8 @@ impl Core {
         for input in std::mem::take(&mut self.inputs) {
             self.replica.step(now, input, &mut self.actions);
         }
+        // Under a steady stream of inputs the loop never waits on the timer: tick here so
+        // timers still fire.
         if self.replica.next_deadline().is_some_and(|d| d <= now) {
             self.replica.step(now, Input::Tick, &mut self.actions);
         }
@@ -198,6 +198,8 @@ impl Core {
         for action in actions {
             match action {
                 Action::Persist(b) => {
+                    // Values re-proposed by a new master pass through here before they
+                    // are delivered: their stamps bound the ones it gives (entry.rs).
                     for (_, entry) in &b.entries {
                         self.stamper.observe(&entry.value.commands);
                     }
@@ -239,14 +241,12 @@ impl Core {
         .await
         .map_err(|e| NodeError::Internal(format!("storage thread: {e}")))?;
         self.storage = Some(storage);
-        self.syncs += 1;
         result.map_err(NodeError::Storage)
     }
 
     // ---- Deliveries: apply to the database, answer parked calls. ----
 
     fn deliver(&mut self, slot: Slot, value: &Value) {
-        self.stamper.observe(&value.commands);
         if value.commands.is_empty() {
             self.db.advance_slot(slot);
         }
@@ -256,7 +256,10 @@ impl Core {
                     origin,
                     request,
                     cmd,
-                }) => self.apply(slot, origin, request, cmd),
+                }) => {
+                    self.stamper.note(cmd.now);
+                    self.apply(slot, origin, request, cmd);
+                }
                 Ok(Entry::DigestCheck { slot: at, digest }) => {
                     self.db.advance_slot(slot);
                     self.check_digest(at, digest);
@@ -362,12 +365,7 @@ impl Core {
                 self.master_epoch = Some(epoch);
                 self.serving = false;
                 self.noop_for = None;
-                let cmd = Command {
-                    epoch,
-                    now: self.stamper.stamp(Self::wall()),
-                    op: Op::NewEpoch,
-                };
-                self.submit_command(cmd);
+                self.submit_command(epoch, Op::NewEpoch);
             }
             (role, _) => {
                 if self.master_epoch.take().is_some() {
@@ -429,7 +427,7 @@ impl Core {
                 if open.contents.len() > FILE_BYTES_MAX {
                     return Err(CallError::Refused(Refusal::TooLarge));
                 }
-                Op::Open(Box::new(open_args(open)))
+                Op::Open(Box::new(open))
             }
             Call::Close { session, handle } => {
                 self.check_session(principal, session)?;
@@ -494,12 +492,7 @@ impl Core {
 
     fn propose(&mut self, op: Op, what: &'static str, reply: oneshot::Sender<Reply>) {
         let epoch = self.master_epoch.unwrap_or(Ballot::ZERO);
-        let cmd = Command {
-            epoch,
-            now: self.stamper.stamp(Self::wall()),
-            op,
-        };
-        let request = self.submit_command(cmd);
+        let request = self.submit_command(epoch, op);
         let deadline = self.now().plus_ms(self.cfg.tuning.request_timeout_ms);
         self.pending.insert(
             request,
@@ -511,8 +504,13 @@ impl Core {
         );
     }
 
-    /// Queues a database command for proposal; returns its request number.
-    fn submit_command(&mut self, cmd: Command) -> u64 {
+    /// Stamps `op` under `epoch` and queues it for proposal; returns its request number.
+    fn submit_command(&mut self, epoch: Ballot, op: Op) -> u64 {
+        let cmd = Command {
+            epoch,
+            now: self.stamper.stamp(Self::wall()),
+            op,
+        };
         let request = self.next_request;
         self.next_request += 1;
         self.submit(Entry::Db {
@@ -559,22 +557,12 @@ impl Core {
         if let Some(due) = self.db.next_deadline() {
             if Self::wall() >= due && self.noop_for != Some(due) {
                 self.noop_for = Some(due);
-                let cmd = Command {
-                    epoch,
-                    now: self.stamper.stamp(Self::wall()),
-                    op: Op::Noop,
-                };
-                self.submit_command(cmd);
+                self.submit_command(epoch, Op::Noop);
             }
         }
         if now >= self.next_checksum_at {
             self.next_checksum_at = now.plus_ms(self.cfg.tuning.checksum_interval_ms);
-            let cmd = Command {
-                epoch,
-                now: self.stamper.stamp(Self::wall()),
-                op: Op::Checksum,
-            };
-            self.submit_command(cmd);
+            self.submit_command(epoch, Op::Checksum);
         }
     }
 
@@ -630,20 +618,6 @@ impl Core {
                 .collect(),
             sessions: self.db.sessions().count() as u64,
         }
-    }
-}
-
-fn open_args(open: OpenCall) -> OpenArgs {
-    OpenArgs {
-        session: open.session,
-        path: open.path,
-        mode: open.mode,
-        creation: open.creation,
-        kind: open.kind,
-        ephemeral: open.ephemeral,
-        contents: open.contents,
-        acl: open.acl,
-        lock_delay_ms: open.lock_delay_ms,
     }
 }
 

@@ -2,7 +2,8 @@
 //! member's first start, and what to do with an empty or corrupt store.
 //!
 //! ```text
-//! DATA/cell-id     hex fingerprint of the cell CA; written on first start, checked after
+//! DATA/cell-id     hex fingerprint of the cell CA (FNV-1a of its DER); written on first
+//!                  start, checked after
 //! DATA/NEW-CELL    written by `chubby cell init`; present only until a founding member's
 //!                  first start formats its store as a voter
 //! DATA/paxos/      the sled store (storage::SledStorage)
@@ -80,10 +81,10 @@ pub enum DiskError {
     },
 }
 
-/// The cell's fingerprint: FNV-1a 64 of the CA certificate's PEM text (whitespace-trimmed).
+/// The cell's fingerprint: FNV-1a 64 of the CA certificate (DER).
 #[must_use]
-pub fn cell_id(ca_pem: &str) -> String {
-    format!("{:016x}", ContentChecksum::of(ca_pem.trim().as_bytes()).0)
+pub fn cell_id(ca_der: &[u8]) -> String {
+    format!("{:016x}", ContentChecksum::of(ca_der).0)
 }
 
 /// An opened store and the state to start the Paxos core from.

@@ -124,8 +124,6 @@ fn prepare(cfg: ReplicaConfig) -> Result<Prepared, NodeError> {
             cfg.tls.cert.display()
         )));
     }
-    let ca_pem = std::fs::read_to_string(&cfg.tls.ca)
-        .map_err(|e| NodeError::Certificate(format!("{}: {e}", cfg.tls.ca.display())))?;
     let me = cfg.me()?.clone();
     let resolve = |port: u16| -> Result<SocketAddr, NodeError> {
         let endpoint = chubby_protocol::cell::config::join_host_port(&cfg.bind_host, port);
@@ -140,7 +138,7 @@ fn prepare(cfg: ReplicaConfig) -> Result<Prepared, NodeError> {
     let peer_addr = resolve(me.peer_port)?;
     let client_addr = resolve(me.client_port)?;
     Ok(Prepared {
-        cell_id: disk::cell_id(&ca_pem),
+        cell_id: disk::cell_id(&identity.ca),
         cfg,
         identity,
         peer_addr,
@@ -246,9 +244,5 @@ fn random_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let mut x = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
-    // splitmix64 finaliser
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    paxos::rng::SplitMix64::new((nanos as u64) ^ (u64::from(std::process::id()) << 32)).next_u64()
 }
