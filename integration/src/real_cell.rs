@@ -56,10 +56,27 @@ impl RealCell {
     /// If the cell cannot be created or a process cannot start.
     #[must_use]
     pub fn start(replicas: usize) -> RealCell {
+        RealCell::start_tuned(replicas, "")
+    }
+
+    /// Like [`RealCell::start`], with `tuning` (lines of the `[tuning]` section, e.g.
+    /// `"snapshot_every_entries = 50"`) added to every replica's `config.toml`.
+    ///
+    /// # Panics
+    /// As [`RealCell::start`].
+    #[must_use]
+    pub fn start_tuned(replicas: usize, tuning: &str) -> RealCell {
         let dir = tempfile::tempdir().expect("temp dir");
         let cell_dir = dir.path().join("cell");
         let base = free_port_range(2 * replicas);
         let layout = init_cell(&cell_dir, replicas, "127.0.0.1", base).expect("cell init");
+        if !tuning.is_empty() {
+            for path in &layout.replica_configs {
+                let mut text = std::fs::read_to_string(path).expect("read config");
+                text.push_str(&format!("\n[tuning]\n{tuning}\n"));
+                std::fs::write(path, text).expect("write config");
+            }
+        }
         let mut cell = RealCell {
             configs: layout.replica_configs.clone(),
             children: (0..replicas).map(|_| None).collect(),

@@ -243,6 +243,59 @@ fn follower_kill9_and_restart_catches_up() {
 }
 
 #[test]
+fn a_follower_behind_the_truncated_log_catches_up_through_a_snapshot() {
+    // PML §5.5 / issue 4: snapshots every 40 slots, 10 log entries kept below each. A
+    // follower stopped while the cell writes past several snapshots finds its peers' logs
+    // truncated beyond it: it fetches a snapshot, installs it, then catches up from the log.
+    let mut cell = RealCell::start_tuned(3, "snapshot_every_entries = 40\nlog_keep_entries = 10");
+    runtime().block_on(async {
+        let conn = cell.connect();
+        let (master, follower, writer) = master_follower_and_writes(&cell, &conn, "/s", 5).await;
+        cell.kill9(follower);
+        for i in 5..150 {
+            assert_eq!(
+                writer.write(&conn, i).await,
+                WriteOutcome::Acked,
+                "write {i}"
+            );
+        }
+        let status = cell.statuses(&conn).await[master - 1].clone().unwrap();
+        assert!(status.snapshot > Slot(40), "master snapshotted: {status:?}");
+        assert!(
+            status.log_entries < 100,
+            "master's log truncated: {} entries for {} applied",
+            status.log_entries,
+            status.applied
+        );
+        cell.spawn(follower);
+        let slot = write_then_converge(&cell, &conn, &writer, master, 150..160).await;
+        let log = cell.log(follower);
+        let fetch = log
+            .find("fetching its snapshot")
+            .unwrap_or_else(|| panic!("no snapshot fetch in the follower's log:\n{log}"));
+        let installed = log[fetch..]
+            .find("installed a peer's snapshot")
+            .expect("snapshot installed");
+        assert!(log[fetch + installed..].contains("snapshot installed: catching up from the log"));
+        for i in (0..160).step_by(7) {
+            let contents = writer.read(&conn, &writer.path_of(i)).await.unwrap();
+            assert_eq!(contents, Some(FileWriter::contents_of(i)), "file {i}");
+        }
+        println!("follower {follower} caught up through a snapshot to {slot}");
+
+        // A restart resumes from its own snapshot plus the log after it.
+        cell.kill9(follower);
+        cell.spawn(follower);
+        let slot = write_then_converge(&cell, &conn, &writer, master, 160..165).await;
+        assert!(cell
+            .log(follower)
+            .contains("database restored from its snapshot"));
+        println!("follower {follower} restarted from its snapshot and converged at {slot}");
+        conn.close().await;
+    });
+}
+
+#[test]
 fn wiped_follower_rebuilds_before_it_votes() {
     let mut cell = RealCell::start(3);
     runtime().block_on(async {

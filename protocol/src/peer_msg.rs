@@ -132,6 +132,9 @@ pub enum PaxosMsg {
         entries: Vec<(Slot, Value)>,
         /// The sender's contiguous chosen prefix.
         chosen_through: Slot,
+        /// The sender's log starts after this slot (a snapshot covers the rest): a replica
+        /// that needs a slot at or below it must fetch a snapshot (PML §5.5).
+        truncated_through: Slot,
     },
     /// A replica rebuilding after disk loss asks a peer for bounds on what it could have
     /// promised or accepted before it lost its disk.

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Instant as WallClock;
 
-use chubby_protocol::{Instant, NodeId, PaxosMsg};
+use chubby_protocol::{Instant, NodeId, PaxosMsg, Slot};
 use chubby_server::paxos::{Action, Config, DurableState, Input, Replica, RoleKind};
 
 struct Cell {
@@ -28,7 +28,7 @@ impl Cell {
                 let mut cfg = Config::new(me, members.clone());
                 cfg.batch_commands_max = batch;
                 cfg.window = 16;
-                Replica::new(cfg, DurableState::bootstrap()).expect("valid config")
+                Replica::new(cfg, DurableState::bootstrap(), Slot::ZERO).expect("valid config")
             })
             .collect();
         Cell {

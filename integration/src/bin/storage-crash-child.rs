@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 node: NodeId(1),
             }),
             chosen_through: None,
+            truncate_through: None,
             entries: vec![(
                 Slot(next),
                 LogEntry {

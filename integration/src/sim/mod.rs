@@ -115,12 +115,16 @@ pub struct RunStats {
     pub elections: u64,
     /// Checks at which a lease was held.
     pub lease_observations: u64,
+    /// Snapshots made durable (the log truncated after each).
+    pub snapshots: u64,
+    /// Snapshots fetched from a peer and installed.
+    pub snapshot_installs: u64,
 }
 
 impl RunStats {
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &RunStats) {
-        let fields: [(&mut u64, u64); 17] = [
+        let fields: [(&mut u64, u64); 19] = [
             (&mut self.replicas, other.replicas),
             (&mut self.events, other.events),
             (&mut self.submitted, other.submitted),
@@ -138,6 +142,8 @@ impl RunStats {
             (&mut self.duplicated, other.duplicated),
             (&mut self.elections, other.elections),
             (&mut self.lease_observations, other.lease_observations),
+            (&mut self.snapshots, other.snapshots),
+            (&mut self.snapshot_installs, other.snapshot_installs),
         ];
         for (mine, theirs) in fields {
             *mine += theirs;
@@ -150,7 +156,8 @@ impl RunStats {
         format!(
             "{} events; ops: {} submitted, {} committed, {} slots chosen, {} deliveries checked, {} elections; \
              faults: {} crashes, {} torn persists, {} wiped disks, {} corrupt records, {} rebuilds, \
-             {} partitions, {} of {} messages dropped, {} duplicated",
+             {} partitions, {} of {} messages dropped, {} duplicated; \
+             {} snapshots, {} installed from peers",
             self.events,
             self.submitted,
             self.committed,
@@ -166,6 +173,8 @@ impl RunStats {
             self.dropped,
             self.messages,
             self.duplicated,
+            self.snapshots,
+            self.snapshot_installs,
         )
     }
 }
@@ -198,6 +207,17 @@ enum Event {
     },
     Restart {
         node: usize,
+    },
+    SnapshotWritten {
+        node: usize,
+        incarnation: u64,
+        state: node::AppState,
+    },
+    SnapshotFetched {
+        node: usize,
+        incarnation: u64,
+        from: NodeId,
+        after: chubby_protocol::Slot,
     },
     Fault,
     Heal {
@@ -244,6 +264,15 @@ struct FaultConfig {
     merge_persists: bool,
 }
 
+/// When replicas snapshot and how much log they keep below a snapshot, drawn per seed.
+#[derive(Clone, Copy, Debug)]
+struct SnapshotPolicy {
+    /// Slots applied between snapshots; zero: never.
+    every: u64,
+    /// Log entries kept below a snapshot.
+    keep: u64,
+}
+
 /// One simulated cell.
 struct Sim {
     opts: SimOptions,
@@ -255,6 +284,7 @@ struct Sim {
     members: Vec<NodeId>,
     net: Network,
     faults: FaultConfig,
+    snapshots: SnapshotPolicy,
     healed: bool,
     track_from_us: u64,
     track_until_us: u64,
@@ -335,6 +365,12 @@ impl Sim {
             corrupt_ppm: rng.pick(&[0, 100_000]).unwrap_or(0),
             merge_persists: rng.chance(500_000),
         };
+        // From a stream of its own, so the draws above stay what they were per seed.
+        let mut snap_rng = Rng::new(opts.seed ^ 0x5AA9_5107_C0DE_F00D);
+        let snapshots = SnapshotPolicy {
+            every: snap_rng.pick(&[0, 5, 20, 100]).unwrap_or(20),
+            keep: snap_rng.pick(&[0, 3, 50]).unwrap_or(0),
+        };
         let clients = (0..rng.between(1, 4) as usize)
             .map(|i| Client::new(i, members[0]))
             .collect();
@@ -351,6 +387,7 @@ impl Sim {
             members,
             net,
             faults,
+            snapshots,
             healed: false,
             track_from_us: healed_us,
             track_until_us: end_us.saturating_sub(10_000_000),
@@ -399,7 +436,7 @@ impl Sim {
             let clocks: Vec<i64> = self.nodes.iter().map(|n| n.clock.rate_ppm).collect();
             format!(
                 "setup: {} replicas, lease {}ms, heartbeat {}ms, election {}ms, window {}, batch {}, \
-                 clock ppm {clocks:?}, net {:?}, slow links {:?}, faults {:?}",
+                 clock ppm {clocks:?}, net {:?}, slow links {:?}, faults {:?}, snapshots {:?}",
                 self.members.len(),
                 cfg.master_lease_ms,
                 cfg.heartbeat_interval_ms,
@@ -409,6 +446,7 @@ impl Sim {
                 self.net.cfg,
                 self.net.slow_links(),
                 self.faults,
+                self.snapshots,
             )
         });
         for i in 0..self.nodes.len() {
@@ -448,6 +486,17 @@ impl Sim {
             }
             Event::Submit { client, gen } => self.submit(client, gen),
             Event::Restart { node } => self.restart(node),
+            Event::SnapshotWritten {
+                node,
+                incarnation,
+                state,
+            } => self.snapshot_written(node, incarnation, state),
+            Event::SnapshotFetched {
+                node,
+                incarnation,
+                from,
+                after,
+            } => self.snapshot_fetched(node, incarnation, from, after),
             Event::Fault => self.inject_fault(),
             Event::Heal { links } => self.net.restore(&links),
             Event::EndSafety => self.end_safety(),

@@ -1,10 +1,16 @@
 //! A simulated replica: the pure core, its in-memory disk and its drifting clock, and how
 //! the simulator executes the core's actions (in order, with crash points between them).
+//!
+//! Its application is a hash chain over delivered values ([`chain`]). Every so many slots
+//! it "writes a snapshot" (durable when the write event fires, lost if it crashes first)
+//! and then tells the core to truncate; a fetch asked for by the core is served from the
+//! source's durable snapshot if the source is up and reachable when the fetch lands.
 
-use chubby_protocol::{NodeId, PaxosMsg};
+use chubby_protocol::{NodeId, PaxosMsg, Slot};
 use chubby_server::paxos::{Action, Config, DurableState, Input, PersistBatch, Replica, RoleKind};
 use chubby_server::storage::{Loaded, MemStorage, Storage};
 
+use super::checkers::delivery_order::chain;
 use super::checkers::liveness::FinalState;
 use super::clock::NodeClock;
 use super::{Event, Sim};
@@ -20,6 +26,21 @@ pub(super) struct SimNode {
     pub tick_gen: u64,
     /// False from a wipe until the rebuild finishes: no other disk may be lost meanwhile.
     pub intact_voter: bool,
+    /// The application state (lost in a crash).
+    pub app: AppState,
+    /// The durable snapshot of the application (lost only with the disk).
+    pub snapshot: Option<AppState>,
+    /// A snapshot write is under way.
+    pub snapshotting: bool,
+    /// Bumped by every crash: events of an earlier life are ignored.
+    pub incarnation: u64,
+}
+
+/// The simulated application: the slots it applied and the chain hash of their values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct AppState {
+    pub applied: Slot,
+    pub hash: u64,
 }
 
 impl SimNode {
@@ -32,6 +53,10 @@ impl SimNode {
             replica: None,
             tick_gen: 0,
             intact_voter: true,
+            app: AppState::default(),
+            snapshot: None,
+            snapshotting: false,
+            incarnation: 0,
         }
     }
 
@@ -47,6 +72,11 @@ impl SimNode {
             voter: replica.is_some_and(Replica::is_voter),
             epoch: replica.and_then(Replica::epoch),
             chosen_through: replica.map(Replica::chosen_through).unwrap_or_default(),
+            applied: if replica.is_some() {
+                self.app.applied
+            } else {
+                Slot::ZERO
+            },
         }
     }
 }
@@ -67,11 +97,23 @@ impl Sim {
 
     pub(super) fn start(&mut self, i: usize, state: DurableState) {
         let node = &mut self.nodes[i];
-        let replica = Replica::new(node.cfg.clone(), state).expect("simulated configs are valid");
-        node.replica = Some(replica);
+        node.app = node.snapshot.unwrap_or_default();
+        let app = node.app;
         let id = node.id;
-        self.delivery.on_start(id);
-        self.liveness.on_restart(id);
+        let replica = match Replica::new(node.cfg.clone(), state, app.applied) {
+            Ok(replica) => replica,
+            Err(e) => {
+                // The log is truncated only after the snapshot is durable.
+                let v = super::checkers::violation("snapshot", format!("{id} cannot restart: {e}"));
+                self.fail(Err(v));
+                return;
+            }
+        };
+        node.replica = Some(replica);
+        let result = self
+            .delivery
+            .on_start(id, app.applied, app.hash, &self.agreement);
+        self.fail(result);
         self.step(i, Input::Tick);
     }
 
@@ -91,6 +133,7 @@ impl Sim {
                 .storage
                 .wipe()
                 .expect("memory storage does not fail");
+            self.nodes[i].snapshot = None;
             self.stats.wipes += 1;
             self.trace(|| format!("{id} restarts with a wiped disk"));
         } else if may_lose && self.rng.chance(self.faults.corrupt_ppm) {
@@ -112,6 +155,8 @@ impl Sim {
                     .storage
                     .wipe()
                     .expect("memory storage does not fail");
+                // Like the real shell: a store that starts over keeps no old snapshot.
+                self.nodes[i].snapshot = None;
                 lost = true;
                 DurableState::lost()
             }
@@ -143,6 +188,8 @@ impl Sim {
         if node.replica.take().is_some() {
             node.storage.crash();
             node.tick_gen += 1;
+            node.incarnation += 1;
+            node.snapshotting = false;
             self.stats.crashes += 1;
             let id = node.id;
             self.trace(|| format!("{id} crashes"));
@@ -173,8 +220,98 @@ impl Sim {
             actions = merge_persists(actions);
         }
         self.execute(i, &actions);
+        self.maybe_snapshot(i);
         self.reschedule_tick(i);
         actions
+    }
+
+    /// Starts a snapshot write when enough was applied since the last one.
+    fn maybe_snapshot(&mut self, i: usize) {
+        let every = self.snapshots.every;
+        let node = &mut self.nodes[i];
+        let last = node.snapshot.map(|s| s.applied).unwrap_or_default();
+        if every == 0 || node.snapshotting || !node.is_up() || node.app.applied.0 < last.0 + every {
+            return;
+        }
+        node.snapshotting = true;
+        let (state, incarnation) = (node.app, node.incarnation);
+        let at = self.now_us + self.rng.between(100, 20_000);
+        self.schedule(
+            at,
+            Event::SnapshotWritten {
+                node: i,
+                incarnation,
+                state,
+            },
+        );
+    }
+
+    /// A snapshot write finished: it is durable; the core may truncate.
+    pub(super) fn snapshot_written(&mut self, i: usize, incarnation: u64, state: AppState) {
+        let node = &mut self.nodes[i];
+        if node.incarnation != incarnation || !node.is_up() {
+            return;
+        }
+        node.snapshotting = false;
+        if node.snapshot.is_some_and(|s| s.applied >= state.applied) {
+            return;
+        }
+        node.snapshot = Some(state);
+        self.stats.snapshots += 1;
+        let id = node.id;
+        let through = Slot(state.applied.0.saturating_sub(self.snapshots.keep));
+        self.trace(|| {
+            format!(
+                "{id} snapshot at {} durable; truncating through {through}",
+                state.applied
+            )
+        });
+        self.step(i, Input::SnapshotTaken { slot: through });
+    }
+
+    /// A fetch asked for by replica `i` lands: served from `from`'s durable snapshot.
+    pub(super) fn snapshot_fetched(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        from: NodeId,
+        after: Slot,
+    ) {
+        if self.nodes[i].incarnation != incarnation || !self.nodes[i].is_up() {
+            return;
+        }
+        let id = self.nodes[i].id;
+        let j = self.index(from);
+        let reachable = self.nodes[j].is_up()
+            && !self.net.is_blocked(id, from)
+            && !self.net.is_blocked(from, id);
+        let offered = self.nodes[j]
+            .snapshot
+            .filter(|s| reachable && s.applied > after);
+        let Some(state) = offered else {
+            self.trace(|| format!("{id} snapshot fetch from {from} failed"));
+            self.step(i, Input::SnapshotFetchFailed);
+            return;
+        };
+        let node = &mut self.nodes[i];
+        if state.applied > node.app.applied {
+            node.app = state;
+            if node.snapshot.is_none_or(|s| s.applied < state.applied) {
+                node.snapshot = Some(state);
+            }
+            let result = self
+                .delivery
+                .on_install(id, state.applied, state.hash, &self.agreement);
+            self.fail(result);
+            self.stats.snapshot_installs += 1;
+        }
+        self.trace(|| format!("{id} installed {from}'s snapshot at {}", state.applied));
+        self.step(
+            i,
+            Input::SnapshotInstalled {
+                slot: state.applied,
+            },
+        );
     }
 
     fn reschedule_tick(&mut self, i: usize) {
@@ -214,12 +351,26 @@ impl Sim {
                 Action::Deliver { slot, value } => {
                     let result = self.delivery.on_deliver(id, *slot, value, &self.agreement);
                     self.fail(result);
+                    let app = &mut self.nodes[i].app;
+                    app.applied = *slot;
+                    app.hash = chain(app.hash, value);
                     for command in &value.commands {
-                        self.liveness.on_deliver(id, command);
+                        self.liveness.on_deliver(*slot, command);
                         self.on_delivered(id, command);
                     }
                 }
                 Action::Rejected { command, reason } => self.on_rejected(command, reason),
+                Action::FetchSnapshot { from, after } => {
+                    let incarnation = self.nodes[i].incarnation;
+                    let at = self.now_us + self.rng.between(500, 30_000);
+                    let event = Event::SnapshotFetched {
+                        node: i,
+                        incarnation,
+                        from: *from,
+                        after: *after,
+                    };
+                    self.schedule(at, event);
+                }
                 Action::Role { role, epoch } => {
                     if *role == RoleKind::Master {
                         self.stats.elections += 1;

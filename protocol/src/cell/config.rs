@@ -116,6 +116,12 @@ pub struct Tuning {
     /// How long a proposed write may wait to be chosen before its caller is told the
     /// outcome is unknown.
     pub request_timeout_ms: u64,
+    /// A database snapshot is written after this many slots were applied since the last
+    /// one; the Paxos log is then truncated (PML §5.5).
+    pub snapshot_every_entries: u64,
+    /// Log entries kept below a snapshot, so a peer that lags a little catches up from the
+    /// log instead of fetching a whole snapshot.
+    pub log_keep_entries: u64,
 }
 
 impl Default for Tuning {
@@ -123,6 +129,8 @@ impl Default for Tuning {
         Tuning {
             checksum_interval_ms: 60_000,
             request_timeout_ms: 10_000,
+            snapshot_every_entries: 10_000,
+            log_keep_entries: 1_000,
         }
     }
 }
@@ -132,6 +140,32 @@ impl Tuning {
     #[must_use]
     pub fn is_default(&self) -> bool {
         *self == Tuning::default()
+    }
+
+    /// Checks every knob's range.
+    ///
+    /// # Errors
+    /// [`CellError::Tuning`] naming the first knob out of range.
+    pub fn validate(&self) -> Result<(), CellError> {
+        let check = |ok: bool, what: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(CellError::Tuning(what))
+            }
+        };
+        check(
+            self.checksum_interval_ms >= 100,
+            "checksum_interval_ms must be at least 100",
+        )?;
+        check(
+            self.request_timeout_ms >= 100,
+            "request_timeout_ms must be at least 100",
+        )?;
+        check(
+            self.snapshot_every_entries >= 1,
+            "snapshot_every_entries must be at least 1",
+        )
     }
 }
 
@@ -163,7 +197,7 @@ impl ReplicaConfig {
             }
         }
         self.me()?;
-        Ok(())
+        self.tuning.validate()
     }
 
     /// Reads, validates and resolves (relative paths against the file's directory) a

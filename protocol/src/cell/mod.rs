@@ -97,6 +97,9 @@ pub enum CellError {
     /// Certificate generation or parsing failed.
     #[error("certificate: {0}")]
     Pki(String),
+    /// A `[tuning]` value out of its range.
+    #[error("tuning: {0}")]
+    Tuning(&'static str),
 }
 
 /// What [`init_cell`] wrote.

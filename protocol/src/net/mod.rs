@@ -63,4 +63,7 @@ pub enum TransportError {
     /// An operation took too long.
     #[error("timed out")]
     Timeout,
+    /// Reading a whole stream failed (reset by the other end, too long, connection lost).
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadToEndError),
 }

@@ -15,7 +15,9 @@ use tracing::{debug, error, info, warn};
 
 use super::client_port::ClientCall;
 use super::entry::{Entry, Stamper};
+use super::snapshot_file::SnapshotFile;
 use super::NodeError;
+use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_BYTES_MAX};
 use crate::db::{Command, Db, Op, Outcome};
 use crate::paxos::{Action, Input, PersistBatch, Rejection, Replica, RoleKind};
 use crate::storage::{SledStorage, Storage};
@@ -36,6 +38,16 @@ pub(super) struct CoreParts {
     pub storage: SledStorage,
     pub transport: PeerTransport,
     pub origin: u64,
+    pub snapshots: SnapshotFile,
+    pub members: Vec<NodeId>,
+}
+
+/// Results of snapshot work done off the core task.
+enum SnapshotEvent {
+    /// A snapshot of our own database was written (slot, bytes), or failed.
+    Written(Result<(Slot, usize), String>),
+    /// A peer's snapshot was fetched, verified and made durable, or not.
+    Fetched(Result<Box<(Db, SnapshotInfo)>, String>),
 }
 
 /// A client call waiting for its command to be chosen and applied.
@@ -67,6 +79,14 @@ pub(super) struct Core {
     divergence: Option<String>,
     next_checksum_at: Instant,
     noop_for: Option<Instant>,
+    snapshots: SnapshotFile,
+    members: Vec<NodeId>,
+    /// A snapshot of our own is being written.
+    snapshotting: bool,
+    /// The next own snapshot is due once this slot is applied.
+    snapshot_due: Slot,
+    snap_tx: mpsc::UnboundedSender<SnapshotEvent>,
+    snap_rx: Option<mpsc::UnboundedReceiver<SnapshotEvent>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -81,13 +101,18 @@ impl Core {
     pub(super) fn new(parts: CoreParts) -> Core {
         let me = NodeId(parts.cfg.id);
         let checksum_every = parts.cfg.tuning.checksum_interval_ms;
+        let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+        let mut stamper = Stamper::default();
+        stamper.note(parts.db.now());
+        let snapshot_due =
+            Slot(parts.snapshots.latest().0 + parts.cfg.tuning.snapshot_every_entries);
         Core {
             me,
             replica: parts.replica,
             db: parts.db,
             storage: Some(parts.storage),
             transport: parts.transport,
-            stamper: Stamper::default(),
+            stamper,
             origin: parts.origin,
             next_request: 1,
             pending: BTreeMap::new(),
@@ -100,6 +125,12 @@ impl Core {
             divergence: None,
             next_checksum_at: Instant(checksum_every),
             noop_for: None,
+            snapshots: parts.snapshots,
+            members: parts.members,
+            snapshotting: false,
+            snapshot_due,
+            snap_tx,
+            snap_rx: Some(snap_rx),
             cfg: parts.cfg,
         }
     }
@@ -125,6 +156,10 @@ impl Core {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NodeError> {
         tokio::pin!(shutdown);
+        let mut snap_rx = self
+            .snap_rx
+            .take()
+            .ok_or_else(|| NodeError::Internal("core started twice".into()))?;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first step happens at once: it starts the election timer.
@@ -152,6 +187,7 @@ impl Core {
                         None => break Err(NodeError::Internal("client port stopped".into())),
                     },
                     () = timer => self.inputs.push(Input::Tick),
+                    Some(event) = snap_rx.recv() => self.on_snapshot_event(event),
                     _ = housekeeping.tick() => self.housekeeping(),
                 }
             }
@@ -224,9 +260,105 @@ impl Core {
                 Action::Deliver { slot, value } => self.deliver(slot, &value),
                 Action::Rejected { command, reason } => self.rejected(&command, &reason),
                 Action::Role { role, epoch } => self.role_changed(role, epoch),
+                Action::FetchSnapshot { from, after } => self.fetch_snapshot(from, after),
             }
         }
+        self.maybe_snapshot();
         Ok(())
+    }
+
+    // ---- Snapshots (PML §5.5): taken off this task, fetched from peers. ----
+
+    /// Starts a snapshot of the database when enough was applied since the last one. The
+    /// freeze is O(1)-ish (copy-on-write); encoding, writing and dropping the copy happen
+    /// on a blocking thread.
+    fn maybe_snapshot(&mut self) {
+        if self.snapshotting || self.db.applied_slot() < self.snapshot_due {
+            return;
+        }
+        self.snapshotting = true;
+        let frozen = self.db.freeze();
+        let members = self.members.clone();
+        let file = self.snapshots.clone();
+        let tx = self.snap_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let slot = frozen.slot();
+            let bytes = frozen.encode(&members);
+            drop(frozen);
+            let result = file
+                .store(slot, &bytes)
+                .map(|_| (slot, bytes.len()))
+                .map_err(|e| e.to_string());
+            let _ = tx.send(SnapshotEvent::Written(result));
+        });
+    }
+
+    fn on_snapshot_event(&mut self, event: SnapshotEvent) {
+        let every = self.cfg.tuning.snapshot_every_entries;
+        match event {
+            SnapshotEvent::Written(Ok((slot, bytes))) => {
+                self.snapshotting = false;
+                self.snapshot_due = Slot(slot.0 + every);
+                let through = Slot(slot.0.saturating_sub(self.cfg.tuning.log_keep_entries));
+                info!(replica = self.me.0, %slot, bytes, truncate_through = %through,
+                    "snapshot written");
+                self.inputs.push(Input::SnapshotTaken { slot: through });
+            }
+            SnapshotEvent::Written(Err(e)) => {
+                self.snapshotting = false;
+                self.snapshot_due = Slot(self.db.applied_slot().0 + every);
+                error!(replica = self.me.0, error = %e,
+                    "cannot write a snapshot: the log is not truncated; retrying later");
+            }
+            SnapshotEvent::Fetched(Ok(fetched)) => {
+                let (db, info) = *fetched;
+                let slot = info.slot;
+                if slot > self.db.applied_slot() {
+                    self.db = db;
+                    self.stamper.note(self.db.now());
+                    self.checksums.clear();
+                    self.snapshot_due = Slot(slot.0 + every);
+                    info!(replica = self.me.0, %slot, digest = self.db.digest().0,
+                        "installed a peer's snapshot");
+                }
+                self.inputs.push(Input::SnapshotInstalled { slot });
+            }
+            SnapshotEvent::Fetched(Err(e)) => {
+                warn!(replica = self.me.0, error = %e, "snapshot fetch failed");
+                self.inputs.push(Input::SnapshotFetchFailed);
+            }
+        }
+    }
+
+    /// Fetches `from`'s snapshot, verifies it and makes it durable, off this task.
+    fn fetch_snapshot(&mut self, from: NodeId, after: Slot) {
+        let fetcher = self.transport.snapshot_fetcher();
+        let file = self.snapshots.clone();
+        let tx = self.snap_tx.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let bytes = fetcher
+                    .fetch(from, after, SNAPSHOT_BYTES_MAX + 64)
+                    .await
+                    .map_err(|e| format!("fetching from {from}: {e}"))?;
+                tokio::task::spawn_blocking(move || {
+                    let (db, info) = Db::restore(&bytes)
+                        .map_err(|e| format!("snapshot from {from} refused: {e}"))?;
+                    if info.slot <= after {
+                        return Err(format!(
+                            "snapshot from {from} covers slot {} only; we have {after}",
+                            info.slot
+                        ));
+                    }
+                    file.store(info.slot, &bytes).map_err(|e| e.to_string())?;
+                    Ok(Box::new((db, info)))
+                })
+                .await
+                .map_err(|e| format!("snapshot thread: {e}"))?
+            }
+            .await;
+            let _ = tx.send(SnapshotEvent::Fetched(result));
+        });
     }
 
     async fn persist(&mut self, batch: PersistBatch) -> Result<(), NodeError> {
@@ -602,7 +734,7 @@ impl Core {
             applied: self.db.applied_slot(),
             chosen_through: self.replica.chosen_through(),
             known_chosen: self.replica.known_chosen_through(),
-            snapshot: Slot::ZERO,
+            snapshot: self.snapshots.latest(),
             log_entries: self.replica.log_len() as u64,
             digest: self.db.digest().0,
             last_checksum: self.checksums.last_key_value().map(|(s, d)| (*s, *d)),

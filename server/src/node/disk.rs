@@ -7,6 +7,7 @@
 //! DATA/NEW-CELL    written by `chubby cell init`; present only until a founding member's
 //!                  first start formats its store as a voter
 //! DATA/paxos/      the sled store (storage::SledStorage)
+//! DATA/snapshot    the latest database snapshot (super::snapshot_file)
 //! ```
 //!
 //! The three start cases (PML §5.1):
@@ -16,12 +17,20 @@
 //! - store empty without `NEW-CELL` (wiped disk, a new replica added later), or any record
 //!   failing its checksum → start as a non-voter that rebuilds from its peers before it
 //!   votes. Corruption is logged as an error, the store wiped, never used.
+//!
+//! A resumed store comes with the snapshot its log was truncated against. A snapshot that
+//! fails its checks is discarded (logged as an error); if the log was truncated beyond what
+//! the remaining snapshot covers, the store cannot be replayed and is treated as corrupt.
+//! A store that starts over never keeps an old snapshot.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chubby_protocol::ContentChecksum;
 
+use super::snapshot_file::SnapshotFile;
+use crate::db::snapshot::SnapshotInfo;
+use crate::db::Db;
 use crate::paxos::{DurableState, PersistBatch};
 use crate::storage::{Loaded, SledStorage, Storage, StorageError};
 
@@ -96,6 +105,10 @@ pub struct Opened {
     pub state: DurableState,
     /// Which start case this was.
     pub kind: StartKind,
+    /// The snapshot file of this directory.
+    pub snapshots: SnapshotFile,
+    /// The database as of the last snapshot, when resuming from one.
+    pub snapshot: Option<(Db, SnapshotInfo)>,
 }
 
 /// Opens `data_dir` for the cell with id `cell`.
@@ -138,7 +151,7 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         }
     })?;
     let marker = data_dir.join(NEW_CELL_MARKER);
-    let (state, kind) = match storage.load() {
+    let (mut state, mut kind) = match storage.load() {
         Ok(Loaded::State(state)) => (state, StartKind::Resumed),
         Ok(Loaded::Empty) if marker.exists() => (DurableState::bootstrap(), StartKind::Founded),
         Ok(Loaded::Empty) => (DurableState::lost(), StartKind::Empty),
@@ -155,6 +168,37 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         }
         Err(e) => return Err(storage_err(e)),
     };
+    let snapshots = SnapshotFile::new(data_dir);
+    let snapshot = if kind == StartKind::Resumed {
+        match snapshots.load() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::error!(file = %snapshots.path().display(), error = %e,
+                    "CORRUPT SNAPSHOT: discarding it");
+                snapshots.discard().map_err(io(&snapshots.path()))?;
+                None
+            }
+        }
+    } else {
+        snapshots.discard().map_err(io(&snapshots.path()))?;
+        None
+    };
+    let applied = snapshot
+        .as_ref()
+        .map(|(_, info)| info.slot)
+        .unwrap_or_default();
+    if kind == StartKind::Resumed && state.truncated_through > applied {
+        let what = format!(
+            "the log was truncated through slot {} but no usable snapshot covers it (snapshot \
+             slot {applied})",
+            state.truncated_through
+        );
+        tracing::error!(store = %store_dir.display(), corruption = %what,
+            "CORRUPT STORE: discarding every record and rebuilding from peers");
+        storage.wipe().map_err(storage_err)?;
+        state = DurableState::lost();
+        kind = StartKind::Corrupt(what);
+    }
     if kind != StartKind::Resumed {
         // Record the voter flag durably before anything else happens, so a crash right
         // after does not turn a rebuilding replica into a voter on the next start.
@@ -171,6 +215,8 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         storage,
         state,
         kind,
+        snapshots,
+        snapshot,
     })
 }
 
@@ -187,6 +233,23 @@ fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::DbConfig;
+    use crate::paxos::LogEntry;
+    use chubby_protocol::{Ballot, Slot, Value};
+
+    /// `open`, retrying while sled's flusher thread of a dropped store still holds the file
+    /// lock (released after the drop returns, with nothing to await).
+    fn reopen(data: &Path, cell: &str) -> Result<Opened, DiskError> {
+        for _ in 0..500 {
+            match open(data, cell) {
+                Err(DiskError::InUse(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other,
+            }
+        }
+        open(data, cell)
+    }
 
     #[test]
     fn start_cases() {
@@ -201,24 +264,65 @@ mod tests {
         assert!(!data.join(NEW_CELL_MARKER).exists(), "marker consumed");
         drop(first);
 
-        let again = open(&data, "abc").unwrap();
+        let again = reopen(&data, "abc").unwrap();
         assert_eq!(again.kind, StartKind::Resumed);
         assert!(again.state.voter);
         drop(again);
 
-        let err = open(&data, "other").unwrap_err();
+        let err = reopen(&data, "other").unwrap_err();
         assert!(matches!(err, DiskError::OtherCell { .. }), "{err}");
         assert!(err.to_string().contains("another cell"), "{err}");
 
         // A wiped directory (no marker) rebuilds before voting, and stays a non-voter
         // across a restart.
         std::fs::remove_dir_all(&data).unwrap();
-        let wiped = open(&data, "abc").unwrap();
+        let wiped = reopen(&data, "abc").unwrap();
         assert_eq!(wiped.kind, StartKind::Empty);
         assert!(!wiped.state.voter);
         drop(wiped);
-        let restarted = open(&data, "abc").unwrap();
+        let restarted = reopen(&data, "abc").unwrap();
         assert_eq!(restarted.kind, StartKind::Resumed);
         assert!(!restarted.state.voter);
+    }
+
+    #[test]
+    fn a_truncated_log_needs_its_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join(NEW_CELL_MARKER), "new").unwrap();
+        let mut first = open(&data, "abc").unwrap();
+        let entry = LogEntry {
+            ballot: Ballot::ZERO,
+            value: Value::noop(),
+        };
+        let batch = PersistBatch {
+            chosen_through: Some(Slot(3)),
+            entries: (1..=3).map(|s| (Slot(s), entry.clone())).collect(),
+            truncate_through: Some(Slot(2)),
+            ..PersistBatch::default()
+        };
+        first.storage.persist(&batch).unwrap();
+        let mut db = Db::new(DbConfig::new("admin")).unwrap();
+        db.advance_slot(Slot(2));
+        assert!(first
+            .snapshots
+            .store(Slot(2), &db.freeze().encode(&[]))
+            .unwrap());
+        drop(first);
+
+        let resumed = reopen(&data, "abc").unwrap();
+        assert_eq!(resumed.kind, StartKind::Resumed);
+        let (_, info) = resumed.snapshot.as_ref().expect("snapshot loaded");
+        assert_eq!(info.slot, Slot(2));
+        assert_eq!(resumed.state.truncated_through, Slot(2));
+        drop(resumed);
+
+        // Without the snapshot the log cannot be replayed: treated as corrupt, rebuilt.
+        std::fs::remove_file(data.join(super::super::snapshot_file::SNAPSHOT_FILE)).unwrap();
+        let lost = reopen(&data, "abc").unwrap();
+        assert!(matches!(&lost.kind, StartKind::Corrupt(what) if what.contains("truncated")));
+        assert!(!lost.state.voter);
+        assert!(lost.state.log.is_empty());
     }
 }

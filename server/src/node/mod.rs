@@ -30,6 +30,7 @@ mod client_port;
 mod core;
 pub mod disk;
 pub mod entry;
+pub mod snapshot_file;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ use chubby_protocol::cell::{CellError, ReplicaConfig};
 use chubby_protocol::net::identity::{describe_certificate, replica_id_of_cn};
 use chubby_protocol::net::tls::TlsIdentity;
 use chubby_protocol::net::TransportError;
-use chubby_protocol::NodeId;
+use chubby_protocol::{NodeId, Slot};
 use tracing::info;
 
 use crate::db::{Db, DbConfig};
@@ -190,13 +191,25 @@ pub async fn run(
     pcfg.seed = random_seed();
     pcfg.validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
-    let replica = Replica::new(pcfg, opened.state)
+    let members = pcfg.members.clone();
+    let (db, applied) = match opened.snapshot {
+        Some((db, info)) => {
+            info!(replica = cfg.id, slot = %info.slot, digest = db.digest().0,
+                "database restored from its snapshot");
+            (db, info.slot)
+        }
+        None => (
+            Db::new(DbConfig::new(ADMIN_PRINCIPAL))
+                .map_err(|e| NodeError::Config(e.to_string()))?,
+            Slot::ZERO,
+        ),
+    };
+    let replica = Replica::new(pcfg, opened.state, applied)
         .map_err(|e| NodeError::Config(format!("cannot start the Paxos replica: {e}")))?;
-    let db =
-        Db::new(DbConfig::new(ADMIN_PRINCIPAL)).map_err(|e| NodeError::Config(e.to_string()))?;
 
-    let peer_cfg = PeerConfig::from_replica_config(cfg)
+    let mut peer_cfg = PeerConfig::from_replica_config(cfg)
         .map_err(|e| NodeError::Config(format!("peers: {e}")))?;
+    peer_cfg.snapshot_file = Some(opened.snapshots.path());
     let (transport, peer_rx) =
         PeerTransport::bind(peer_cfg, prepared.peer_addr).map_err(|source| NodeError::Bind {
             what: "peer",
@@ -230,6 +243,8 @@ pub async fn run(
         storage: opened.storage,
         transport,
         origin: random_seed(),
+        snapshots: opened.snapshots,
+        members,
     });
     let result = core.run(peer_rx, client_rx, shutdown).await;
     client_port.shutdown().await;

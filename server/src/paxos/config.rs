@@ -110,6 +110,9 @@ pub struct Config {
     pub catchup_entries_max: u32,
     /// The most bytes of values in one catch-up reply.
     pub catchup_bytes_max: usize,
+    /// How long a snapshot fetch ([`super::Action::FetchSnapshot`]) may take before the
+    /// replica gives up on it and asks again (from the next peer).
+    pub snapshot_fetch_timeout_ms: u64,
     /// Seeds the core's own PRNG (election jitter); never read from the environment.
     pub seed: u64,
     /// Deliberate bugs (simulator self-tests only).
@@ -143,6 +146,7 @@ impl Config {
             queue_commands_max: 65_536,
             catchup_entries_max: 64,
             catchup_bytes_max: 512 * 1024,
+            snapshot_fetch_timeout_ms: 60_000,
             seed: u64::from(me.0),
             bugs: Bugs::default(),
         }

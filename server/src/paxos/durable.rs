@@ -24,8 +24,12 @@ pub struct DurableState {
     pub voter: bool,
     /// The highest ballot promised.
     pub promised: Ballot,
-    /// Every slot up to here is chosen, and its entry in `log` holds the chosen value.
+    /// Every slot up to here is chosen, and its entry in `log` holds the chosen value
+    /// (unless it is at or below `truncated_through`).
     pub chosen_through: Slot,
+    /// The log holds nothing at or below this slot: an application snapshot covers it
+    /// (PML §5.5). Never above `chosen_through`.
+    pub truncated_through: Slot,
     /// Accepted entries, and chosen values at or below `chosen_through`.
     pub log: BTreeMap<Slot, LogEntry>,
 }
@@ -66,6 +70,10 @@ impl DurableState {
         if let Some(chosen_through) = batch.chosen_through {
             self.chosen_through = chosen_through;
         }
+        if let Some(through) = batch.truncate_through {
+            self.truncated_through = self.truncated_through.max(through);
+            self.log = self.log.split_off(&through.next());
+        }
     }
 
     /// Structural checks that must hold after every load (STYLE habit 4: pair the checks
@@ -77,7 +85,22 @@ impl DurableState {
         if self.log.contains_key(&Slot::ZERO) {
             return Err("slot 0 is never used".into());
         }
-        let missing = (1..=self.chosen_through.0).find(|s| !self.log.contains_key(&Slot(*s)));
+        if self.truncated_through > self.chosen_through {
+            return Err(format!(
+                "truncated through {} beyond chosen_through {}",
+                self.truncated_through, self.chosen_through
+            ));
+        }
+        if let Some((&first, _)) = self.log.first_key_value() {
+            if first <= self.truncated_through {
+                return Err(format!(
+                    "slot {first} kept although truncated through {}",
+                    self.truncated_through
+                ));
+            }
+        }
+        let missing = (self.truncated_through.0 + 1..=self.chosen_through.0)
+            .find(|s| !self.log.contains_key(&Slot(*s)));
         if let Some(s) = missing {
             return Err(format!(
                 "chosen_through {} but slot {s} missing",
@@ -99,6 +122,9 @@ pub struct PersistBatch {
     pub chosen_through: Option<Slot>,
     /// Log entries to write (replacing any at the same slot).
     pub entries: Vec<(Slot, LogEntry)>,
+    /// Delete every log entry at or below this slot (after writing `entries`): a durable
+    /// snapshot covers them.
+    pub truncate_through: Option<Slot>,
 }
 
 impl PersistBatch {
@@ -109,6 +135,7 @@ impl PersistBatch {
             && self.promised.is_none()
             && self.chosen_through.is_none()
             && self.entries.is_empty()
+            && self.truncate_through.is_none()
     }
 
     /// Folds `later` into this batch, as if both were written in order.
@@ -117,6 +144,7 @@ impl PersistBatch {
         self.promised = later.promised.or(self.promised);
         self.chosen_through = later.chosen_through.or(self.chosen_through);
         self.entries.extend(later.entries);
+        self.truncate_through = self.truncate_through.max(later.truncate_through);
     }
 
     /// Number of records the batch writes.
@@ -125,6 +153,7 @@ impl PersistBatch {
         usize::from(self.voter.is_some())
             + usize::from(self.promised.is_some())
             + usize::from(self.chosen_through.is_some())
+            + usize::from(self.truncate_through.is_some())
             + self.entries.len()
     }
 }

@@ -5,6 +5,9 @@
 //! master's ballot, or a chosen value sent by a peer (catch-up reply, or a promise). Known
 //! values above the contiguous prefix wait in `chosen_above`; the prefix advances, is
 //! persisted, and is delivered in order.
+//!
+//! A peer whose log no longer reaches back to the slots asked for says so in its reply
+//! (`truncated_through`); the requester then fetches that peer's snapshot ([`super::snapshot`]).
 
 use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot, Value};
 
@@ -13,6 +16,13 @@ use super::{Action, LogEntry, PersistBatch, Replica};
 /// Catch-up chunks requested ahead of the chosen prefix, so a far-behind replica over a slow
 /// link is not limited to one chunk per round trip.
 pub(super) const CATCHUP_DEPTH: u64 = 4;
+
+/// The fields of a [`PaxosMsg::CatchUpReply`].
+pub(super) struct CatchUpReplyMsg {
+    pub entries: Vec<(Slot, Value)>,
+    pub chosen_through: Slot,
+    pub truncated_through: Slot,
+}
 
 impl Replica {
     /// The master `from` says every slot through `chosen_through` is chosen; each of our
@@ -93,12 +103,20 @@ impl Replica {
     /// Asks a peer for the chosen values we lack: up to [`CATCHUP_DEPTH`] chunks in flight,
     /// starting over from another peer when none arrives in time.
     pub(super) fn tick_catchup(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let timed_out = self.catchup.retry_at.is_some_and(|at| now >= at);
+        if self.catchup.fetching {
+            if !timed_out {
+                return;
+            }
+            tracing::warn!(me = %self.cfg.me, source = ?self.catchup.source,
+                "snapshot fetch timed out: asking again");
+            self.catchup.fetching = false;
+        }
         if self.known_chosen_through <= self.chosen_through {
             self.catchup.retry_at = None;
             self.catchup.requested_through = self.chosen_through;
             return;
         }
-        let timed_out = self.catchup.retry_at.is_some_and(|at| now >= at);
         self.request_catchup(now, timed_out, out);
     }
 
@@ -151,7 +169,10 @@ impl Replica {
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         let first = from_slot.max(Slot(1));
-        let available = if first <= self.chosen_through {
+        let available = if first <= self.truncated {
+            // Gone from the log: the reply says so, and the requester fetches a snapshot.
+            self.log.range(first..first)
+        } else if first <= self.chosen_through {
             self.log.range(first..=self.chosen_through)
         } else {
             self.log.range(first..first)
@@ -169,6 +190,7 @@ impl Replica {
         let reply = PaxosMsg::CatchUpReply {
             entries,
             chosen_through: self.chosen_through,
+            truncated_through: self.truncated,
         };
         Self::send(out, from, reply);
     }
@@ -177,10 +199,19 @@ impl Replica {
         &mut self,
         now: Instant,
         from: NodeId,
-        entries: Vec<(Slot, Value)>,
-        chosen_through: Slot,
+        reply: CatchUpReplyMsg,
         out: &mut Vec<Action>,
     ) {
+        let CatchUpReplyMsg {
+            entries,
+            chosen_through,
+            truncated_through,
+        } = reply;
+        if entries.is_empty() && self.chosen_through < truncated_through {
+            self.known_chosen_through = self.known_chosen_through.max(chosen_through);
+            self.start_snapshot_fetch(now, from, out);
+            return;
+        }
         let progressed = entries
             .first()
             .is_some_and(|(s, _)| *s == self.chosen_through.next());

@@ -7,6 +7,7 @@
 //!                     ──► learner: commit watermark, catch-up replies ─► Deliver(slot)
 //!                     ──► rebuild: disk-loss rule (no vote until safe)
 //!  Input::Tick        ──► timers: election, heartbeat, boost, resends, catch-up, rebuild
+//!  Input::Snapshot*   ──► snapshot: truncate the log / adopt a fetched snapshot
 //! ```
 //!
 //! The replica never touches a clock, disk, socket or random source: `now` arrives with every
@@ -16,14 +17,17 @@
 //! (group commit); moving one later never is.
 //!
 //! # Invariants (checked by [`Replica::check_invariants`] and the simulator)
-//! - `delivered <= chosen_through`, and every slot up to `chosen_through` has a log entry
-//!   holding its chosen value; values are delivered in slot order, once per slot per start.
+//! - `delivered <= chosen_through`, and every slot after `truncated` up to `chosen_through`
+//!   has a log entry holding its chosen value; values are delivered in slot order, once per
+//!   slot per start.
 //! - A promise or accept reply is sent only after the state it reports was persisted.
 //! - An acceptor refuses to promise another replica's ballot while a lease it granted runs,
 //!   and for one lease after it starts (it forgot what it granted).
 //! - The master believes its lease for `master_lease_ms·(1-ε)/(1+ε)` from before it sent.
 //! - A replica whose store was lost sends no promise, accept or lease ack until the rebuild
 //!   rule ([`rebuild`]) is met.
+//! - The log holds nothing at or below `truncated`, and `truncated <= delivered`: only what
+//!   the application has durably snapshotted is ever dropped ([`snapshot`]).
 //!
 //! # The master epoch
 //! The epoch is the ballot with which a replica *became* master. Boosting (PML §5.2) raises
@@ -38,6 +42,7 @@ mod learner;
 mod master;
 mod rebuild;
 pub mod rng;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -63,6 +68,21 @@ pub enum Input {
         /// The encoded command; opaque to Paxos.
         command: Vec<u8>,
     },
+    /// The application made a snapshot durable that covers every slot through `slot`: the
+    /// log may drop them (PML §5.5). The shell may pass a slot below the snapshot's to keep
+    /// a tail of the log for peers that lag a little.
+    SnapshotTaken {
+        /// Every slot through this one may be dropped.
+        slot: Slot,
+    },
+    /// The application durably installed a peer's snapshot covering every slot through
+    /// `slot`, after [`Action::FetchSnapshot`]. Delivery resumes at `slot + 1`.
+    SnapshotInstalled {
+        /// The snapshot's slot.
+        slot: Slot,
+    },
+    /// The fetch asked for by [`Action::FetchSnapshot`] failed; catch-up starts over.
+    SnapshotFetchFailed,
 }
 
 /// Why a submitted command was not taken.
@@ -100,8 +120,9 @@ pub enum Action {
         /// The message.
         msg: PaxosMsg,
     },
-    /// `value` is chosen for `slot`. Slots arrive contiguously from the first slot after
-    /// the start, each once per start of the replica.
+    /// `value` is chosen for `slot`. Slots arrive contiguously from the slot after the
+    /// `applied` slot given to [`Replica::new`] (and after an [`Input::SnapshotInstalled`],
+    /// from the slot after the snapshot), each once per start of the replica.
     Deliver {
         /// The instance.
         slot: Slot,
@@ -114,6 +135,15 @@ pub enum Action {
         command: Vec<u8>,
         /// Why.
         reason: Rejection,
+    },
+    /// The log this replica needs was truncated at `from`: fetch `from`'s snapshot (it
+    /// covers more than `after`), install it durably, then feed
+    /// [`Input::SnapshotInstalled`] (or [`Input::SnapshotFetchFailed`]).
+    FetchSnapshot {
+        /// The peer to fetch from.
+        from: NodeId,
+        /// What the application already has: a snapshot at or below it is useless.
+        after: Slot,
     },
     /// The replica's role changed; `epoch` is set while master.
     Role {
@@ -195,6 +225,8 @@ struct CatchUp {
     retry_at: Option<Instant>,
     rotate: usize,
     requested_through: Slot,
+    /// A snapshot fetch is under way (until `retry_at`): no catch-up requests meanwhile.
+    fetching: bool,
 }
 
 /// A Multi-Paxos replica: acceptor, master (distinguished proposer) and learner in one.
@@ -209,6 +241,7 @@ pub struct Replica {
     promised: Ballot,
     max_seen: Ballot,
     log: BTreeMap<Slot, LogEntry>,
+    truncated: Slot,
     lease_granted: Option<(Ballot, Instant)>,
     // Learner.
     chosen_through: Slot,
@@ -221,18 +254,43 @@ pub struct Replica {
     last_master: Option<NodeId>,
     election_at: Option<Instant>,
     rebuild: Option<Rebuild>,
+    /// Written at the first step: a snapshot the application holds beyond the durable
+    /// chosen prefix (it crashed between installing one and [`Input::SnapshotInstalled`]).
+    startup_persist: Option<PersistBatch>,
 }
 
 impl Replica {
-    /// A replica resuming from `durable`, as loaded by the shell.
+    /// A replica resuming from `durable`, as loaded by the shell, whose application state
+    /// already reflects every slot through `applied` (its snapshot; [`Slot::ZERO`] when it
+    /// has none). Delivery starts at `applied + 1`.
     ///
     /// # Errors
-    /// The configuration is invalid, or the durable state fails its structural checks.
-    pub fn new(cfg: Config, durable: DurableState) -> Result<Replica, ConfigError> {
+    /// The configuration is invalid, the durable state fails its structural checks, or the
+    /// log was truncated beyond `applied` (the application lost its snapshot: the shell
+    /// must treat the store as lost).
+    pub fn new(cfg: Config, durable: DurableState, applied: Slot) -> Result<Replica, ConfigError> {
         cfg.validate_safety()?;
         durable
             .validate()
             .map_err(|_| ConfigError::Invalid("durable state is inconsistent"))?;
+        if applied < durable.truncated_through {
+            return Err(ConfigError::Invalid(
+                "log truncated beyond the application's snapshot",
+            ));
+        }
+        let mut durable = durable;
+        let mut startup_persist = None;
+        if applied > durable.chosen_through {
+            // The snapshot is a chosen prefix (it came from a peer's applied state).
+            durable.chosen_through = applied;
+            durable.truncated_through = applied;
+            durable.log = durable.log.split_off(&applied.next());
+            startup_persist = Some(PersistBatch {
+                chosen_through: Some(applied),
+                truncate_through: Some(applied),
+                ..PersistBatch::default()
+            });
+        }
         let voter = durable.voter;
         let rng = rng::SplitMix64::new(cfg.seed ^ 0xC4B8_B1E5);
         let rebuild = (!voter).then(|| Rebuild {
@@ -249,16 +307,18 @@ impl Replica {
             promised: durable.promised,
             max_seen: durable.promised,
             log: durable.log,
+            truncated: durable.truncated_through,
             lease_granted: None,
             chosen_through: durable.chosen_through,
             chosen_above: BTreeMap::new(),
-            delivered: Slot::ZERO,
+            delivered: applied,
             known_chosen_through: durable.chosen_through,
             catchup: CatchUp::default(),
             role: Role::Follower,
             last_master: None,
             election_at: None,
             rebuild,
+            startup_persist,
             cfg,
         })
     }
@@ -266,10 +326,16 @@ impl Replica {
     /// Feeds one input; appends the actions it causes to `out`, in execution order.
     pub fn step(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
         self.observe_time(now);
+        if let Some(batch) = self.startup_persist.take() {
+            Self::persist(out, batch);
+        }
         match input {
             Input::Tick => self.on_tick(now, out),
             Input::Peer { from, msg } => self.on_peer(now, from, msg, out),
             Input::Submit { command } => self.on_submit(now, command, out),
+            Input::SnapshotTaken { slot } => self.on_snapshot_taken(slot, out),
+            Input::SnapshotInstalled { slot } => self.on_snapshot_installed(now, slot, out),
+            Input::SnapshotFetchFailed => self.on_snapshot_fetch_failed(now, out),
         }
         self.advance_chosen(now, out);
         self.tick_catchup(now, out);
@@ -368,6 +434,18 @@ impl Replica {
         self.log.len()
     }
 
+    /// The log holds nothing at or below this slot.
+    #[must_use]
+    pub fn truncated_through(&self) -> Slot {
+        self.truncated
+    }
+
+    /// The last slot handed to the application.
+    #[must_use]
+    pub fn delivered(&self) -> Slot {
+        self.delivered
+    }
+
     /// False while rebuilding after disk loss.
     #[must_use]
     pub fn is_voter(&self) -> bool {
@@ -399,13 +477,23 @@ impl Replica {
                 "chosen_above not pruned"
             );
         }
-        if self.chosen_through > Slot::ZERO {
+        if self.chosen_through > self.truncated {
             assert!(
                 self.log.contains_key(&self.chosen_through),
                 "chosen slot has no entry"
             );
         }
         assert!(!self.log.contains_key(&Slot::ZERO), "slot 0 used");
+        assert!(
+            self.truncated <= self.delivered,
+            "truncated beyond delivered"
+        );
+        assert!(
+            self.log
+                .first_key_value()
+                .is_none_or(|(s, _)| *s > self.truncated),
+            "entry kept at or below the truncation point"
+        );
         assert!(
             self.voter == self.rebuild.is_none(),
             "rebuild state out of step with voter"
@@ -522,8 +610,14 @@ impl Replica {
             PaxosMsg::CatchUpReply {
                 entries,
                 chosen_through,
+                truncated_through,
             } => {
-                self.on_catchup_reply(now, from, entries, chosen_through, out);
+                let reply = learner::CatchUpReplyMsg {
+                    entries,
+                    chosen_through,
+                    truncated_through,
+                };
+                self.on_catchup_reply(now, from, reply, out);
             }
             PaxosMsg::RebuildQuery { nonce } => self.serve_rebuild_query(from, nonce, out),
             PaxosMsg::RebuildReply {

@@ -31,12 +31,14 @@ struct Cell {
     wire: VecDeque<(NodeId, NodeId, PaxosMsg)>,
     delivered: Vec<Vec<(Slot, Value)>>,
     down: Vec<bool>,
+    /// `(replica index, from, after)` of every snapshot fetch asked for.
+    fetches: Vec<(usize, NodeId, Slot)>,
 }
 
 impl Cell {
     fn new(n: u32) -> Cell {
         let replicas = (1..=n)
-            .map(|i| Replica::new(config(i, n), DurableState::bootstrap()).unwrap())
+            .map(|i| Replica::new(config(i, n), DurableState::bootstrap(), Slot::ZERO).unwrap())
             .collect();
         Cell {
             replicas,
@@ -44,6 +46,7 @@ impl Cell {
             wire: VecDeque::new(),
             delivered: vec![Vec::new(); n as usize],
             down: vec![false; n as usize],
+            fetches: Vec::new(),
         }
     }
 
@@ -58,6 +61,7 @@ impl Cell {
             match action {
                 Action::Send { to, msg } => self.wire.push_back((me, *to, msg.clone())),
                 Action::Deliver { slot, value } => self.delivered[i].push((*slot, value.clone())),
+                Action::FetchSnapshot { from, after } => self.fetches.push((i, *from, *after)),
                 _ => {}
             }
         }
@@ -164,7 +168,7 @@ fn a_follower_rejects_submissions_with_the_master_hint() {
 #[test]
 fn an_acceptor_persists_its_promise_before_replying() {
     // Paxos Made Simple §2.3 / PML §4.2: the promise is flushed to disk before the reply.
-    let mut r = Replica::new(config(2, 3), DurableState::bootstrap()).unwrap();
+    let mut r = Replica::new(config(2, 3), DurableState::bootstrap(), Slot::ZERO).unwrap();
     let mut out = Vec::new();
     r.step(Instant(0), Input::Tick, &mut out);
     let later = Instant(10_000); // past the restart wait of one lease
@@ -203,7 +207,7 @@ fn an_acceptor_persists_its_promise_before_replying() {
 #[test]
 fn a_restarted_acceptor_promises_nothing_for_one_lease() {
     // DESIGN §7: a restarted replica forgot the leases it granted, so it waits one lease.
-    let mut r = Replica::new(config(2, 3), DurableState::bootstrap()).unwrap();
+    let mut r = Replica::new(config(2, 3), DurableState::bootstrap(), Slot::ZERO).unwrap();
     let start = Instant(5_000);
     let mut out = Vec::new();
     r.step(start, Input::Tick, &mut out);
@@ -236,7 +240,7 @@ fn a_restarted_acceptor_promises_nothing_for_one_lease() {
 fn an_acceptor_refuses_other_replicas_while_a_lease_it_granted_runs() {
     // PML §5.2: replicas refuse to process Paxos messages from any other replica while the
     // lease is held.
-    let mut r = Replica::new(config(3, 3), DurableState::bootstrap()).unwrap();
+    let mut r = Replica::new(config(3, 3), DurableState::bootstrap(), Slot::ZERO).unwrap();
     let t = Instant(10_000);
     let mut out = Vec::new();
     r.step(t, Input::Tick, &mut out);
@@ -421,7 +425,8 @@ fn a_replica_that_lost_its_disk_votes_only_after_the_rebuild_rule() {
     }
     cell.run_for(500);
     let lost = (m + 1) % 3;
-    cell.replicas[lost] = Replica::new(config(lost as u32 + 1, 3), DurableState::lost()).unwrap();
+    cell.replicas[lost] =
+        Replica::new(config(lost as u32 + 1, 3), DurableState::lost(), Slot::ZERO).unwrap();
     cell.delivered[lost].clear();
     assert!(!cell.replicas[lost].is_voter());
     // While rebuilding it answers no Prepare.
@@ -505,6 +510,7 @@ fn batches_respect_the_command_and_byte_bounds() {
             c
         },
         DurableState::bootstrap(),
+        Slot::ZERO,
     )
     .unwrap();
     let mut out = Vec::new();
@@ -531,7 +537,7 @@ fn batches_respect_the_command_and_byte_bounds() {
 #[test]
 fn a_single_member_cell_that_lost_its_disk_votes_again() {
     // With no other acceptor nobody can rely on a forgotten promise: vote at once.
-    let mut r = Replica::new(config(1, 1), DurableState::lost()).unwrap();
+    let mut r = Replica::new(config(1, 1), DurableState::lost(), Slot::ZERO).unwrap();
     let mut out = Vec::new();
     r.step(Instant(0), Input::Tick, &mut out);
     assert!(r.is_voter());
@@ -545,4 +551,127 @@ fn a_single_member_cell_that_lost_its_disk_votes_again() {
         now = now.plus_ms(100);
         r.step(now, Input::Tick, &mut out);
     }
+}
+
+#[test]
+fn a_truncated_log_sends_a_lagging_replica_to_a_snapshot_then_the_log() {
+    // PML §5.5: the application snapshots, the log is truncated; a replica that needs a
+    // dropped slot fetches a snapshot, installs it, and catches up from the log after it.
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    let lagging = (m + 1) % 3;
+    let other = (m + 2) % 3;
+    for k in 0..10 {
+        submit(&mut cell, m, &format!("a-{k}"));
+    }
+    cell.run_for(500);
+    cell.down[lagging] = true;
+    for k in 0..30 {
+        submit(&mut cell, m, &format!("b-{k}"));
+    }
+    cell.run_for(500);
+    let snap = cell.replicas[m].delivered();
+    assert!(snap > Slot(30), "{snap}");
+    for i in [m, other] {
+        let out = cell.step(i, Input::SnapshotTaken { slot: snap });
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::Persist(b) if b.truncate_through == Some(snap))),
+            "truncation persisted: {out:?}"
+        );
+        assert_eq!(cell.replicas[i].truncated_through(), snap);
+        assert!(cell.replicas[i].log_len() < 5, "log dropped");
+    }
+    for k in 0..5 {
+        submit(&mut cell, m, &format!("c-{k}"));
+    }
+    let before = cell.delivered[lagging].len();
+    cell.down[lagging] = false;
+    cell.run_for(2_000);
+    let (i, from, after) = *cell
+        .fetches
+        .first()
+        .expect("a snapshot fetch was asked for");
+    assert_eq!(i, lagging);
+    assert_ne!(from, cell.replicas[lagging].id());
+    assert_eq!(after, cell.replicas[lagging].delivered());
+    assert_eq!(
+        cell.delivered[lagging].len(),
+        before,
+        "nothing delivered across the gap"
+    );
+    assert_eq!(
+        cell.fetches.len(),
+        1,
+        "one fetch while it runs: {:?}",
+        cell.fetches
+    );
+
+    // The shell installed the snapshot durably: delivery resumes after it.
+    let out = cell.step(lagging, Input::SnapshotInstalled { slot: snap });
+    assert!(out
+        .iter()
+        .any(|a| matches!(a, Action::Persist(b) if b.truncate_through == Some(snap))));
+    cell.settle();
+    cell.run_for(2_000);
+    let tail: Vec<Slot> = cell.delivered[lagging][before..]
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(
+        tail.first(),
+        Some(&snap.next()),
+        "resumes right after the snapshot"
+    );
+    assert_eq!(
+        tail.last().copied(),
+        Some(cell.replicas[m].chosen_through()),
+        "caught up with the master"
+    );
+    assert_eq!(
+        cell.replicas[lagging].chosen_through(),
+        cell.replicas[m].chosen_through()
+    );
+}
+
+#[test]
+fn a_failed_fetch_starts_catch_up_over_and_a_restart_resumes_after_the_snapshot() {
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    let lagging = (m + 1) % 3;
+    cell.down[lagging] = true;
+    for k in 0..10 {
+        submit(&mut cell, m, &format!("x-{k}"));
+    }
+    cell.run_for(500);
+    let snap = cell.replicas[m].delivered();
+    for i in 0..3 {
+        if i != lagging {
+            cell.step(i, Input::SnapshotTaken { slot: snap });
+        }
+    }
+    cell.down[lagging] = false;
+    cell.run_for(1_000);
+    assert_eq!(cell.fetches.len(), 1);
+    cell.step(lagging, Input::SnapshotFetchFailed);
+    cell.settle();
+    cell.run_for(1_000);
+    assert_eq!(cell.fetches.len(), 2, "asked again after the failure");
+
+    // A replica restarting from a snapshot beyond its durable chosen prefix adopts it.
+    let mut r = Replica::new(config(1, 3), DurableState::bootstrap(), snap).unwrap();
+    assert_eq!(r.chosen_through(), snap);
+    assert_eq!(r.delivered(), snap);
+    let mut out = Vec::new();
+    r.step(Instant(0), Input::Tick, &mut out);
+    assert!(
+        matches!(&out[0], Action::Persist(b) if b.chosen_through == Some(snap) && b.truncate_through == Some(snap))
+    );
+    // A log truncated beyond the application's snapshot cannot be replayed.
+    let mut durable = DurableState::bootstrap();
+    durable.chosen_through = Slot(4);
+    durable.truncated_through = Slot(4);
+    assert!(Replica::new(config(1, 3), durable, Slot(3)).is_err());
 }

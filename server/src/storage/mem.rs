@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::record::{decode_all, encode_batch, KEY_FORMAT};
+use super::record::{decode_all, deleted_range, encode_batch, KEY_FORMAT};
 use super::{Loaded, Storage, StorageError};
 use crate::paxos::PersistBatch;
 
@@ -14,7 +14,8 @@ use crate::paxos::PersistBatch;
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     synced: BTreeMap<Vec<u8>, Vec<u8>>,
-    unsynced: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Pending writes; `None` deletes the key.
+    unsynced: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     syncs: u64,
 }
 
@@ -27,15 +28,29 @@ impl MemStorage {
 
     /// Writes a batch without syncing it (what a crash in the middle of `persist` leaves).
     pub fn write_unsynced(&mut self, batch: &PersistBatch) {
-        let format =
-            !self.synced.contains_key(KEY_FORMAT) && !self.unsynced.contains_key(KEY_FORMAT);
-        self.unsynced.extend(encode_batch(batch, format));
+        let format = !self.synced.contains_key(KEY_FORMAT)
+            && !self.unsynced.get(KEY_FORMAT).is_some_and(Option::is_some);
+        if let Some(range) = deleted_range(batch) {
+            let doomed: Vec<Vec<u8>> = self
+                .synced
+                .range(range.clone())
+                .map(|(k, _)| k.clone())
+                .chain(self.unsynced.range(range).map(|(k, _)| k.clone()))
+                .collect();
+            self.unsynced.extend(doomed.into_iter().map(|k| (k, None)));
+        }
+        let writes = encode_batch(batch, format).into_iter();
+        self.unsynced.extend(writes.map(|(k, v)| (k, Some(v))));
     }
 
     /// Makes every unsynced write durable.
     pub fn sync(&mut self) {
-        let pending = std::mem::take(&mut self.unsynced);
-        self.synced.extend(pending);
+        for (key, record) in std::mem::take(&mut self.unsynced) {
+            match record {
+                Some(record) => self.synced.insert(key, record),
+                None => self.synced.remove(&key),
+            };
+        }
         self.syncs += 1;
     }
 

@@ -65,3 +65,88 @@ pub trait Storage {
     /// Any I/O failure.
     fn wipe(&mut self) -> Result<(), StorageError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paxos::LogEntry;
+    use chubby_protocol::{Ballot, NodeId, Slot, Value};
+
+    fn entries(slots: std::ops::RangeInclusive<u64>) -> PersistBatch {
+        PersistBatch {
+            voter: Some(true),
+            chosen_through: Some(Slot(*slots.end())),
+            entries: slots
+                .map(|s| {
+                    let entry = LogEntry {
+                        ballot: Ballot {
+                            round: 1,
+                            node: NodeId(1),
+                        },
+                        value: Value {
+                            commands: vec![s.to_le_bytes().to_vec()],
+                        },
+                    };
+                    (Slot(s), entry)
+                })
+                .collect(),
+            ..PersistBatch::default()
+        }
+    }
+
+    fn truncate(through: u64) -> PersistBatch {
+        PersistBatch {
+            truncate_through: Some(Slot(through)),
+            ..PersistBatch::default()
+        }
+    }
+
+    /// Writes a sequence with truncations; returns what `DurableState::apply` makes of it.
+    fn write_truncating(store: &mut dyn Storage) -> DurableState {
+        let mut expected = DurableState::default();
+        // The last is a merged batch whose entries fall at or below its truncation point.
+        let mut merged = entries(13..=14);
+        merged.merge(truncate(13));
+        for batch in [entries(1..=10), truncate(6), entries(11..=12), merged] {
+            store.persist(&batch).unwrap();
+            expected.apply(&batch);
+        }
+        assert_eq!(expected.truncated_through, Slot(13));
+        assert_eq!(
+            expected.log.keys().copied().collect::<Vec<_>>(),
+            vec![Slot(14)]
+        );
+        expected.validate().unwrap();
+        expected
+    }
+
+    fn state_of(store: &mut dyn Storage) -> DurableState {
+        match store.load().unwrap() {
+            Loaded::State(state) => state,
+            Loaded::Empty => panic!("empty"),
+        }
+    }
+
+    #[test]
+    fn sled_truncates_like_apply_across_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let expected = write_truncating(&mut SledStorage::open(&dir).unwrap());
+        assert_eq!(state_of(&mut SledStorage::open(&dir).unwrap()), expected);
+    }
+
+    #[test]
+    fn memory_truncates_like_apply_and_a_crash_undoes_an_unsynced_truncation() {
+        let mut store = MemStorage::new();
+        let expected = write_truncating(&mut store);
+        assert_eq!(state_of(&mut store), expected);
+
+        let mut store = MemStorage::new();
+        store.persist(&entries(1..=5)).unwrap();
+        store.write_unsynced(&truncate(4));
+        store.crash();
+        let state = state_of(&mut store);
+        assert_eq!(state.truncated_through, Slot::ZERO);
+        assert_eq!(state.log.len(), 5);
+    }
+}

@@ -1,7 +1,8 @@
 //! The record format both stores use: one key per record, each value
 //! `[crc32 of (key ‖ payload): u32 LE][payload: bincode]`.
 //!
-//! Keys: `meta/format`, `meta/voter`, `meta/promised`, `meta/chosen_through`, and
+//! Keys: `meta/format`, `meta/voter`, `meta/promised`, `meta/chosen_through`,
+//! `meta/truncated_through`, and
 //! `log/<slot as 8 big-endian bytes>` (so key order is slot order). The checksum covers the
 //! key too, so a record copied to the wrong key is caught as well as a flipped bit.
 
@@ -23,6 +24,7 @@ pub(crate) const KEY_FORMAT: &[u8] = b"meta/format";
 const KEY_VOTER: &[u8] = b"meta/voter";
 const KEY_PROMISED: &[u8] = b"meta/promised";
 const KEY_CHOSEN: &[u8] = b"meta/chosen_through";
+const KEY_TRUNCATED: &[u8] = b"meta/truncated_through";
 const LOG_PREFIX: &[u8] = b"log/";
 
 /// The key of a log slot.
@@ -60,7 +62,9 @@ pub fn encode_batch(batch: &PersistBatch, format: bool) -> Vec<(Vec<u8>, Vec<u8>
     if let Some(promised) = batch.promised {
         records.push(encode(KEY_PROMISED, &promised));
     }
-    for (slot, entry) in &batch.entries {
+    // An entry at or below the batch's truncation point is deleted by the same batch.
+    let truncated = batch.truncate_through.unwrap_or(Slot::ZERO);
+    for (slot, entry) in batch.entries.iter().filter(|(s, _)| *s > truncated) {
         records.push(encode(
             &log_key(*slot),
             &(entry.ballot, entry.value.clone()),
@@ -69,7 +73,20 @@ pub fn encode_batch(batch: &PersistBatch, format: bool) -> Vec<(Vec<u8>, Vec<u8>
     if let Some(chosen) = batch.chosen_through {
         records.push(encode(KEY_CHOSEN, &chosen));
     }
+    if let Some(through) = batch.truncate_through {
+        records.push(encode(KEY_TRUNCATED, &through));
+    }
     records
+}
+
+/// The keys a batch deletes, as an inclusive key range (`log/1 ..= log/<through>`), to be
+/// removed in the same atomic write as [`encode_batch`]'s records.
+#[must_use]
+pub fn deleted_range(batch: &PersistBatch) -> Option<std::ops::RangeInclusive<Vec<u8>>> {
+    batch
+        .truncate_through
+        .filter(|t| *t > Slot::ZERO)
+        .map(|t| log_key(Slot(1))..=log_key(t))
 }
 
 fn printable(key: &[u8]) -> String {
@@ -136,6 +153,7 @@ where
             KEY_VOTER => state.voter = open(&key, &record)?,
             KEY_PROMISED => state.promised = open::<Ballot>(&key, &record)?,
             KEY_CHOSEN => state.chosen_through = open::<Slot>(&key, &record)?,
+            KEY_TRUNCATED => state.truncated_through = open::<Slot>(&key, &record)?,
             k if k.starts_with(LOG_PREFIX) && k.len() == LOG_PREFIX.len() + 8 => {
                 let mut be = [0u8; 8];
                 be.copy_from_slice(&k[LOG_PREFIX.len()..]);
@@ -182,6 +200,7 @@ mod tests {
                     },
                 },
             )],
+            truncate_through: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::record::{decode_all, encode_batch, KEY_FORMAT};
+use super::record::{decode_all, deleted_range, encode_batch, KEY_FORMAT};
 use super::{Loaded, Storage, StorageError};
 use crate::paxos::PersistBatch;
 
@@ -133,6 +133,12 @@ impl Storage for SledStorage {
 
     fn persist(&mut self, batch: &PersistBatch) -> Result<(), StorageError> {
         let mut sled_batch = sled::Batch::default();
+        // encode_batch leaves out the batch's own entries at or below the truncation point.
+        if let Some(range) = deleted_range(batch) {
+            for key in self.db.range(range) {
+                sled_batch.remove(key?.0);
+            }
+        }
         for (key, record) in encode_batch(batch, !self.formatted) {
             sled_batch.insert(key, record);
         }

@@ -7,13 +7,16 @@
 //!   must be `replica-<member>` with a replica certificate.
 //! - [`framing`]: `[u32 BE length][version byte + bincode]`, bounded before allocation.
 //! - [`peer`]: [`PeerTransport`], Paxos messages between replicas.
+//! - [`snapshot_xfer`]: snapshot fetches between replicas (PML §5.5 catch-up).
 //!
 //! Nothing here panics on input a peer controls: a bad frame ends that stream, a bad
 //! certificate ends that connection, and both are logged.
 
 pub mod peer;
+pub mod snapshot_xfer;
 
 pub use chubby_protocol::net::{
     framing, identity, tls, Alpn, FrameError, PeerRefusal, TlsIdentity, TransportError,
 };
 pub use peer::{PeerAddr, PeerConfig, PeerTransport, SendError};
+pub use snapshot_xfer::SnapshotFetcher;

@@ -14,12 +14,16 @@
 //!   reach (CN `replica-<id>`), reconnects with exponential backoff, and drops what was
 //!   queued while the peer was unreachable: a Paxos message is better lost than late.
 //!
+//! - **snapshots**: a bidirectional stream on a peer connection is a snapshot fetch
+//!   ([`super::snapshot_xfer`]), answered from the replica's snapshot file.
+//!
 //! [`PeerTransport::send`] never blocks and never fails loudly: a full queue or a dead peer
 //! drops the message (Paxos retransmits), logged at debug level per message and at warn
 //! level per connection failure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::snapshot_xfer::{self, SnapshotFetcher};
 use crate::cell::ReplicaConfig;
 use chubby_protocol::net::framing::{read_msg, write_frame};
 use chubby_protocol::net::identity::{self, authorize_peer_connection, replica_id_of_cn};
@@ -71,6 +76,8 @@ pub struct PeerConfig {
     pub backoff_max: Duration,
     /// How long one send may wait for stream credit before the connection is replaced.
     pub send_timeout: Duration,
+    /// The snapshot file served to peers that fetch one (none served when `None`).
+    pub snapshot_file: Option<PathBuf>,
 }
 
 impl PeerConfig {
@@ -86,6 +93,7 @@ impl PeerConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             send_timeout: Duration::from_secs(1),
+            snapshot_file: None,
         }
     }
 
@@ -136,6 +144,7 @@ pub struct PeerTransport {
     me: NodeId,
     endpoint: quinn::Endpoint,
     queues: BTreeMap<NodeId, mpsc::Sender<PaxosMsg>>,
+    peers: Arc<BTreeMap<NodeId, PeerAddr>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -183,14 +192,15 @@ impl PeerTransport {
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue.max(1));
 
         let mut tasks = Vec::with_capacity(peers.len() + 1);
-        tasks.push(tokio::spawn(accept_loop(
-            endpoint.clone(),
+        let inbound = Inbound {
             me,
             members,
-            inbound_tx,
-        )));
+            messages: inbound_tx,
+            snapshot_file: config.snapshot_file.clone().map(Arc::new),
+        };
+        tasks.push(tokio::spawn(accept_loop(endpoint.clone(), inbound)));
         let mut queues = BTreeMap::new();
-        for (id, addr) in peers {
+        for (id, addr) in peers.clone() {
             let (tx, rx) = mpsc::channel(config.outbound_queue.max(1));
             queues.insert(id, tx);
             let sender = PeerSender {
@@ -209,6 +219,7 @@ impl PeerTransport {
                 me,
                 endpoint,
                 queues,
+                peers: Arc::new(peers),
                 tasks,
             },
             inbound_rx,
@@ -245,6 +256,15 @@ impl PeerTransport {
         })
     }
 
+    /// A handle that fetches snapshots from peers (on connections of its own).
+    #[must_use]
+    pub fn snapshot_fetcher(&self) -> SnapshotFetcher {
+        SnapshotFetcher {
+            endpoint: self.endpoint.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+
     /// Closes every connection and waits (bounded by the idle timeout) for the peers to be
     /// told.
     pub async fn shutdown(mut self) {
@@ -268,28 +288,23 @@ impl Drop for PeerTransport {
     }
 }
 
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
+/// What the accepting side shares between connections.
+#[derive(Clone)]
+struct Inbound {
     me: NodeId,
     members: Arc<BTreeSet<NodeId>>,
-    inbound: mpsc::Sender<(NodeId, PaxosMsg)>,
-) {
+    messages: mpsc::Sender<(NodeId, PaxosMsg)>,
+    snapshot_file: Option<Arc<PathBuf>>,
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, inbound: Inbound) {
     while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(serve_connection(
-            incoming,
-            me,
-            members.clone(),
-            inbound.clone(),
-        ));
+        tokio::spawn(serve_connection(incoming, inbound.clone()));
     }
 }
 
-async fn serve_connection(
-    incoming: quinn::Incoming,
-    me: NodeId,
-    members: Arc<BTreeSet<NodeId>>,
-    inbound: mpsc::Sender<(NodeId, PaxosMsg)>,
-) {
+async fn serve_connection(incoming: quinn::Incoming, inbound: Inbound) {
+    let me = inbound.me;
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -299,7 +314,7 @@ async fn serve_connection(
             return;
         }
     };
-    let from = match authorize_peer_connection(&conn, &members) {
+    let from = match authorize_peer_connection(&conn, &inbound.members) {
         Ok(from) => from,
         Err(why) => {
             warn!(%me, %remote, reason = %why, "refusing peer connection");
@@ -309,14 +324,26 @@ async fn serve_connection(
     };
     debug!(%me, peer = %from, %remote, "peer connected");
     loop {
-        match conn.accept_uni().await {
-            Ok(stream) => {
-                tokio::spawn(read_stream(stream, me, from, inbound.clone()));
-            }
-            Err(e) => {
-                debug!(%me, peer = %from, error = %e, "peer connection ended");
-                return;
-            }
+        let ended = tokio::select! {
+            uni = conn.accept_uni() => match uni {
+                Ok(stream) => {
+                    tokio::spawn(read_stream(stream, me, from, inbound.messages.clone()));
+                    None
+                }
+                Err(e) => Some(e),
+            },
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let file = inbound.snapshot_file.clone();
+                    tokio::spawn(snapshot_xfer::serve(send, recv, file, me, from));
+                    None
+                }
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = ended {
+            debug!(%me, peer = %from, error = %e, "peer connection ended");
+            return;
         }
     }
 }
@@ -406,20 +433,26 @@ impl PeerSender {
     }
 
     async fn connect(&self) -> Result<quinn::Connection, TransportError> {
-        let conn = self
-            .endpoint
-            .connect(self.addr.addr, &self.addr.server_name)?
-            .await?;
-        let cert = identity::peer_certificate(&conn).map_err(TransportError::Refused)?;
-        if replica_id_of_cn(&cert.common_name) != Some(self.peer) {
-            conn.close(CLOSE_WRONG_SERVER.into(), b"not the replica expected");
-            return Err(TransportError::WrongServer {
-                expected: self.peer,
-                common_name: cert.common_name,
-            });
-        }
-        Ok(conn)
+        connect_peer(&self.endpoint, self.peer, &self.addr).await
     }
+}
+
+/// Connects to `peer` and checks the server is that replica (CN `replica-<peer>`).
+pub(super) async fn connect_peer(
+    endpoint: &quinn::Endpoint,
+    peer: NodeId,
+    addr: &PeerAddr,
+) -> Result<quinn::Connection, TransportError> {
+    let conn = endpoint.connect(addr.addr, &addr.server_name)?.await?;
+    let cert = identity::peer_certificate(&conn).map_err(TransportError::Refused)?;
+    if replica_id_of_cn(&cert.common_name) != Some(peer) {
+        conn.close(CLOSE_WRONG_SERVER.into(), b"not the replica expected");
+        return Err(TransportError::WrongServer {
+            expected: peer,
+            common_name: cert.common_name,
+        });
+    }
+    Ok(conn)
 }
 
 async fn send_frame(conn: &quinn::Connection, frame: &[u8]) -> Result<(), TransportError> {

@@ -1,9 +1,11 @@
 //! Liveness after faults heal (PML §6.3 "liveness mode"): once every fault stops, the cell
 //! elects a master, every replica rebuilds and converges, and every command submitted to a
 //! master that survives is delivered on every replica (rebuilt ones included) within the
-//! liveness window.
+//! liveness window. "Delivered on every replica" is checked as: the command was delivered
+//! at some slot, and every replica's application has applied that slot (by delivery or
+//! through a snapshot, which [`super::delivery_order`] checks is the chosen prefix).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chubby_protocol::{Ballot, NodeId, Slot};
 
@@ -20,7 +22,8 @@ struct Taken {
 #[derive(Debug, Default)]
 pub struct Liveness {
     taken: BTreeMap<Vec<u8>, Taken>,
-    delivered: BTreeMap<NodeId, BTreeSet<Vec<u8>>>,
+    /// The slot each taken command was delivered at.
+    slot_of: BTreeMap<Vec<u8>, Slot>,
 }
 
 /// A replica's state at the end of the run.
@@ -36,6 +39,8 @@ pub struct FinalState {
     pub epoch: Option<Ballot>,
     /// Its chosen prefix.
     pub chosen_through: Slot,
+    /// The last slot its application applied.
+    pub applied: Slot,
 }
 
 impl Liveness {
@@ -44,19 +49,11 @@ impl Liveness {
         self.taken.insert(command, Taken { master, epoch });
     }
 
-    /// `node` delivered `command`.
-    pub fn on_deliver(&mut self, node: NodeId, command: &[u8]) {
+    /// `command` was delivered at `slot` (on any replica: delivery order checks they agree).
+    pub fn on_deliver(&mut self, slot: Slot, command: &[u8]) {
         if self.taken.contains_key(command) {
-            self.delivered
-                .entry(node)
-                .or_default()
-                .insert(command.to_vec());
+            self.slot_of.insert(command.to_vec(), slot);
         }
-    }
-
-    /// `node` restarted and will deliver everything again.
-    pub fn on_restart(&mut self, node: NodeId) {
-        self.delivered.remove(&node);
     }
 
     /// Commands taken so far.
@@ -96,21 +93,21 @@ impl Liveness {
             if !survived {
                 continue;
             }
-            for n in nodes {
-                let has = self
-                    .delivered
-                    .get(&n.node)
-                    .is_some_and(|d| d.contains(command));
-                if !has {
-                    let name = String::from_utf8_lossy(command);
-                    return Err(violation(
-                        "liveness",
-                        format!(
-                            "{name} taken by {} not delivered on {}",
-                            taken.master, n.node
-                        ),
-                    ));
-                }
+            let name = String::from_utf8_lossy(command);
+            let Some(&slot) = self.slot_of.get(command) else {
+                return Err(violation(
+                    "liveness",
+                    format!("{name} taken by {} delivered nowhere", taken.master),
+                ));
+            };
+            if let Some(n) = nodes.iter().find(|n| n.applied < slot) {
+                return Err(violation(
+                    "liveness",
+                    format!(
+                        "{name} taken by {} (slot {slot}) not applied on {} (applied {})",
+                        taken.master, n.node, n.applied
+                    ),
+                ));
             }
         }
         Ok(())
