@@ -295,14 +295,51 @@ impl CellConn {
 }
 
 /// Turns a connection error into words an operator can act on; a refused certificate
-/// surfaces here, on the first request (DESIGN §1a).
+/// surfaces here, on the first request (DESIGN §1a). TLS alerts travel as QUIC crypto
+/// errors (`0x100 + alert`): a close from the replica means it refused us, a local
+/// transport error that we refused it.
 fn describe_connection_error(e: &quinn::ConnectionError) -> String {
-    let text = e.to_string();
-    if text.contains("certificate") || text.contains("crypto") || text.contains("alert") {
-        format!("the replica refused this client's TLS certificate or we refused its ({text})")
-    } else {
-        text
+    match e {
+        quinn::ConnectionError::ConnectionClosed(close) => match tls_alert(close.error_code) {
+            Some(alert) => format!(
+                "the replica refused this client's TLS handshake ({alert}): present a client \
+                 certificate issued by this cell's CA (`chubby cell issue-client`)"
+            ),
+            None => e.to_string(),
+        },
+        quinn::ConnectionError::TransportError(t) => match tls_alert(t.code) {
+            Some(alert) => format!(
+                "this client refused the replica's certificate ({alert}: {}): is the cell \
+                 file's CA this cell's CA?",
+                t.reason
+            ),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
     }
+}
+
+/// The TLS alert a QUIC crypto error code carries (RFC 9001 §4.8), by name when known.
+fn tls_alert(code: quinn::TransportErrorCode) -> Option<String> {
+    const NAMES: [(u8, &str); 8] = [
+        (40, "handshake failure"),
+        (42, "bad certificate"),
+        (43, "unsupported certificate"),
+        (45, "certificate expired"),
+        (46, "certificate unknown"),
+        (48, "unknown CA"),
+        (116, "certificate required"),
+        (120, "no application protocol"),
+    ];
+    let raw = u64::from(code);
+    if !(0x100..0x200).contains(&raw) {
+        return None;
+    }
+    let alert = u8::try_from(raw - 0x100).ok()?;
+    Some(NAMES.iter().find(|(n, _)| *n == alert).map_or_else(
+        || format!("TLS alert {alert}"),
+        |(_, name)| (*name).to_owned(),
+    ))
 }
 
 fn resolve(endpoint: &str) -> Result<ReplicaSlot, ClientError> {
