@@ -6,3 +6,4 @@
 
 pub mod real_cell;
 pub mod sim;
+pub mod test_support;

@@ -66,6 +66,15 @@ impl RealCell {
     /// As [`RealCell::start`].
     #[must_use]
     pub fn start_tuned(replicas: usize, tuning: &str) -> RealCell {
+        RealCell::start_with(replicas, tuning, "info")
+    }
+
+    /// Like [`RealCell::start_tuned`], every replica logging with filter `log_filter`.
+    ///
+    /// # Panics
+    /// As [`RealCell::start`].
+    #[must_use]
+    pub fn start_with(replicas: usize, tuning: &str, log_filter: &str) -> RealCell {
         let dir = tempfile::tempdir().expect("temp dir");
         let cell_dir = dir.path().join("cell");
         let base = free_port_range(2 * replicas);
@@ -84,7 +93,7 @@ impl RealCell {
             dir,
         };
         for i in 1..=replicas {
-            cell.spawn(i);
+            cell.spawn_logging(i, log_filter);
         }
         cell
     }
@@ -136,6 +145,14 @@ impl RealCell {
     /// # Panics
     /// If it is running already or cannot be started.
     pub fn spawn(&mut self, id: usize) {
+        self.spawn_logging(id, "info");
+    }
+
+    /// Starts replica `id` with log filter `filter` (e.g. `info,chubby_server::x=trace`).
+    ///
+    /// # Panics
+    /// As [`RealCell::spawn`].
+    pub fn spawn_logging(&mut self, id: usize, filter: &str) {
         assert!(self.children[id - 1].is_none(), "replica {id} is running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -146,7 +163,7 @@ impl RealCell {
             .arg("--config")
             .arg(&self.configs[id - 1])
             .arg("--log")
-            .arg("info")
+            .arg(filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -154,6 +171,18 @@ impl RealCell {
             .spawn()
             .expect("start chubby-server");
         self.children[id - 1] = Some(child);
+    }
+
+    /// The process id of running replica `id`.
+    ///
+    /// # Panics
+    /// If it is not running.
+    #[must_use]
+    pub fn pid(&self, id: usize) -> u32 {
+        self.children[id - 1]
+            .as_ref()
+            .map(std::process::Child::id)
+            .expect("replica is running")
     }
 
     /// `kill -9` replica `id` and reaps it.

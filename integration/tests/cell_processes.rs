@@ -11,18 +11,11 @@ use std::time::Duration;
 
 use chubby_client::conn::CellConn;
 use chubby_integration::real_cell::{binary, FileWriter, RealCell, WriteOutcome};
+use chubby_integration::test_support::runtime;
 use chubby_protocol::Slot;
 
 const ELECTION: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(30);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Elects, writes `writes` files through the master, checks every replica applied them
 /// with equal digests, and checks `chubby status --json`.
@@ -238,6 +231,15 @@ fn follower_kill9_and_restart_catches_up() {
         assert!(cell
             .log(follower)
             .contains("resuming from the data directory"));
+        // The master replaced its dead connection when the follower connected anew, so the
+        // restarted follower heard heartbeats in time and called no election.
+        assert_eq!(cell.wait_master(&conn, ELECTION).await as usize, master);
+        let master_log = cell.log(master);
+        assert!(
+            !master_log.contains("stepped down"),
+            "a follower restart cost the master its mastership:\n{master_log}"
+        );
+        assert!(master_log.contains("peer connected anew"), "{master_log}");
         conn.close().await;
     });
 }

@@ -11,18 +11,11 @@ use std::time::Duration;
 
 use chubby_client::conn::CellConn;
 use chubby_integration::real_cell::RealCell;
+use chubby_integration::test_support::runtime;
 use chubby_protocol::cell::{init_cell, CellFile, ReplicaConfig, TlsPaths};
 use chubby_protocol::net::tls::{client_config, Alpn, TlsIdentity};
 
 const ELECTION: Duration = Duration::from_secs(20);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn endpoint(config: quinn::ClientConfig) -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();

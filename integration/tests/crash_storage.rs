@@ -121,12 +121,7 @@ fn a_flipped_byte_in_a_record_is_reported_never_used() {
 fn sync_happens_before_the_reply() {
     // DESIGN §1a: prove the fsync happens before the acknowledgement, by tracing the child's
     // system calls: every "durable N" write to stdout follows an fdatasync/fsync.
-    if Command::new("strace").arg("-V").output().is_err() {
-        assert!(
-            std::env::var_os("CHUBBY_REQUIRE_STRACE").is_none(),
-            "strace required but missing"
-        );
-        eprintln!("skipping: strace is not installed");
+    if !chubby_integration::test_support::strace_available() {
         return;
     }
     let dir = temp_dir("strace");

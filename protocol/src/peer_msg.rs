@@ -154,6 +154,15 @@ pub enum PaxosMsg {
 }
 
 impl PaxosMsg {
+    /// The instance an Accept or Accepted is about (for logs).
+    #[must_use]
+    pub fn slot(&self) -> Option<Slot> {
+        match self {
+            PaxosMsg::Accept { slot, .. } | PaxosMsg::Accepted { slot, .. } => Some(*slot),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and statistics.
     #[must_use]
     pub fn kind(&self) -> &'static str {

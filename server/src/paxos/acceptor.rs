@@ -108,7 +108,13 @@ impl Replica {
         // A slot already known chosen keeps its chosen value; the vote is still truthful,
         // because any ballot proposing there proposes that value (Paxos P2c).
         let known_chosen = a.slot <= self.chosen_through || self.chosen_above.contains_key(&a.slot);
-        if !known_chosen {
+        if known_chosen {
+            // An strace of a replica reads this to tell a vote that needed no write.
+            tracing::trace!(
+                slot = a.slot.0,
+                "accept for a slot known chosen: nothing to write"
+            );
+        } else {
             let entry = LogEntry {
                 ballot: a.ballot,
                 value: a.value,

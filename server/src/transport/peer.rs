@@ -13,6 +13,12 @@
 //!   no message waits behind a large one). It checks the server is the replica it meant to
 //!   reach (CN `replica-<id>`), reconnects with exponential backoff, and drops what was
 //!   queued while the peer was unreachable: a Paxos message is better lost than late.
+//!   A new connection *from* a peer means it probably restarted, and then our own
+//!   connection to it is dead without knowing it (until the idle timeout, 3 s: long enough
+//!   for the restarted replica to miss heartbeats and call a needless election). So the
+//!   accepting side tells that peer's sender, which replaces a connection older than
+//!   [`STALE_AFTER`] at once (the age rule keeps two fresh connections from chasing each
+//!   other).
 //!
 //! - **snapshots**: a bidirectional stream on a peer connection is a snapshot fetch
 //!   ([`super::snapshot_xfer`]), answered from the replica's snapshot file.
@@ -28,9 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chubby_protocol::{codec, NodeId, PaxosMsg};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::snapshot_xfer::{self, SnapshotFetcher};
 use crate::cell::ReplicaConfig;
@@ -47,6 +53,8 @@ pub const CLOSE_NOT_A_PEER: u32 = 1;
 pub const CLOSE_WRONG_SERVER: u32 = 2;
 /// Stream stop code: the stream carried a malformed frame.
 pub const STREAM_MALFORMED: u32 = 1;
+/// A new incoming connection from a peer replaces our connection to it when ours is older.
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// How to reach one peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,6 +198,12 @@ impl PeerTransport {
             .collect();
         let members: Arc<BTreeSet<NodeId>> = Arc::new(peers.keys().copied().collect());
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue.max(1));
+        let reconnected: Arc<BTreeMap<NodeId, Arc<Notify>>> = Arc::new(
+            peers
+                .keys()
+                .map(|id| (*id, Arc::new(Notify::new())))
+                .collect(),
+        );
 
         let mut tasks = Vec::with_capacity(peers.len() + 1);
         let inbound = Inbound {
@@ -197,6 +211,7 @@ impl PeerTransport {
             members,
             messages: inbound_tx,
             snapshot_file: config.snapshot_file.clone().map(Arc::new),
+            reconnected: reconnected.clone(),
         };
         tasks.push(tokio::spawn(accept_loop(endpoint.clone(), inbound)));
         let mut queues = BTreeMap::new();
@@ -208,6 +223,7 @@ impl PeerTransport {
                 me,
                 peer: id,
                 addr,
+                reconnected: reconnected.get(&id).cloned().unwrap_or_default(),
                 backoff_min: config.backoff_min,
                 backoff_max: config.backoff_max,
                 send_timeout: config.send_timeout,
@@ -295,6 +311,8 @@ struct Inbound {
     members: Arc<BTreeSet<NodeId>>,
     messages: mpsc::Sender<(NodeId, PaxosMsg)>,
     snapshot_file: Option<Arc<PathBuf>>,
+    /// Per peer: signalled when it opens a new connection to us.
+    reconnected: Arc<BTreeMap<NodeId, Arc<Notify>>>,
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, inbound: Inbound) {
@@ -323,6 +341,9 @@ async fn serve_connection(incoming: quinn::Incoming, inbound: Inbound) {
         }
     };
     debug!(%me, peer = %from, %remote, "peer connected");
+    if let Some(notify) = inbound.reconnected.get(&from) {
+        notify.notify_one();
+    }
     loop {
         let ended = tokio::select! {
             uni = conn.accept_uni() => match uni {
@@ -357,6 +378,10 @@ async fn read_stream(
     loop {
         match read_msg::<PaxosMsg, _>(&mut stream).await {
             Ok(Some(msg)) => {
+                // At trace level these two lines let an strace of a replica show each
+                // reply leaving only after the sync that made its vote durable.
+                trace!(%me, peer = %from, kind = %msg.kind(), slot = msg.slot().map_or(0, |s| s.0),
+                    "peer message received");
                 if inbound.send((from, msg)).await.is_err() {
                     return; // the replica stopped listening
                 }
@@ -376,6 +401,7 @@ struct PeerSender {
     me: NodeId,
     peer: NodeId,
     addr: PeerAddr,
+    reconnected: Arc<Notify>,
     backoff_min: Duration,
     backoff_max: Duration,
     send_timeout: Duration,
@@ -400,11 +426,20 @@ impl PeerSender {
                     continue;
                 }
             };
+            let connected_at = tokio::time::Instant::now();
             loop {
                 let msg = tokio::select! {
                     msg = queue.recv() => msg,
                     reason = conn.closed() => {
                         warn!(%me, %peer, reason = %reason, "peer connection lost");
+                        break;
+                    }
+                    () = self.reconnected.notified() => {
+                        if connected_at.elapsed() < STALE_AFTER {
+                            continue;
+                        }
+                        info!(%me, %peer, "peer connected anew (restarted?): replacing our connection to it");
+                        conn.close(CLOSE_SHUTDOWN.into(), b"replaced");
                         break;
                     }
                 };
@@ -421,7 +456,11 @@ impl PeerSender {
                 };
                 let sent = tokio::time::timeout(self.send_timeout, send_frame(&conn, &frame)).await;
                 let failure = match sent {
-                    Ok(Ok(())) => continue,
+                    Ok(Ok(())) => {
+                        trace!(%me, %peer, kind = %msg.kind(), slot = msg.slot().map_or(0, |s| s.0),
+                            "peer message sent");
+                        continue;
+                    }
                     Ok(Err(e)) => e,
                     Err(_) => TransportError::Timeout,
                 };

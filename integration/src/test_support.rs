@@ -1,0 +1,37 @@
+//! Small helpers the real-component tests share.
+
+/// The runtime every real-process test drives its client with: two workers, like CI's two
+/// cores.
+///
+/// # Panics
+/// If the runtime cannot be built.
+#[must_use]
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Whether `strace` can run here. A test that needs it skips when it cannot, unless
+/// `CHUBBY_REQUIRE_STRACE` is set (CI sets it), in which case the test fails.
+///
+/// # Panics
+/// When strace is missing but required.
+#[must_use]
+pub fn strace_available() -> bool {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CHUBBY_REQUIRE_STRACE").is_none(),
+        "strace required but missing"
+    );
+    eprintln!("skipping: strace is not installed");
+    false
+}
