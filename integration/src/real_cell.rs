@@ -185,6 +185,48 @@ impl RealCell {
             .expect("replica is running")
     }
 
+    /// The first replica that is not `master`.
+    #[must_use]
+    pub fn follower_of(&self, master: usize) -> usize {
+        (1..=self.len())
+            .find(|&i| i != master)
+            .expect("a cell of more than one replica")
+    }
+
+    /// Waits until replica `id`'s log contains `needle` (a line may be written just after
+    /// the event a test observed); returns the log.
+    ///
+    /// # Panics
+    /// After `timeout`, printing the log.
+    pub async fn wait_log(&self, id: usize, needle: &str, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let log = self.log(id);
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {id} never logged {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every replica applied at least what `master` has applied now, with one
+    /// digest; returns the slot.
+    ///
+    /// # Panics
+    /// If `master` does not answer, or after `timeout`.
+    pub async fn wait_caught_up(&self, conn: &CellConn, master: usize, timeout: Duration) -> Slot {
+        let applied = self.statuses(conn).await[master - 1]
+            .clone()
+            .expect("the master answers its status")
+            .applied;
+        let all: Vec<usize> = (1..=self.len()).collect();
+        self.wait_converged(conn, &all, applied, timeout).await
+    }
+
     /// `kill -9` replica `id` and reaps it.
     pub fn kill9(&mut self, id: usize) {
         if let Some(mut child) = self.children[id - 1].take() {
@@ -325,7 +367,10 @@ fn free_port_range(count: usize) -> u16 {
             .map_or(0, |d| d.subsec_nanos().into());
     for _ in 0..1000 {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let base = 20_000 + u16::try_from((seed >> 33) % 40_000).unwrap_or(0);
+        // Below Linux's ephemeral range (32768 up), so a client socket bound to port 0 by
+        // a test running alongside cannot take a port between this check and the replica's
+        // bind.
+        let base = 20_000 + u16::try_from((seed >> 33) % 12_000).unwrap_or(0);
         let all_free = (0..count).all(|k| {
             u16::try_from(k)
                 .ok()

@@ -1,5 +1,12 @@
 //! Small helpers the real-component tests share.
 
+use std::time::Duration;
+
+/// How long a real cell may take to elect a master.
+pub const ELECTION: Duration = Duration::from_secs(20);
+/// How long replicas of a real cell may take to converge after writes or a restart.
+pub const CONVERGE: Duration = Duration::from_secs(30);
+
 /// The runtime every real-process test drives its client with: two workers, like CI's two
 /// cores.
 ///

@@ -18,10 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chubby_integration::real_cell::{FileWriter, RealCell, WriteOutcome};
-use chubby_integration::test_support::runtime;
-
-const ELECTION: Duration = Duration::from_secs(20);
-const CONVERGE: Duration = Duration::from_secs(30);
+use chubby_integration::test_support::{runtime, CONVERGE, ELECTION};
 
 /// Stops strace on drop (SIGINT: it detaches from the replica and flushes its output).
 struct Tracer(Child);
@@ -129,7 +126,7 @@ fn an_acceptor_syncs_before_its_reply_leaves() {
     runtime().block_on(async {
         let conn = cell.connect();
         let master = cell.wait_master(&conn, ELECTION).await as usize;
-        let follower = (1..=3).find(|&i| i != master).unwrap();
+        let follower = cell.follower_of(master);
         let writer = FileWriter::new(&conn, "/d").await.unwrap();
         let pid = cell.pid(follower);
         let tracer = Tracer(
@@ -170,12 +167,7 @@ fn an_acceptor_syncs_before_its_reply_leaves() {
             );
         }
         // The traced follower is slowed down: let it process every Accept before detaching.
-        let written = cell.statuses(&conn).await[master - 1]
-            .clone()
-            .unwrap()
-            .applied;
-        cell.wait_converged(&conn, &[1, 2, 3], written, CONVERGE)
-            .await;
+        cell.wait_caught_up(&conn, master, CONVERGE).await;
         drop(tracer);
         conn.close().await;
     });

@@ -11,11 +11,8 @@ use std::time::Duration;
 
 use chubby_client::conn::CellConn;
 use chubby_integration::real_cell::{binary, FileWriter, RealCell, WriteOutcome};
-use chubby_integration::test_support::runtime;
+use chubby_integration::test_support::{runtime, CONVERGE, ELECTION};
 use chubby_protocol::Slot;
-
-const ELECTION: Duration = Duration::from_secs(20);
-const CONVERGE: Duration = Duration::from_secs(30);
 
 /// Elects, writes `writes` files through the master, checks every replica applied them
 /// with equal digests, and checks `chubby status --json`.
@@ -174,7 +171,7 @@ async fn master_follower_and_writes(
     writes: u64,
 ) -> (usize, usize, FileWriter) {
     let master = cell.wait_master(conn, ELECTION).await as usize;
-    let follower = (1..=3).find(|&i| i != master).unwrap();
+    let follower = cell.follower_of(master);
     let writer = FileWriter::new(conn, dir).await.unwrap();
     for i in 0..writes {
         assert_eq!(
@@ -202,12 +199,7 @@ async fn write_then_converge(
             "write {i}"
         );
     }
-    let before = cell.statuses(conn).await[master - 1]
-        .clone()
-        .unwrap()
-        .applied;
-    cell.wait_converged(conn, &[1, 2, 3], before, CONVERGE)
-        .await
+    cell.wait_caught_up(conn, master, CONVERGE).await
 }
 
 #[test]
@@ -310,7 +302,9 @@ fn wiped_follower_rebuilds_before_it_votes() {
         let slot = write_then_converge(&cell, &conn, &writer, master, 20..30).await;
         // Catching up can finish before the rebuild rule is met: wait for it to vote again.
         cell.wait_voting(&conn, follower, CONVERGE).await;
-        let log = cell.log(follower);
+        let log = cell
+            .wait_log(follower, "rebuild complete: voting again", CONVERGE)
+            .await;
         let wiped_at = log.find("empty data directory").expect("wipe reported");
         let waiting_at = log[wiped_at..]
             .find("rebuild: bounds known; waiting for a new instance")
@@ -386,15 +380,36 @@ fn flip_byte_of(dir: &std::path::Path, needle: &[u8]) -> bool {
 
 /// Runs `chubby-server --config cfg` expecting it to refuse to start; returns its stderr.
 fn refused_start(cfg: &std::path::Path) -> String {
-    let out = std::process::Command::new(binary("chubby-server"))
+    use std::process::{Command, Stdio};
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(binary("chubby-server"))
         .arg("--config")
         .arg(cfg)
         .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "started with {}", cfg.display());
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    // A refused start exits at once; one that wrongly starts is killed, not waited on forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "started with {} ({status:?})",
+        cfg.display()
+    );
+    std::fs::read_to_string(stderr.path()).unwrap()
 }
 
 #[test]

@@ -163,16 +163,26 @@ impl<K: Ord + Clone, V: Clone + EntryDigest<K>> CowMap<K, V> {
         self.get_key_value(key).is_some()
     }
 
+    /// The index of the leaf that holds `key`, if any: one search, and no copy of a shared
+    /// leaf for a key that is absent.
+    fn leaf_holding<Q: Ord + ?Sized>(&self, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+    {
+        if self.leaves.is_empty() {
+            return None;
+        }
+        let at = self.leaf_of(key);
+        self.leaves[at].contains_key(key).then_some(at)
+    }
+
     /// Changes the value for `key` with `f` (copying its leaf if a clone shares it) and
     /// re-hashes it; `None` if the key is absent.
     pub fn update<Q: Ord + ?Sized, R>(&mut self, key: &Q, f: impl FnOnce(&mut V) -> R) -> Option<R>
     where
         K: Borrow<Q>,
     {
-        if !self.contains_key(key) {
-            return None;
-        }
-        let at = self.leaf_of(key);
+        let at = self.leaf_holding(key)?;
         let leaf = Arc::make_mut(&mut self.leaves[at]);
         let (k, v) = leaf
             .range_mut::<Q, _>((Bound::Included(key), Bound::Included(key)))
@@ -220,10 +230,7 @@ impl<K: Ord + Clone, V: Clone + EntryDigest<K>> CowMap<K, V> {
     where
         K: Borrow<Q>,
     {
-        if !self.contains_key(key) {
-            return None;
-        }
-        let at = self.leaf_of(key);
+        let at = self.leaf_holding(key)?;
         let leaf = Arc::make_mut(&mut self.leaves[at]);
         let (k, value) = leaf.remove_entry(key).expect("key was present");
         self.sum = self.sum.wrapping_sub(V::entry_digest(&k, &value));

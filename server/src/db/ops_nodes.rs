@@ -176,8 +176,7 @@ impl Db {
         if contents.len() > FILE_BYTES_MAX {
             return Err(Refusal::TooLarge);
         }
-        if let Some(expected) = expected.filter(|&e| e != node.content_generation) {
-            assert_ne!(expected, node.content_generation);
+        if expected.is_some_and(|e| e != node.content_generation) {
             return Err(Refusal::CasMismatch {
                 current: node.content_generation,
             });
@@ -285,7 +284,7 @@ impl Db {
         if !acl::valid_names(acl_names) {
             return Err(Refusal::InvalidArgument);
         }
-        if let Some(_stale) = expected.filter(|&e| e != node.acl_generation) {
+        if expected.is_some_and(|e| e != node.acl_generation) {
             return Err(Refusal::CasMismatch {
                 current: node.acl_generation,
             });

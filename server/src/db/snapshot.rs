@@ -48,6 +48,8 @@ pub const SNAPSHOT_FORMAT: u8 = 1;
 /// The largest snapshot body accepted (and the decoder's allocation limit).
 pub const SNAPSHOT_BYTES_MAX: usize = 1 << 31;
 const HEADER_BYTES: usize = 8 + 1 + 8 + 4;
+/// The largest whole snapshot (header and body) worth reading or fetching.
+pub const SNAPSHOT_FILE_BYTES_MAX: usize = HEADER_BYTES + SNAPSHOT_BYTES_MAX;
 
 const SNAPSHOT_CONFIG: Configuration<LittleEndian, Varint, Limit<SNAPSHOT_BYTES_MAX>> =
     config::standard().with_limit::<SNAPSHOT_BYTES_MAX>();

@@ -17,7 +17,7 @@ use super::client_port::ClientCall;
 use super::entry::{Entry, Stamper};
 use super::snapshot_file::SnapshotFile;
 use super::NodeError;
-use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_BYTES_MAX};
+use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_FILE_BYTES_MAX};
 use crate::db::{Command, Db, Op, Outcome};
 use crate::paxos::{Action, Input, PersistBatch, Rejection, Replica, RoleKind};
 use crate::storage::{SledStorage, Storage};
@@ -44,8 +44,9 @@ pub(super) struct CoreParts {
 
 /// Results of snapshot work done off the core task.
 enum SnapshotEvent {
-    /// A snapshot of our own database was written (slot, bytes), or failed.
-    Written(Result<(Slot, usize), String>),
+    /// A snapshot of our own database was written (slot, bytes), found already covered by
+    /// the file (`None`), or failed.
+    Written(Result<Option<(Slot, usize)>, String>),
     /// A peer's snapshot was fetched, verified and made durable, or not.
     Fetched(Result<Box<(Db, SnapshotInfo)>, String>),
 }
@@ -287,7 +288,7 @@ impl Core {
             drop(frozen);
             let result = file
                 .store(slot, &bytes)
-                .map(|_| (slot, bytes.len()))
+                .map(|written| written.then_some((slot, bytes.len())))
                 .map_err(|e| e.to_string());
             let _ = tx.send(SnapshotEvent::Written(result));
         });
@@ -296,9 +297,13 @@ impl Core {
     fn on_snapshot_event(&mut self, event: SnapshotEvent) {
         let every = self.cfg.tuning.snapshot_every_entries;
         match event {
-            SnapshotEvent::Written(Ok((slot, bytes))) => {
+            SnapshotEvent::Written(Ok(None)) => {
+                // A fetched snapshot at least as new landed first; it set the next due slot.
                 self.snapshotting = false;
-                self.snapshot_due = Slot(slot.0 + every);
+            }
+            SnapshotEvent::Written(Ok(Some((slot, bytes)))) => {
+                self.snapshotting = false;
+                self.snapshot_due = self.snapshot_due.max(Slot(slot.0 + every));
                 let through = Slot(slot.0.saturating_sub(self.cfg.tuning.log_keep_entries));
                 info!(replica = self.me.0, %slot, bytes, truncate_through = %through,
                     "snapshot written");
@@ -314,7 +319,9 @@ impl Core {
                 let (db, info) = *fetched;
                 let slot = info.slot;
                 if slot > self.db.applied_slot() {
-                    self.db = db;
+                    let old = std::mem::replace(&mut self.db, db);
+                    // Freeing a large database takes milliseconds: not on this task.
+                    tokio::task::spawn_blocking(move || drop(old));
                     self.stamper.note(self.db.now());
                     self.checksums.clear();
                     self.snapshot_due = Slot(slot.0 + every);
@@ -338,7 +345,7 @@ impl Core {
         tokio::spawn(async move {
             let result = async {
                 let bytes = fetcher
-                    .fetch(from, after, SNAPSHOT_BYTES_MAX + 64)
+                    .fetch(from, after, SNAPSHOT_FILE_BYTES_MAX)
                     .await
                     .map_err(|e| format!("fetching from {from}: {e}"))?;
                 tokio::task::spawn_blocking(move || {

@@ -11,6 +11,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chubby_protocol::Slot;
@@ -47,8 +48,11 @@ pub enum SnapshotFileError {
 #[derive(Clone, Debug)]
 pub struct SnapshotFile {
     dir: PathBuf,
-    /// The slot of the snapshot on disk (zero for none); held while writing.
-    latest: Arc<Mutex<Slot>>,
+    /// Held while writing or removing (blocking threads only: it is held across fsyncs).
+    writer: Arc<Mutex<()>>,
+    /// The slot of the snapshot on disk (zero for none); read without the lock, so the
+    /// core task never waits for a snapshot's fsync.
+    latest: Arc<AtomicU64>,
 }
 
 impl SnapshotFile {
@@ -57,7 +61,8 @@ impl SnapshotFile {
     pub fn new(dir: &Path) -> SnapshotFile {
         SnapshotFile {
             dir: dir.to_path_buf(),
-            latest: Arc::new(Mutex::new(Slot::ZERO)),
+            writer: Arc::new(Mutex::new(())),
+            latest: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -70,12 +75,12 @@ impl SnapshotFile {
     /// The slot of the snapshot on disk (zero for none).
     #[must_use]
     pub fn latest(&self) -> Slot {
-        *self.lock()
+        Slot(self.latest.load(Ordering::Acquire))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
-        // A panic while holding the lock cannot leave the slot half-written.
-        self.latest
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The lock guards no data: a panic while holding it leaves nothing half-written.
+        self.writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -93,7 +98,8 @@ impl SnapshotFile {
         };
         let (db, info) =
             Db::restore(&bytes).map_err(|source| SnapshotFileError::Invalid { path, source })?;
-        *self.lock() = info.slot;
+        let _writer = self.lock();
+        self.latest.store(info.slot.0, Ordering::Release);
         Ok(Some((db, info)))
     }
 
@@ -104,8 +110,8 @@ impl SnapshotFile {
     /// # Errors
     /// A write, sync or rename failed; the previous snapshot is then still in place.
     pub fn store(&self, slot: Slot, bytes: &[u8]) -> Result<bool, SnapshotFileError> {
-        let mut latest = self.lock();
-        if slot <= *latest {
+        let _writer = self.lock();
+        if slot <= self.latest() {
             return Ok(false);
         }
         let tmp = self.dir.join(SNAPSHOT_TMP);
@@ -122,7 +128,7 @@ impl SnapshotFile {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
-        *latest = slot;
+        self.latest.store(slot.0, Ordering::Release);
         Ok(true)
     }
 
@@ -131,7 +137,7 @@ impl SnapshotFile {
     /// # Errors
     /// The removal failed for another reason than the file being absent.
     pub fn discard(&self) -> Result<(), std::io::Error> {
-        let mut latest = self.lock();
+        let _writer = self.lock();
         for name in [SNAPSHOT_FILE, SNAPSHOT_TMP] {
             match std::fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
@@ -139,7 +145,7 @@ impl SnapshotFile {
                 Err(e) => return Err(e),
             }
         }
-        *latest = Slot::ZERO;
+        self.latest.store(0, Ordering::Release);
         Ok(())
     }
 }

@@ -169,10 +169,9 @@ impl Replica {
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         let first = from_slot.max(Slot(1));
-        let available = if first <= self.truncated {
-            // Gone from the log: the reply says so, and the requester fetches a snapshot.
-            self.log.range(first..first)
-        } else if first <= self.chosen_through {
+        // Slots at or below `truncated` are gone from the log: the reply's
+        // `truncated_through` says so, and the requester fetches a snapshot.
+        let available = if self.truncated < first && first <= self.chosen_through {
             self.log.range(first..=self.chosen_through)
         } else {
             self.log.range(first..first)

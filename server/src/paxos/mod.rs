@@ -281,15 +281,15 @@ impl Replica {
         let mut durable = durable;
         let mut startup_persist = None;
         if applied > durable.chosen_through {
-            // The snapshot is a chosen prefix (it came from a peer's applied state).
-            durable.chosen_through = applied;
-            durable.truncated_through = applied;
-            durable.log = durable.log.split_off(&applied.next());
-            startup_persist = Some(PersistBatch {
+            // The snapshot is a chosen prefix (it came from a peer's applied state): adopt
+            // it as chosen and truncated, exactly as the batch will on disk.
+            let batch = PersistBatch {
                 chosen_through: Some(applied),
                 truncate_through: Some(applied),
                 ..PersistBatch::default()
-            });
+            };
+            durable.apply(&batch);
+            startup_persist = Some(batch);
         }
         let voter = durable.voter;
         let rng = rng::SplitMix64::new(cfg.seed ^ 0xC4B8_B1E5);
@@ -335,7 +335,7 @@ impl Replica {
             Input::Submit { command } => self.on_submit(now, command, out),
             Input::SnapshotTaken { slot } => self.on_snapshot_taken(slot, out),
             Input::SnapshotInstalled { slot } => self.on_snapshot_installed(now, slot, out),
-            Input::SnapshotFetchFailed => self.on_snapshot_fetch_failed(now, out),
+            Input::SnapshotFetchFailed => self.on_snapshot_fetch_failed(now),
         }
         self.advance_chosen(now, out);
         self.tick_catchup(now, out);

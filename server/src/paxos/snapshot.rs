@@ -74,8 +74,8 @@ impl Replica {
     }
 
     /// The shell could not fetch or install the snapshot: start catch-up over (from the
-    /// next peer in turn).
-    pub(super) fn on_snapshot_fetch_failed(&mut self, now: Instant, out: &mut Vec<Action>) {
+    /// next peer in turn) at once; [`Replica::step`] runs the catch-up timer next.
+    pub(super) fn on_snapshot_fetch_failed(&mut self, now: Instant) {
         if !self.catchup.fetching {
             return;
         }
@@ -84,7 +84,6 @@ impl Replica {
         self.catchup.fetching = false;
         self.catchup.source = None;
         self.catchup.retry_at = Some(now);
-        self.tick_catchup(now, out);
     }
 
     /// `from`'s log no longer holds what we need: ask the shell for its snapshot.

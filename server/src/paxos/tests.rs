@@ -515,10 +515,18 @@ fn batches_respect_the_command_and_byte_bounds() {
     .unwrap();
     let mut out = Vec::new();
     let mut now = Instant(0);
-    while r.role() != RoleKind::Master {
+    for _ in 0..1_000 {
+        if r.role() == RoleKind::Master {
+            break;
+        }
         now = now.plus_ms(100);
         r.step(now, Input::Tick, &mut out);
     }
+    assert_eq!(
+        r.role(),
+        RoleKind::Master,
+        "no election within 100 simulated seconds"
+    );
     out.clear();
     for k in 0..7 {
         r.step(now, Input::Submit { command: vec![k] }, &mut out);
@@ -547,10 +555,18 @@ fn a_single_member_cell_that_lost_its_disk_votes_again() {
     });
     assert!(out.contains(&voted), "{out:?}");
     let mut now = Instant(0);
-    while r.role() != RoleKind::Master {
+    for _ in 0..1_000 {
+        if r.role() == RoleKind::Master {
+            break;
+        }
         now = now.plus_ms(100);
         r.step(now, Input::Tick, &mut out);
     }
+    assert_eq!(
+        r.role(),
+        RoleKind::Master,
+        "no election within 100 simulated seconds"
+    );
 }
 
 #[test]

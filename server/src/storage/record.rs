@@ -65,10 +65,7 @@ pub fn encode_batch(batch: &PersistBatch, format: bool) -> Vec<(Vec<u8>, Vec<u8>
     // An entry at or below the batch's truncation point is deleted by the same batch.
     let truncated = batch.truncate_through.unwrap_or(Slot::ZERO);
     for (slot, entry) in batch.entries.iter().filter(|(s, _)| *s > truncated) {
-        records.push(encode(
-            &log_key(*slot),
-            &(entry.ballot, entry.value.clone()),
-        ));
+        records.push(encode(&log_key(*slot), &(entry.ballot, &entry.value)));
     }
     if let Some(chosen) = batch.chosen_through {
         records.push(encode(KEY_CHOSEN, &chosen));

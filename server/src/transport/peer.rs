@@ -341,13 +341,19 @@ async fn serve_connection(incoming: quinn::Incoming, inbound: Inbound) {
         }
     };
     debug!(%me, peer = %from, %remote, "peer connected");
-    if let Some(notify) = inbound.reconnected.get(&from) {
-        notify.notify_one();
-    }
+    // Only a connection that carries messages is the peer's sender starting over; a
+    // snapshot fetch (bidirectional streams only) says nothing about our connection.
+    let mut announced = false;
     loop {
         let ended = tokio::select! {
             uni = conn.accept_uni() => match uni {
                 Ok(stream) => {
+                    if !announced {
+                        announced = true;
+                        if let Some(notify) = inbound.reconnected.get(&from) {
+                            notify.notify_one();
+                        }
+                    }
                     tokio::spawn(read_stream(stream, me, from, inbound.messages.clone()));
                     None
                 }
@@ -426,6 +432,11 @@ impl PeerSender {
                     continue;
                 }
             };
+            // An empty stream announces this connection as our message sender's, so the
+            // peer replaces its own connection to us if that is older (we restarted?).
+            if let Ok(mut hello) = conn.open_uni().await {
+                let _ = hello.finish();
+            }
             let connected_at = tokio::time::Instant::now();
             loop {
                 let msg = tokio::select! {

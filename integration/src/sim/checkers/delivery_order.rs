@@ -72,9 +72,8 @@ impl DeliveryOrder {
                 format!("{node} installed a snapshot at {slot}, behind its next slot {expected}"),
             ));
         }
-        self.check_prefix(node, slot, hash, agreement)?;
-        self.next.insert(node, slot.next());
-        Ok(())
+        // From here on it is as if the replica restarted from this snapshot.
+        self.on_start(node, slot, hash, agreement)
     }
 
     fn check_prefix(
