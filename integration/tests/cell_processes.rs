@@ -276,6 +276,11 @@ fn a_follower_behind_the_truncated_log_catches_up_through_a_snapshot() {
             assert_eq!(contents, Some(FileWriter::contents_of(i)), "file {i}");
         }
         println!("follower {follower} caught up through a snapshot to {slot}");
+        assert_eq!(
+            cell.wait_master(&conn, ELECTION).await as usize,
+            master,
+            "the follower's return cost the master its mastership"
+        );
 
         // A restart resumes from its own snapshot plus the log after it.
         cell.kill9(follower);

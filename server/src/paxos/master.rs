@@ -335,7 +335,7 @@ impl Replica {
             }
             Role::Follower => false,
         };
-        if !mine {
+        if !mine || self.boost_past(now, promised, lease_held, out) {
             return;
         }
         tracing::info!(me = %self.cfg.me, %from, %ballot, %promised, lease_held, "refused; stepping down");
@@ -408,19 +408,60 @@ impl Replica {
                 Self::resend_prepare(&self.cfg, p1, now, out);
             }
         } else if now >= m.boost_at {
-            m.boost_at = now.plus_ms(self.cfg.boost_interval_ms);
-            let p1 = self.begin_phase1(now, out);
-            tracing::debug!(me = %self.cfg.me, ballot = %p1.ballot, "boosting ballot");
-            if let Role::Master(m) = &mut self.role {
-                m.boost = Some(p1);
-            }
-            self.maybe_complete_phase1(now, out);
+            tracing::debug!(me = %self.cfg.me, "boosting ballot");
+            self.start_boost(now, out);
         }
         self.resend_accepts(now, out);
         let heartbeat_due = matches!(&self.role, Role::Master(m) if now >= m.heartbeat_at);
         if heartbeat_due {
             self.send_heartbeat(now, out);
         }
+    }
+
+    /// Runs phase 1 for a higher ballot while staying master (PML §5.2); proposals wait
+    /// until it completes. Replaces a boost under way.
+    fn start_boost(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Role::Master(m) = &mut self.role else {
+            return;
+        };
+        m.boost = None;
+        m.boost_at = now.plus_ms(self.cfg.boost_interval_ms);
+        let p1 = self.begin_phase1(now, out);
+        if let Role::Master(m) = &mut self.role {
+            m.boost = Some(p1);
+        }
+        self.maybe_complete_phase1(now, out);
+    }
+
+    /// A master whose lease runs, refused by an acceptor that promised some other replica's
+    /// higher ballot without granting it a lease, boosts past that ballot instead of
+    /// stepping down. This is the restarted follower that heard no heartbeat in time and
+    /// called an election: while our lease runs a majority refuses every other candidate,
+    /// so no other master can exist, and stepping down would only cost the cell an election
+    /// (and a new epoch, failing every client's handles). Returns whether it handled the
+    /// refusal.
+    fn boost_past(
+        &mut self,
+        now: Instant,
+        promised: Ballot,
+        lease_held: bool,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if lease_held || promised.node == self.cfg.me {
+            return false;
+        }
+        let Role::Master(m) = &self.role else {
+            return false;
+        };
+        if m.lease.until.is_none_or(|until| now >= until) {
+            return false;
+        }
+        if m.boost.as_ref().is_some_and(|p1| p1.ballot > promised) {
+            return true; // the boost under way already outranks it
+        }
+        tracing::info!(me = %self.cfg.me, %promised, "refused for a ballot of a candidate that cannot win while our lease runs: boosting past it");
+        self.start_boost(now, out);
+        true
     }
 
     /// Resends Accepts nobody answered in time, to the peers that have not acked.

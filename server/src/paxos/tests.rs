@@ -362,13 +362,16 @@ fn boosting_raises_the_ballot_but_keeps_the_epoch() {
 }
 
 #[test]
-fn a_master_that_sees_a_higher_ballot_steps_down_and_returns_its_queue() {
+fn a_master_whose_lease_lapsed_steps_down_on_a_higher_ballot_and_returns_its_queue() {
     let mut cell = Cell::new(3);
     cell.run_for(5_000);
     let m = cell.master().unwrap();
     let other = NodeId(((m + 1) % 3) as u32 + 1);
     let mut out = Vec::new();
     let r = &mut cell.replicas[m];
+    // Nobody renewed the lease for longer than it lasts.
+    cell.now = cell.now.plus_ms(r.cfg.master_lease_ms + 1);
+    assert_eq!(r.lease_until(cell.now), None);
     let window = r.cfg.window;
     // Fill the window so the next command waits in the queue.
     for k in 0..=window {
@@ -411,6 +414,56 @@ fn a_master_that_sees_a_higher_ballot_steps_down_and_returns_its_queue() {
         role: RoleKind::Follower,
         epoch: None
     }));
+}
+
+#[test]
+fn a_master_in_its_lease_boosts_past_a_failed_candidates_ballot_instead_of_stepping_down() {
+    // A restarted follower that heard no heartbeat in time calls an election; the others
+    // refuse it (they granted the master a lease), but it promised its own ballot and so
+    // refuses the master's next Accept. The master keeps mastership: it boosts past that
+    // ballot, with the same epoch, and its queued command is chosen everywhere.
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().unwrap();
+    let epoch = cell.replicas[m].epoch();
+    assert!(cell.replicas[m].lease_until(cell.now).is_some());
+    let other = (m + 1) % 3;
+    let candidate = cell.replicas[other].id();
+    let higher = Ballot {
+        round: cell.replicas[m].promised().round + 5,
+        node: candidate,
+    };
+    // The candidate's own promise, as its restart with a new election left it.
+    cell.replicas[other] = Replica::new(
+        config(candidate.0, 3),
+        {
+            let mut d = DurableState::bootstrap();
+            d.promised = higher;
+            d
+        },
+        Slot::ZERO,
+    )
+    .unwrap();
+    cell.delivered[other].clear();
+    submit(&mut cell, m, "during");
+    let r = &cell.replicas[m];
+    assert_eq!(r.role(), RoleKind::Master, "the master kept mastership");
+    assert_eq!(r.epoch(), epoch, "mastership was continuous");
+    assert!(
+        r.promised() > higher,
+        "boosted past {higher}: {}",
+        r.promised()
+    );
+    cell.run_for(2_000);
+    assert_eq!(cell.master(), Some(m));
+    assert_eq!(cell.replicas[m].epoch(), epoch);
+    for d in &cell.delivered {
+        assert!(
+            d.iter()
+                .any(|(_, v)| v.commands == vec![b"during".to_vec()]),
+            "{d:?}"
+        );
+    }
 }
 
 #[test]

@@ -18,7 +18,9 @@
 //!   for the restarted replica to miss heartbeats and call a needless election). So the
 //!   accepting side tells that peer's sender, which replaces a connection older than
 //!   [`STALE_AFTER`] at once (the age rule keeps two fresh connections from chasing each
-//!   other).
+//!   other). A sender still connecting, or waiting to retry, starts a fresh attempt at
+//!   once: an attempt begun while the peer was down waits for QUIC's backed-off Initial
+//!   retransmission, which can come seconds after the peer is back.
 //!
 //! - **snapshots**: a bidirectional stream on a peer connection is a snapshot fetch
 //!   ([`super::snapshot_xfer`]), answered from the replica's snapshot file.
@@ -418,7 +420,17 @@ impl PeerSender {
         let (me, peer) = (self.me, self.peer);
         let mut delay = self.backoff_min;
         loop {
-            let conn = match self.connect().await {
+            // A peer that connects to us is up: an attempt begun while it was down may wait
+            // seconds for QUIC's backed-off handshake retransmission, so start over at once.
+            let attempt = tokio::select! {
+                attempt = self.connect() => attempt,
+                () = self.reconnected.notified() => {
+                    info!(%me, %peer, "peer connected to us while we were connecting: connecting again at once");
+                    delay = self.backoff_min;
+                    continue;
+                }
+            };
+            let conn = match attempt {
                 Ok(conn) => {
                     delay = self.backoff_min;
                     conn
@@ -427,8 +439,10 @@ impl PeerSender {
                     let dropped = drain(&mut queue);
                     warn!(%me, %peer, addr = %self.addr.addr, error = %e, dropped,
                         retry_in_ms = delay.as_millis(), "cannot reach peer");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.backoff_max);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => delay = (delay * 2).min(self.backoff_max),
+                        () = self.reconnected.notified() => delay = self.backoff_min,
+                    }
                     continue;
                 }
             };
