@@ -1,7 +1,9 @@
-//! The sled store's persist rate (syncs/s and records/s) next to a raw write+fdatasync loop
-//! on the same disk, so the cost of sled plus our checksums is visible (STACK.md §4 measured
-//! the same pairs). Run: `cargo bench -p chubby-server --bench storage`; set CHUBBY_BENCH_DIR
-//! to measure another disk (default: the system temporary directory).
+//! The acceptor store's persist rate (syncs/s and records/s) next to a raw write+fdatasync
+//! loop on the same disk (the floor), and next to sled 0.34.7 made durable the way our
+//! store used to (apply_batch + flush + fdatasync: `storage/wal.rs` says why it was
+//! replaced; this row keeps the measurement that backs that). STACK.md §4 measured the same
+//! pairs. Run: `cargo bench -p chubby-server --bench storage`; set CHUBBY_BENCH_DIR to
+//! measure another disk (default: the system temporary directory).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -10,7 +12,7 @@ use std::time::Instant;
 
 use chubby_protocol::{Ballot, NodeId, Slot, Value};
 use chubby_server::paxos::{LogEntry, PersistBatch};
-use chubby_server::storage::{SledStorage, Storage};
+use chubby_server::storage::{record, Storage, WalStorage};
 
 const VALUE_BYTES: usize = 128;
 
@@ -58,22 +60,54 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 }
 
 /// (syncs/s, records/s, p50 µs, p99 µs)
+fn wal(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
+    let dir = dir("wal");
+    let mut store = WalStorage::open(&dir).expect("open the write-ahead log");
+    let (latencies, seconds) = timed(batches, |b| {
+        store
+            .persist(&batch(1 + b * records_per_batch, records_per_batch))
+            .expect("persist");
+    });
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    summary(latencies, batches, records_per_batch, seconds)
+}
+
+/// sled with the same records, made durable as our old sled store did.
 fn sled(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
     let dir = dir("sled");
-    let mut store = SledStorage::open(&dir).expect("open sled");
+    let db = sled::Config::new()
+        .path(&dir)
+        .segment_size(8 << 20)
+        .flush_every_ms(None)
+        .open()
+        .expect("open sled");
+    let db_file = std::fs::File::open(dir.join("db")).expect("sled's db file");
+    let (latencies, seconds) = timed(batches, |b| {
+        let mut sled_batch = sled::Batch::default();
+        let persist = batch(1 + b * records_per_batch, records_per_batch);
+        for (key, value) in record::encode_batch(&persist, b == 0) {
+            sled_batch.insert(key, value);
+        }
+        db.apply_batch(sled_batch).expect("apply_batch");
+        db.flush().expect("flush");
+        db_file.sync_data().expect("fdatasync");
+    });
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+    summary(latencies, batches, records_per_batch, seconds)
+}
+
+/// Runs `persist(b)` for each batch; returns the latencies (µs) and the total seconds.
+fn timed(batches: u64, mut persist: impl FnMut(u64)) -> (Vec<f64>, f64) {
     let mut latencies = Vec::new();
     let started = Instant::now();
     for b in 0..batches {
         let t = Instant::now();
-        store
-            .persist(&batch(1 + b * records_per_batch, records_per_batch))
-            .expect("persist");
+        persist(b);
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
-    summary(&mut latencies, batches, records_per_batch, seconds)
+    (latencies, started.elapsed().as_secs_f64())
 }
 
 fn raw(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
@@ -85,19 +119,14 @@ fn raw(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
         .open(dir.join("log"))
         .expect("open");
     let record = [0x5au8; VALUE_BYTES];
-    let mut latencies = Vec::new();
-    let started = Instant::now();
-    for _ in 0..batches {
-        let t = Instant::now();
+    let (latencies, seconds) = timed(batches, |_| {
         for _ in 0..records_per_batch {
             file.write_all(&record).expect("write");
         }
         file.sync_data().expect("fdatasync");
-        latencies.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    });
     let _ = std::fs::remove_dir_all(&dir);
-    summary(&mut latencies, batches, records_per_batch, seconds)
+    summary(latencies, batches, records_per_batch, seconds)
 }
 
 fn main() {
@@ -109,10 +138,12 @@ fn main() {
         "{:<40} {:>10} {:>12} {:>10} {:>10}",
         "what", "syncs/s", "records/s", "p50 µs", "p99 µs"
     );
-    let rows: [(&str, Measure, u64, u64); 4] = [
-        ("sled store, 1 record per batch", sled, 1, 2_000),
+    let rows: [(&str, Measure, u64, u64); 6] = [
+        ("write-ahead log, 1 record per batch", wal, 1, 2_000),
+        ("sled 0.34.7, 1 record per batch", sled, 1, 2_000),
         ("raw append + fdatasync, 1 per sync", raw, 1, 2_000),
-        ("sled store, 100 records per batch", sled, 100, 300),
+        ("write-ahead log, 100 records per batch", wal, 100, 300),
+        ("sled 0.34.7, 100 records per batch", sled, 100, 300),
         ("raw 100 appends + 1 fdatasync", raw, 100, 300),
     ];
     for (name, f, per_batch, batches) in rows {
@@ -123,7 +154,7 @@ fn main() {
 
 /// (syncs/s, records/s, p50 µs, p99 µs) of one run.
 fn summary(
-    latencies: &mut [f64],
+    mut latencies: Vec<f64>,
     batches: u64,
     records_per_batch: u64,
     seconds: f64,
@@ -131,7 +162,7 @@ fn summary(
     (
         batches as f64 / seconds,
         (batches * records_per_batch) as f64 / seconds,
-        percentile(latencies, 0.5),
-        percentile(latencies, 0.99),
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
     )
 }

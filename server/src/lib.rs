@@ -24,8 +24,8 @@
 //! - [`node`]: the async shell that runs one replica process: Paxos, database, store,
 //!   peer and client ports, one core loop with group commit.
 //! - [`paxos`]: the pure Multi-Paxos replica (Paxos Made Live §3–5).
-//! - [`storage`]: the durable acceptor state and log: sled (really synced) and an
-//!   in-memory twin for the simulator.
+//! - [`storage`]: the durable acceptor state and log: a checksummed write-ahead log that
+//!   tells corruption from a torn write, and an in-memory twin for the simulator.
 //! - [`transport`]: QUIC with mutual TLS: rustls configs, the connection's principal,
 //!   length-prefixed framing and the replica-to-replica [`transport::PeerTransport`].
 #![warn(missing_docs)]

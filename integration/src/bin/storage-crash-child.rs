@@ -1,9 +1,11 @@
 //! Test helper for `tests/crash_storage.rs`: persists acceptor-like batches into a
-//! `SledStorage` forever, printing `durable N` after each `persist` returned Ok. The test
+//! `WalStorage` forever, printing `durable N` after each `persist` returned Ok. The test
 //! kills it with SIGKILL at a random moment and checks that every reported batch survived.
 //!
-//! Batch N promises ballot round N and writes log slot N with a value derived from N. On
-//! start it resumes after the highest slot already stored.
+//! Batch N promises ballot round N and writes log slot N with a value derived from N; every
+//! tenth batch also truncates the log through N - [`KEEP`], and the store compacts at a
+//! low threshold, so kills land inside compactions too. On start it resumes after the
+//! highest slot already stored.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +13,10 @@ use std::process::ExitCode;
 
 use chubby_protocol::{Ballot, NodeId, Slot, Value};
 use chubby_server::paxos::{LogEntry, PersistBatch};
-use chubby_server::storage::{Loaded, SledStorage, Storage};
+use chubby_server::storage::{Loaded, Storage, WalStorage};
+
+/// Log entries kept below each truncating batch.
+pub const KEEP: u64 = 30;
 
 /// The value the test expects at slot `n`.
 fn value_for(n: u64) -> Value {
@@ -27,8 +32,11 @@ fn main() -> ExitCode {
         eprintln!("usage: storage-crash-child DIR");
         return ExitCode::from(2);
     };
-    let mut store = match SledStorage::open(&dir) {
-        Ok(store) => store,
+    let mut store = match WalStorage::open(&dir) {
+        Ok(mut store) => {
+            store.set_compact_slack(4096);
+            store
+        }
         Err(e) => {
             eprintln!("storage-crash-child: cannot open {}: {e}", dir.display());
             return ExitCode::FAILURE;
@@ -50,8 +58,8 @@ fn main() -> ExitCode {
                 round: next,
                 node: NodeId(1),
             }),
-            chosen_through: None,
-            truncate_through: None,
+            chosen_through: Some(Slot(next)),
+            truncate_through: (next % 10 == 0 && next > KEEP).then(|| Slot(next - KEEP)),
             entries: vec![(
                 Slot(next),
                 LogEntry {

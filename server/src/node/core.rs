@@ -20,7 +20,7 @@ use super::NodeError;
 use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_FILE_BYTES_MAX};
 use crate::db::{Command, Db, Op, Outcome};
 use crate::paxos::{Action, Input, PersistBatch, Rejection, Replica, RoleKind};
-use crate::storage::{SledStorage, Storage};
+use crate::storage::{Storage, WalStorage};
 use crate::transport::PeerTransport;
 
 /// Inputs stepped before the actions they caused are executed (bounds a group commit).
@@ -35,7 +35,7 @@ pub(super) struct CoreParts {
     pub cfg: ReplicaConfig,
     pub replica: Replica,
     pub db: Db,
-    pub storage: SledStorage,
+    pub storage: WalStorage,
     pub transport: PeerTransport,
     pub origin: u64,
     pub snapshots: SnapshotFile,
@@ -63,7 +63,7 @@ pub(super) struct Core {
     me: NodeId,
     replica: Replica,
     db: Db,
-    storage: Option<SledStorage>,
+    storage: Option<WalStorage>,
     transport: PeerTransport,
     stamper: Stamper,
     origin: u64,

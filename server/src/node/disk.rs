@@ -6,7 +6,7 @@
 //!                  start, checked after
 //! DATA/NEW-CELL    written by `chubby cell init`; present only until a founding member's
 //!                  first start formats its store as a voter
-//! DATA/paxos/      the sled store (storage::SledStorage)
+//! DATA/paxos/      the acceptor's write-ahead log (storage::WalStorage)
 //! DATA/snapshot    the latest database snapshot (super::snapshot_file)
 //! ```
 //!
@@ -32,12 +32,12 @@ use super::snapshot_file::SnapshotFile;
 use crate::db::snapshot::SnapshotInfo;
 use crate::db::Db;
 use crate::paxos::{DurableState, PersistBatch};
-use crate::storage::{Loaded, SledStorage, Storage, StorageError};
+use crate::storage::{Loaded, Storage, StorageError, WalStorage};
 
 pub use crate::cell::NEW_CELL_MARKER;
 /// The file naming the cell a data directory belongs to.
 pub const CELL_ID_FILE: &str = "cell-id";
-/// The sled store's subdirectory.
+/// The acceptor store's subdirectory.
 pub const STORE_DIR: &str = "paxos";
 
 /// How the store was found.
@@ -100,7 +100,7 @@ pub fn cell_id(ca_der: &[u8]) -> String {
 #[derive(Debug)]
 pub struct Opened {
     /// The store.
-    pub storage: SledStorage,
+    pub storage: WalStorage,
     /// What it held (or the state to start with).
     pub state: DurableState,
     /// Which start case this was.
@@ -114,7 +114,7 @@ pub struct Opened {
 /// Opens `data_dir` for the cell with id `cell`.
 ///
 /// # Errors
-/// [`DiskError::OtherCell`], or an I/O or storage failure (including sled's lock held by
+/// [`DiskError::OtherCell`], or an I/O or storage failure (including the store's lock held by
 /// another running replica).
 pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
     let io = |path: &Path| {
@@ -143,12 +143,9 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         path: store_dir.clone(),
         source,
     };
-    let mut storage = SledStorage::open(&store_dir).map_err(|e| {
-        if e.to_string().contains("could not acquire lock") {
-            DiskError::InUse(data_dir.to_path_buf())
-        } else {
-            storage_err(e)
-        }
+    let mut storage = WalStorage::open(&store_dir).map_err(|e| match e {
+        StorageError::Locked(_) => DiskError::InUse(data_dir.to_path_buf()),
+        e => storage_err(e),
     })?;
     let marker = data_dir.join(NEW_CELL_MARKER);
     let (mut state, mut kind) = match storage.load() {
@@ -237,20 +234,6 @@ mod tests {
     use crate::paxos::LogEntry;
     use chubby_protocol::{Ballot, Slot, Value};
 
-    /// `open`, retrying while sled's flusher thread of a dropped store still holds the file
-    /// lock (released after the drop returns, with nothing to await).
-    fn reopen(data: &Path, cell: &str) -> Result<Opened, DiskError> {
-        for _ in 0..500 {
-            match open(data, cell) {
-                Err(DiskError::InUse(_)) => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                other => return other,
-            }
-        }
-        open(data, cell)
-    }
-
     #[test]
     fn start_cases() {
         let tmp = tempfile::tempdir().unwrap();
@@ -264,23 +247,23 @@ mod tests {
         assert!(!data.join(NEW_CELL_MARKER).exists(), "marker consumed");
         drop(first);
 
-        let again = reopen(&data, "abc").unwrap();
+        let again = open(&data, "abc").unwrap();
         assert_eq!(again.kind, StartKind::Resumed);
         assert!(again.state.voter);
         drop(again);
 
-        let err = reopen(&data, "other").unwrap_err();
+        let err = open(&data, "other").unwrap_err();
         assert!(matches!(err, DiskError::OtherCell { .. }), "{err}");
         assert!(err.to_string().contains("another cell"), "{err}");
 
         // A wiped directory (no marker) rebuilds before voting, and stays a non-voter
         // across a restart.
         std::fs::remove_dir_all(&data).unwrap();
-        let wiped = reopen(&data, "abc").unwrap();
+        let wiped = open(&data, "abc").unwrap();
         assert_eq!(wiped.kind, StartKind::Empty);
         assert!(!wiped.state.voter);
         drop(wiped);
-        let restarted = reopen(&data, "abc").unwrap();
+        let restarted = open(&data, "abc").unwrap();
         assert_eq!(restarted.kind, StartKind::Resumed);
         assert!(!restarted.state.voter);
     }
@@ -311,7 +294,7 @@ mod tests {
             .unwrap());
         drop(first);
 
-        let resumed = reopen(&data, "abc").unwrap();
+        let resumed = open(&data, "abc").unwrap();
         assert_eq!(resumed.kind, StartKind::Resumed);
         let (_, info) = resumed.snapshot.as_ref().expect("snapshot loaded");
         assert_eq!(info.slot, Slot(2));
@@ -320,7 +303,7 @@ mod tests {
 
         // Without the snapshot the log cannot be replayed: treated as corrupt, rebuilt.
         std::fs::remove_file(data.join(super::super::snapshot_file::SNAPSHOT_FILE)).unwrap();
-        let lost = reopen(&data, "abc").unwrap();
+        let lost = open(&data, "abc").unwrap();
         assert!(matches!(&lost.kind, StartKind::Corrupt(what) if what.contains("truncated")));
         assert!(!lost.state.voter);
         assert!(lost.state.log.is_empty());
