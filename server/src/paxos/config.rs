@@ -193,6 +193,11 @@ impl Config {
             ))
             .and(check(self.window >= 1, "window at least 1"))
             .and(check(
+                self.window as u64 <= super::MEMBERSHIP_DELAY,
+                "window at most MEMBERSHIP_DELAY (a master must know the member set of every \
+                 slot it proposes)",
+            ))
+            .and(check(
                 self.batch_commands_max >= 1,
                 "batch at least 1 command",
             ))
@@ -257,5 +262,10 @@ mod tests {
         let mut c = three();
         c.members = vec![NodeId(2), NodeId(3)];
         assert!(c.validate().is_err());
+        let mut c = three();
+        c.window = super::super::MEMBERSHIP_DELAY as usize;
+        assert_eq!(c.validate(), Ok(()));
+        c.window += 1;
+        assert!(c.validate_safety().is_err());
     }
 }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot, Value};
 
 use super::{
-    Action, Inflight, LeaseTracker, LogEntry, MasterState, PersistBatch, Phase1, PromiseInfo,
-    Rejection, Replica, Role, RoleKind, LEASE_ROUNDS_MAX,
+    Action, Inflight, LeaseTracker, LogEntry, MasterState, Membership, PersistBatch, Phase1,
+    PromiseInfo, Rejection, Replica, Role, RoleKind, LEASE_ROUNDS_MAX,
 };
 
 /// How phase 1 ended for the ballot it ran.
@@ -87,14 +87,21 @@ impl Replica {
         self.maybe_complete_phase1(now, out);
     }
 
+    /// Whether `p1`'s promises hold a majority of every member set that may govern a slot
+    /// it covers.
+    fn phase1_quorum(membership: &Membership, p1: &Phase1) -> bool {
+        let promisers: BTreeSet<NodeId> = p1.promises.keys().copied().collect();
+        membership.is_quorum_from(p1.from_slot, &promisers)
+    }
+
     fn maybe_complete_phase1(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let majority = self.cfg.majority();
+        let membership = &self.membership;
         let done = match &mut self.role {
-            Role::Candidate(p1) if p1.promises.len() >= majority => {
+            Role::Candidate(p1) if Self::phase1_quorum(membership, p1) => {
                 Some((p1.clone(), Phase1Kind::Election))
             }
             Role::Master(m) => match m.boost.take() {
-                Some(p1) if p1.promises.len() >= majority => Some((p1, Phase1Kind::Boost)),
+                Some(p1) if Self::phase1_quorum(membership, &p1) => Some((p1, Phase1Kind::Boost)),
                 other => {
                     m.boost = other;
                     None
@@ -116,7 +123,7 @@ impl Replica {
         kind: Phase1Kind,
         out: &mut Vec<Action>,
     ) {
-        assert!(p1.promises.len() >= self.cfg.majority());
+        assert!(Self::phase1_quorum(&self.membership, &p1));
         assert!(p1.promises.contains_key(&self.cfg.me));
         let (source, prefix) = p1
             .promises
@@ -260,7 +267,8 @@ impl Replica {
         slot: Slot,
         lease_seq: u64,
     ) {
-        let majority = self.cfg.majority();
+        let (membership, lease_from) = (&self.membership, self.chosen_through.next());
+        let quorum = |acks: &BTreeSet<NodeId>| membership.is_quorum_from(lease_from, acks);
         let believed_ms = self.cfg.master_lease_believed_ms();
         let from_receipt = self.lease_from_receipt();
         let Role::Master(m) = &mut self.role else {
@@ -271,7 +279,7 @@ impl Replica {
             return;
         }
         m.lease
-            .ack(lease_seq, from, now, majority, believed_ms, from_receipt);
+            .ack(lease_seq, from, now, &quorum, believed_ms, from_receipt);
         if let Some(inflight) = m.inflight.get_mut(&slot) {
             inflight.acks.insert(from);
         }
@@ -279,14 +287,13 @@ impl Replica {
     }
 
     fn check_chosen(&mut self, slot: Slot) {
-        let majority = self.cfg.majority();
         let Role::Master(m) = &mut self.role else {
             return;
         };
         let chosen = m
             .inflight
             .get(&slot)
-            .is_some_and(|i| i.acks.len() >= majority);
+            .is_some_and(|i| self.membership.is_quorum_at(slot, &i.acks));
         if chosen {
             let inflight = m.inflight.remove(&slot).expect("checked above");
             if slot > self.chosen_through {
@@ -302,7 +309,8 @@ impl Replica {
         ballot: Ballot,
         lease_seq: u64,
     ) {
-        let majority = self.cfg.majority();
+        let (membership, lease_from) = (&self.membership, self.chosen_through.next());
+        let quorum = |acks: &BTreeSet<NodeId>| membership.is_quorum_from(lease_from, acks);
         let believed_ms = self.cfg.master_lease_believed_ms();
         let from_receipt = self.lease_from_receipt();
         let Role::Master(m) = &mut self.role else {
@@ -310,7 +318,7 @@ impl Replica {
         };
         if ballot == m.ballot {
             m.lease
-                .ack(lease_seq, from, now, majority, believed_ms, from_receipt);
+                .ack(lease_seq, from, now, &quorum, believed_ms, from_receipt);
         }
     }
 
@@ -523,11 +531,12 @@ impl Replica {
             },
         );
         // A single-member cell is its own majority.
-        let majority = self.cfg.majority();
+        let (membership, lease_from) = (&self.membership, self.chosen_through.next());
+        let quorum = |acks: &BTreeSet<NodeId>| membership.is_quorum_from(lease_from, acks);
         let believed_ms = self.cfg.master_lease_believed_ms();
         if let Role::Master(m) = &mut self.role {
             m.lease
-                .ack(lease_seq, self.cfg.me, now, majority, believed_ms, false);
+                .ack(lease_seq, self.cfg.me, now, &quorum, believed_ms, false);
         }
     }
 
@@ -613,14 +622,16 @@ impl LeaseTracker {
         seq
     }
 
-    /// Records `from`'s ack of round `seq`; a majority extends the lease from the round's
-    /// send time (PML §5.2), never from the ack's arrival.
+    /// Records `from`'s ack of round `seq`; a quorum extends the lease from the round's
+    /// send time (PML §5.2), never from the ack's arrival. The quorum is a majority of every
+    /// member set governing a slot after the chosen prefix (docs/paxos.md, "Membership
+    /// changes": a candidate's phase 1 needs the same, so a granting acceptor is in its way).
     fn ack(
         &mut self,
         seq: u64,
         from: NodeId,
         now: Instant,
-        majority: usize,
+        quorum: &dyn Fn(&BTreeSet<NodeId>) -> bool,
         believed_ms: u64,
         from_receipt: bool,
     ) {
@@ -628,7 +639,7 @@ impl LeaseTracker {
             return;
         };
         acks.insert(from);
-        if acks.len() < majority {
+        if !quorum(acks) {
             return;
         }
         let start = if from_receipt { now } else { *sent_at };

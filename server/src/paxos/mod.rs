@@ -40,6 +40,7 @@ pub mod config;
 pub mod durable;
 mod learner;
 mod master;
+pub mod membership;
 mod rebuild;
 pub mod rng;
 mod snapshot;
@@ -50,6 +51,7 @@ use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, PromiseEntry, Slot, Val
 
 pub use config::{Bugs, Config, ConfigError};
 pub use durable::{DurableState, LogEntry, PersistBatch};
+pub use membership::{Membership, MEMBERSHIP_DELAY};
 
 /// Something that happened to the replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,6 +235,8 @@ struct CatchUp {
 #[derive(Debug)]
 pub struct Replica {
     cfg: Config,
+    /// Who votes for which slots; every quorum decision asks it.
+    membership: Membership,
     rng: rng::SplitMix64,
     last_now: Option<Instant>,
     promise_not_before: Instant,
@@ -300,6 +304,7 @@ impl Replica {
             retry_at: Instant::ZERO,
         });
         Ok(Replica {
+            membership: Membership::new(cfg.members.clone()),
             rng,
             last_now: None,
             promise_not_before: Instant::ZERO,
