@@ -23,7 +23,9 @@
 //! synced, and the header has its own checksum, so:
 //! - bytes at the end too few for a header, or a valid header whose payload runs past the end
 //!   of the file, or a zero-filled end, are a write that never completed and so was never
-//!   acknowledged: it is cut off (and logged) and the store loads;
+//!   acknowledged: it is cut off (and logged) and the store loads (a device fault that
+//!   zeroes a synced final block would pass as such an end, logged but not refused: the
+//!   price of surviving filesystems that zero-fill an unsynced extension after power loss);
 //! - anything else that fails a checksum (a header, a complete payload, the magic) is
 //!   corruption: [`Storage::load`] reports it and the replica rebuilds from its peers under
 //!   the no-vote rule, never using a byte of the store. A damaged *last* frame is treated as
@@ -43,7 +45,7 @@ use std::io::{Read, Write};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use bincode::config::{self, Configuration, LittleEndian, Varint};
+use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 
 use super::record::{decode_all, deleted_range, encode_batch};
 use super::{Loaded, Storage, StorageError};
@@ -55,13 +57,17 @@ pub const MAGIC: &[u8; 8] = b"CHUBWAL1";
 pub const HEADER_BYTES: usize = 12;
 /// Compaction waits until the file exceeds twice the live data by this much.
 pub const COMPACT_SLACK_BYTES: u64 = 16 << 20;
-/// Puts per frame of a compacted file (keeps frames far below the `u32` length).
-const COMPACT_PUTS_PER_FRAME: usize = 4096;
+/// Bytes of puts per frame of a compacted file (keeps frames far below the `u32` length).
+const COMPACT_FRAME_BYTES: usize = 64 << 20;
 
 const WAL_FILE: &str = "wal";
 const WAL_NEW_FILE: &str = "wal.new";
 const LOCK_FILE: &str = "lock";
-const CODEC: Configuration<LittleEndian, Varint> = config::standard();
+/// Frames are checksummed before they are decoded; the limit still keeps a length inside a
+/// payload from asking for more than a frame can hold.
+const FRAME_BYTES_MAX: usize = u32::MAX as usize;
+const CODEC: Configuration<LittleEndian, Varint, Limit<FRAME_BYTES_MAX>> =
+    config::standard().with_limit::<FRAME_BYTES_MAX>();
 
 type KeyRange = (Vec<u8>, Vec<u8>);
 type Frame = (bool, Option<KeyRange>, Vec<(Vec<u8>, Vec<u8>)>);
@@ -76,6 +82,10 @@ pub struct WalStorage {
     live_bytes: u64,
     /// What `open` found wrong; `load` reports it and `persist` refuses until `wipe`.
     corrupt: Option<StorageError>,
+    /// A write, sync, rename or directory sync failed: the file may hold a partial frame
+    /// that a later frame would turn into lost data, and a retried sync can lie, so nothing
+    /// more is written (the replica must stop; the trait's contract).
+    failed: bool,
     formatted: bool,
     compact_slack: u64,
     syncs: u64,
@@ -123,6 +133,7 @@ impl WalStorage {
             live: BTreeMap::new(),
             live_bytes: 0,
             corrupt: None,
+            failed: false,
             formatted: false,
             compact_slack: COMPACT_SLACK_BYTES,
             syncs: 0,
@@ -213,28 +224,51 @@ impl WalStorage {
 
     fn append(&mut self, frame: &Frame) -> Result<(), StorageError> {
         let bytes = encode_frame(frame)?;
+        self.failed = true;
         self.file.write_all(&bytes)?;
         self.file.sync_data()?;
+        self.failed = false;
         self.len += bytes.len() as u64;
         self.syncs += 1;
         Ok(())
     }
 
+    /// Refuses every write after a failed one (see `failed`), and any use of a corrupt store.
+    fn usable(&self) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Io(std::io::Error::other(
+                "an earlier write to the log failed: the store takes no more writes",
+            )));
+        }
+        match &self.corrupt {
+            Some(e) => Err(clone_corrupt(e)),
+            None => Ok(()),
+        }
+    }
+
     /// Writes the live map as a fresh file and makes it the log.
     fn rewrite(&mut self) -> Result<(), StorageError> {
-        let puts: Vec<(Vec<u8>, Vec<u8>)> = self
-            .live
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut body = Vec::new();
-        let mut chunks = puts.chunks(COMPACT_PUTS_PER_FRAME);
-        let first = chunks.next().unwrap_or(&[]);
-        body.extend(encode_frame(&(true, None, first.to_vec()))?);
-        for chunk in chunks {
-            body.extend(encode_frame(&(false, None, chunk.to_vec()))?);
+        let mut frames: Vec<Frame> = vec![(true, None, Vec::new())];
+        let mut bytes = 0;
+        for (k, v) in &self.live {
+            if bytes >= COMPACT_FRAME_BYTES {
+                frames.push((false, None, Vec::new()));
+                bytes = 0;
+            }
+            bytes += k.len() + v.len();
+            if let Some(last) = frames.last_mut() {
+                last.2.push((k.clone(), v.clone()));
+            }
         }
+        let mut body = Vec::new();
+        for frame in &frames {
+            body.extend(encode_frame(frame)?);
+        }
+        // Once the rename may have happened, the old handle may name no file: a failure
+        // from here on leaves the store unusable rather than appending into the void.
+        self.failed = true;
         self.file = write_file(&self.dir, &body)?;
+        self.failed = false;
         self.len = (MAGIC.len() + body.len()) as u64;
         self.syncs += 1;
         Ok(())
@@ -255,16 +289,12 @@ impl WalStorage {
 
 impl Storage for WalStorage {
     fn load(&mut self) -> Result<Loaded, StorageError> {
-        if let Some(e) = &self.corrupt {
-            return Err(clone_corrupt(e));
-        }
+        self.usable()?;
         decode_all(self.live.iter().map(|(k, v)| Ok((k.clone(), v.clone()))))
     }
 
     fn persist(&mut self, batch: &PersistBatch) -> Result<(), StorageError> {
-        if let Some(e) = &self.corrupt {
-            return Err(clone_corrupt(e));
-        }
+        self.usable()?;
         let delete = deleted_range(batch).map(RangeInclusive::into_inner);
         let frame: Frame = (false, delete, encode_batch(batch, !self.formatted));
         self.append(&frame)?;
@@ -274,9 +304,16 @@ impl Storage for WalStorage {
     }
 
     fn wipe(&mut self) -> Result<(), StorageError> {
-        self.live.clear();
-        self.live_bytes = 0;
-        self.rewrite()?;
+        if self.failed {
+            return self.usable();
+        }
+        let kept = std::mem::take(&mut self.live);
+        let kept_bytes = std::mem::replace(&mut self.live_bytes, 0);
+        if let Err(e) = self.rewrite() {
+            self.live = kept;
+            self.live_bytes = kept_bytes;
+            return Err(e);
+        }
         self.corrupt = None;
         self.formatted = false;
         Ok(())
@@ -365,6 +402,11 @@ fn scan(bytes: &[u8]) -> Result<Scan, String> {
             .map_err(|e| format!("frame at offset {pos}: undecodable: {e}"))?;
         if used != len {
             return Err(format!("frame at offset {pos}: trailing bytes"));
+        }
+        if frame.1.as_ref().is_some_and(|(first, last)| first > last) {
+            return Err(format!(
+                "frame at offset {pos}: deletes an inverted key range"
+            ));
         }
         frames.push(frame);
         pos += HEADER_BYTES + len;
@@ -519,6 +561,26 @@ mod tests {
             assert_eq!(state(&mut WalStorage::open(&dir).unwrap()), again);
             std::fs::write(&path, &clean).unwrap();
         }
+    }
+
+    #[test]
+    fn after_a_failed_write_the_store_takes_no_more() {
+        let (_tmp, dir, expected) = written(2);
+        let path = WalStorage::file_path(&dir);
+        let mut store = WalStorage::open(&dir).unwrap();
+        let writable = std::mem::replace(&mut store.file, File::open(&path).unwrap());
+        assert!(
+            store.persist(&batch(3)).is_err(),
+            "a read-only handle cannot append"
+        );
+        store.file = writable;
+        assert!(
+            store.persist(&batch(3)).is_err(),
+            "refused after the failure"
+        );
+        assert!(store.load().is_err());
+        drop(store);
+        assert_eq!(state(&mut WalStorage::open(&dir).unwrap()), expected);
     }
 
     #[test]
