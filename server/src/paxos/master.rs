@@ -267,10 +267,6 @@ impl Replica {
         slot: Slot,
         lease_seq: u64,
     ) {
-        let (membership, lease_from) = (&self.membership, self.chosen_through.next());
-        let quorum = |acks: &BTreeSet<NodeId>| membership.is_quorum_from(lease_from, acks);
-        let believed_ms = self.cfg.master_lease_believed_ms();
-        let from_receipt = self.lease_from_receipt();
         let Role::Master(m) = &mut self.role else {
             return;
         };
@@ -278,12 +274,24 @@ impl Replica {
             tracing::debug!(%from, %ballot, "ignoring Accepted for another ballot");
             return;
         }
-        m.lease
-            .ack(lease_seq, from, now, &quorum, believed_ms, from_receipt);
         if let Some(inflight) = m.inflight.get_mut(&slot) {
             inflight.acks.insert(from);
         }
+        let from_receipt = self.lease_from_receipt();
+        self.ack_lease(lease_seq, from, now, from_receipt);
         self.check_chosen(slot);
+    }
+
+    /// Records `from`'s ack of lease round `seq` (the caller checked the ballot). The
+    /// quorum is a majority of every member set governing a slot after the chosen prefix.
+    fn ack_lease(&mut self, seq: u64, from: NodeId, now: Instant, from_receipt: bool) {
+        let (membership, lease_from) = (&self.membership, self.chosen_through.next());
+        let quorum = |acks: &BTreeSet<NodeId>| membership.is_quorum_from(lease_from, acks);
+        let believed_ms = self.cfg.master_lease_believed_ms();
+        if let Role::Master(m) = &mut self.role {
+            m.lease
+                .ack(seq, from, now, &quorum, believed_ms, from_receipt);
+        }
     }
 
     fn check_chosen(&mut self, slot: Slot) {
@@ -309,16 +317,9 @@ impl Replica {
         ballot: Ballot,
         lease_seq: u64,
     ) {
-        let (membership, lease_from) = (&self.membership, self.chosen_through.next());
-        let quorum = |acks: &BTreeSet<NodeId>| membership.is_quorum_from(lease_from, acks);
-        let believed_ms = self.cfg.master_lease_believed_ms();
-        let from_receipt = self.lease_from_receipt();
-        let Role::Master(m) = &mut self.role else {
-            return;
-        };
-        if ballot == m.ballot {
-            m.lease
-                .ack(lease_seq, from, now, &quorum, believed_ms, from_receipt);
+        if matches!(&self.role, Role::Master(m) if m.ballot == ballot) {
+            let from_receipt = self.lease_from_receipt();
+            self.ack_lease(lease_seq, from, now, from_receipt);
         }
     }
 
@@ -531,13 +532,7 @@ impl Replica {
             },
         );
         // A single-member cell is its own majority.
-        let (membership, lease_from) = (&self.membership, self.chosen_through.next());
-        let quorum = |acks: &BTreeSet<NodeId>| membership.is_quorum_from(lease_from, acks);
-        let believed_ms = self.cfg.master_lease_believed_ms();
-        if let Role::Master(m) = &mut self.role {
-            m.lease
-                .ack(lease_seq, self.cfg.me, now, &quorum, believed_ms, false);
-        }
+        self.ack_lease(lease_seq, self.cfg.me, now, false);
     }
 
     pub(super) fn on_submit(&mut self, _now: Instant, command: Vec<u8>, out: &mut Vec<Action>) {
