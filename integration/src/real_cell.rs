@@ -173,6 +173,24 @@ impl RealCell {
         self.children[id - 1] = Some(child);
     }
 
+    /// Issues replica `id` (the next id, `len() + 1`) for this running cell with `chubby
+    /// cell issue-replica`'s library call, on free loopback ports, and starts it; returns
+    /// its peer address. It is warm, not a member, until `chubby admin add-replica`.
+    ///
+    /// # Panics
+    /// If `id` is not the next id, or issuing or starting fails.
+    pub fn issue_and_start(&mut self, id: usize) -> String {
+        assert_eq!(id, self.len() + 1, "replicas are issued in id order");
+        let port = free_port_range(2);
+        let id32 = u32::try_from(id).expect("small id");
+        let cfg = chubby_protocol::cell::issue_replica(&self.cell_dir(), id32, "127.0.0.1", port)
+            .expect("issue replica");
+        self.configs.push(cfg);
+        self.children.push(None);
+        self.spawn(id);
+        format!("127.0.0.1:{port}")
+    }
+
     /// The process id of running replica `id`.
     ///
     /// # Panics
@@ -382,6 +400,46 @@ fn free_port_range(count: usize) -> u16 {
         }
     }
     panic!("no free port range");
+}
+
+/// Checks every write's outcome against what the cell holds now: an acknowledged write is
+/// present, a failed one absent, an unknown one either. Returns `(acknowledged, unknown)`.
+///
+/// # Panics
+/// On a lost acknowledged write, a present failed one, or a read that fails.
+pub async fn check_outcomes(
+    writer: &FileWriter,
+    conn: &CellConn,
+    outcomes: &std::collections::BTreeMap<u64, WriteOutcome>,
+) -> (usize, usize) {
+    let (mut acked, mut unknown) = (0, 0);
+    for (i, outcome) in outcomes {
+        let got = writer
+            .read(conn, &writer.path_of(*i))
+            .await
+            .expect("read back");
+        match outcome {
+            WriteOutcome::Acked => {
+                acked += 1;
+                assert_eq!(
+                    got,
+                    Some(FileWriter::contents_of(*i)),
+                    "acknowledged write {i} lost"
+                );
+            }
+            WriteOutcome::Unknown(_) => {
+                unknown += 1;
+                if let Some(c) = got {
+                    assert_eq!(c, FileWriter::contents_of(*i));
+                }
+            }
+            WriteOutcome::Failed(why) => {
+                // Refused, or never sent: nothing was done.
+                assert_eq!(got, None, "failed write {i} ({why}) is present");
+            }
+        }
+    }
+    (acked, unknown)
 }
 
 /// A writer that creates one file per write, so every acknowledged write can be checked

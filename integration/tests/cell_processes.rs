@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chubby_client::conn::CellConn;
-use chubby_integration::real_cell::{binary, FileWriter, RealCell, WriteOutcome};
+use chubby_integration::real_cell::{binary, check_outcomes, FileWriter, RealCell, WriteOutcome};
 use chubby_integration::test_support::{runtime, CONVERGE, ELECTION};
 use chubby_protocol::Slot;
 
@@ -136,26 +136,7 @@ fn master_kill9_under_load_loses_no_acknowledged_write() {
             outcomes.insert(i, o);
         }
 
-        let (mut acked, mut unknown) = (0, 0);
-        for (i, outcome) in &outcomes {
-            let got = writer.read(&conn, &writer.path_of(*i)).await.unwrap();
-            match outcome {
-                WriteOutcome::Acked => {
-                    acked += 1;
-                    assert_eq!(got, Some(FileWriter::contents_of(*i)), "acknowledged write {i} lost");
-                }
-                WriteOutcome::Unknown(_) => {
-                    unknown += 1;
-                    if let Some(c) = got {
-                        assert_eq!(c, FileWriter::contents_of(*i));
-                    }
-                }
-                WriteOutcome::Failed(why) => {
-                    // Refused, or never sent: nothing was done.
-                    assert_eq!(got, None, "failed write {i} ({why}) is present");
-                }
-            }
-        }
+        let (acked, unknown) = check_outcomes(&writer, &conn, &outcomes).await;
         println!("{acked} acknowledged writes all present; {unknown} with unknown outcome");
         assert!(acked >= 100);
         conn.close().await;

@@ -18,6 +18,7 @@ use bincode::{Decode, Encode};
 use crate::db::{Generation, HandleId, OpenArgs, SessionId, Stat};
 use crate::error::Refusal;
 use crate::ids::{Ballot, NodeId, Slot};
+use crate::peer_msg::MemberAddr;
 
 /// One call.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -69,6 +70,15 @@ pub enum Call {
         /// A handle opened for writing.
         handle: HandleId,
     },
+    /// Add or remove one replica (the `admin` principal only). Answered once the master
+    /// proposed the change; it takes effect a fixed number of slots after it is chosen,
+    /// which `Status` shows.
+    ChangeMembers {
+        /// The replica to add, with its addresses.
+        add: Option<MemberAddr>,
+        /// The replica to remove.
+        remove: Option<NodeId>,
+    },
 }
 
 impl Call {
@@ -83,6 +93,7 @@ impl Call {
             Call::GetContentsAndStat { .. } => "GetContentsAndStat",
             Call::SetContents { .. } => "SetContents",
             Call::Delete { .. } => "Delete",
+            Call::ChangeMembers { .. } => "ChangeMembers",
         }
     }
 }
@@ -220,8 +231,11 @@ pub struct StatusReport {
     pub last_checksum: Option<(Slot, u64)>,
     /// A detected divergence from the master's digest, described; `None` if none seen.
     pub divergence: Option<String>,
-    /// The members it runs with: id and client address.
+    /// Every replica it knows of (members, past and pending): id and client address.
     pub members: Vec<MasterHint>,
+    /// The member sets it knows, each with the first slot it governs; the set governing
+    /// `chosen_through + 1` is in effect, a later one is pending.
+    pub member_sets: Vec<(Slot, Vec<NodeId>)>,
     /// Sessions in its database.
     pub sessions: u64,
 }

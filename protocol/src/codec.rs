@@ -113,9 +113,7 @@ mod tests {
                 node: NodeId(2),
             },
             slot: Slot(42),
-            value: Value {
-                commands: vec![b"hello".to_vec(), vec![]],
-            },
+            value: Value::commands(vec![b"hello".to_vec(), vec![]]),
             chosen_through: Slot(41),
             lease_seq: 9,
         }
@@ -161,9 +159,7 @@ mod tests {
         let big = PaxosMsg::Accept {
             ballot: Ballot::ZERO,
             slot: Slot(1),
-            value: Value {
-                commands: vec![vec![0u8; FRAME_BYTES_MAX]],
-            },
+            value: Value::commands(vec![vec![0u8; FRAME_BYTES_MAX]]),
             chosen_through: Slot::ZERO,
             lease_seq: 0,
         };

@@ -37,5 +37,5 @@ pub use db::{
 };
 pub use error::Refusal;
 pub use ids::{Ballot, NodeId, Slot};
-pub use peer_msg::{PaxosMsg, PromiseEntry, Value};
+pub use peer_msg::{MemberAddr, MemberChange, MemberSets, PaxosMsg, PromiseEntry, Value};
 pub use time::Instant;

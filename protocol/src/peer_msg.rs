@@ -6,30 +6,74 @@
 
 use bincode::{Decode, Encode};
 
-use crate::ids::{Ballot, Slot};
+use crate::ids::{Ballot, NodeId, Slot};
 
-/// The value of one Paxos instance: a batch of commands submitted to the master. An empty
-/// batch is a no-op, used to fill gaps a new master finds in the log and to start an
-/// instance on demand.
+/// The value of one Paxos instance: a batch of commands submitted to the master, or a
+/// membership change. An empty batch without a change is a no-op, used to fill gaps a new
+/// master finds in the log and to start an instance on demand.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct Value {
     /// The commands, in the order the master received them.
     pub commands: Vec<Vec<u8>>,
+    /// A new member set, in effect a fixed number of slots after this value's own
+    /// (docs/paxos.md, "Membership changes").
+    pub change: Option<MemberChange>,
+}
+
+/// Where a replica listens, as a membership change tells every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct MemberAddr {
+    /// The replica.
+    pub id: NodeId,
+    /// Its host name or IP (also its certificate's SAN).
+    pub host: String,
+    /// UDP port for replicas.
+    pub peer_port: u16,
+    /// UDP port for clients.
+    pub client_port: u16,
+}
+
+/// A membership change: the whole new member set, and the addresses of members the cell
+/// may not know yet.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct MemberChange {
+    /// Every member of the new set, sorted.
+    pub members: Vec<NodeId>,
+    /// Addresses of (new) members.
+    pub addrs: Vec<MemberAddr>,
+}
+
+/// The member sets a replica knows, each from the first slot it governs, and the
+/// addresses learned with them: sent with catch-up replies (a snapshot may have truncated
+/// the values that created them) and kept in the acceptor's store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct MemberSets {
+    /// `(first slot governed, members)`, in slot order.
+    pub sets: Vec<(Slot, Vec<NodeId>)>,
+    /// Addresses learned from changes.
+    pub addrs: Vec<MemberAddr>,
 }
 
 impl Value {
     /// The no-op value.
     #[must_use]
     pub fn noop() -> Value {
+        Value::default()
+    }
+
+    /// A batch of commands.
+    #[must_use]
+    pub fn commands(commands: Vec<Vec<u8>>) -> Value {
         Value {
-            commands: Vec::new(),
+            commands,
+            change: None,
         }
     }
 
     /// True for the no-op value.
     #[must_use]
     pub fn is_noop(&self) -> bool {
-        self.commands.is_empty()
+        self.commands.is_empty() && self.change.is_none()
     }
 
     /// Bytes of command payload carried.
@@ -135,6 +179,8 @@ pub enum PaxosMsg {
         /// The sender's log starts after this slot (a snapshot covers the rest): a replica
         /// that needs a slot at or below it must fetch a snapshot (PML §5.5).
         truncated_through: Slot,
+        /// The sender's member sets (the values that made them may be truncated).
+        members: MemberSets,
     },
     /// A replica rebuilding after disk loss asks a peer for bounds on what it could have
     /// promised or accepted before it lost its disk.
@@ -150,6 +196,9 @@ pub enum PaxosMsg {
         promised: Ballot,
         /// The highest slot the peer has accepted or learned.
         accepted_through: Slot,
+        /// The newest member set the peer knows: the rebuilding replica needs a reply
+        /// from each of them.
+        newest: Vec<NodeId>,
     },
 }
 

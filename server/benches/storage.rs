@@ -26,9 +26,7 @@ fn dir(name: &str) -> PathBuf {
 fn batch(first: u64, records: u64) -> PersistBatch {
     let entries = (first..first + records)
         .map(|s| {
-            let value = Value {
-                commands: vec![vec![(s % 251) as u8; VALUE_BYTES]],
-            };
+            let value = Value::commands(vec![vec![(s % 251) as u8; VALUE_BYTES]]);
             (
                 Slot(s),
                 LogEntry {

@@ -20,11 +20,9 @@ pub const KEEP: u64 = 30;
 
 /// The value the test expects at slot `n`.
 fn value_for(n: u64) -> Value {
-    Value {
-        commands: vec![format!("value-{n}-")
-            .repeat(1 + (n % 7) as usize)
-            .into_bytes()],
-    }
+    Value::commands(vec![format!("value-{n}-")
+        .repeat(1 + (n % 7) as usize)
+        .into_bytes()])
 }
 
 fn main() -> ExitCode {
@@ -60,6 +58,7 @@ fn main() -> ExitCode {
             }),
             chosen_through: Some(Slot(next)),
             truncate_through: (next % 10 == 0 && next > KEEP).then(|| Slot(next - KEEP)),
+            members: None,
             entries: vec![(
                 Slot(next),
                 LogEntry {

@@ -98,8 +98,13 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     /// Its certificate, key and the cell CA.
     pub tls: TlsPaths,
-    /// Every member of the cell, this replica included.
+    /// Every member of the cell, this replica included: the founding members, or (with
+    /// `join`) the replicas known when this one was issued, to contact first.
     pub members: Vec<Member>,
+    /// This replica was added to a running cell (`chubby cell issue-replica`): it learns the
+    /// member sets from its peers and votes once `chubby admin add-replica` made it a member.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// Optional knobs; omitted from the file when all are defaults.
     #[serde(default, skip_serializing_if = "Tuning::is_default")]
     pub tuning: Tuning,
@@ -186,7 +191,14 @@ impl ReplicaConfig {
     /// # Errors
     /// The first violation found.
     pub fn validate(&self) -> Result<(), CellError> {
-        validate_replica_count(self.members.len())?;
+        if self.join {
+            // The replicas known when it was issued: any number, the count is not a quorum.
+            if self.members.is_empty() || self.members.len() > 2 * REPLICAS_MAX {
+                return Err(CellError::ReplicaCount(self.members.len()));
+            }
+        } else {
+            validate_replica_count(self.members.len())?;
+        }
         let mut ids = BTreeSet::new();
         for m in &self.members {
             if m.id == 0 {
@@ -240,7 +252,10 @@ impl CellFile {
             path: path.to_owned(),
             source: Box::new(e),
         };
-        validate_replica_count(cell.replicas.len()).map_err(invalid)?;
+        // Any number: a cell that is growing or shrinking has an even count for a while.
+        if cell.replicas.is_empty() || cell.replicas.len() > 2 * REPLICAS_MAX {
+            return Err(invalid(CellError::ReplicaCount(cell.replicas.len())));
+        }
         let mut seen = BTreeSet::new();
         for r in &cell.replicas {
             if !seen.insert(r) {

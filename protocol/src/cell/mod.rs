@@ -157,18 +157,7 @@ pub fn init_cell(
         )?;
         let pair = ca.issue_replica(m.id, host)?;
         write_pair(&rdir, &pair)?;
-        let cfg = ReplicaConfig {
-            id: m.id,
-            bind_host: host.to_owned(),
-            data_dir: PathBuf::from("data"),
-            tls: TlsPaths {
-                ca: PathBuf::from("../ca.pem"),
-                cert: PathBuf::from("cert.pem"),
-                key: PathBuf::from("key.pem"),
-            },
-            members: members.clone(),
-            tuning: config::Tuning::default(),
-        };
+        let cfg = replica_config(m.id, host, members.clone(), false);
         let path = rdir.join("config.toml");
         write_public(&path, &to_toml(&cfg)?)?;
         replica_configs.push(path);
@@ -222,6 +211,126 @@ pub fn issue_client_cert(dir: &Path, principal: &str) -> Result<TlsPaths, CellEr
         cert: cdir.join("cert.pem"),
         key: cdir.join("key.pem"),
     })
+}
+
+/// Issues replica `id` for the running cell in `dir`, to be added with `chubby admin
+/// add-replica`: its certificate, `DIR/replica-<id>/config.toml` (with `join = true` and
+/// every replica found in the other replicas' configs as first contacts) and an empty data
+/// directory without the new-cell marker. Its client address is appended to `DIR/cell.toml`.
+/// Returns the config's path.
+///
+/// # Errors
+/// [`CellError::NotEmpty`] if replica `id` was already issued, a zero id or a port clash
+/// with a known replica ([`CellError::DuplicateId`], [`CellError::Ports`]), or the I/O and
+/// PKI errors.
+pub fn issue_replica(
+    dir: &Path,
+    id: u32,
+    host: &str,
+    peer_port: u16,
+) -> Result<PathBuf, CellError> {
+    if id == 0 {
+        return Err(CellError::ZeroId);
+    }
+    let client_port =
+        peer_port
+            .checked_add(1)
+            .filter(|_| peer_port != 0)
+            .ok_or(CellError::Ports {
+                base: peer_port,
+                replicas: 1,
+            })?;
+    let ca = CellCa::from_pem(
+        &read_string(&dir.join("ca.pem"))?,
+        &read_string(&dir.join("ca.key"))?,
+    )?;
+    let mut members: Vec<Member> = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|source| CellError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path().join("config.toml");
+        let is_replica = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(REPLICA_CN_PREFIX);
+        if !is_replica || !path.exists() {
+            continue;
+        }
+        let cfg = ReplicaConfig::load(&path)?;
+        for m in cfg.members {
+            if !members.iter().any(|k| k.id == m.id) {
+                members.push(m);
+            }
+        }
+    }
+    if members.iter().any(|m| m.id == id) {
+        return Err(CellError::DuplicateId(id));
+    }
+    let clash = members.iter().any(|m| {
+        m.host == host
+            && [m.peer_port, m.client_port]
+                .iter()
+                .any(|p| *p == peer_port || *p == client_port)
+    });
+    if clash {
+        return Err(CellError::Ports {
+            base: peer_port,
+            replicas: 1,
+        });
+    }
+    let me = Member {
+        id,
+        host: host.to_owned(),
+        peer_port,
+        client_port,
+    };
+    members.push(me.clone());
+    members.sort_by_key(|m| m.id);
+    let rdir = dir.join(format!("{REPLICA_CN_PREFIX}{id}"));
+    ensure_empty_dir(&rdir)?;
+    create_dir(&rdir.join("data"))?;
+    write_pair(&rdir, &ca.issue_replica(id, host)?)?;
+    let cfg = replica_config(id, host, members, true);
+    let path = rdir.join("config.toml");
+    write_public(&path, &to_toml(&cfg)?)?;
+    let cell_path = dir.join("cell.toml");
+    if let Ok(text) = std::fs::read_to_string(&cell_path) {
+        if let Ok(mut cell) = toml::from_str::<CellFile>(&text) {
+            let endpoint = me.client_endpoint();
+            if !cell.replicas.contains(&endpoint) {
+                cell.replicas.push(endpoint);
+                // Replaced whole (written beside, then renamed), never left half written.
+                let tmp = dir.join("cell.toml.new");
+                let _ = std::fs::remove_file(&tmp);
+                write_public(&tmp, &to_toml(&cell)?)?;
+                std::fs::rename(&tmp, &cell_path).map_err(|source| CellError::Io {
+                    path: cell_path.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// A replica's `config.toml` as the cell directory lays it out: data, certificate and key
+/// beside it, the CA one level up.
+fn replica_config(id: u32, host: &str, members: Vec<Member>, join: bool) -> ReplicaConfig {
+    ReplicaConfig {
+        id,
+        bind_host: host.to_owned(),
+        data_dir: PathBuf::from("data"),
+        tls: TlsPaths {
+            ca: PathBuf::from("../ca.pem"),
+            cert: PathBuf::from("cert.pem"),
+            key: PathBuf::from("key.pem"),
+        },
+        members,
+        join,
+        tuning: config::Tuning::default(),
+    }
 }
 
 fn plan_members(replicas: usize, host: &str, base_port: u16) -> Result<Vec<Member>, CellError> {

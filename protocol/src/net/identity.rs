@@ -109,13 +109,15 @@ pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .and_then(|hd| hd.protocol)
 }
 
-/// Decides whether a certificate is replica `id` out of `members`.
+/// Decides whether a certificate is a replica's, and (with `members`) one of them. Without
+/// `members` any replica certificate of the cell CA passes: a replica about to be added
+/// must reach the cell before the cell lists it.
 ///
 /// # Errors
 /// The [`PeerRefusal`] saying why not.
 pub fn authorize_replica(
     cert: &PeerCertificate,
-    members: &BTreeSet<NodeId>,
+    members: Option<&BTreeSet<NodeId>>,
 ) -> Result<NodeId, PeerRefusal> {
     let id = replica_id_of_cn(&cert.common_name)
         .ok_or_else(|| PeerRefusal::NotAReplica(cert.common_name.clone()))?;
@@ -124,20 +126,20 @@ pub fn authorize_replica(
             cert.common_name.clone(),
         ));
     }
-    if !members.contains(&id) {
+    if members.is_some_and(|m| !m.contains(&id)) {
         return Err(PeerRefusal::NotAMember(id));
     }
     Ok(id)
 }
 
 /// Authorizes an accepted connection as a peer: ALPN `chubby-peer/1` and a replica
-/// certificate of one of `members`.
+/// certificate (of one of `members`, when given).
 ///
 /// # Errors
 /// The [`PeerRefusal`] saying why not.
 pub fn authorize_peer_connection(
     conn: &quinn::Connection,
-    members: &BTreeSet<NodeId>,
+    members: Option<&BTreeSet<NodeId>>,
 ) -> Result<NodeId, PeerRefusal> {
     if negotiated_alpn(conn).as_deref() != Some(Alpn::Peer.id()) {
         return Err(PeerRefusal::WrongAlpn);
@@ -176,20 +178,30 @@ mod tests {
             server_auth,
         };
         assert_eq!(
-            authorize_replica(&cert("replica-2", true), &members),
+            authorize_replica(&cert("replica-2", true), Some(&members)),
             Ok(NodeId(2))
         );
         assert_eq!(
-            authorize_replica(&cert("replica-2", false), &members),
+            authorize_replica(&cert("replica-2", false), Some(&members)),
             Err(PeerRefusal::NotAReplicaCertificate("replica-2".into()))
         );
         assert_eq!(
-            authorize_replica(&cert("replica-4", true), &members),
+            authorize_replica(&cert("replica-4", true), Some(&members)),
             Err(PeerRefusal::NotAMember(NodeId(4)))
         );
         assert_eq!(
-            authorize_replica(&cert("alice", true), &members),
+            authorize_replica(&cert("alice", true), Some(&members)),
             Err(PeerRefusal::NotAReplica("alice".into()))
+        );
+        // Any replica of the CA may reach a cell that does not list it yet; a client
+        // certificate still may not.
+        assert_eq!(
+            authorize_replica(&cert("replica-4", true), None),
+            Ok(NodeId(4))
+        );
+        assert_eq!(
+            authorize_replica(&cert("replica-4", false), None),
+            Err(PeerRefusal::NotAReplicaCertificate("replica-4".into()))
         );
     }
 }

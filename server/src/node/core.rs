@@ -9,7 +9,9 @@ use chubby_protocol::client_msg::{
     Answer, Call, CallError, MasterHint, ReplicaRole, Reply, StatusReport,
 };
 use chubby_protocol::db::FILE_BYTES_MAX;
-use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Refusal, SessionId, Slot, Value};
+use chubby_protocol::{
+    Ballot, Instant, MemberAddr, NodeId, PaxosMsg, Refusal, SessionId, Slot, Value,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -19,9 +21,9 @@ use super::snapshot_file::SnapshotFile;
 use super::NodeError;
 use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_FILE_BYTES_MAX};
 use crate::db::{Command, Db, Op, Outcome};
-use crate::paxos::{Action, Input, PersistBatch, Rejection, Replica, RoleKind};
+use crate::paxos::{Action, ChangeRefusal, Input, PersistBatch, Rejection, Replica, RoleKind};
 use crate::storage::{Storage, WalStorage};
-use crate::transport::PeerTransport;
+use crate::transport::{PeerAddr, PeerTransport};
 
 /// Inputs stepped before the actions they caused are executed (bounds a group commit).
 const INPUTS_PER_ROUND: usize = 1024;
@@ -88,6 +90,8 @@ pub(super) struct Core {
     snapshot_due: Slot,
     snap_tx: mpsc::UnboundedSender<SnapshotEvent>,
     snap_rx: Option<mpsc::UnboundedReceiver<SnapshotEvent>>,
+    /// The addresses learned from membership changes that the transport was given.
+    peer_addrs: BTreeMap<NodeId, MemberAddr>,
 }
 
 impl std::fmt::Debug for Core {
@@ -132,6 +136,7 @@ impl Core {
             snapshot_due,
             snap_tx,
             snap_rx: Some(snap_rx),
+            peer_addrs: BTreeMap::new(),
             cfg: parts.cfg,
         }
     }
@@ -265,7 +270,39 @@ impl Core {
             }
         }
         self.maybe_snapshot();
+        self.sync_peers();
         Ok(())
+    }
+
+    /// Gives the transport every replica address a membership change taught us.
+    fn sync_peers(&mut self) {
+        if self.replica.membership().addrs() == &self.peer_addrs {
+            return;
+        }
+        let addrs = self.replica.membership().addrs().clone();
+        for (id, addr) in &addrs {
+            if self.peer_addrs.get(id) == Some(addr) || *id == self.me {
+                continue;
+            }
+            let endpoint =
+                chubby_protocol::cell::config::join_host_port(&addr.host, addr.peer_port);
+            match std::net::ToSocketAddrs::to_socket_addrs(&endpoint).map(|mut a| a.next()) {
+                Ok(Some(sock)) => {
+                    info!(replica = self.me.0, peer = id.0, addr = %endpoint, "peer address learned from a membership change");
+                    self.transport.add_peer(
+                        *id,
+                        PeerAddr {
+                            addr: sock,
+                            server_name: addr.host.clone(),
+                        },
+                    );
+                }
+                Ok(None) | Err(_) => {
+                    warn!(replica = self.me.0, peer = id.0, addr = %endpoint, "cannot resolve a new member's address");
+                }
+            }
+        }
+        self.peer_addrs = addrs;
     }
 
     // ---- Snapshots (PML §5.5): taken off this task, fetched from peers. ----
@@ -528,6 +565,9 @@ impl Core {
         let what = request.call.name();
         let result = match request.call {
             Call::Status => Ok(Answer::Status(Box::new(self.status()))),
+            Call::ChangeMembers { add, remove } => self
+                .change_members(&principal, add, remove)
+                .map(|()| Answer::Done),
             Call::GetContentsAndStat { session, handle } => self
                 .check_serving()
                 .and_then(|()| self.check_session(&principal, session))
@@ -593,11 +633,69 @@ impl Core {
                 self.check_session(principal, session)?;
                 Op::Delete { session, handle }
             }
-            Call::Status | Call::GetContentsAndStat { .. } => {
+            Call::Status | Call::GetContentsAndStat { .. } | Call::ChangeMembers { .. } => {
                 return Err(CallError::BadRequest("not a write".into()));
             }
         };
         Ok(op)
+    }
+
+    /// `chubby admin add-replica` / `remove-replica`: proposes the newest member set with
+    /// one replica added or removed.
+    fn change_members(
+        &mut self,
+        principal: &str,
+        add: Option<MemberAddr>,
+        remove: Option<NodeId>,
+    ) -> Result<(), CallError> {
+        if principal != super::ADMIN_PRINCIPAL {
+            return Err(CallError::Refused(Refusal::PermissionDenied));
+        }
+        self.check_serving()?;
+        let mut members: Vec<NodeId> = self.replica.membership().newest().to_vec();
+        let mut addrs = Vec::new();
+        match (add, remove) {
+            (Some(addr), None) => {
+                if members.contains(&addr.id) {
+                    return Err(CallError::BadRequest(format!(
+                        "replica {} is already a member",
+                        addr.id.0
+                    )));
+                }
+                members.push(addr.id);
+                addrs.push(addr);
+            }
+            (None, Some(id)) => {
+                if !members.contains(&id) {
+                    return Err(CallError::BadRequest(format!(
+                        "replica {} is not a member",
+                        id.0
+                    )));
+                }
+                members.retain(|m| *m != id);
+            }
+            _ => {
+                return Err(CallError::BadRequest(
+                    "a change adds or removes exactly one replica".into(),
+                ))
+            }
+        }
+        members.sort();
+        let now = self.now();
+        let result = self
+            .replica
+            .propose_change(now, members.clone(), addrs, &mut self.actions);
+        match result {
+            Ok(()) => {
+                info!(replica = self.me.0, members = ?members, "membership change proposed");
+                Ok(())
+            }
+            Err(ChangeRefusal::NotMaster { hint }) => Err(CallError::NotMaster {
+                master: hint.and_then(|id| self.hint_of(id)),
+            }),
+            Err(e @ ChangeRefusal::Pending) => Err(CallError::Unavailable(e.to_string())),
+            Err(ChangeRefusal::Invalid(why)) => Err(CallError::BadRequest(why)),
+        }
     }
 
     /// The caller must own the session it names (a session id is not a capability).
@@ -707,7 +805,14 @@ impl Core {
 
     // ---- Status. ----
 
+    /// Replica `id`'s client address: learned from a membership change, else configured.
     fn hint_of(&self, id: NodeId) -> Option<MasterHint> {
+        if let Some(a) = self.replica.membership().addrs().get(&id) {
+            return Some(MasterHint {
+                id,
+                addr: chubby_protocol::cell::config::join_host_port(&a.host, a.client_port),
+            });
+        }
         self.cfg
             .members
             .iter()
@@ -746,15 +851,13 @@ impl Core {
             digest: self.db.digest().0,
             last_checksum: self.checksums.last_key_value().map(|(s, d)| (*s, *d)),
             divergence: self.divergence.clone(),
-            members: self
-                .cfg
-                .members
-                .iter()
-                .map(|m| MasterHint {
-                    id: NodeId(m.id),
-                    addr: m.client_endpoint(),
-                })
-                .collect(),
+            members: {
+                let mut ids = self.replica.membership().everyone();
+                ids.extend(self.cfg.members.iter().map(|m| NodeId(m.id)));
+                ids.extend(self.replica.membership().addrs().keys().copied());
+                ids.into_iter().filter_map(|id| self.hint_of(id)).collect()
+            },
+            member_sets: self.replica.membership().to_wire().sets,
             sessions: self.db.sessions().count() as u64,
         }
     }

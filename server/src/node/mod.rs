@@ -173,6 +173,11 @@ pub async fn run(
             "resuming from the data directory"
         ),
         StartKind::Founded => info!(replica = cfg.id, "first start of a founding member"),
+        StartKind::Empty if cfg.join => info!(
+            replica = cfg.id,
+            "first start of a replica joining a running cell: catching up from its peers; it \
+             votes once `chubby admin add-replica` made it a member and it has caught up"
+        ),
         StartKind::Empty => tracing::warn!(
             replica = cfg.id,
             dir = %data_dir.display(),
@@ -186,8 +191,13 @@ pub async fn run(
     }
 
     let mut members: Vec<NodeId> = cfg.members.iter().map(|m| NodeId(m.id)).collect();
+    if cfg.join {
+        // Not a founder: the others are contacts; the member sets come from them.
+        members.retain(|&id| id != me);
+    }
     members.sort();
     let mut pcfg = paxos::Config::new(me, members);
+    pcfg.joining = cfg.join;
     pcfg.seed = random_seed();
     pcfg.validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;

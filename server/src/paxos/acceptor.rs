@@ -35,6 +35,11 @@ impl Replica {
             tracing::debug!(%from, %ballot, "rebuilding: no promise");
             return;
         }
+        if !self.membership.newest().contains(&from) {
+            // A removed replica (or one not yet added, as far as we know) may not lead.
+            tracing::debug!(%from, %ballot, "no promise to a replica outside the newest member set");
+            return;
+        }
         if ballot < self.promised {
             let nack = PaxosMsg::Nack {
                 ballot,

@@ -82,8 +82,12 @@ impl Bugs {
 pub struct Config {
     /// This replica.
     pub me: NodeId,
-    /// Every voting member of the cell, `me` included.
+    /// The founding members of the cell, `me` included; or, when `joining`, the replicas to
+    /// contact first.
     pub members: Vec<NodeId>,
+    /// This replica was not a founding member: it learns the member sets from its peers
+    /// and votes only where a chosen change made it a member.
+    pub joining: bool,
     /// How long an acceptor's lease grant lasts, on its own clock.
     pub master_lease_ms: u64,
     /// How often the master renews its lease and announces what is chosen.
@@ -134,6 +138,7 @@ impl Config {
         Config {
             me,
             members,
+            joining: false,
             master_lease_ms: MASTER_LEASE_MS_DEFAULT,
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
@@ -177,35 +182,38 @@ impl Config {
     /// [`ConfigError::Invalid`] naming the first violated relationship.
     pub fn validate_safety(&self) -> Result<(), ConfigError> {
         let check = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(what) };
-        check(self.members.contains(&self.me), "members must include me")
-            .and(check(
-                !self.members.is_empty() && self.members.len() <= 9,
-                "1 to 9 members",
-            ))
-            .and(check(
-                self.members.windows(2).all(|w| w[0] < w[1]),
-                "members sorted, unique",
-            ))
-            .and(check(self.drift_ppm < 1_000_000, "drift bound below 100%"))
-            .and(check(
-                2 * self.heartbeat_interval_ms < self.master_lease_ms,
-                "two heartbeats must fit in a master lease",
-            ))
-            .and(check(self.window >= 1, "window at least 1"))
-            .and(check(
-                self.window as u64 <= super::MEMBERSHIP_DELAY,
-                "window at most MEMBERSHIP_DELAY (a master must know the member set of every \
+        check(
+            self.joining || self.members.contains(&self.me),
+            "members must include me",
+        )
+        .and(check(
+            !self.members.is_empty() && self.members.len() <= 9,
+            "1 to 9 members",
+        ))
+        .and(check(
+            self.members.windows(2).all(|w| w[0] < w[1]),
+            "members sorted, unique",
+        ))
+        .and(check(self.drift_ppm < 1_000_000, "drift bound below 100%"))
+        .and(check(
+            2 * self.heartbeat_interval_ms < self.master_lease_ms,
+            "two heartbeats must fit in a master lease",
+        ))
+        .and(check(self.window >= 1, "window at least 1"))
+        .and(check(
+            self.window as u64 <= super::MEMBERSHIP_DELAY,
+            "window at most MEMBERSHIP_DELAY (a master must know the member set of every \
                  slot it proposes)",
-            ))
-            .and(check(
-                self.batch_commands_max >= 1,
-                "batch at least 1 command",
-            ))
-            .and(check(
-                self.catchup_entries_max >= 1,
-                "catch-up at least 1 entry",
-            ))
-            .map_err(ConfigError::Invalid)
+        ))
+        .and(check(
+            self.batch_commands_max >= 1,
+            "batch at least 1 command",
+        ))
+        .and(check(
+            self.catchup_entries_max >= 1,
+            "catch-up at least 1 entry",
+        ))
+        .map_err(ConfigError::Invalid)
     }
 
     /// Votes needed for a majority of the members.
@@ -222,11 +230,6 @@ impl Config {
         let eps = u128::from(self.drift_ppm);
         let believed = u128::from(self.master_lease_ms) * (million - eps) / (million + eps);
         u64::try_from(believed).unwrap_or(u64::MAX)
-    }
-
-    /// Every member except me.
-    pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.members.iter().copied().filter(move |&n| n != self.me)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chubby_protocol::{Ballot, Slot, Value};
+use chubby_protocol::{Ballot, MemberSets, Slot, Value};
 
 /// One accepted (or, at or below the chosen watermark, chosen) log entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub struct DurableState {
     pub truncated_through: Slot,
     /// Accepted entries, and chosen values at or below `chosen_through`.
     pub log: BTreeMap<Slot, LogEntry>,
+    /// Member sets learned from chosen changes (empty: only the founding set).
+    pub members: MemberSets,
 }
 
 impl DurableState {
@@ -69,6 +71,9 @@ impl DurableState {
         }
         if let Some(chosen_through) = batch.chosen_through {
             self.chosen_through = chosen_through;
+        }
+        if let Some(members) = &batch.members {
+            self.members = members.clone();
         }
         if let Some(through) = batch.truncate_through {
             self.truncated_through = self.truncated_through.max(through);
@@ -125,6 +130,8 @@ pub struct PersistBatch {
     /// Delete every log entry at or below this slot (after writing `entries`): a durable
     /// snapshot covers them.
     pub truncate_through: Option<Slot>,
+    /// The member sets, replaced whole.
+    pub members: Option<MemberSets>,
 }
 
 impl PersistBatch {
@@ -136,6 +143,7 @@ impl PersistBatch {
             && self.chosen_through.is_none()
             && self.entries.is_empty()
             && self.truncate_through.is_none()
+            && self.members.is_none()
     }
 
     /// Folds `later` into this batch, as if both were written in order.
@@ -145,6 +153,7 @@ impl PersistBatch {
         self.chosen_through = later.chosen_through.or(self.chosen_through);
         self.entries.extend(later.entries);
         self.truncate_through = self.truncate_through.max(later.truncate_through);
+        self.members = later.members.or(self.members.take());
     }
 
     /// Number of records the batch writes.
@@ -154,6 +163,7 @@ impl PersistBatch {
             + usize::from(self.promised.is_some())
             + usize::from(self.chosen_through.is_some())
             + usize::from(self.truncate_through.is_some())
+            + usize::from(self.members.is_some())
             + self.entries.len()
     }
 }

@@ -9,7 +9,7 @@
 //! A peer whose log no longer reaches back to the slots asked for says so in its reply
 //! (`truncated_through`); the requester then fetches that peer's snapshot ([`super::snapshot`]).
 
-use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot, Value};
+use chubby_protocol::{Ballot, Instant, MemberSets, NodeId, PaxosMsg, Slot, Value};
 
 use super::{Action, LogEntry, PersistBatch, Replica};
 
@@ -22,6 +22,7 @@ pub(super) struct CatchUpReplyMsg {
     pub entries: Vec<(Slot, Value)>,
     pub chosen_through: Slot,
     pub truncated_through: Slot,
+    pub members: MemberSets,
 }
 
 impl Replica {
@@ -49,8 +50,14 @@ impl Replica {
     pub(super) fn advance_chosen(&mut self, now: Instant, out: &mut Vec<Action>) {
         let before = self.chosen_through;
         let mut batch = PersistBatch::default();
+        let mut learned = false;
         while let Some(value) = self.chosen_above.remove(&self.chosen_through.next()) {
             let slot = self.chosen_through.next();
+            if let Some(change) = &value.change {
+                learned |= self.membership.learn(slot, change);
+                tracing::info!(me = %self.cfg.me, %slot, members = ?change.members,
+                    in_effect_from = %self.membership.newest_from(), "membership change chosen");
+            }
             let holds_it = self.log.get(&slot).is_some_and(|e| e.value == value);
             if !holds_it {
                 let entry = LogEntry {
@@ -77,10 +84,15 @@ impl Replica {
                 m.inflight.retain(|slot, _| *slot > chosen_through);
             }
             batch.chosen_through = Some(self.chosen_through);
+            if learned {
+                batch.members = Some(self.membership.to_wire());
+                self.on_membership_learned();
+            }
             self.known_chosen_through = self.known_chosen_through.max(self.chosen_through);
             Self::persist(out, batch);
             self.announce_commit(now, out);
             self.check_rebuild_done(now, out);
+            self.recheck_inflight(now, out);
         }
         self.deliver(out);
     }
@@ -121,7 +133,7 @@ impl Replica {
     }
 
     fn request_catchup(&mut self, now: Instant, start_over: bool, out: &mut Vec<Action>) {
-        let peers: Vec<NodeId> = self.cfg.peers().collect();
+        let peers = self.peers();
         if peers.is_empty() {
             return;
         }
@@ -190,6 +202,7 @@ impl Replica {
             entries,
             chosen_through: self.chosen_through,
             truncated_through: self.truncated,
+            members: self.membership.to_wire(),
         };
         Self::send(out, from, reply);
     }
@@ -205,7 +218,20 @@ impl Replica {
             entries,
             chosen_through,
             truncated_through,
+            members,
         } = reply;
+        if self.membership.merge(&members) {
+            tracing::info!(me = %self.cfg.me, %from, newest = ?self.membership.newest(),
+                "member sets learned from a peer");
+            self.on_membership_learned();
+            Self::persist(
+                out,
+                PersistBatch {
+                    members: Some(self.membership.to_wire()),
+                    ..PersistBatch::default()
+                },
+            );
+        }
         if entries.is_empty() && self.chosen_through < truncated_through {
             self.known_chosen_through = self.known_chosen_through.max(chosen_through);
             self.start_snapshot_fetch(now, from, out);

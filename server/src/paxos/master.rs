@@ -8,7 +8,7 @@ use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot, Value};
 
 use super::{
     Action, Inflight, LeaseTracker, LogEntry, MasterState, Membership, PersistBatch, Phase1,
-    PromiseInfo, Rejection, Replica, Role, RoleKind, LEASE_ROUNDS_MAX,
+    PromiseInfo, Rejection, Replica, Role, RoleKind, LEASE_ROUNDS_MAX, MEMBERSHIP_DELAY,
 };
 
 /// How phase 1 ended for the ballot it ran.
@@ -18,10 +18,13 @@ enum Phase1Kind {
 }
 
 impl Replica {
-    /// Whether this replica may start phase 1 now: it votes, and no lease it granted (or
-    /// may have granted before a restart) to another replica still runs.
+    /// Whether this replica may start phase 1 now: it votes, belongs to the newest member
+    /// set, and no lease it granted (or may have granted before a restart) to another
+    /// replica still runs.
     pub(super) fn can_campaign(&self, now: Instant) -> bool {
-        self.voting() && !self.promise_blocked(now, self.cfg.me)
+        self.voting()
+            && self.membership.newest().contains(&self.cfg.me)
+            && !self.promise_blocked(now, self.cfg.me)
     }
 
     /// Starts an election with a ballot above everything seen.
@@ -88,10 +91,17 @@ impl Replica {
     }
 
     /// Whether `p1`'s promises hold a majority of every member set that may govern a slot
-    /// it covers.
-    fn phase1_quorum(membership: &Membership, p1: &Phase1) -> bool {
+    /// it covers: every set known from `from_slot` on, and every set carried by a value a
+    /// promise reports (it may have been chosen; docs/paxos.md, "Membership changes").
+    pub(super) fn phase1_quorum(membership: &Membership, p1: &Phase1) -> bool {
         let promisers: BTreeSet<NodeId> = p1.promises.keys().copied().collect();
         membership.is_quorum_from(p1.from_slot, &promisers)
+            && p1
+                .promises
+                .values()
+                .flat_map(|info| &info.entries)
+                .filter_map(|e| e.value.change.as_ref())
+                .all(|change| Membership::is_majority(&change.members, &promisers))
     }
 
     fn maybe_complete_phase1(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -207,6 +217,7 @@ impl Replica {
             heartbeat_at: now,
             boost_at,
             noop_wanted: false,
+            change: None,
         }));
         self.last_master = Some(self.cfg.me);
         self.election_at = None;
@@ -294,7 +305,13 @@ impl Replica {
         }
     }
 
+    /// A slot whose acks hold a majority of its member set is chosen. The set is known only
+    /// once every slot `MEMBERSHIP_DELAY` below it is chosen (a value there may change it),
+    /// so until then the slot waits ([`Replica::recheck_inflight`] looks again).
     fn check_chosen(&mut self, slot: Slot) {
+        if slot.0 > self.chosen_through.0.saturating_add(MEMBERSHIP_DELAY) {
+            return;
+        }
         let Role::Master(m) = &mut self.role else {
             return;
         };
@@ -307,6 +324,34 @@ impl Replica {
             if slot > self.chosen_through {
                 self.chosen_above.insert(slot, inflight.value);
             }
+        }
+    }
+
+    /// The chosen prefix moved: slots whose member set was unknown may be decided now, and
+    /// a master whose set no longer includes it leaves.
+    pub(super) fn recheck_inflight(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Role::Master(m) = &self.role else {
+            return;
+        };
+        let waiting: Vec<Slot> = m.inflight.keys().copied().collect();
+        for slot in waiting {
+            self.check_chosen(slot);
+        }
+        let next = self.chosen_through.next();
+        if !self.membership.at(next).contains(&self.cfg.me) {
+            tracing::info!(me = %self.cfg.me, slot = %next,
+                "no longer a member from this slot on: stepping down");
+            self.step_down(now, out);
+        }
+    }
+
+    /// A change was learned: lease rounds counted under the old sets no longer prove the
+    /// lease (a candidate may now need a majority of a set they did not cover), so the
+    /// master forgets them and renews under the new sets at the next heartbeat.
+    pub(super) fn on_membership_learned(&mut self) {
+        if let Role::Master(m) = &mut self.role {
+            m.lease.until = None;
+            m.lease.rounds.clear();
         }
     }
 
@@ -386,21 +431,35 @@ impl Replica {
     }
 
     pub(super) fn tick_candidate(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Role::Candidate(p1) = &mut self.role else {
+        let Role::Candidate(p1) = &self.role else {
             return;
         };
         if now >= p1.retry_at {
-            Self::resend_prepare(&self.cfg, p1, now, out);
+            let peers = self.peers();
+            let Role::Candidate(p1) = &mut self.role else {
+                return;
+            };
+            Self::resend_prepare(&self.cfg, &peers, p1, now, out);
         }
     }
 
-    fn resend_prepare(cfg: &super::Config, p1: &mut Phase1, now: Instant, out: &mut Vec<Action>) {
+    fn resend_prepare(
+        cfg: &super::Config,
+        peers: &[NodeId],
+        p1: &mut Phase1,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         p1.retry_at = now.plus_ms(cfg.retry_interval_ms);
         let msg = PaxosMsg::Prepare {
             ballot: p1.ballot,
             from_slot: p1.from_slot,
         };
-        for to in cfg.peers().filter(|n| !p1.promises.contains_key(n)) {
+        for to in peers
+            .iter()
+            .copied()
+            .filter(|n| !p1.promises.contains_key(n))
+        {
             out.push(Action::Send {
                 to,
                 msg: msg.clone(),
@@ -409,14 +468,18 @@ impl Replica {
     }
 
     pub(super) fn tick_master(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let peers = self.peers();
+        // A master leaving the member set does not boost: acceptors that know it left
+        // ignore its Prepares, and it steps down once the new set is in effect.
+        let staying = self.membership.newest().contains(&self.cfg.me);
         let Role::Master(m) = &mut self.role else {
             return;
         };
         if let Some(p1) = &mut m.boost {
             if now >= p1.retry_at {
-                Self::resend_prepare(&self.cfg, p1, now, out);
+                Self::resend_prepare(&self.cfg, &peers, p1, now, out);
             }
-        } else if now >= m.boost_at {
+        } else if now >= m.boost_at && staying {
             tracing::debug!(me = %self.cfg.me, "boosting ballot");
             self.start_boost(now, out);
         }
@@ -476,6 +539,7 @@ impl Replica {
     /// Resends Accepts nobody answered in time, to the peers that have not acked.
     fn resend_accepts(&mut self, now: Instant, out: &mut Vec<Action>) {
         let chosen_through = self.chosen_through;
+        let peers = self.peers();
         let Role::Master(m) = &mut self.role else {
             return;
         };
@@ -502,7 +566,7 @@ impl Replica {
                 chosen_through,
                 lease_seq,
             };
-            for to in self.cfg.peers().filter(|n| !inflight.acks.contains(n)) {
+            for to in peers.iter().copied().filter(|n| !inflight.acks.contains(n)) {
                 out.push(Action::Send {
                     to,
                     msg: msg.clone(),
@@ -551,17 +615,34 @@ impl Replica {
         }
     }
 
-    /// Fills the window from the queue, one batch per slot; announces the watermark when
-    /// nothing else will carry it.
+    /// Fills the window from the queue, one batch per slot; a pending membership change
+    /// goes first, and while a chosen change is not yet in effect, no-ops fill the slots
+    /// up to it. The window bounds both the slots in flight and the distance from the chosen
+    /// prefix (so the member set of every slot proposed is known: window <= delay).
     pub(super) fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let window_end = self.chosen_through.0 + self.cfg.window as u64;
+        let newest_from = self.membership.newest_from();
         loop {
             let Role::Master(m) = &mut self.role else {
                 return;
             };
-            if m.boost.is_some() || m.inflight.len() >= self.cfg.window {
+            if m.boost.is_some()
+                || m.inflight.len() >= self.cfg.window
+                || m.next_slot.0 > window_end
+            {
                 return;
             }
-            if m.queue.is_empty() && !m.noop_wanted {
+            if let Some(change) = m.change.take() {
+                let slot = m.next_slot;
+                let value = Value {
+                    commands: Vec::new(),
+                    change: Some(change),
+                };
+                self.propose(now, slot, value, out);
+                continue;
+            }
+            let fill = m.next_slot < newest_from;
+            if m.queue.is_empty() && !m.noop_wanted && !fill {
                 return;
             }
             m.noop_wanted = false;
@@ -578,7 +659,7 @@ impl Replica {
                 commands.push(m.queue.pop_front().expect("front exists"));
             }
             let slot = m.next_slot;
-            self.propose(now, slot, Value { commands }, out);
+            self.propose(now, slot, Value::commands(commands), out);
         }
     }
 

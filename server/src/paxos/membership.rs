@@ -1,17 +1,41 @@
 //! Which replicas vote for which slots, and what counts as a quorum (docs/paxos.md,
 //! "Membership changes").
 //!
-//! Member sets are indexed by the first slot they govern. Today a cell has one set, from
-//! slot 1 (the configured members); the design lets a chosen value carry a new set that
-//! governs slots [`MEMBERSHIP_DELAY`] later. Every quorum decision of the core goes through
-//! here, so that change touches one module:
+//! Member sets are indexed by the first slot they govern. A cell starts with one set, from
+//! slot 1 (the founding members); a chosen value may carry a new set ([`MemberChange`]),
+//! which governs slots [`MEMBERSHIP_DELAY`] after its own. Every quorum decision of the core
+//! goes through here:
 //! - phase 2 of slot `s` needs a majority of the set governing `s`;
 //! - phase 1 from slot `f`, and a lease round, need a majority of every set governing a slot
-//!   at or after `f` (the set in effect there and every later one).
+//!   at or after `f` (the set in effect there and every later one), and phase 1 also of
+//!   every set carried by a value a promise reports.
+//!
+//! The map grows only from chosen values (or from a peer's map, itself grown only from
+//! chosen values), so any two replicas' maps agree where both have an entry.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chubby_protocol::{NodeId, Slot};
+use chubby_protocol::{MemberAddr, MemberChange, MemberSets, NodeId, Slot};
+
+/// The most members one set may have (DESIGN §7: cells of up to 9 replicas).
+pub const MEMBERS_MAX: usize = 9;
+
+/// Why a membership change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeRefusal {
+    /// Only the master proposes changes.
+    #[error("not the master")]
+    NotMaster {
+        /// The probable master.
+        hint: Option<NodeId>,
+    },
+    /// A change is chosen (or proposed) but not yet in effect.
+    #[error("another membership change is still pending; retry once it is in effect")]
+    Pending,
+    /// The new set is not the newest one with exactly one replica added or removed.
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Slots between a membership change's own slot and the first slot it governs (α). The
 /// master's window must not exceed it, so the master always knows the set of a slot it
@@ -22,6 +46,7 @@ pub const MEMBERSHIP_DELAY: u64 = 64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
     sets: BTreeMap<Slot, Vec<NodeId>>,
+    addrs: BTreeMap<NodeId, MemberAddr>,
 }
 
 impl Membership {
@@ -30,7 +55,118 @@ impl Membership {
     pub fn new(members: Vec<NodeId>) -> Membership {
         let mut sets = BTreeMap::new();
         sets.insert(Slot(1), members);
-        Membership { sets }
+        Membership {
+            sets,
+            addrs: BTreeMap::new(),
+        }
+    }
+
+    /// The sets a store or a peer reported; `founders` when it reported none.
+    #[must_use]
+    pub fn from_wire(wire: &MemberSets, founders: Vec<NodeId>) -> Membership {
+        let mut m = Membership::new(founders);
+        m.merge(wire);
+        m
+    }
+
+    /// The sets and addresses, for a store or a catch-up reply.
+    #[must_use]
+    pub fn to_wire(&self) -> MemberSets {
+        MemberSets {
+            sets: self.sets.iter().map(|(s, m)| (*s, m.clone())).collect(),
+            addrs: self.addrs.values().cloned().collect(),
+        }
+    }
+
+    /// Adopts what `wire` knows that we do not: sets are facts about chosen values, so a
+    /// set already known at the same slot is the same set. Returns whether anything changed.
+    pub fn merge(&mut self, wire: &MemberSets) -> bool {
+        let mut changed = false;
+        for (slot, members) in &wire.sets {
+            if !Self::well_formed(members) || *slot == Slot::ZERO {
+                continue;
+            }
+            let known = self.sets.get(slot).filter(|set| !set.is_empty());
+            if known.is_none() {
+                // A joining replica starts with an empty founding set and adopts its
+                // peers'; every other set already known is the same on every replica
+                // (so a peer can never replace our founding set).
+                self.sets.insert(*slot, members.clone());
+                changed = true;
+            }
+        }
+        for addr in &wire.addrs {
+            if self.addrs.get(&addr.id) != Some(addr) {
+                self.addrs.insert(addr.id, addr.clone());
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Records that `change` was chosen at `slot`; returns whether it was new.
+    pub fn learn(&mut self, slot: Slot, change: &MemberChange) -> bool {
+        if !Self::well_formed(&change.members) {
+            // Every replica decodes the same bytes, so every one skips it alike.
+            tracing::error!(%slot, "ignoring a malformed membership change");
+            return false;
+        }
+        let from = Slot(slot.0.saturating_add(MEMBERSHIP_DELAY));
+        let mut changed = self.sets.insert(from, change.members.clone()).is_none();
+        for addr in &change.addrs {
+            changed |= self.addrs.insert(addr.id, addr.clone()).as_ref() != Some(addr);
+        }
+        changed
+    }
+
+    fn well_formed(members: &[NodeId]) -> bool {
+        !members.is_empty()
+            && members.len() <= MEMBERS_MAX
+            && members.windows(2).all(|w| w[0] < w[1])
+            && members.iter().all(|m| m.0 != 0)
+    }
+
+    /// The first slot the newest set governs.
+    #[must_use]
+    pub fn newest_from(&self) -> Slot {
+        self.sets.last_key_value().map_or(Slot(1), |(s, _)| *s)
+    }
+
+    /// Addresses learned from changes.
+    #[must_use]
+    pub fn addrs(&self) -> &BTreeMap<NodeId, MemberAddr> {
+        &self.addrs
+    }
+
+    /// Every replica of every set.
+    #[must_use]
+    pub fn everyone(&self) -> BTreeSet<NodeId> {
+        self.sets.values().flatten().copied().collect()
+    }
+
+    /// Checks that `members` is the newest set with exactly one replica added or removed
+    /// (so any majority of one meets any majority of the other).
+    ///
+    /// # Errors
+    /// [`ChangeRefusal::Invalid`] saying what is wrong.
+    pub fn check_change(&self, members: &[NodeId]) -> Result<(), ChangeRefusal> {
+        if !Self::well_formed(members) {
+            return Err(ChangeRefusal::Invalid(format!(
+                "a member set must be 1 to {MEMBERS_MAX} distinct non-zero ids in order"
+            )));
+        }
+        let newest: BTreeSet<NodeId> = self.newest().iter().copied().collect();
+        let wanted: BTreeSet<NodeId> = members.iter().copied().collect();
+        let diff = newest.symmetric_difference(&wanted).count();
+        if diff != 1 {
+            return Err(ChangeRefusal::Invalid(format!(
+                "a change adds or removes exactly one replica; the members are {} and the \
+                 change asks for {}",
+                show(&newest),
+                show(&wanted)
+            )));
+        }
+        Ok(())
     }
 
     /// The set governing `slot`.
@@ -87,6 +223,11 @@ impl Membership {
     }
 }
 
+fn show(set: &BTreeSet<NodeId>) -> String {
+    let ids: Vec<String> = set.iter().map(|n| n.0.to_string()).collect();
+    format!("{{{}}}", ids.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +271,65 @@ mod tests {
         assert!(!m.is_quorum_at(Slot(100), &set(&[1, 2])));
         assert_eq!(m.members_from(Slot(50)), set(&[1, 2, 3, 4]));
         assert_eq!(m.sets_from(Slot(100)).count(), 1);
+    }
+
+    fn change(v: &[u32]) -> MemberChange {
+        MemberChange {
+            members: ids(v),
+            addrs: vec![MemberAddr {
+                id: NodeId(4),
+                host: "h".into(),
+                peer_port: 1,
+                client_port: 2,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_chosen_change_governs_from_its_slot_plus_the_delay_and_travels_whole() {
+        let mut m = Membership::new(ids(&[1, 2, 3]));
+        assert!(m.learn(Slot(10), &change(&[1, 2, 3, 4])));
+        assert!(!m.learn(Slot(10), &change(&[1, 2, 3, 4])), "learned twice");
+        let from = Slot(10 + MEMBERSHIP_DELAY);
+        assert_eq!(m.newest_from(), from);
+        assert_eq!(m.at(Slot(from.0 - 1)), ids(&[1, 2, 3]).as_slice());
+        assert_eq!(m.at(from), ids(&[1, 2, 3, 4]).as_slice());
+        assert_eq!(m.addrs()[&NodeId(4)].host, "h");
+        // A replica that knows only the founders adopts the whole map from a peer.
+        let mut other = Membership::new(ids(&[1, 2, 3]));
+        assert!(other.merge(&m.to_wire()));
+        assert_eq!(other, m);
+        assert!(!other.merge(&m.to_wire()), "nothing new the second time");
+        // A peer cannot replace the founding set.
+        let mut forged = m.to_wire();
+        forged.sets[0].1 = ids(&[7]);
+        let mut third = Membership::new(ids(&[1, 2, 3]));
+        third.merge(&forged);
+        assert_eq!(third.at(Slot(1)), ids(&[1, 2, 3]).as_slice());
+        // A joining replica, knowing no set, adopts the founders from its peer.
+        let mut joiner = Membership::new(Vec::new());
+        assert!(joiner.newest().is_empty());
+        assert!(joiner.merge(&m.to_wire()));
+        assert_eq!(joiner, m);
+    }
+
+    #[test]
+    fn only_single_replica_changes_of_the_newest_set_are_accepted() {
+        let m = Membership::new(ids(&[1, 2, 3]));
+        assert!(m.check_change(&ids(&[1, 2, 3, 4])).is_ok());
+        assert!(m.check_change(&ids(&[1, 3])).is_ok());
+        for bad in [
+            &[1, 2, 3][..],
+            &[1, 2, 3, 4, 5],
+            &[1, 4, 3],
+            &[2],
+            &[],
+            &[0, 1, 2, 3],
+        ] {
+            assert!(m.check_change(&ids(bad)).is_err(), "{bad:?}");
+        }
+        let mut m = m;
+        assert!(!m.learn(Slot(3), &change(&[3, 1])), "unsorted set ignored");
+        assert_eq!(m.newest(), ids(&[1, 2, 3]).as_slice());
     }
 }

@@ -47,11 +47,13 @@ mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, PromiseEntry, Slot, Value};
+use chubby_protocol::{
+    Ballot, Instant, MemberAddr, MemberChange, NodeId, PaxosMsg, PromiseEntry, Slot, Value,
+};
 
 pub use config::{Bugs, Config, ConfigError};
 pub use durable::{DurableState, LogEntry, PersistBatch};
-pub use membership::{Membership, MEMBERSHIP_DELAY};
+pub use membership::{ChangeRefusal, Membership, MEMBERSHIP_DELAY};
 
 /// Something that happened to the replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,6 +205,8 @@ struct MasterState {
     heartbeat_at: Instant,
     boost_at: Instant,
     noop_wanted: bool,
+    /// A membership change waiting for a slot (proposed before the queue's commands).
+    change: Option<MemberChange>,
 }
 
 #[derive(Clone, Debug)]
@@ -217,6 +221,8 @@ enum Role {
 struct Rebuild {
     nonce: u64,
     replies: BTreeMap<NodeId, (Ballot, Slot)>,
+    /// Every replica some reply named as a member of the newest set: each must answer.
+    named: BTreeSet<NodeId>,
     target: Option<Slot>,
     retry_at: Instant,
 }
@@ -237,6 +243,9 @@ pub struct Replica {
     cfg: Config,
     /// Who votes for which slots; every quorum decision asks it.
     membership: Membership,
+    /// Replicas outside the member sets that contacted us (a replica about to be added,
+    /// catching up): they hear heartbeats, so they learn what is chosen.
+    warm: BTreeSet<NodeId>,
     rng: rng::SplitMix64,
     last_now: Option<Instant>,
     promise_not_before: Instant,
@@ -296,15 +305,28 @@ impl Replica {
             startup_persist = Some(batch);
         }
         let voter = durable.voter;
+        let founders = if cfg.joining {
+            Vec::new()
+        } else {
+            cfg.members.clone()
+        };
+        let mut membership = Membership::from_wire(&durable.members, founders);
+        for (slot, entry) in durable.log.range(..=durable.chosen_through) {
+            if let Some(change) = &entry.value.change {
+                membership.learn(*slot, change);
+            }
+        }
         let rng = rng::SplitMix64::new(cfg.seed ^ 0xC4B8_B1E5);
         let rebuild = (!voter).then(|| Rebuild {
             nonce: cfg.seed.rotate_left(17) ^ durable.promised.round,
             replies: BTreeMap::new(),
+            named: BTreeSet::new(),
             target: None,
             retry_at: Instant::ZERO,
         });
         Ok(Replica {
-            membership: Membership::new(cfg.members.clone()),
+            membership,
+            warm: BTreeSet::new(),
             rng,
             last_now: None,
             promise_not_before: Instant::ZERO,
@@ -451,6 +473,59 @@ impl Replica {
         self.delivered
     }
 
+    /// The member sets and the addresses learned with them.
+    #[must_use]
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Proposes a new member set: the newest one with exactly one replica added or removed,
+    /// in effect [`MEMBERSHIP_DELAY`] slots after the slot that chooses it. `addrs` tells
+    /// every replica where new members listen. The master fills the slots in between with
+    /// no-ops, so the change takes effect even in an idle cell.
+    ///
+    /// # Errors
+    /// [`ChangeRefusal`]: not the master, another change still pending, or not a
+    /// single-replica change of the newest set.
+    pub fn propose_change(
+        &mut self,
+        now: Instant,
+        members: Vec<NodeId>,
+        addrs: Vec<MemberAddr>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), ChangeRefusal> {
+        self.observe_time(now);
+        if !matches!(self.role, Role::Master(_)) {
+            return Err(ChangeRefusal::NotMaster {
+                hint: self.last_master,
+            });
+        }
+        if self.change_pending() {
+            return Err(ChangeRefusal::Pending);
+        }
+        self.membership.check_change(&members)?;
+        tracing::info!(me = %self.cfg.me, members = ?members, "proposing a membership change");
+        if let Role::Master(m) = &mut self.role {
+            m.change = Some(MemberChange { members, addrs });
+        }
+        self.pump(now, out);
+        self.advance_chosen(now, out);
+        Ok(())
+    }
+
+    /// Whether a membership change is proposed, or chosen but not yet in effect.
+    #[must_use]
+    pub fn change_pending(&self) -> bool {
+        let next = self.chosen_through.next();
+        self.membership.newest_from() > next
+            || self
+                .log
+                .range(next..)
+                .any(|(_, e)| e.value.change.is_some())
+            || self.chosen_above.values().any(|v| v.change.is_some())
+            || matches!(&self.role, Role::Master(m) if m.change.is_some())
+    }
+
     /// False while rebuilding after disk loss.
     #[must_use]
     pub fn is_voter(&self) -> bool {
@@ -542,9 +617,14 @@ impl Replica {
     }
 
     fn on_peer(&mut self, now: Instant, from: NodeId, msg: PaxosMsg, out: &mut Vec<Action>) {
-        if from == self.cfg.me || !self.cfg.members.contains(&from) {
-            tracing::debug!(%from, kind = msg.kind(), "ignoring message from a non-member");
+        if from == self.cfg.me {
+            tracing::debug!(%from, kind = msg.kind(), "ignoring a message from myself");
             return;
+        }
+        // Any replica of the cell may talk to us (the transport checked its certificate);
+        // its votes count only where it is a member. One outside the sets is warming up.
+        if !self.current_members().contains(&from) && self.warm.insert(from) {
+            tracing::info!(me = %self.cfg.me, %from, "a replica outside the member set is catching up from us");
         }
         match msg {
             PaxosMsg::Prepare { ballot, from_slot } => {
@@ -616,11 +696,13 @@ impl Replica {
                 entries,
                 chosen_through,
                 truncated_through,
+                members,
             } => {
                 let reply = learner::CatchUpReplyMsg {
                     entries,
                     chosen_through,
                     truncated_through,
+                    members,
                 };
                 self.on_catchup_reply(now, from, reply, out);
             }
@@ -629,8 +711,10 @@ impl Replica {
                 nonce,
                 promised,
                 accepted_through,
+                newest,
             } => {
-                self.on_rebuild_reply(from, nonce, promised, accepted_through, out);
+                let reply = (promised, accepted_through, newest);
+                self.on_rebuild_reply(from, nonce, reply, out);
             }
         }
     }
@@ -673,8 +757,27 @@ impl Replica {
         out.push(Action::Send { to, msg });
     }
 
+    /// Members of every set from the next unchosen slot on, and of the newest set.
+    fn current_members(&self) -> BTreeSet<NodeId> {
+        let mut members = self.membership.members_from(self.chosen_through.next());
+        members.extend(self.membership.newest().iter().copied());
+        members
+    }
+
+    /// Whom the replica talks to: the current members, warm replicas and (while joining,
+    /// before it knows the sets) the replicas its configuration names; never itself.
+    fn peers(&self) -> Vec<NodeId> {
+        let mut peers = self.current_members();
+        peers.extend(self.warm.iter().copied());
+        if self.membership.newest().is_empty() {
+            peers.extend(self.cfg.members.iter().copied());
+        }
+        peers.remove(&self.cfg.me);
+        peers.into_iter().collect()
+    }
+
     fn broadcast(&self, out: &mut Vec<Action>, msg: &PaxosMsg) {
-        for to in self.cfg.peers() {
+        for to in self.peers() {
             out.push(Action::Send {
                 to,
                 msg: msg.clone(),

@@ -9,7 +9,9 @@
 //! Read literally, that rule is not enough when messages can be delayed: a proposer holding a
 //! pre-crash promise from us for a ballot *above* the current master's could still complete
 //! phase 1 with it later, while we accept the current master's lower ballot. So we make the
-//! rule precise with two bounds taken from **every** other member after the restart:
+//! rule precise with two bounds taken from **every** other member after the restart (of the
+//! newest member set we know, and of every newest set a reply names; docs/paxos.md,
+//! "Membership changes", says what that leaves out):
 //!
 //! 1. Every ballot we could have promised was first promised, durably, by its proposer to
 //!    itself (a candidate persists its own promise before any Prepare leaves). We adopt the
@@ -24,13 +26,15 @@
 //! produces that instance. The cost is availability, not safety: the rebuilding replica waits
 //! until all other members answered. While rebuilding it also acks no heartbeat.
 
+use std::collections::BTreeSet;
+
 use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot};
 
 use super::{Action, PersistBatch, Replica};
 
 impl Replica {
     pub(super) fn tick_rebuild(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let peers: Vec<NodeId> = self.cfg.peers().collect();
+        let peers = self.rebuild_peers();
         let master = self.last_master;
         let Some(rebuild) = &mut self.rebuild else {
             return;
@@ -80,20 +84,33 @@ impl Replica {
             nonce,
             promised: self.promised,
             accepted_through,
+            newest: self.membership.newest().to_vec(),
         };
         Self::send(out, from, reply);
         self.want_noop();
+    }
+
+    /// Whom the rebuild must hear from: every other member of the newest set we know, of
+    /// every newest set a reply named, and (while we know no set) of our configuration.
+    fn rebuild_peers(&self) -> Vec<NodeId> {
+        let mut peers: BTreeSet<NodeId> = self.membership.newest().iter().copied().collect();
+        if peers.is_empty() {
+            peers.extend(self.cfg.members.iter().copied());
+        }
+        if let Some(rebuild) = &self.rebuild {
+            peers.extend(rebuild.named.iter().copied());
+        }
+        peers.remove(&self.cfg.me);
+        peers.into_iter().collect()
     }
 
     pub(super) fn on_rebuild_reply(
         &mut self,
         from: NodeId,
         nonce: u64,
-        promised: Ballot,
-        accepted_through: Slot,
+        (promised, accepted_through, newest): (Ballot, Slot, Vec<NodeId>),
         out: &mut Vec<Action>,
     ) {
-        let others = self.cfg.members.len() - 1;
         let Some(rebuild) = &mut self.rebuild else {
             return;
         };
@@ -101,7 +118,17 @@ impl Replica {
             return;
         }
         rebuild.replies.insert(from, (promised, accepted_through));
-        if rebuild.replies.len() < others {
+        let named_before = rebuild.named.len();
+        rebuild.named.extend(newest);
+        let named_more = rebuild.named.len() > named_before;
+        let peers = self.rebuild_peers();
+        let Some(rebuild) = &mut self.rebuild else {
+            return;
+        };
+        if peers.iter().any(|p| !rebuild.replies.contains_key(p)) {
+            if named_more {
+                rebuild.retry_at = Instant::ZERO; // ask the newly named at once
+            }
             return;
         }
         let promised_max = rebuild

@@ -56,6 +56,11 @@ impl Cell {
             return out;
         }
         self.replicas[i].step(self.now, input, &mut out);
+        self.route(i, out)
+    }
+
+    /// Puts replica `i`'s sends on the wire and records its deliveries and fetches.
+    fn route(&mut self, i: usize, out: Vec<Action>) -> Vec<Action> {
         let me = self.replicas[i].id();
         for action in &out {
             match action {
@@ -743,4 +748,176 @@ fn a_failed_fetch_starts_catch_up_over_and_a_restart_resumes_after_the_snapshot(
     durable.chosen_through = Slot(4);
     durable.truncated_through = Slot(4);
     assert!(Replica::new(config(1, 3), durable, Slot(3)).is_err());
+}
+
+/// Adds replica `id` to `cell` as a replica started later (`--join`): an empty store, the
+/// founders as its first contacts, no member set of its own.
+fn join(cell: &mut Cell, id: u32) {
+    let mut cfg = config(id, 3);
+    cfg.members = ids(3);
+    cfg.joining = true;
+    let replica = Replica::new(cfg, DurableState::lost(), Slot::ZERO).unwrap();
+    assert!(replica.membership().newest().is_empty());
+    cell.replicas.push(replica);
+    cell.delivered.push(Vec::new());
+    cell.down.push(false);
+}
+
+fn change(cell: &mut Cell, i: usize, members: &[u32]) -> Result<(), ChangeRefusal> {
+    let members: Vec<NodeId> = members.iter().map(|&n| NodeId(n)).collect();
+    let mut out = Vec::new();
+    let now = cell.now;
+    let result = cell.replicas[i].propose_change(now, members, Vec::new(), &mut out);
+    cell.route(i, out);
+    cell.settle();
+    result
+}
+
+fn in_effect(r: &Replica) -> Vec<NodeId> {
+    r.membership().at(r.chosen_through().next()).to_vec()
+}
+
+#[test]
+fn a_cell_grows_from_three_to_five_and_shrinks_back_to_three_delivering_every_value_once() {
+    // docs/paxos.md "Membership changes": one replica per change, in effect
+    // MEMBERSHIP_DELAY slots later; warm replicas catch up first; a removed master steps
+    // down and a member of the new set takes over.
+    let mut cell = Cell::new(3);
+    join(&mut cell, 4);
+    join(&mut cell, 5);
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master");
+    assert!(m < 3, "only a founder can lead the founders' set");
+    let mut sent = 0;
+    let mut write = |cell: &mut Cell, n: usize| {
+        for _ in 0..n {
+            let m = cell.master().expect("a master to write through");
+            submit(cell, m, &format!("w{sent}"));
+            sent += 1;
+        }
+        cell.run_for(300);
+    };
+    write(&mut cell, 5);
+    assert!(
+        cell.replicas[3].membership().newest().len() == 3,
+        "a warm replica learns the sets from its peers"
+    );
+
+    let (now, mut out) = (cell.now, Vec::new());
+    cell.replicas[m]
+        .propose_change(now, ids(4), Vec::new(), &mut out)
+        .unwrap();
+    assert_eq!(
+        cell.replicas[m].propose_change(now, ids(5), Vec::new(), &mut out),
+        Err(ChangeRefusal::Pending),
+        "one change at a time"
+    );
+    cell.route(m, out);
+    cell.settle();
+    cell.run_for(2_000);
+    write(&mut cell, 5);
+    for r in &cell.replicas {
+        assert_eq!(
+            in_effect(r),
+            ids(4),
+            "replica {} sees {{1..4}} in effect",
+            r.id()
+        );
+    }
+    assert!(
+        cell.replicas[3].is_voter(),
+        "the added replica rebuilt and votes"
+    );
+
+    change(&mut cell, m, &[1, 2, 3, 4, 5]).unwrap();
+    cell.run_for(2_000);
+    write(&mut cell, 5);
+    assert_eq!(in_effect(&cell.replicas[m]), ids(5));
+    let old = cell.replicas[m].id();
+
+    // Shrink by removing the master itself, then another founder.
+    let without_master: Vec<u32> = (1..=5).filter(|&n| n != old.0).collect();
+    change(&mut cell, m, &without_master).unwrap();
+    cell.run_for(10_000);
+    let m2 = cell.master().expect("a new master after the old one left");
+    assert_ne!(cell.replicas[m2].id(), old);
+    write(&mut cell, 5);
+    let gone = *without_master
+        .iter()
+        .find(|&&n| NodeId(n) != cell.replicas[m2].id())
+        .unwrap();
+    let three: Vec<u32> = without_master
+        .iter()
+        .copied()
+        .filter(|&n| n != gone)
+        .collect();
+    change(&mut cell, m2, &three).unwrap();
+    cell.run_for(3_000);
+    write(&mut cell, 5);
+    cell.run_for(10_000);
+
+    let expect: Vec<Vec<u8>> = (0..sent).map(|k| format!("w{k}").into_bytes()).collect();
+    for &id in &three {
+        let i = (id - 1) as usize;
+        let got: Vec<Vec<u8>> = cell.delivered[i]
+            .iter()
+            .flat_map(|(_, v)| v.commands.clone())
+            .collect();
+        assert_eq!(
+            got, expect,
+            "replica {id} delivered every write once, in order"
+        );
+        let want: Vec<NodeId> = three.iter().map(|&n| NodeId(n)).collect();
+        assert_eq!(in_effect(&cell.replicas[i]), want);
+    }
+    for removed in [old.0, gone] {
+        let r = &cell.replicas[(removed - 1) as usize];
+        assert_eq!(
+            r.role(),
+            RoleKind::Follower,
+            "removed replica {removed} never leads"
+        );
+    }
+}
+
+#[test]
+fn phase_one_needs_a_majority_of_every_set_a_promise_reports() {
+    // A change reported by a promise may have been chosen: its set must be covered too.
+    let membership = Membership::new(ids(3));
+    let grow = Value {
+        commands: Vec::new(),
+        change: Some(MemberChange {
+            members: ids(5),
+            addrs: Vec::new(),
+        }),
+    };
+    let promise = |entries: Vec<PromiseEntry>| PromiseInfo {
+        chosen_through: Slot::ZERO,
+        entries,
+    };
+    let mut p1 = Phase1 {
+        ballot: ballot(1, 1),
+        from_slot: Slot(1),
+        promises: BTreeMap::new(),
+        retry_at: Instant::ZERO,
+    };
+    p1.promises.insert(NodeId(1), promise(Vec::new()));
+    p1.promises.insert(
+        NodeId(2),
+        promise(vec![PromiseEntry {
+            slot: Slot(1),
+            ballot: ballot(1, 2),
+            chosen: false,
+            value: grow,
+        }]),
+    );
+    assert!(
+        !Replica::phase1_quorum(&membership, &p1),
+        "2 of 5 is no majority"
+    );
+    p1.promises.insert(NodeId(4), promise(Vec::new()));
+    assert!(
+        Replica::phase1_quorum(&membership, &p1),
+        "2 of 3 and 3 of 5"
+    );
 }

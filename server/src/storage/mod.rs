@@ -84,9 +84,7 @@ mod tests {
                             round: 1,
                             node: NodeId(1),
                         },
-                        value: Value {
-                            commands: vec![s.to_le_bytes().to_vec()],
-                        },
+                        value: Value::commands(vec![s.to_le_bytes().to_vec()]),
                     };
                     (Slot(s), entry)
                 })

@@ -2,12 +2,12 @@
 //! `[crc32 of (key ‖ payload): u32 LE][payload: bincode]`.
 //!
 //! Keys: `meta/format`, `meta/voter`, `meta/promised`, `meta/chosen_through`,
-//! `meta/truncated_through`, and
+//! `meta/truncated_through`, `meta/members`, and
 //! `log/<slot as 8 big-endian bytes>` (so key order is slot order). The checksum covers the
 //! key too, so a record copied to the wrong key is caught as well as a flipped bit.
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
-use chubby_protocol::{Ballot, Slot, Value};
+use chubby_protocol::{Ballot, MemberSets, Slot, Value};
 
 use super::{Loaded, StorageError};
 use crate::paxos::{DurableState, LogEntry, PersistBatch};
@@ -17,14 +17,16 @@ pub const RECORD_BYTES_MAX: usize = 2 << 20;
 const CODEC: Configuration<LittleEndian, Varint, Limit<RECORD_BYTES_MAX>> =
     config::standard().with_limit::<RECORD_BYTES_MAX>();
 
-/// Version of this format, stored under `meta/format`.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this format, stored under `meta/format`. Version 2 added membership
+/// changes to values and `meta/members`; a version-1 store is refused as unknown.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const KEY_FORMAT: &[u8] = b"meta/format";
 const KEY_VOTER: &[u8] = b"meta/voter";
 const KEY_PROMISED: &[u8] = b"meta/promised";
 const KEY_CHOSEN: &[u8] = b"meta/chosen_through";
 const KEY_TRUNCATED: &[u8] = b"meta/truncated_through";
+const KEY_MEMBERS: &[u8] = b"meta/members";
 const LOG_PREFIX: &[u8] = b"log/";
 
 /// The key of a log slot.
@@ -72,6 +74,9 @@ pub fn encode_batch(batch: &PersistBatch, format: bool) -> Vec<(Vec<u8>, Vec<u8>
     }
     if let Some(through) = batch.truncate_through {
         records.push(encode(KEY_TRUNCATED, &through));
+    }
+    if let Some(members) = &batch.members {
+        records.push(encode(KEY_MEMBERS, members));
     }
     records
 }
@@ -151,6 +156,7 @@ where
             KEY_PROMISED => state.promised = open::<Ballot>(&key, &record)?,
             KEY_CHOSEN => state.chosen_through = open::<Slot>(&key, &record)?,
             KEY_TRUNCATED => state.truncated_through = open::<Slot>(&key, &record)?,
+            KEY_MEMBERS => state.members = open::<MemberSets>(&key, &record)?,
             k if k.starts_with(LOG_PREFIX) && k.len() == LOG_PREFIX.len() + 8 => {
                 let mut be = [0u8; 8];
                 be.copy_from_slice(&k[LOG_PREFIX.len()..]);
@@ -192,12 +198,14 @@ mod tests {
                 Slot(1),
                 LogEntry {
                     ballot: Ballot::ZERO,
-                    value: Value {
-                        commands: vec![b"x".to_vec()],
-                    },
+                    value: Value::commands(vec![b"x".to_vec()]),
                 },
             )],
             truncate_through: None,
+            members: Some(MemberSets {
+                sets: vec![(Slot(65), vec![NodeId(1), NodeId(2)])],
+                addrs: Vec::new(),
+            }),
         }
     }
 

@@ -458,12 +458,11 @@ mod tests {
                         round: slot,
                         node: NodeId(1),
                     },
-                    value: Value {
-                        commands: vec![vec![slot as u8; 40]],
-                    },
+                    value: Value::commands(vec![vec![slot as u8; 40]]),
                 },
             )],
             truncate_through: None,
+            members: None,
         }
     }
 

@@ -1,14 +1,17 @@
 //! Replica-to-replica messaging over QUIC.
 //!
 //! One endpoint (one UDP socket) per replica does both jobs:
-//! - **inbound**: it accepts connections offering ALPN `chubby-peer/1`, authorizes them
-//!   ([`identity::authorize_peer_connection`]) and refuses everything else by closing the
-//!   connection with [`CLOSE_NOT_A_PEER`]. Each unidirectional stream of an authorized
+//! - **inbound**: it accepts connections offering ALPN `chubby-peer/1` with a replica
+//!   certificate of the cell ([`identity::authorize_peer_connection`]; any replica id, so a
+//!   replica about to be added can catch up before the cell lists it: the Paxos core counts
+//!   votes only of members) and refuses everything else by closing the connection with
+//!   [`CLOSE_NOT_A_PEER`]. Each unidirectional stream of an authorized
 //!   connection carries length-prefixed frames; each decoded message is delivered as
 //!   `(sender, msg)` where the sender comes from the certificate, never from the message.
 //!   A malformed stream is stopped with [`STREAM_MALFORMED`]; the connection and its other
 //!   streams go on.
-//! - **outbound**: one task per peer owns a connection to it and sends each message on a
+//! - **outbound**: one task per peer (the configured ones, and those added by
+//!   [`PeerTransport::add_peer`] when a membership change names them) owns a connection to it and sends each message on a
 //!   new unidirectional stream (so messages may arrive reordered; Paxos tolerates that, and
 //!   no message waits behind a large one). It checks the server is the replica it meant to
 //!   reach (CN `replica-<id>`), reconnects with exponential backoff, and drops what was
@@ -29,10 +32,10 @@
 //! drops the message (Paxos retransmits), logged at debug level per message and at warn
 //! level per connection failure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chubby_protocol::{codec, NodeId, PaxosMsg};
@@ -154,8 +157,28 @@ pub struct PeerTransport {
     me: NodeId,
     endpoint: quinn::Endpoint,
     queues: BTreeMap<NodeId, mpsc::Sender<PaxosMsg>>,
-    peers: Arc<BTreeMap<NodeId, PeerAddr>>,
+    peers: Arc<RwLock<BTreeMap<NodeId, PeerAddr>>>,
+    reconnected: Reconnected,
     tasks: Vec<JoinHandle<()>>,
+    outbound_queue: usize,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    send_timeout: Duration,
+}
+
+/// Per peer: signalled when it opens a new connection to us. Created on first use, since
+/// a replica we do not know yet may connect.
+#[derive(Clone, Debug, Default)]
+struct Reconnected(Arc<Mutex<BTreeMap<NodeId, Arc<Notify>>>>);
+
+impl Reconnected {
+    fn of(&self, id: NodeId) -> Arc<Notify> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(id).or_default().clone()
+    }
 }
 
 impl PeerTransport {
@@ -198,50 +221,72 @@ impl PeerTransport {
             .filter(|(id, _)| **id != me)
             .map(|(id, a)| (*id, a.clone()))
             .collect();
-        let members: Arc<BTreeSet<NodeId>> = Arc::new(peers.keys().copied().collect());
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue.max(1));
-        let reconnected: Arc<BTreeMap<NodeId, Arc<Notify>>> = Arc::new(
-            peers
-                .keys()
-                .map(|id| (*id, Arc::new(Notify::new())))
-                .collect(),
-        );
-
-        let mut tasks = Vec::with_capacity(peers.len() + 1);
+        let reconnected = Reconnected::default();
         let inbound = Inbound {
             me,
-            members,
             messages: inbound_tx,
             snapshot_file: config.snapshot_file.clone().map(Arc::new),
             reconnected: reconnected.clone(),
         };
-        tasks.push(tokio::spawn(accept_loop(endpoint.clone(), inbound)));
-        let mut queues = BTreeMap::new();
-        for (id, addr) in peers.clone() {
-            let (tx, rx) = mpsc::channel(config.outbound_queue.max(1));
-            queues.insert(id, tx);
-            let sender = PeerSender {
-                endpoint: endpoint.clone(),
-                me,
-                peer: id,
-                addr,
-                reconnected: reconnected.get(&id).cloned().unwrap_or_default(),
-                backoff_min: config.backoff_min,
-                backoff_max: config.backoff_max,
-                send_timeout: config.send_timeout,
-            };
-            tasks.push(tokio::spawn(sender.run(rx)));
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), inbound));
+        let mut transport = PeerTransport {
+            me,
+            endpoint,
+            queues: BTreeMap::new(),
+            peers: Arc::new(RwLock::new(BTreeMap::new())),
+            reconnected,
+            tasks: vec![accept],
+            outbound_queue: config.outbound_queue,
+            backoff_min: config.backoff_min,
+            backoff_max: config.backoff_max,
+            send_timeout: config.send_timeout,
+        };
+        for (id, addr) in peers {
+            transport.add_peer(id, addr);
         }
-        Ok((
-            PeerTransport {
-                me,
-                endpoint,
-                queues,
-                peers: Arc::new(peers),
-                tasks,
-            },
-            inbound_rx,
-        ))
+        Ok((transport, inbound_rx))
+    }
+
+    /// Starts sending to `id` at `addr` (a member added by a membership change). A peer
+    /// already known keeps its connection unless the address changed.
+    pub fn add_peer(&mut self, id: NodeId, addr: PeerAddr) {
+        if id == self.me {
+            return;
+        }
+        {
+            let mut peers = self
+                .peers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if peers.get(&id) == Some(&addr) {
+                return;
+            }
+            peers.insert(id, addr.clone());
+        }
+        if self.queues.contains_key(&id) {
+            // The old sender's task ends when its queue is dropped.
+            info!(me = %self.me, peer = %id, addr = %addr.addr, "peer address changed");
+        }
+        let (tx, rx) = mpsc::channel(self.outbound_queue.max(1));
+        self.queues.insert(id, tx);
+        let sender = PeerSender {
+            endpoint: self.endpoint.clone(),
+            me: self.me,
+            peer: id,
+            addr,
+            reconnected: self.reconnected.of(id),
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            send_timeout: self.send_timeout,
+        };
+        self.tasks.push(tokio::spawn(sender.run(rx)));
+    }
+
+    /// Whether messages to `id` have somewhere to go.
+    #[must_use]
+    pub fn knows(&self, id: NodeId) -> bool {
+        self.queues.contains_key(&id)
     }
 
     /// This replica's id.
@@ -310,11 +355,9 @@ impl Drop for PeerTransport {
 #[derive(Clone)]
 struct Inbound {
     me: NodeId,
-    members: Arc<BTreeSet<NodeId>>,
     messages: mpsc::Sender<(NodeId, PaxosMsg)>,
     snapshot_file: Option<Arc<PathBuf>>,
-    /// Per peer: signalled when it opens a new connection to us.
-    reconnected: Arc<BTreeMap<NodeId, Arc<Notify>>>,
+    reconnected: Reconnected,
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, inbound: Inbound) {
@@ -334,7 +377,7 @@ async fn serve_connection(incoming: quinn::Incoming, inbound: Inbound) {
             return;
         }
     };
-    let from = match authorize_peer_connection(&conn, &inbound.members) {
+    let from = match authorize_peer_connection(&conn, None) {
         Ok(from) => from,
         Err(why) => {
             warn!(%me, %remote, reason = %why, "refusing peer connection");
@@ -352,9 +395,7 @@ async fn serve_connection(incoming: quinn::Incoming, inbound: Inbound) {
                 Ok(stream) => {
                     if !announced {
                         announced = true;
-                        if let Some(notify) = inbound.reconnected.get(&from) {
-                            notify.notify_one();
-                        }
+                        inbound.reconnected.of(from).notify_one();
                     }
                     tokio::spawn(read_stream(stream, me, from, inbound.messages.clone()));
                     None

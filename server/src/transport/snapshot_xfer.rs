@@ -29,7 +29,7 @@ pub const STREAM_NO_SNAPSHOT: u32 = 2;
 #[derive(Clone, Debug)]
 pub struct SnapshotFetcher {
     pub(super) endpoint: quinn::Endpoint,
-    pub(super) peers: Arc<BTreeMap<NodeId, PeerAddr>>,
+    pub(super) peers: Arc<std::sync::RwLock<BTreeMap<NodeId, PeerAddr>>>,
 }
 
 impl SnapshotFetcher {
@@ -47,9 +47,12 @@ impl SnapshotFetcher {
     ) -> Result<Vec<u8>, TransportError> {
         let addr = self
             .peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&from)
+            .cloned()
             .ok_or_else(|| TransportError::Config(format!("{from} is not a peer")))?;
-        let conn = connect_peer(&self.endpoint, from, addr).await?;
+        let conn = connect_peer(&self.endpoint, from, &addr).await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         write_msg(&mut send, &after).await?;
         send.finish()

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chubby_client::protocol::cell::{init_cell, issue_client_cert};
+use chubby_client::protocol::cell::{init_cell, issue_client_cert, issue_replica};
 
 /// Cell management.
 #[derive(Debug, clap::Subcommand)]
@@ -20,6 +20,23 @@ pub enum CellCommand {
         dir: PathBuf,
         /// The principal (the certificate's CN), e.g. a user or service name.
         principal: String,
+    },
+    /// Issue replica ID for the running cell in DIR, to be added with `chubby admin
+    /// add-replica`: its certificate and DIR/replica-<ID>/config.toml (join mode), and its
+    /// client address in DIR/cell.toml.
+    IssueReplica {
+        /// The cell directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The new replica's id (not used by any replica before).
+        #[arg(long)]
+        id: u32,
+        /// Host (name or IP) it listens on and is reached at.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Its peer UDP port; the client port is the next one.
+        #[arg(long)]
+        port: u16,
     },
 }
 
@@ -60,6 +77,20 @@ pub fn run(cmd: CellCommand) -> anyhow::Result<ExitCode> {
                 layout.cell_file.display()
             );
             println!("keep {} offline in production", layout.ca_key.display());
+        }
+        CellCommand::IssueReplica {
+            dir,
+            id,
+            host,
+            port,
+        } => {
+            let cfg = issue_replica(&dir, id, &host, port)?;
+            println!("issued replica {id} at {host}:{port}");
+            println!("  start it:   chubby-server --config {}", cfg.display());
+            println!(
+                "  then add it: chubby admin add-replica --id {id} --addr {}",
+                chubby_client::protocol::cell::config::join_host_port(&host, port)
+            );
         }
         CellCommand::IssueClient { dir, principal } => {
             let paths = issue_client_cert(&dir, &principal)?;

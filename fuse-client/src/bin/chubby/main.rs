@@ -1,10 +1,13 @@
 //! `chubby`: the operator's and user's command for a chubby cell.
 //!
-//! Subcommands so far: `cell init` (create a cell's CA, certificates and configs), `up` (run
-//! a local cell of child `chubby-server` processes), `status` (every replica's view). Every
+//! Subcommands so far: `cell init` (create a cell's CA, certificates and configs), `cell
+//! issue-replica` (a replica to add to a running cell), `up` (run a local cell of child
+//! `chubby-server` processes), `status` (every replica's view), `admin add-replica` and
+//! `admin remove-replica` (membership changes). Every
 //! command that talks to a cell takes `--cell DIR/cell.toml` or the `CHUBBY_CELL`
 //! environment variable.
 
+mod admin;
 mod cell;
 mod status;
 mod up;
@@ -33,6 +36,9 @@ enum Command {
     Up(up::UpArgs),
     /// Show each replica's role, epoch, applied slot, lag and the master's lease.
     Status(status::StatusArgs),
+    /// Add or remove replicas of a running cell.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 /// Where the cell file comes from, shared by every command that talks to a cell.
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
         Command::Cell(cmd) => cell::run(cmd),
         Command::Up(args) => up::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Admin(cmd) => admin::run(cmd),
     };
     match result {
         Ok(code) => code,

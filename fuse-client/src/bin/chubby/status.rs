@@ -146,7 +146,12 @@ impl View {
                 }),
             })
             .collect();
+        let sets = master.map(crate::admin::sets_of);
         json!({
+            "members": sets.as_ref().map(|(effect, _)| effect.iter().map(|n| n.0).collect::<Vec<_>>()),
+            "members_pending": sets.as_ref().and_then(|(_, p)| p.as_ref()).map(|(from, set)| json!({
+                "from_slot": from.0, "members": set.iter().map(|n| n.0).collect::<Vec<_>>()
+            })),
             "master": master.map(|m| m.id.0),
             "epoch": master.map(|m| json!({ "round": m.epoch.round, "node": m.epoch.node.0 })),
             "lease_remaining_ms": master.and_then(|m| m.lease_remaining_ms),
@@ -163,6 +168,18 @@ impl View {
                 m.lease_remaining_ms.unwrap_or(0)
             ),
             None => println!("master: none reachable with a lease"),
+        }
+        if let Some(m) = self.master_report(rows) {
+            let (effect, pending) = crate::admin::sets_of(m);
+            match pending {
+                Some((from, set)) => println!(
+                    "members: {} (changing to {} from slot {})",
+                    crate::admin::show(&effect),
+                    crate::admin::show(&set),
+                    from
+                ),
+                None => println!("members: {}", crate::admin::show(&effect)),
+            }
         }
         println!(
             "{:<4} {:<22} {:<11} {:<9} {:>8} {:>8} {:>8} {:>6} {:<16} NOTE",

@@ -1,0 +1,202 @@
+//! `chubby admin add-replica` / `remove-replica`: membership changes of a running cell
+//! (docs/paxos.md, "Membership changes").
+//!
+//! The master proposes the change as a log entry; it takes effect a fixed number of slots
+//! after it is chosen (the master fills them with no-ops, so this takes well under a second
+//! in a healthy cell). The command waits until the master reports the new set in effect,
+//! so a script can run the next change right after it.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chubby_client::conn::CellConn;
+use chubby_client::protocol::client_msg::{Answer, Call, StatusReport};
+use chubby_client::protocol::{MemberAddr, NodeId, Slot};
+
+use crate::CellArg;
+
+/// Membership changes (the `admin` principal's certificate only).
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Add replica ID, listening at HOST:PORT (its peer port), to the running cell. Issue it
+    /// first with `chubby cell issue-replica` and start it (`chubby-server --config ...`):
+    /// it catches up while it waits. Returns once the new member set is in effect.
+    AddReplica {
+        #[command(flatten)]
+        cell: CellArg,
+        /// The new replica's id (its certificate is `replica-<ID>`).
+        #[arg(long)]
+        id: u32,
+        /// HOST:PORT of its peer port (as in its config.toml).
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// Its client port [default: PORT + 1, as `chubby cell issue-replica` assigns].
+        #[arg(long)]
+        client_port: Option<u16>,
+        /// How long to wait for the change to take effect.
+        #[arg(long, default_value = "60", value_name = "SECONDS")]
+        timeout: u64,
+    },
+    /// Remove replica ID from the running cell. Returns once the new member set is in
+    /// effect; the removed replica can then be stopped.
+    RemoveReplica {
+        #[command(flatten)]
+        cell: CellArg,
+        /// The replica's id.
+        #[arg(long)]
+        id: u32,
+        /// How long to wait for the change to take effect.
+        #[arg(long, default_value = "60", value_name = "SECONDS")]
+        timeout: u64,
+    },
+}
+
+pub fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
+    let (cell, call, id, adding, timeout) = match cmd {
+        AdminCommand::AddReplica {
+            cell,
+            id,
+            addr,
+            client_port,
+            timeout,
+        } => {
+            let (host, port) = split_host_port(&addr)?;
+            let client_port = match client_port {
+                Some(p) => p,
+                None => port
+                    .checked_add(1)
+                    .context("--addr port is the last port; pass --client-port")?,
+            };
+            let add = MemberAddr {
+                id: NodeId(id),
+                host,
+                peer_port: port,
+                client_port,
+            };
+            let call = Call::ChangeMembers {
+                add: Some(add),
+                remove: None,
+            };
+            (cell, call, id, true, timeout)
+        }
+        AdminCommand::RemoveReplica { cell, id, timeout } => {
+            let call = Call::ChangeMembers {
+                add: None,
+                remove: Some(NodeId(id)),
+            };
+            (cell, call, id, false, timeout)
+        }
+    };
+    if id == 0 {
+        bail!("replica ids start at 1");
+    }
+    let cell = cell.load()?;
+    crate::runtime()?.block_on(async {
+        let conn = CellConn::new(&cell)?;
+        let result = change(
+            &conn,
+            call,
+            NodeId(id),
+            adding,
+            Duration::from_secs(timeout),
+        )
+        .await;
+        conn.close().await;
+        result
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn change(
+    conn: &CellConn,
+    call: Call,
+    id: NodeId,
+    adding: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let verb = if adding { "adding" } else { "removing" };
+    conn.call(call)
+        .await
+        .with_context(|| format!("{verb} replica {}", id.0))?;
+    println!(
+        "{verb} replica {}: proposed; waiting for it to take effect",
+        id.0
+    );
+    let started = Instant::now();
+    loop {
+        if let Some(report) = master_status(conn).await {
+            let (effect, pending) = sets_of(&report);
+            if effect.contains(&id) == adding && pending.is_none() {
+                println!(
+                    "members now: {} (in effect from slot {})",
+                    show(&effect),
+                    report.chosen_through.next()
+                );
+                return Ok(());
+            }
+        }
+        if started.elapsed() >= timeout {
+            bail!(
+                "the change was proposed but is not in effect after {} s; see `chubby status`",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The master's status (found by a Status call to each replica until one is master).
+async fn master_status(conn: &CellConn) -> Option<StatusReport> {
+    for i in 0..conn.replica_addrs().len() {
+        if let Ok(report) = conn.status_of(i).await {
+            if report.master.as_ref().is_some_and(|m| m.id == report.id) {
+                return Some(report);
+            }
+        }
+    }
+    // The master may be one the cell file does not list: ask it through a write-free call.
+    match conn.call(Call::Status).await {
+        Ok(Answer::Status(r)) => Some(*r),
+        _ => None,
+    }
+}
+
+/// The member set in effect after `chosen_through`, and a later one if pending.
+pub fn sets_of(report: &StatusReport) -> (Vec<NodeId>, Option<(Slot, Vec<NodeId>)>) {
+    let next = report.chosen_through.next();
+    let effect = report
+        .member_sets
+        .iter()
+        .rev()
+        .find(|(from, _)| *from <= next)
+        .map(|(_, set)| set.clone())
+        .unwrap_or_default();
+    let pending = report
+        .member_sets
+        .iter()
+        .find(|(from, _)| *from > next)
+        .cloned();
+    (effect, pending)
+}
+
+pub fn show(set: &[NodeId]) -> String {
+    let ids: Vec<String> = set.iter().map(|n| n.0.to_string()).collect();
+    format!("{{{}}}", ids.join(", "))
+}
+
+fn split_host_port(addr: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("--addr {addr:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("--addr {addr:?} has no host");
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| format!("--addr {addr:?}: the port must be 1 to 65535"))?;
+    Ok((host.to_owned(), port))
+}
