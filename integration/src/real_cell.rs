@@ -66,7 +66,8 @@ impl RealCell {
     /// As [`RealCell::start`].
     #[must_use]
     pub fn start_tuned(replicas: usize, tuning: &str) -> RealCell {
-        RealCell::start_with(replicas, tuning, "info")
+        let filter = std::env::var("CHUBBY_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
+        RealCell::start_with(replicas, tuning, &filter)
     }
 
     /// Like [`RealCell::start_tuned`], every replica logging with filter `log_filter`.
@@ -145,7 +146,10 @@ impl RealCell {
     /// # Panics
     /// If it is running already or cannot be started.
     pub fn spawn(&mut self, id: usize) {
-        self.spawn_logging(id, "info");
+        // CHUBBY_TEST_LOG (e.g. `info,chubby_server::paxos=debug`) turns up every replica's
+        // log when chasing a failure.
+        let filter = std::env::var("CHUBBY_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
+        self.spawn_logging(id, &filter);
     }
 
     /// Starts replica `id` with log filter `filter` (e.g. `info,chubby_server::x=trace`).

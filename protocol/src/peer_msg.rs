@@ -52,6 +52,9 @@ pub struct MemberSets {
     pub sets: Vec<(Slot, Vec<NodeId>)>,
     /// Addresses learned from changes.
     pub addrs: Vec<MemberAddr>,
+    /// Every change chosen at or below this slot is in `sets` (a replica that installed a
+    /// snapshot may know less than its chosen prefix until a peer tells it).
+    pub complete_through: Slot,
 }
 
 impl Value {
@@ -115,6 +118,9 @@ pub enum PaxosMsg {
         chosen_through: Slot,
         /// Accepted or chosen entries above that prefix.
         entries: Vec<PromiseEntry>,
+        /// The acceptor's member sets: changes inside its chosen prefix are not among
+        /// `entries`, so the candidate learns them here.
+        members: MemberSets,
     },
     /// Phase 2a, sent only by a master whose phase 1 completed for `ballot`.
     Accept {

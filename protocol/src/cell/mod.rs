@@ -291,6 +291,13 @@ pub fn issue_replica(
     let rdir = dir.join(format!("{REPLICA_CN_PREFIX}{id}"));
     ensure_empty_dir(&rdir)?;
     create_dir(&rdir.join("data"))?;
+    // Like a founder, a new replica never promised anything: its first start formats its
+    // store as a voter (it still votes only where a chosen change made it a member). A
+    // later empty store is a lost disk and rebuilds before voting.
+    write_public(
+        &rdir.join("data").join(NEW_CELL_MARKER),
+        "new replica of a running cell: the first start formats the store as a voter\n",
+    )?;
     write_pair(&rdir, &ca.issue_replica(id, host)?)?;
     let cfg = replica_config(id, host, members, true);
     let path = rdir.join("config.toml");

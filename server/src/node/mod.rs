@@ -172,12 +172,12 @@ pub async fn run(
             voter = opened.state.voter,
             "resuming from the data directory"
         ),
-        StartKind::Founded => info!(replica = cfg.id, "first start of a founding member"),
-        StartKind::Empty if cfg.join => info!(
+        StartKind::Founded if cfg.join => info!(
             replica = cfg.id,
             "first start of a replica joining a running cell: catching up from its peers; it \
-             votes once `chubby admin add-replica` made it a member and it has caught up"
+             votes once `chubby admin add-replica` made it a member"
         ),
+        StartKind::Founded => info!(replica = cfg.id, "first start of a founding member"),
         StartKind::Empty => tracing::warn!(
             replica = cfg.id,
             dir = %data_dir.display(),

@@ -68,6 +68,7 @@ impl Replica {
             ballot,
             chosen_through: self.chosen_through,
             entries: self.promise_entries(from_slot),
+            members: self.membership.to_wire(),
         };
         self.persist_then_send(out, batch, from, promise);
         // Another replica is trying to lead with our blessing: stop leading, and give it

@@ -53,11 +53,12 @@ impl Replica {
         let mut learned = false;
         while let Some(value) = self.chosen_above.remove(&self.chosen_through.next()) {
             let slot = self.chosen_through.next();
-            if let Some(change) = &value.change {
-                learned |= self.membership.learn(slot, change);
-                tracing::info!(me = %self.cfg.me, %slot, members = ?change.members,
+            let change = self.membership.observe(slot, value.change.as_ref());
+            if change {
+                tracing::info!(me = %self.cfg.me, %slot, members = ?self.membership.newest(),
                     in_effect_from = %self.membership.newest_from(), "membership change chosen");
             }
+            learned |= change;
             let holds_it = self.log.get(&slot).is_some_and(|e| e.value == value);
             if !holds_it {
                 let entry = LogEntry {
@@ -125,8 +126,16 @@ impl Replica {
             self.catchup.fetching = false;
         }
         if self.known_chosen_through <= self.chosen_through {
-            self.catchup.retry_at = None;
             self.catchup.requested_through = self.chosen_through;
+            // A joining replica that knows no member set yet asks too: the reply carries
+            // the sets and the chosen prefix, and starts its catch-up.
+            if self.membership.complete_through() < self.chosen_through
+                || self.membership.newest().is_empty()
+            {
+                self.refresh_members(now, timed_out, out);
+            } else {
+                self.catchup.retry_at = None;
+            }
             return;
         }
         self.request_catchup(now, timed_out, out);
@@ -166,6 +175,27 @@ impl Replica {
             next += chunk;
         }
         self.catchup.requested_through = Slot(next);
+        self.catchup.retry_at = Some(now.plus_ms(self.cfg.retry_interval_ms));
+    }
+
+    /// Our member sets miss changes inside the chosen prefix (a snapshot install skipped
+    /// their values), or we know none (joining): ask a peer for its sets, which every
+    /// catch-up reply carries.
+    fn refresh_members(&mut self, now: Instant, due: bool, out: &mut Vec<Action>) {
+        if self.catchup.retry_at.is_some() && !due {
+            return;
+        }
+        let peers = self.peers();
+        if peers.is_empty() {
+            return;
+        }
+        self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
+        let to = peers[self.catchup.rotate % peers.len()];
+        let msg = PaxosMsg::CatchUpRequest {
+            from_slot: self.chosen_through.next(),
+            entries_max: 1,
+        };
+        Self::send(out, to, msg);
         self.catchup.retry_at = Some(now.plus_ms(self.cfg.retry_interval_ms));
     }
 
@@ -220,18 +250,7 @@ impl Replica {
             truncated_through,
             members,
         } = reply;
-        if self.membership.merge(&members) {
-            tracing::info!(me = %self.cfg.me, %from, newest = ?self.membership.newest(),
-                "member sets learned from a peer");
-            self.on_membership_learned();
-            Self::persist(
-                out,
-                PersistBatch {
-                    members: Some(self.membership.to_wire()),
-                    ..PersistBatch::default()
-                },
-            );
-        }
+        self.merge_members(from, &members, out);
         if entries.is_empty() && self.chosen_through < truncated_through {
             self.known_chosen_through = self.known_chosen_through.max(chosen_through);
             self.start_snapshot_fetch(now, from, out);

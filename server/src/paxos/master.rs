@@ -24,6 +24,7 @@ impl Replica {
     pub(super) fn can_campaign(&self, now: Instant) -> bool {
         self.voting()
             && self.membership.newest().contains(&self.cfg.me)
+            && self.membership.complete_through() >= self.chosen_through
             && !self.promise_blocked(now, self.cfg.me)
     }
 
@@ -86,25 +87,51 @@ impl Replica {
             tracing::debug!(%from, %ballot, "ignoring stale Promise");
             return;
         };
+        let prefix = info.chosen_through;
         p1.promises.insert(from, info);
+        if prefix > self.known_chosen_through {
+            // Catch up from it: phase 1 needs every member set inside its prefix.
+            self.known_chosen_through = prefix;
+            self.catchup.source = Some(from);
+        }
         self.maybe_complete_phase1(now, out);
     }
 
     /// Whether `p1`'s promises hold a majority of every member set that may govern a slot
-    /// it covers: every set known from `from_slot` on, and every set carried by a value a
-    /// promise reports (it may have been chosen; docs/paxos.md, "Membership changes").
+    /// it covers (docs/paxos.md, "Membership changes"): every change inside any promiser's
+    /// chosen prefix must be in our map (promises carry the promisers' maps), and above the
+    /// highest prefix, the set carried by each slot's highest-ranked reported value (the
+    /// only one there that may have been chosen) needs a majority too.
     pub(super) fn phase1_quorum(membership: &Membership, p1: &Phase1) -> bool {
         let promisers: BTreeSet<NodeId> = p1.promises.keys().copied().collect();
+        let prefix = p1
+            .promises
+            .values()
+            .map(|info| info.chosen_through)
+            .max()
+            .unwrap_or(Slot::ZERO);
+        if membership.complete_through() < prefix {
+            return false; // catch-up fills the map in, then this is asked again
+        }
+        let mut best: BTreeMap<Slot, (bool, Ballot, Option<&Vec<NodeId>>)> = BTreeMap::new();
+        for e in p1.promises.values().flat_map(|info| &info.entries) {
+            if e.slot <= prefix {
+                continue;
+            }
+            let rank = (e.chosen, e.ballot);
+            if best.get(&e.slot).is_none_or(|(c, b, _)| rank > (*c, *b)) {
+                let set = e.value.change.as_ref().map(|c| &c.members);
+                best.insert(e.slot, (e.chosen, e.ballot, set));
+            }
+        }
         membership.is_quorum_from(p1.from_slot, &promisers)
-            && p1
-                .promises
+            && best
                 .values()
-                .flat_map(|info| &info.entries)
-                .filter_map(|e| e.value.change.as_ref())
-                .all(|change| Membership::is_majority(&change.members, &promisers))
+                .filter_map(|(_, _, set)| *set)
+                .all(|set| Membership::is_majority(set, &promisers))
     }
 
-    fn maybe_complete_phase1(&mut self, now: Instant, out: &mut Vec<Action>) {
+    pub(super) fn maybe_complete_phase1(&mut self, now: Instant, out: &mut Vec<Action>) {
         let membership = &self.membership;
         let done = match &mut self.role {
             Role::Candidate(p1) if Self::phase1_quorum(membership, p1) => {
@@ -338,6 +365,14 @@ impl Replica {
             self.check_chosen(slot);
         }
         let next = self.chosen_through.next();
+        let boosting = matches!(&self.role, Role::Master(m) if m.boost.is_some());
+        if boosting && !self.membership.newest().contains(&self.cfg.me) {
+            // Acceptors that know we are leaving ignore our Prepares: the boost could
+            // never finish, and proposals wait for it.
+            tracing::info!(me = %self.cfg.me, "leaving the member set while boosting: stepping down");
+            self.step_down(now, out);
+            return;
+        }
         if !self.membership.at(next).contains(&self.cfg.me) {
             tracing::info!(me = %self.cfg.me, slot = %next,
                 "no longer a member from this slot on: stepping down");
@@ -415,6 +450,11 @@ impl Replica {
 
     fn step_down(&mut self, now: Instant, out: &mut Vec<Action>) {
         let old = std::mem::replace(&mut self.role, Role::Follower);
+        if self.last_master == Some(self.cfg.me) {
+            // We no longer know who leads; never name ourselves (a removed master that hears
+            // no heartbeats would otherwise point clients at itself for good).
+            self.last_master = None;
+        }
         if let Role::Master(m) = old {
             tracing::info!(me = %self.cfg.me, epoch = %m.epoch, "stepped down as master");
             for command in m.queue {

@@ -47,6 +47,8 @@ pub const MEMBERSHIP_DELAY: u64 = 64;
 pub struct Membership {
     sets: BTreeMap<Slot, Vec<NodeId>>,
     addrs: BTreeMap<NodeId, MemberAddr>,
+    /// Every change chosen at or below this slot is in `sets`.
+    complete_through: Slot,
 }
 
 impl Membership {
@@ -58,6 +60,7 @@ impl Membership {
         Membership {
             sets,
             addrs: BTreeMap::new(),
+            complete_through: Slot::ZERO,
         }
     }
 
@@ -75,7 +78,15 @@ impl Membership {
         MemberSets {
             sets: self.sets.iter().map(|(s, m)| (*s, m.clone())).collect(),
             addrs: self.addrs.values().cloned().collect(),
+            complete_through: self.complete_through,
         }
+    }
+
+    /// Every change chosen at or below this slot is known. Below a replica's chosen
+    /// prefix only after a snapshot install skipped values, until a peer's map fills in.
+    #[must_use]
+    pub fn complete_through(&self) -> Slot {
+        self.complete_through
     }
 
     /// Adopts what `wire` knows that we do not: sets are facts about chosen values, so a
@@ -101,11 +112,41 @@ impl Membership {
                 changed = true;
             }
         }
+        let founded = self.sets.get(&Slot(1)).is_some_and(|s| !s.is_empty());
+        if founded && wire.complete_through > self.complete_through {
+            self.complete_through = wire.complete_through;
+            changed = true;
+        }
         changed
     }
 
+    /// Notes that `value`'s change (if any) was chosen at `slot`, in slot order. Only when
+    /// the map is complete just below `slot` is the change judged and the map extended: a
+    /// change chosen while another is pending, or that is not the newest set with one
+    /// replica added or removed, is ignored alike by every replica (masters refuse such
+    /// changes, but a new master re-proposes whatever phase 1 found). Returns whether the
+    /// sets or addresses changed.
+    pub fn observe(&mut self, slot: Slot, change: Option<&MemberChange>) -> bool {
+        if self.complete_through.next() != slot {
+            return false;
+        }
+        self.complete_through = slot;
+        let Some(change) = change else {
+            return false;
+        };
+        if self.newest_from() > slot {
+            tracing::warn!(%slot, "ignoring a membership change chosen while another is pending");
+            return false;
+        }
+        if let Err(why) = self.check_change(&change.members) {
+            tracing::warn!(%slot, %why, "ignoring an invalid membership change");
+            return false;
+        }
+        self.learn(slot, change)
+    }
+
     /// Records that `change` was chosen at `slot`; returns whether it was new.
-    pub fn learn(&mut self, slot: Slot, change: &MemberChange) -> bool {
+    fn learn(&mut self, slot: Slot, change: &MemberChange) -> bool {
         if !Self::well_formed(&change.members) {
             // Every replica decodes the same bytes, so every one skips it alike.
             tracing::error!(%slot, "ignoring a malformed membership change");
@@ -119,7 +160,9 @@ impl Membership {
         changed
     }
 
-    fn well_formed(members: &[NodeId]) -> bool {
+    /// 1 to [`MEMBERS_MAX`] distinct non-zero ids in order.
+    #[must_use]
+    pub fn well_formed(members: &[NodeId]) -> bool {
         !members.is_empty()
             && members.len() <= MEMBERS_MAX
             && members.windows(2).all(|w| w[0] < w[1])
@@ -311,6 +354,33 @@ mod tests {
         assert!(joiner.newest().is_empty());
         assert!(joiner.merge(&m.to_wire()));
         assert_eq!(joiner, m);
+    }
+
+    #[test]
+    fn chosen_changes_are_judged_alike_in_slot_order_and_only_with_a_complete_map() {
+        let mut m = Membership::new(ids(&[1, 2, 3]));
+        assert!(!m.observe(Slot(1), None));
+        assert_eq!(m.complete_through(), Slot(1));
+        assert!(
+            !m.observe(Slot(3), Some(&change(&[1, 2, 3, 4]))),
+            "gap at slot 2: not judged"
+        );
+        assert_eq!(m.complete_through(), Slot(1));
+        assert!(m.observe(Slot(2), Some(&change(&[1, 2, 3, 4]))));
+        assert_eq!(m.newest_from(), Slot(2 + MEMBERSHIP_DELAY));
+        // A second change while the first is pending is ignored (a new master may have
+        // re-proposed it), and so is one that is not a single step from the newest set.
+        assert!(!m.observe(Slot(3), Some(&change(&[1, 2, 3, 4, 5]))));
+        for s in 4..2 + MEMBERSHIP_DELAY {
+            m.observe(Slot(s), None);
+        }
+        let far = Slot(2 + MEMBERSHIP_DELAY);
+        assert!(
+            !m.observe(far, Some(&change(&[1, 4]))),
+            "two replicas at once"
+        );
+        assert!(m.observe(far.next(), Some(&change(&[1, 2, 3, 4, 5]))));
+        assert_eq!(m.newest(), ids(&[1, 2, 3, 4, 5]).as_slice());
     }
 
     #[test]

@@ -311,10 +311,9 @@ impl Replica {
             cfg.members.clone()
         };
         let mut membership = Membership::from_wire(&durable.members, founders);
+        // The sets are stored when they change; the slots chosen since are read again.
         for (slot, entry) in durable.log.range(..=durable.chosen_through) {
-            if let Some(change) = &entry.value.change {
-                membership.learn(*slot, change);
-            }
+            membership.observe(*slot, entry.value.change.as_ref());
         }
         let rng = rng::SplitMix64::new(cfg.seed ^ 0xC4B8_B1E5);
         let rebuild = (!voter).then(|| Rebuild {
@@ -365,6 +364,8 @@ impl Replica {
             Input::SnapshotFetchFailed => self.on_snapshot_fetch_failed(now),
         }
         self.advance_chosen(now, out);
+        // Phase 1 may have waited for the member sets that this input completed.
+        self.maybe_complete_phase1(now, out);
         self.tick_catchup(now, out);
         self.pump(now, out);
         // A single-member cell chooses while pumping.
@@ -634,7 +635,9 @@ impl Replica {
                 ballot,
                 chosen_through,
                 entries,
+                members,
             } => {
+                self.merge_members(from, &members, out);
                 self.on_promise(
                     now,
                     from,
@@ -755,6 +758,31 @@ impl Replica {
 
     fn send(out: &mut Vec<Action>, to: NodeId, msg: PaxosMsg) {
         out.push(Action::Send { to, msg });
+    }
+
+    /// Adopts what a peer's member sets add to ours (persisted, so a restart keeps them).
+    fn merge_members(
+        &mut self,
+        from: NodeId,
+        members: &chubby_protocol::MemberSets,
+        out: &mut Vec<Action>,
+    ) {
+        let before = self.membership.to_wire().sets;
+        if !self.membership.merge(members) {
+            return;
+        }
+        if self.membership.to_wire().sets != before {
+            tracing::info!(me = %self.cfg.me, %from, newest = ?self.membership.newest(),
+                "member sets learned from a peer");
+            self.on_membership_learned();
+        }
+        Self::persist(
+            out,
+            PersistBatch {
+                members: Some(self.membership.to_wire()),
+                ..PersistBatch::default()
+            },
+        );
     }
 
     /// Members of every set from the next unchosen slot on, and of the newest set.

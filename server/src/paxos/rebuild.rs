@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 
 use chubby_protocol::{Ballot, Instant, NodeId, PaxosMsg, Slot};
 
-use super::{Action, PersistBatch, Replica};
+use super::{Action, Membership, PersistBatch, Replica};
 
 impl Replica {
     pub(super) fn tick_rebuild(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -119,7 +119,9 @@ impl Replica {
         }
         rebuild.replies.insert(from, (promised, accepted_through));
         let named_before = rebuild.named.len();
-        rebuild.named.extend(newest);
+        if Membership::well_formed(&newest) {
+            rebuild.named.extend(newest);
+        }
         let named_more = rebuild.named.len() > named_before;
         let peers = self.rebuild_peers();
         let Some(rebuild) = &mut self.rebuild else {

@@ -33,6 +33,8 @@ impl Replica {
             out,
             PersistBatch {
                 truncate_through: Some(through),
+                // The values that built the sets are going: store the sets as of now.
+                members: Some(self.membership.to_wire()),
                 ..PersistBatch::default()
             },
         );

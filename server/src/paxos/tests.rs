@@ -202,7 +202,8 @@ fn an_acceptor_persists_its_promise_before_replying() {
                 msg: PaxosMsg::Promise {
                     ballot: b,
                     chosen_through: Slot::ZERO,
-                    entries: vec![]
+                    entries: vec![],
+                    members: Membership::new(ids(3)).to_wire(),
                 }
             },
         ]
@@ -920,4 +921,34 @@ fn phase_one_needs_a_majority_of_every_set_a_promise_reports() {
         Replica::phase1_quorum(&membership, &p1),
         "2 of 3 and 3 of 5"
     );
+}
+
+#[test]
+fn phase_one_waits_until_it_knows_every_change_inside_a_promisers_prefix() {
+    // A promise does not report values inside the promiser's chosen prefix; a change there
+    // is known only from the promiser's member sets (or catch-up). Until our map covers that
+    // prefix, phase 1 cannot count its quorum.
+    let behind = Membership::new(ids(3));
+    let mut p1 = Phase1 {
+        ballot: ballot(1, 1),
+        from_slot: Slot(1),
+        promises: BTreeMap::new(),
+        retry_at: Instant::ZERO,
+    };
+    for n in [1, 2] {
+        let info = PromiseInfo {
+            chosen_through: Slot(u64::from(n) * 10),
+            entries: Vec::new(),
+        };
+        p1.promises.insert(NodeId(n), info);
+    }
+    assert!(
+        !Replica::phase1_quorum(&behind, &p1),
+        "map complete through 0, prefix 20"
+    );
+    let mut caught_up = Membership::new(ids(3));
+    for s in 1..=20 {
+        caught_up.observe(Slot(s), None);
+    }
+    assert!(Replica::phase1_quorum(&caught_up, &p1));
 }

@@ -205,6 +205,7 @@ mod tests {
             members: Some(MemberSets {
                 sets: vec![(Slot(65), vec![NodeId(1), NodeId(2)])],
                 addrs: Vec::new(),
+                complete_through: Slot(3),
             }),
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chubby_client::conn::CellConn;
-use chubby_client::protocol::client_msg::{Answer, Call, StatusReport};
+use chubby_client::protocol::client_msg::{Answer, Call, ReplicaRole, StatusReport};
 use chubby_client::protocol::{MemberAddr, NodeId, Slot};
 
 use crate::CellArg;
@@ -150,7 +150,7 @@ async fn change(
 async fn master_status(conn: &CellConn) -> Option<StatusReport> {
     for i in 0..conn.replica_addrs().len() {
         if let Ok(report) = conn.status_of(i).await {
-            if report.master.as_ref().is_some_and(|m| m.id == report.id) {
+            if report.role == ReplicaRole::Master && report.lease_remaining_ms.is_some() {
                 return Some(report);
             }
         }
