@@ -562,6 +562,11 @@ impl Replica {
         if lease_held || promised.node == self.cfg.me {
             return false;
         }
+        if !self.membership.newest().contains(&self.cfg.me) {
+            // Leaving: acceptors ignore our Prepares, so a boost could never finish (and
+            // would pause proposals); step down instead.
+            return false;
+        }
         let Role::Master(m) = &self.role else {
             return false;
         };
