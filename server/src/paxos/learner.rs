@@ -142,16 +142,13 @@ impl Replica {
     }
 
     fn request_catchup(&mut self, now: Instant, start_over: bool, out: &mut Vec<Action>) {
-        let peers = self.peers();
-        if peers.is_empty() {
-            return;
-        }
         // No source yet, or the last one went quiet: the next peer in turn, from scratch.
         let source = match self.catchup.source.filter(|_| !start_over) {
             Some(source) => source,
             None => {
-                self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
-                let source = peers[self.catchup.rotate % peers.len()];
+                let Some(source) = self.next_peer() else {
+                    return;
+                };
                 self.catchup.source = Some(source);
                 self.catchup.requested_through = self.chosen_through;
                 source
@@ -185,18 +182,25 @@ impl Replica {
         if self.catchup.retry_at.is_some() && !due {
             return;
         }
-        let peers = self.peers();
-        if peers.is_empty() {
+        let Some(to) = self.next_peer() else {
             return;
-        }
-        self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
-        let to = peers[self.catchup.rotate % peers.len()];
+        };
         let msg = PaxosMsg::CatchUpRequest {
             from_slot: self.chosen_through.next(),
             entries_max: 1,
         };
         Self::send(out, to, msg);
         self.catchup.retry_at = Some(now.plus_ms(self.cfg.retry_interval_ms));
+    }
+
+    /// The next peer in turn to ask for catch-up, if there is any peer.
+    fn next_peer(&mut self) -> Option<NodeId> {
+        let peers = self.peers();
+        if peers.is_empty() {
+            return None;
+        }
+        self.catchup.rotate = self.catchup.rotate.wrapping_add(1);
+        Some(peers[self.catchup.rotate % peers.len()])
     }
 
     /// Sends the chosen values a peer asked for, bounded in count and bytes.

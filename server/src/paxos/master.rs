@@ -508,15 +508,17 @@ impl Replica {
     }
 
     pub(super) fn tick_master(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let peers = self.peers();
         // A master leaving the member set does not boost: acceptors that know it left
         // ignore its Prepares, and it steps down once the new set is in effect.
         let staying = self.membership.newest().contains(&self.cfg.me);
+        let resend = matches!(&self.role, Role::Master(m)
+            if m.boost.as_ref().is_some_and(|p1| now >= p1.retry_at));
+        let peers = if resend { self.peers() } else { Vec::new() };
         let Role::Master(m) = &mut self.role else {
             return;
         };
         if let Some(p1) = &mut m.boost {
-            if now >= p1.retry_at {
+            if resend {
                 Self::resend_prepare(&self.cfg, &peers, p1, now, out);
             }
         } else if now >= m.boost_at && staying {
@@ -584,13 +586,15 @@ impl Replica {
     /// Resends Accepts nobody answered in time, to the peers that have not acked.
     fn resend_accepts(&mut self, now: Instant, out: &mut Vec<Action>) {
         let chosen_through = self.chosen_through;
+        let due_any = matches!(&self.role, Role::Master(m)
+            if m.boost.is_none() && m.inflight.values().any(|i| now >= i.resend_at));
+        if !due_any {
+            return;
+        }
         let peers = self.peers();
         let Role::Master(m) = &mut self.role else {
             return;
         };
-        if m.boost.is_some() {
-            return;
-        }
         let due: Vec<Slot> = m
             .inflight
             .iter()

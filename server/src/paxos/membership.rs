@@ -90,7 +90,9 @@ impl Membership {
     }
 
     /// Adopts what `wire` knows that we do not: sets are facts about chosen values, so a
-    /// set already known at the same slot is the same set. Returns whether anything changed.
+    /// set already known at the same slot is the same set. Returns whether a set or an
+    /// address changed (a raised `complete_through` alone is not worth storing: a restart
+    /// recomputes it from the log).
     pub fn merge(&mut self, wire: &MemberSets) -> bool {
         let mut changed = false;
         for (slot, members) in &wire.sets {
@@ -113,9 +115,8 @@ impl Membership {
             }
         }
         let founded = self.sets.get(&Slot(1)).is_some_and(|s| !s.is_empty());
-        if founded && wire.complete_through > self.complete_through {
-            self.complete_through = wire.complete_through;
-            changed = true;
+        if founded {
+            self.complete_through = self.complete_through.max(wire.complete_through);
         }
         changed
     }
@@ -237,6 +238,12 @@ impl Membership {
                 .range(from.next()..)
                 .map(|(_, set)| set.as_slice()),
         )
+    }
+
+    /// Whether `id` is in a set governing a slot at or after `from`, or in the newest set.
+    #[must_use]
+    pub fn is_current(&self, from: Slot, id: NodeId) -> bool {
+        self.sets_from(from).any(|set| set.contains(&id)) || self.newest().contains(&id)
     }
 
     /// Every replica in a set governing a slot at or after `from`.

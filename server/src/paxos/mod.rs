@@ -624,7 +624,11 @@ impl Replica {
         }
         // Any replica of the cell may talk to us (the transport checked its certificate);
         // its votes count only where it is a member. One outside the sets is warming up.
-        if !self.current_members().contains(&from) && self.warm.insert(from) {
+        let next = self.chosen_through.next();
+        if !self.warm.contains(&from)
+            && !self.membership.is_current(next, from)
+            && self.warm.insert(from)
+        {
             tracing::info!(me = %self.cfg.me, %from, "a replica outside the member set is catching up from us");
         }
         match msg {
@@ -767,15 +771,12 @@ impl Replica {
         members: &chubby_protocol::MemberSets,
         out: &mut Vec<Action>,
     ) {
-        let before = self.membership.to_wire().sets;
         if !self.membership.merge(members) {
             return;
         }
-        if self.membership.to_wire().sets != before {
-            tracing::info!(me = %self.cfg.me, %from, newest = ?self.membership.newest(),
-                "member sets learned from a peer");
-            self.on_membership_learned();
-        }
+        tracing::info!(me = %self.cfg.me, %from, newest = ?self.membership.newest(),
+            "member sets learned from a peer");
+        self.on_membership_learned();
         Self::persist(
             out,
             PersistBatch {
