@@ -68,6 +68,7 @@ struct ReplicaSlot {
 /// Connections to the replicas of one cell.
 #[derive(Debug)]
 pub struct CellConn {
+    cell: CellFile,
     endpoint: quinn::Endpoint,
     replicas: Mutex<Vec<ReplicaSlot>>,
     master: Mutex<Option<usize>>,
@@ -99,10 +100,17 @@ impl CellConn {
             replicas.push(resolve(endpoint_str)?);
         }
         Ok(CellConn {
+            cell: cell.clone(),
             endpoint,
             replicas: Mutex::new(replicas),
             master: Mutex::new(None),
         })
+    }
+
+    /// The cell file this connection was made from.
+    #[must_use]
+    pub fn cell_file(&self) -> &CellFile {
+        &self.cell
     }
 
     /// The replicas' client addresses, in cell-file order.
@@ -120,7 +128,7 @@ impl CellConn {
     /// Unreachable, or a reply that is not a status.
     pub async fn status_of(&self, index: usize) -> Result<StatusReport, ClientError> {
         match self
-            .call_replica(index, &Request { call: Call::Status })
+            .call_replica(index, &Request::unbound(Call::Status), CALL_TIMEOUT)
             .await?
         {
             Reply::Ok(Answer::Status(report)) => Ok(*report),
@@ -135,14 +143,29 @@ impl CellConn {
     /// The master's refusal, [`ClientError::Lost`] after a send, or
     /// [`ClientError::NoMaster`] when no replica could serve in [`FIND_MASTER_TIMEOUT`].
     pub async fn call(&self, call: Call) -> Result<Answer, ClientError> {
-        let request = Request { call };
+        self.call_in(None, call, CALL_TIMEOUT).await
+    }
+
+    /// Like [`CellConn::call`], with the client epoch the call carries and how long to
+    /// wait for its reply once sent (a KeepAlive is held at the master for most of a
+    /// lease; a write may wait for other clients' caches to be invalidated).
+    ///
+    /// # Errors
+    /// As [`CellConn::call`].
+    pub async fn call_in(
+        &self,
+        epoch: Option<chubby_protocol::Ballot>,
+        call: Call,
+        reply_timeout: Duration,
+    ) -> Result<Answer, ClientError> {
+        let request = Request { epoch, call };
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         let mut next = 0usize;
         let count = lock(&self.replicas).len();
         loop {
             let target = (*lock(&self.master)).unwrap_or(next % count.max(1));
-            let failure = match self.call_replica(target, &request).await {
+            let failure = match self.call_replica(target, &request, reply_timeout).await {
                 Ok(Reply::Ok(answer)) => {
                     *lock(&self.master) = Some(target);
                     return Ok(answer);
@@ -197,6 +220,7 @@ impl CellConn {
         &self,
         index: usize,
         request: &Request,
+        reply_timeout: Duration,
     ) -> Result<Reply, ClientError> {
         let (addr, conn) = self.connection(index).await?;
         let unreachable = |reason: String| ClientError::Unreachable {
@@ -222,7 +246,7 @@ impl CellConn {
             addr: addr.clone(),
             reason,
         };
-        match tokio::time::timeout(CALL_TIMEOUT, read_msg::<Reply, _>(&mut recv)).await {
+        match tokio::time::timeout(reply_timeout, read_msg::<Reply, _>(&mut recv)).await {
             Ok(Ok(Some(reply))) => Ok(reply),
             Ok(Ok(None)) => {
                 self.forget(index);
@@ -239,8 +263,8 @@ impl CellConn {
             Err(_) => {
                 self.forget(index);
                 Err(lost(format!(
-                    "no reply within {} s",
-                    CALL_TIMEOUT.as_secs()
+                    "no reply within {} ms",
+                    reply_timeout.as_millis()
                 )))
             }
         }

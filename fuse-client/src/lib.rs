@@ -2,10 +2,16 @@
 //! (with issues 5 and 6) sessions, the consistent cache and the FUSE mount.
 //!
 //! - [`conn`]: QUIC connections to a cell's replicas with master discovery.
+//! - [`session`]: the session's local lease, jeopardy and grace (pure).
+//! - [`cache`]: the consistent cache of contents, metadata, listings and absence (pure).
+//! - [`client`]: the async library: a session with KeepAlives, the cache, events, calls.
 //!
 //! The `chubby` command itself lives in `src/bin/chubby/` (`cell init`, `up`, `status`).
 #![warn(missing_docs)]
 
+pub mod cache;
+pub mod client;
 pub mod conn;
+pub mod session;
 
 pub use chubby_protocol as protocol;

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use chubby_client::client::{Client, ClientOptions, OpenOptions};
 use chubby_client::conn::{CellConn, ClientError};
 use chubby_protocol::cell::{init_cell, CellFile};
-use chubby_protocol::client_msg::{Answer, Call, ReplicaRole, StatusReport};
-use chubby_protocol::{Creation, HandleId, NodeKind, OpenMode, SessionId, Slot};
+use chubby_protocol::client_msg::{ReplicaRole, StatusReport};
+use chubby_protocol::{Creation, Slot};
 
 /// Where the workspace's binaries are: beside the test executable's `deps/` directory.
 ///
@@ -447,10 +448,11 @@ pub async fn check_outcomes(
 }
 
 /// A writer that creates one file per write, so every acknowledged write can be checked
-/// afterwards.
+/// afterwards. It holds a real session ([`Client`]) with KeepAlives, so it follows the
+/// master through fail-overs.
 #[derive(Debug)]
 pub struct FileWriter {
-    session: SessionId,
+    client: Client,
     dir: String,
 }
 
@@ -466,60 +468,29 @@ pub enum WriteOutcome {
 }
 
 impl FileWriter {
-    /// Starts a session and creates directory `dir`.
+    /// Starts a session on `conn`'s cell and creates directory `dir`.
     ///
     /// # Errors
     /// The cell's answer.
     pub async fn new(conn: &CellConn, dir: &str) -> Result<FileWriter, ClientError> {
-        let session = match conn.call(Call::CreateSession).await? {
-            Answer::Session { session } => session,
-            other => panic!("unexpected {other:?}"),
-        };
-        let writer = FileWriter {
-            session,
+        let client = Client::connect(conn.cell_file(), ClientOptions::default()).await?;
+        match client.mkdir(dir, false).await {
+            Ok(_)
+            | Err(ClientError::Call(chubby_protocol::client_msg::CallError::Refused(
+                chubby_protocol::Refusal::Exists,
+            ))) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(FileWriter {
+            client,
             dir: dir.to_owned(),
-        };
-        writer
-            .open(
-                conn,
-                dir,
-                Creation::IfMissing,
-                NodeKind::Directory,
-                Vec::new(),
-            )
-            .await?;
-        Ok(writer)
+        })
     }
 
-    /// Opens (maybe creating) `path`; returns the handle.
-    ///
-    /// # Errors
-    /// The cell's answer.
-    pub async fn open(
-        &self,
-        conn: &CellConn,
-        path: &str,
-        creation: Creation,
-        kind: NodeKind,
-        contents: Vec<u8>,
-    ) -> Result<HandleId, ClientError> {
-        let answer = conn
-            .call(Call::Open(chubby_protocol::db::OpenArgs {
-                session: self.session,
-                path: path.to_owned(),
-                mode: OpenMode::READ_WRITE,
-                creation,
-                kind,
-                ephemeral: false,
-                contents,
-                acl: None,
-                lock_delay_ms: None,
-            }))
-            .await?;
-        match answer {
-            Answer::Opened { handle, .. } => Ok(handle),
-            other => panic!("unexpected {other:?}"),
-        }
+    /// The writer's session.
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The path of write number `i`.
@@ -534,14 +505,12 @@ impl FileWriter {
         format!("write {i}\n").into_bytes()
     }
 
-    /// Write number `i`: creates its file with its contents.
-    pub async fn write(&self, conn: &CellConn, i: u64) -> WriteOutcome {
-        let path = self.path_of(i);
-        let contents = Self::contents_of(i);
-        match self
-            .open(conn, &path, Creation::Must, NodeKind::File, contents)
-            .await
-        {
+    /// Write number `i`: creates its file with its contents (the handle stays open).
+    pub async fn write(&self, _conn: &CellConn, i: u64) -> WriteOutcome {
+        let mut o = OpenOptions::write();
+        o.creation = Creation::Must;
+        o.contents = Self::contents_of(i);
+        match self.client.open(&self.path_of(i), o).await {
             Ok(_) => WriteOutcome::Acked,
             Err(
                 e @ (ClientError::Lost { .. }
@@ -555,32 +524,13 @@ impl FileWriter {
     ///
     /// # Errors
     /// The cell's answer, other than "not found".
-    pub async fn read(&self, conn: &CellConn, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
-        let handle = match self
-            .open(conn, path, Creation::Never, NodeKind::File, Vec::new())
-            .await
-        {
-            Ok(h) => h,
+    pub async fn read(&self, _conn: &CellConn, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.client.get(path).await {
+            Ok((contents, _)) => Ok(Some(contents.as_ref().clone())),
             Err(ClientError::Call(chubby_protocol::client_msg::CallError::Refused(
                 chubby_protocol::Refusal::NotFound,
-            ))) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let answer = conn
-            .call(Call::GetContentsAndStat {
-                session: self.session,
-                handle,
-            })
-            .await?;
-        let _ = conn
-            .call(Call::Close {
-                session: self.session,
-                handle,
-            })
-            .await;
-        match answer {
-            Answer::Contents { contents, .. } => Ok(Some(contents)),
-            other => panic!("unexpected {other:?}"),
+            ))) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

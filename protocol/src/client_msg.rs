@@ -8,23 +8,43 @@
 //! The caller's principal is never in a message: the replica takes it from the client
 //! certificate's CN, so it cannot be forged.
 //!
-//! This is the first slice of the client protocol (issue 4: enough to write and read through
-//! a real cell and to watch it); sessions with KeepAlives, locks, events and the cache
-//! protocol extend these enums (issue 5). Variants are only ever appended, and the wire
-//! version byte guards against a peer of another version.
+//! # Epochs
+//! Every request carries the client epoch it believes current (Chubby §2.9 step 1): the
+//! ballot with which the present master began. A master answers a call from another epoch
+//! with [`CallError::WrongEpoch`] naming its own, so a packet meant for an earlier master
+//! is never acted on. Only [`Call::Status`], [`Call::CreateSession`] and
+//! [`Call::CheckSequencer`] may go without one (`None`): the caller has no session yet.
+//!
+//! # Sessions
+//! [`Call::KeepAlive`] is a long poll (see [`crate::events`]); every other session call names
+//! its session and is refused with `SessionExpired` once the master has ended it.
+//!
+//! Variants are only ever appended, and the wire version byte guards against a peer of
+//! another version.
 
 use bincode::{Decode, Encode};
 
-use crate::db::{Generation, HandleId, OpenArgs, SessionId, Stat};
+use crate::db::{AclNames, Generation, HandleId, LockMode, OpenArgs, Sequencer, SessionId, Stat};
 use crate::error::Refusal;
+use crate::events::{CacheToken, KeepAliveReply};
 use crate::ids::{Ballot, NodeId, Slot};
 use crate::peer_msg::MemberAddr;
 
 /// One call.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Request {
+    /// The client epoch the caller believes current (see the module docs).
+    pub epoch: Option<Ballot>,
     /// What to do.
     pub call: Call,
+}
+
+impl Request {
+    /// A request without an epoch (Status, CreateSession, CheckSequencer).
+    #[must_use]
+    pub fn unbound(call: Call) -> Request {
+        Request { epoch: None, call }
+    }
 }
 
 /// The calls.
@@ -79,6 +99,108 @@ pub enum Call {
         /// The replica to remove.
         remove: Option<NodeId>,
     },
+    /// Keep the session alive; acknowledge notices; wait for new ones (a long poll).
+    KeepAlive {
+        /// The session.
+        session: SessionId,
+        /// Every notice numbered up to here was processed (invalidations applied).
+        acked: u64,
+    },
+    /// End the session: its handles close and its locks are released without lock-delay.
+    CloseSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// A node's metadata.
+    GetStat {
+        /// The session.
+        session: SessionId,
+        /// A handle opened for reading.
+        handle: HandleId,
+    },
+    /// Names and metadata of a directory's children.
+    ReadDir {
+        /// The session.
+        session: SessionId,
+        /// A directory handle opened for reading.
+        handle: HandleId,
+    },
+    /// Our extension: the metadata of the node at `path`, or its absence, without opening
+    /// it (a name lookup). Needs the read right on the parent directory, like `ReadDir`.
+    StatPath {
+        /// The session.
+        session: SessionId,
+        /// Absolute path.
+        path: String,
+    },
+    /// Replace the three ACL names, optionally only if the ACL generation is `expected`.
+    SetAcl {
+        /// The session.
+        session: SessionId,
+        /// A handle opened for changing the ACL.
+        handle: HandleId,
+        /// The new names.
+        acl: AclNames,
+        /// Compare-and-swap on the ACL generation.
+        expected: Option<Generation>,
+    },
+    /// Take the lock, or queue for it: answered at once with the grant or `Queued`; a later
+    /// grant arrives as a notice on a KeepAlive.
+    Acquire {
+        /// The session.
+        session: SessionId,
+        /// A handle opened for writing.
+        handle: HandleId,
+        /// Exclusive or shared.
+        mode: LockMode,
+    },
+    /// Take the lock only if that is possible at once.
+    TryAcquire {
+        /// The session.
+        session: SessionId,
+        /// A handle opened for writing.
+        handle: HandleId,
+        /// Exclusive or shared.
+        mode: LockMode,
+    },
+    /// Release the lock, or cancel a queued Acquire.
+    Release {
+        /// The session.
+        session: SessionId,
+        /// The handle.
+        handle: HandleId,
+    },
+    /// The handle's lock state: held (with its sequencer), queued, or neither.
+    GetSequencer {
+        /// The session.
+        session: SessionId,
+        /// The handle.
+        handle: HandleId,
+    },
+    /// Attach a sequencer to the handle (`None` detaches): later calls on the handle fail
+    /// once it is stale.
+    SetSequencer {
+        /// The session.
+        session: SessionId,
+        /// The handle.
+        handle: HandleId,
+        /// The sequencer.
+        sequencer: Option<Sequencer>,
+    },
+    /// Is this sequencer still valid? Anyone may ask.
+    CheckSequencer {
+        /// The token.
+        sequencer: Sequencer,
+    },
+    /// Our extension: move a file atomically, replacing a target file.
+    Rename {
+        /// The session.
+        session: SessionId,
+        /// The file.
+        from: String,
+        /// Its new path.
+        to: String,
+    },
 }
 
 impl Call {
@@ -94,7 +216,32 @@ impl Call {
             Call::SetContents { .. } => "SetContents",
             Call::Delete { .. } => "Delete",
             Call::ChangeMembers { .. } => "ChangeMembers",
+            Call::KeepAlive { .. } => "KeepAlive",
+            Call::CloseSession { .. } => "CloseSession",
+            Call::GetStat { .. } => "GetStat",
+            Call::ReadDir { .. } => "ReadDir",
+            Call::StatPath { .. } => "StatPath",
+            Call::SetAcl { .. } => "SetAcl",
+            Call::Acquire { .. } => "Acquire",
+            Call::TryAcquire { .. } => "TryAcquire",
+            Call::Release { .. } => "Release",
+            Call::GetSequencer { .. } => "GetSequencer",
+            Call::SetSequencer { .. } => "SetSequencer",
+            Call::CheckSequencer { .. } => "CheckSequencer",
+            Call::Rename { .. } => "Rename",
         }
+    }
+
+    /// True for the calls that may go without an epoch.
+    #[must_use]
+    pub fn needs_no_epoch(&self) -> bool {
+        matches!(
+            self,
+            Call::Status
+                | Call::CreateSession
+                | Call::CheckSequencer { .. }
+                | Call::ChangeMembers { .. }
+        )
     }
 }
 
@@ -116,6 +263,10 @@ pub enum Answer {
     Session {
         /// The new session.
         session: SessionId,
+        /// The client epoch to put on its calls.
+        epoch: Ballot,
+        /// Its lease runs at least this long from the reply.
+        lease_ms: u64,
     },
     /// For [`Call::Open`].
     Opened {
@@ -134,12 +285,52 @@ pub enum Answer {
         contents: Vec<u8>,
         /// Its metadata.
         stat: Stat,
+        /// Set when the client may cache the answer.
+        cache: Option<CacheToken>,
     },
     /// For [`Call::SetContents`].
     Written {
         /// The new metadata.
         stat: Stat,
     },
+    /// For [`Call::KeepAlive`].
+    KeepAlive(KeepAliveReply),
+    /// For [`Call::GetStat`] and [`Call::StatPath`]; `None`: no node at that path.
+    Stat {
+        /// The metadata, or absence.
+        stat: Option<Stat>,
+        /// Set when the client may cache the answer.
+        cache: Option<CacheToken>,
+    },
+    /// For [`Call::ReadDir`]: children in name order.
+    Dir {
+        /// Names and metadata.
+        children: Vec<(String, Stat)>,
+        /// Set when the client may cache the answer.
+        cache: Option<CacheToken>,
+    },
+    /// For [`Call::Acquire`] and [`Call::TryAcquire`]: the lock is held.
+    Acquired {
+        /// Its sequencer.
+        sequencer: Sequencer,
+    },
+    /// For [`Call::Acquire`]: queued; the grant comes as a notice.
+    Queued,
+    /// For [`Call::GetSequencer`].
+    Lock(LockState),
+    /// For [`Call::CheckSequencer`].
+    SequencerValid(bool),
+}
+
+/// A handle's standing with its node's lock.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum LockState {
+    /// It holds the lock.
+    Held(Sequencer),
+    /// Its Acquire is queued.
+    Waiting,
+    /// Neither.
+    None,
 }
 
 /// Why a call failed.
@@ -164,6 +355,13 @@ pub enum CallError {
     /// The request was malformed or is not allowed on this endpoint.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The call carried another client epoch (or none): a new master took over. Nothing
+    /// was done; the client flushes its caches and retries with `current`.
+    #[error("wrong client epoch (the master's is {current})")]
+    WrongEpoch {
+        /// The master's epoch.
+        current: Ballot,
+    },
 }
 
 /// A replica's id and client address (where the master is, or a member).
@@ -248,6 +446,10 @@ mod tests {
     #[test]
     fn requests_round_trip_and_garbage_is_an_error() {
         let req = Request {
+            epoch: Some(Ballot {
+                round: 4,
+                node: NodeId(1),
+            }),
             call: Call::SetContents {
                 session: SessionId(3),
                 handle: HandleId(9),

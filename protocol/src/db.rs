@@ -195,6 +195,53 @@ pub struct Sequencer {
     pub lock_generation: Generation,
 }
 
+/// The prefix of a sequencer token's text form (its version).
+pub const SEQUENCER_TOKEN_PREFIX: &str = "chubby-seq1:";
+
+/// Why a sequencer token's text does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a chubby sequencer token ({0})")]
+pub struct TokenError(&'static str);
+
+impl Sequencer {
+    /// The sequencer as one opaque line of text (for `CHUBBY_SEQUENCER` and for handing
+    /// to other services): [`SEQUENCER_TOKEN_PREFIX`] and the hex of its wire encoding.
+    #[must_use]
+    pub fn to_token(&self) -> String {
+        let bytes = crate::codec::encode(self).unwrap_or_default();
+        let mut out = String::with_capacity(SEQUENCER_TOKEN_PREFIX.len() + 2 * bytes.len());
+        out.push_str(SEQUENCER_TOKEN_PREFIX);
+        for b in bytes {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+
+    /// Parses [`Sequencer::to_token`]'s text. Only the form is checked here; whether the
+    /// lock is still held in that generation is CheckSequencer's question.
+    ///
+    /// # Errors
+    /// A wrong prefix, bad hex, or bytes that are not a sequencer.
+    pub fn from_token(text: &str) -> Result<Sequencer, TokenError> {
+        let hex = text
+            .trim()
+            .strip_prefix(SEQUENCER_TOKEN_PREFIX)
+            .ok_or(TokenError("wrong prefix"))?;
+        if hex.len() % 2 != 0 || hex.len() > 2 * (PATH_BYTES_MAX + 64) {
+            return Err(TokenError("bad length"));
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| TokenError("bad hex"))?;
+        let seq: Sequencer =
+            crate::codec::decode(&bytes).map_err(|_| TokenError("bad contents"))?;
+        check_path(&seq.path).map_err(|_| TokenError("bad path"))?;
+        Ok(seq)
+    }
+}
+
 /// A node's metadata (Chubby §2.3), as GetStat returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct Stat {
@@ -314,6 +361,22 @@ mod tests {
         assert_eq!(check_name("a/b"), Err(PathError::Slash));
     }
 
+    #[test]
+    fn sequencer_tokens_round_trip_and_forgeries_are_refused() {
+        let seq = Sequencer {
+            path: "/lock/a".into(),
+            instance: InstanceNumber(7),
+            mode: LockMode::Exclusive,
+            lock_generation: Generation(3),
+        };
+        let token = seq.to_token();
+        assert!(token.starts_with(SEQUENCER_TOKEN_PREFIX));
+        assert_eq!(Sequencer::from_token(&token), Ok(seq));
+        assert!(Sequencer::from_token("chubby-seq1:zz").is_err());
+        assert!(Sequencer::from_token("other:00").is_err());
+        assert!(Sequencer::from_token(&token[..token.len() - 2]).is_err());
+    }
+
     /// The checksum is FNV-1a 64 (a wire contract): check the published test vectors.
     #[test]
     fn checksum_is_fnv1a64() {
@@ -346,4 +409,6 @@ pub struct OpenArgs {
     pub acl: Option<AclNames>,
     /// The handle's lock-delay; `None` takes the cell default.
     pub lock_delay_ms: Option<u64>,
+    /// The events the handle is to deliver (Chubby §2.5).
+    pub events: crate::events::EventMask,
 }

@@ -25,6 +25,7 @@ pub mod client_msg;
 pub mod codec;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod ids;
 #[cfg(feature = "net")]
 pub mod net;
@@ -36,6 +37,7 @@ pub use db::{
     OpenMode, PathError, Sequencer, SessionId, Stat,
 };
 pub use error::Refusal;
+pub use events::{CacheToken, Event, EventMask, KeepAliveReply, Notice, Numbered};
 pub use ids::{Ballot, NodeId, Slot};
 pub use peer_msg::{MemberAddr, MemberChange, MemberSets, PaxosMsg, PromiseEntry, Value};
 pub use time::Instant;

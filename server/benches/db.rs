@@ -73,6 +73,7 @@ impl Feed {
             contents,
             acl: None,
             lock_delay_ms: None,
+            events: chubby_protocol::EventMask::NONE,
         };
         match self.ok(Op::Open(Box::new(args))) {
             Outcome::Opened { handle, .. } => handle,
@@ -196,6 +197,7 @@ fn build_cell() -> (Feed, SessionId, Vec<HandleId>) {
             contents: Vec::new(),
             acl: None,
             lock_delay_ms: None,
+            events: chubby_protocol::EventMask::NONE,
         };
         let Outcome::Opened { handle, .. } = f.ok(Op::Open(Box::new(dir))) else {
             unreachable!()

@@ -21,6 +21,8 @@
 //!   replica `config.toml` / client `cell.toml` files, with their loaders.
 //! - [`db`]: the pure replicated database: Chubby's nodes, ACLs, sessions, handles, locks
 //!   and snapshots, applied one log command at a time (Chubby §2.3–2.9, PML §5.3–5.6).
+//! - [`master`]: the master's pure session logic: leases, KeepAlive long polls, cache
+//!   invalidation before writes, events, and the fail-over steps (Chubby §2.5–2.9).
 //! - [`node`]: the async shell that runs one replica process: Paxos, database, store,
 //!   peer and client ports, one core loop with group commit.
 //! - [`paxos`]: the pure Multi-Paxos replica (Paxos Made Live §3–5).
@@ -31,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod db;
+pub mod master;
 pub mod node;
 pub mod paxos;
 pub mod storage;

@@ -127,6 +127,12 @@ pub struct Tuning {
     /// Log entries kept below a snapshot, so a peer that lags a little catches up from the
     /// log instead of fetching a whole snapshot.
     pub log_keep_entries: u64,
+    /// How long each KeepAlive reply extends a client session's lease (Chubby §2.8: 12 s).
+    /// Every replica should have the same value: a new master extends every session by its
+    /// own lease, which must cover what the previous master promised.
+    pub session_lease_ms: u64,
+    /// A session with no open handles that makes no call for this long is closed.
+    pub session_idle_ms: u64,
 }
 
 impl Default for Tuning {
@@ -136,6 +142,8 @@ impl Default for Tuning {
             request_timeout_ms: 10_000,
             snapshot_every_entries: 10_000,
             log_keep_entries: 1_000,
+            session_lease_ms: 12_000,
+            session_idle_ms: 60_000,
         }
     }
 }
@@ -170,6 +178,14 @@ impl Tuning {
         check(
             self.snapshot_every_entries >= 1,
             "snapshot_every_entries must be at least 1",
+        )?;
+        check(
+            (300..=60_000).contains(&self.session_lease_ms),
+            "session_lease_ms must be between 300 and 60000",
+        )?;
+        check(
+            self.session_idle_ms >= 1_000,
+            "session_idle_ms must be at least 1000",
         )
     }
 }

@@ -211,6 +211,7 @@ mod tests {
                 contents: b"hello".to_vec(),
                 acl: Some(AclNames::all("g")),
                 lock_delay_ms: Some(500),
+                events: chubby_protocol::EventMask::NONE,
             })),
         }
     }

@@ -62,6 +62,7 @@ mod ops_locks;
 mod ops_nodes;
 mod ops_rename;
 mod ops_sessions;
+mod queries;
 pub mod sessions;
 pub mod snapshot;
 
@@ -70,7 +71,7 @@ mod model;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 
@@ -253,6 +254,8 @@ pub enum Change {
         path: Arc<str>,
         /// The instance that is gone.
         instance: InstanceNumber,
+        /// The handles that had it open (they stay, bound to nothing).
+        handles: Vec<HandleId>,
     },
     /// A file moved; its open handles follow it to the new instance.
     Renamed {

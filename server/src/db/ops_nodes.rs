@@ -50,7 +50,7 @@ impl Db {
         let lock_delay_ms = args
             .lock_delay_ms
             .unwrap_or(self.config.lock_delay_ms_default);
-        if args.mode.is_empty() || lock_delay_ms > LOCK_DELAY_MS_MAX {
+        if args.mode.is_empty() || lock_delay_ms > LOCK_DELAY_MS_MAX || !args.events.is_valid() {
             return Err(Refusal::InvalidArgument);
         }
         if !self.sessions.may_open(args.session) {
@@ -76,6 +76,7 @@ impl Db {
             mode: args.mode,
             lock_delay_ms,
             sequencer: None,
+            events: args.events,
         };
         let handle = self.sessions.open(handle);
         Ok(Outcome::Opened {
@@ -245,12 +246,18 @@ impl Db {
                 });
             }
         }
+        let handles = self
+            .sessions
+            .openers(instance)
+            .map(|o| o.iter().copied().collect())
+            .unwrap_or_default();
         self.sessions.forget_instance(instance);
         let gone = self.ns.remove(path);
         assert_eq!(gone.instance, instance);
         changes.push(Change::Deleted {
             path: Arc::clone(path),
             instance,
+            handles,
         });
         push_children_changed(changes, parent(path));
     }

@@ -333,6 +333,7 @@ impl Driver {
                 },
                 acl: acl.map(acl_set),
                 lock_delay_ms: DELAYS[usize::from(delay) % DELAYS.len()],
+                events: chubby_protocol::EventMask::NONE,
             })),
             Step::Close(_)
             | Step::Write { .. }
@@ -508,6 +509,7 @@ fn prelude() -> Vec<Command> {
             },
             acl,
             lock_delay_ms: Some(3_000),
+            events: chubby_protocol::EventMask::NONE,
         }))
     };
     let (dir, file) = (NodeKind::Directory, NodeKind::File);

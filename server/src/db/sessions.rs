@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
-use chubby_protocol::{HandleId, InstanceNumber, OpenMode, Sequencer, SessionId};
+use chubby_protocol::{EventMask, HandleId, InstanceNumber, OpenMode, Sequencer, SessionId};
 
 use super::cow_map::{CowMap, EntryDigest, FieldHasher};
 use super::ensure;
@@ -58,6 +58,8 @@ pub struct Handle {
     pub lock_delay_ms: u64,
     /// Set by SetSequencer: later calls fail once it is stale (Chubby §2.6).
     pub sequencer: Option<Sequencer>,
+    /// The events it delivers (Chubby §2.5), kept here so that they survive fail-over.
+    pub events: EventMask,
 }
 
 impl EntryDigest<SessionId> for Arc<Session> {
@@ -78,7 +80,11 @@ impl EntryDigest<HandleId> for Handle {
             .u64(id.0)
             .u64(h.session.0)
             .str(&h.path);
-        let hasher = hasher.u64(h.instance.0).u64(mode).u64(h.lock_delay_ms);
+        let hasher = hasher
+            .u64(h.instance.0)
+            .u64(mode)
+            .u64(h.lock_delay_ms)
+            .u64(u64::from(h.events.0));
         match &h.sequencer {
             None => hasher.u64(0),
             Some(seq) => hasher

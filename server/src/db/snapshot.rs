@@ -44,7 +44,7 @@ use super::{Db, Digest};
 /// Start of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHBYSNAP";
 /// The format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 1;
+pub const SNAPSHOT_FORMAT: u8 = 2;
 /// The largest snapshot body accepted (and the decoder's allocation limit).
 pub const SNAPSHOT_BYTES_MAX: usize = 1 << 31;
 const HEADER_BYTES: usize = 8 + 1 + 8 + 4;

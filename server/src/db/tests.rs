@@ -22,7 +22,7 @@ const E2: Ballot = Ballot {
 
 /// A database driven like a master would: one command per slot, epoch E1, a clock that
 /// the test moves.
-pub(super) struct Harness {
+pub(crate) struct Harness {
     pub db: Db,
     pub slot: Slot,
     pub epoch: Ballot,
@@ -89,6 +89,7 @@ impl Harness {
             contents: Vec::new(),
             acl: None,
             lock_delay_ms: None,
+            events: chubby_protocol::EventMask::NONE,
         }))
     }
 
@@ -450,6 +451,7 @@ fn handles_per_session_are_bounded() {
             mode: OpenMode::READ,
             lock_delay_ms: 0,
             sequencer: None,
+            events: chubby_protocol::EventMask::NONE,
         });
     }
     assert!(!table.may_open(s));

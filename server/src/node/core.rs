@@ -6,21 +6,20 @@ use std::time::Duration;
 
 use chubby_protocol::cell::ReplicaConfig;
 use chubby_protocol::client_msg::{
-    Answer, Call, CallError, MasterHint, ReplicaRole, Reply, StatusReport,
+    Answer, CallError, MasterHint, ReplicaRole, Reply, StatusReport,
 };
-use chubby_protocol::db::FILE_BYTES_MAX;
-use chubby_protocol::{
-    Ballot, Instant, MemberAddr, NodeId, PaxosMsg, Refusal, SessionId, Slot, Value,
-};
+use chubby_protocol::{Ballot, Instant, MemberAddr, NodeId, PaxosMsg, Refusal, Slot, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use super::calls::Parked;
 use super::client_port::ClientCall;
 use super::entry::{Entry, Stamper};
 use super::snapshot_file::SnapshotFile;
 use super::NodeError;
 use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_FILE_BYTES_MAX};
 use crate::db::{Command, Db, Op, Outcome};
+use crate::master::{Master, MasterConfig};
 use crate::paxos::{Action, ChangeRefusal, Input, PersistBatch, Rejection, Replica, RoleKind};
 use crate::storage::{Storage, WalStorage};
 use crate::transport::{PeerAddr, PeerTransport};
@@ -54,25 +53,26 @@ enum SnapshotEvent {
 }
 
 /// A client call waiting for its command to be chosen and applied.
-struct Pending {
-    reply: oneshot::Sender<Reply>,
-    deadline: Instant,
-    what: &'static str,
+pub(super) struct Pending {
+    /// Where the answer goes (none for the master's own commands).
+    pub reply: Option<oneshot::Sender<Reply>>,
+    pub deadline: Instant,
+    pub what: &'static str,
 }
 
 pub(super) struct Core {
-    cfg: ReplicaConfig,
-    me: NodeId,
-    replica: Replica,
-    db: Db,
+    pub(super) cfg: ReplicaConfig,
+    pub(super) me: NodeId,
+    pub(super) replica: Replica,
+    pub(super) db: Db,
     storage: Option<WalStorage>,
     transport: PeerTransport,
     stamper: Stamper,
     origin: u64,
-    next_request: u64,
-    pending: BTreeMap<u64, Pending>,
+    pub(super) next_request: u64,
+    pub(super) pending: BTreeMap<u64, Pending>,
     /// Set while master: the epoch it became master with.
-    master_epoch: Option<Ballot>,
+    pub(super) master_epoch: Option<Ballot>,
     /// True once the master's NewEpoch was applied: it may serve.
     serving: bool,
     start: tokio::time::Instant,
@@ -92,6 +92,11 @@ pub(super) struct Core {
     snap_rx: Option<mpsc::UnboundedReceiver<SnapshotEvent>>,
     /// The addresses learned from membership changes that the transport was given.
     peer_addrs: BTreeMap<NodeId, MemberAddr>,
+    /// The session logic, while this replica is the serving master.
+    pub(super) master: Option<Master>,
+    pub(super) master_cfg: MasterConfig,
+    /// KeepAlives and gated writes parked at the master.
+    pub(super) parked: Parked,
 }
 
 impl std::fmt::Debug for Core {
@@ -137,12 +142,18 @@ impl Core {
             snap_tx,
             snap_rx: Some(snap_rx),
             peer_addrs: BTreeMap::new(),
+            master: None,
+            master_cfg: MasterConfig {
+                session_lease_ms: parts.cfg.tuning.session_lease_ms,
+                session_idle_ms: parts.cfg.tuning.session_idle_ms,
+            },
+            parked: Parked::default(),
             cfg: parts.cfg,
         }
     }
 
     /// Milliseconds since this process started: the Paxos clock.
-    fn now(&self) -> Instant {
+    pub(super) fn now(&self) -> Instant {
         let ms = self.start.elapsed().as_millis();
         Instant(u64::try_from(ms).unwrap_or(u64::MAX))
     }
@@ -215,10 +226,13 @@ impl Core {
             error!(replica = self.me.0, error = %e, "replica stopping on a fatal error");
         }
         for (_, p) in std::mem::take(&mut self.pending) {
-            let _ = p.reply.send(Reply::Err(CallError::OutcomeUnknown(
-                "the replica stopped before the write was chosen".into(),
-            )));
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Reply::Err(CallError::OutcomeUnknown(
+                    "the replica stopped before the write was chosen".into(),
+                )));
+            }
         }
+        self.drop_master();
         self.transport.shutdown().await;
         result
     }
@@ -458,11 +472,24 @@ impl Core {
         }
         let op_name = cmd.op.name();
         let applied = self.db.apply(slot, &cmd);
+        let now = self.now();
+        let mut acts = Vec::new();
+        if let Some(master) = &mut self.master {
+            if origin == self.origin {
+                master.write_applied(request);
+            }
+            if let Ok(Outcome::SessionCreated { session }) = &applied.result {
+                master.session_created(*session, now);
+            }
+            master.applied(&cmd.op, &applied.changes, &self.db, now, &mut acts);
+        }
+        self.master_actions(acts);
         match (&cmd.op, &applied.result) {
             (Op::NewEpoch, Ok(_)) => {
                 info!(replica = self.me.0, epoch = %cmd.epoch, %slot, "database epoch started");
                 if self.master_epoch == Some(cmd.epoch) {
                     self.serving = true;
+                    self.start_master(cmd.epoch);
                     info!(replica = self.me.0, epoch = %cmd.epoch, "master is serving");
                 }
             }
@@ -486,15 +513,18 @@ impl Core {
         let Some(p) = self.pending.remove(&request) else {
             return;
         };
+        let Some(reply_tx) = p.reply else {
+            return;
+        };
         let reply = match applied.result {
-            Ok(outcome) => Reply::Ok(answer_of(outcome)),
+            Ok(outcome) => Reply::Ok(self.answer_of(outcome)),
             Err(Refusal::StaleEpoch { .. }) => Reply::Err(CallError::Unavailable(
                 "the master changed before the write was applied; it was not applied".into(),
             )),
             Err(refusal) => Reply::Err(CallError::Refused(refusal)),
         };
         debug!(what = op_name, %slot, "write applied");
-        let _ = p.reply.send(reply);
+        let _ = reply_tx.send(reply);
     }
 
     fn check_digest(&mut self, at: Slot, master_digest: u64) {
@@ -523,14 +553,20 @@ impl Core {
         if origin != self.origin {
             return;
         }
+        if let Some(master) = &mut self.master {
+            master.write_applied(request);
+        }
         if let Some(p) = self.pending.remove(&request) {
+            let Some(reply) = p.reply else {
+                return;
+            };
             let err = match reason {
                 Rejection::NotMaster { hint } => CallError::NotMaster {
                     master: hint.and_then(|id| self.hint_of(id)),
                 },
                 Rejection::Busy => CallError::Unavailable("the master's queue is full".into()),
             };
-            let _ = p.reply.send(Reply::Err(err));
+            let _ = reply.send(Reply::Err(err));
         }
     }
 
@@ -538,12 +574,14 @@ impl Core {
         match (role, epoch) {
             (RoleKind::Master, Some(epoch)) => {
                 info!(replica = self.me.0, %epoch, "became master; starting the epoch");
+                self.drop_master();
                 self.master_epoch = Some(epoch);
                 self.serving = false;
                 self.noop_for = None;
                 self.submit_command(epoch, Op::NewEpoch);
             }
             (role, _) => {
+                self.drop_master();
                 if self.master_epoch.take().is_some() {
                     warn!(replica = self.me.0, ?role, "lost mastership");
                 } else {
@@ -554,95 +592,11 @@ impl Core {
         }
     }
 
-    // ---- Client calls. ----
-
-    fn on_call(&mut self, call: ClientCall) {
-        let ClientCall {
-            principal,
-            request,
-            reply,
-        } = call;
-        let what = request.call.name();
-        let result = match request.call {
-            Call::Status => Ok(Answer::Status(Box::new(self.status()))),
-            Call::ChangeMembers { add, remove } => self
-                .change_members(&principal, add, remove)
-                .map(|()| Answer::Done),
-            Call::GetContentsAndStat { session, handle } => self
-                .check_serving()
-                .and_then(|()| self.check_session(&principal, session))
-                .and_then(|()| {
-                    self.db
-                        .read(session, handle)
-                        .map(|(stat, contents)| Answer::Contents {
-                            contents: contents.as_ref().clone(),
-                            stat,
-                        })
-                        .map_err(CallError::Refused)
-                }),
-            other => match self.op_for(&principal, other) {
-                Ok(op) => {
-                    self.propose(op, what, reply);
-                    return;
-                }
-                Err(e) => Err(e),
-            },
-        };
-        let _ = reply.send(match result {
-            Ok(answer) => Reply::Ok(answer),
-            Err(e) => Reply::Err(e),
-        });
-    }
-
-    /// Turns a write call into a database operation, after the checks that need no log.
-    fn op_for(&self, principal: &str, call: Call) -> Result<Op, CallError> {
-        self.check_serving()?;
-        let op = match call {
-            Call::CreateSession => Op::CreateSession {
-                principal: principal.to_owned(),
-            },
-            Call::Open(open) => {
-                self.check_session(principal, open.session)?;
-                if open.contents.len() > FILE_BYTES_MAX {
-                    return Err(CallError::Refused(Refusal::TooLarge));
-                }
-                Op::Open(Box::new(open))
-            }
-            Call::Close { session, handle } => {
-                self.check_session(principal, session)?;
-                Op::Close { session, handle }
-            }
-            Call::SetContents {
-                session,
-                handle,
-                contents,
-                expected,
-            } => {
-                self.check_session(principal, session)?;
-                if contents.len() > FILE_BYTES_MAX {
-                    return Err(CallError::Refused(Refusal::TooLarge));
-                }
-                Op::SetContents {
-                    session,
-                    handle,
-                    contents,
-                    expected,
-                }
-            }
-            Call::Delete { session, handle } => {
-                self.check_session(principal, session)?;
-                Op::Delete { session, handle }
-            }
-            Call::Status | Call::GetContentsAndStat { .. } | Call::ChangeMembers { .. } => {
-                return Err(CallError::BadRequest("not a write".into()));
-            }
-        };
-        Ok(op)
-    }
+    // ---- Client calls (the rest is in calls.rs). ----
 
     /// `chubby admin add-replica` / `remove-replica`: proposes the newest member set with
     /// one replica added or removed.
-    fn change_members(
+    pub(super) fn change_members(
         &mut self,
         principal: &str,
         add: Option<MemberAddr>,
@@ -698,17 +652,8 @@ impl Core {
         }
     }
 
-    /// The caller must own the session it names (a session id is not a capability).
-    fn check_session(&self, principal: &str, session: SessionId) -> Result<(), CallError> {
-        match self.db.session(session) {
-            None => Err(CallError::Refused(Refusal::SessionExpired)),
-            Some(s) if s.principal != principal => Err(CallError::Refused(Refusal::BadHandle)),
-            Some(_) => Ok(()),
-        }
-    }
-
     /// Master, epoch started, lease held: may answer from the database and propose.
-    fn check_serving(&self) -> Result<(), CallError> {
+    pub(super) fn check_serving(&self) -> Result<(), CallError> {
         if self.replica.role() != RoleKind::Master {
             return Err(CallError::NotMaster {
                 master: self.replica.master_hint().and_then(|id| self.hint_of(id)),
@@ -727,35 +672,26 @@ impl Core {
         Ok(())
     }
 
-    fn propose(&mut self, op: Op, what: &'static str, reply: oneshot::Sender<Reply>) {
-        let epoch = self.master_epoch.unwrap_or(Ballot::ZERO);
-        let request = self.submit_command(epoch, op);
-        let deadline = self.now().plus_ms(self.cfg.tuning.request_timeout_ms);
-        self.pending.insert(
-            request,
-            Pending {
-                reply,
-                deadline,
-                what,
-            },
-        );
-    }
-
     /// Stamps `op` under `epoch` and queues it for proposal; returns its request number.
     fn submit_command(&mut self, epoch: Ballot, op: Op) -> u64 {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.submit_command_as(request, epoch, op);
+        request
+    }
+
+    /// Stamps `op` under `epoch` and queues it for proposal as request `request`.
+    pub(super) fn submit_command_as(&mut self, request: u64, epoch: Ballot, op: Op) {
         let cmd = Command {
             epoch,
             now: self.stamper.stamp(Self::wall()),
             op,
         };
-        let request = self.next_request;
-        self.next_request += 1;
         self.submit(Entry::Db {
             origin: self.origin,
             request,
             cmd,
         });
-        request
     }
 
     fn submit(&mut self, entry: Entry) {
@@ -778,15 +714,18 @@ impl Core {
         for request in expired {
             if let Some(p) = self.pending.remove(&request) {
                 warn!(what = p.what, "write not chosen in time: outcome unknown");
-                let _ = p.reply.send(Reply::Err(CallError::OutcomeUnknown(
-                    "not chosen in time (mastership may have moved); it may still be applied"
-                        .into(),
-                )));
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(Reply::Err(CallError::OutcomeUnknown(
+                        "not chosen in time (mastership may have moved); it may still be applied"
+                            .into(),
+                    )));
+                }
             }
         }
         if !self.serving {
             return;
         }
+        self.master_tick();
         let Some(epoch) = self.master_epoch else {
             return;
         };
@@ -806,7 +745,7 @@ impl Core {
     // ---- Status. ----
 
     /// Replica `id`'s client address: learned from a membership change, else configured.
-    fn hint_of(&self, id: NodeId) -> Option<MasterHint> {
+    pub(super) fn hint_of(&self, id: NodeId) -> Option<MasterHint> {
         if let Some(a) = self.replica.membership().addrs().get(&id) {
             return Some(MasterHint {
                 id,
@@ -823,7 +762,7 @@ impl Core {
             })
     }
 
-    fn status(&self) -> StatusReport {
+    pub(super) fn status(&self) -> StatusReport {
         let now = self.now();
         let role = if !self.replica.is_voter() {
             ReplicaRole::Rebuilding
@@ -863,19 +802,29 @@ impl Core {
     }
 }
 
-fn answer_of(outcome: Outcome) -> Answer {
-    match outcome {
-        Outcome::SessionCreated { session } => Answer::Session { session },
-        Outcome::Opened {
-            handle,
-            created,
-            stat,
-        } => Answer::Opened {
-            handle,
-            created,
-            stat,
-        },
-        Outcome::ContentsSet { stat } => Answer::Written { stat },
-        _ => Answer::Done,
+impl Core {
+    fn answer_of(&self, outcome: Outcome) -> Answer {
+        match outcome {
+            Outcome::SessionCreated { session } => Answer::Session {
+                session,
+                epoch: self.master_epoch.unwrap_or_default(),
+                lease_ms: self.master_cfg.session_lease_ms,
+            },
+            Outcome::Opened {
+                handle,
+                created,
+                stat,
+            } => Answer::Opened {
+                handle,
+                created,
+                stat,
+            },
+            Outcome::ContentsSet { stat }
+            | Outcome::AclSet { stat }
+            | Outcome::Renamed { stat } => Answer::Written { stat },
+            Outcome::Acquired { sequencer } => Answer::Acquired { sequencer },
+            Outcome::Queued => Answer::Queued,
+            _ => Answer::Done,
+        }
     }
 }

@@ -26,6 +26,7 @@
 //! Paxos runs on a monotonic clock (milliseconds since this process started). Database
 //! commands are stamped with wall-clock milliseconds through [`entry::Stamper`], which never
 //! goes below a stamp already in the log.
+mod calls;
 mod client_port;
 mod core;
 pub mod disk;

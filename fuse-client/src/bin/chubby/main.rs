@@ -1,16 +1,20 @@
 //! `chubby`: the operator's and user's command for a chubby cell.
 //!
-//! Subcommands so far: `cell init` (create a cell's CA, certificates and configs), `cell
+//! Subcommands: `cell init` (create a cell's CA, certificates and configs), `cell
 //! issue-replica` (a replica to add to a running cell), `up` (run a local cell of child
 //! `chubby-server` processes), `status` (every replica's view), `admin add-replica` and
-//! `admin remove-replica` (membership changes). Every
+//! `admin remove-replica` (membership changes), the node commands `ls`, `cat`, `put`,
+//! `rm`, `mkdir`, `mv`, `stat`, `acl`, `check-sequencer` (ops.rs), `watch` and `lock`. Every
 //! command that talks to a cell takes `--cell DIR/cell.toml` or the `CHUBBY_CELL`
 //! environment variable.
 
 mod admin;
 mod cell;
+mod lock;
+mod ops;
 mod status;
 mod up;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +43,12 @@ enum Command {
     /// Add or remove replicas of a running cell.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Print the events of a node as JSON lines until interrupted.
+    Watch(watch::WatchArgs),
+    /// Run a command while holding a lock (exit 75: held, 124: timed out, 70: lost).
+    Lock(lock::LockArgs),
+    #[command(flatten)]
+    Ops(ops::OpsCommand),
 }
 
 /// Where the cell file comes from, shared by every command that talks to a cell.
@@ -46,7 +56,7 @@ enum Command {
 pub struct CellArg {
     /// The client cell file written by `chubby cell init` (DIR/cell.toml).
     #[arg(long, env = "CHUBBY_CELL", value_name = "FILE")]
-    cell: Option<PathBuf>,
+    pub cell: Option<PathBuf>,
 }
 
 impl CellArg {
@@ -67,6 +77,9 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Admin(cmd) => admin::run(cmd),
+        Command::Watch(args) => watch::run(args),
+        Command::Lock(args) => lock::run(args),
+        Command::Ops(cmd) => ops::run(cmd),
     };
     match result {
         Ok(code) => code,

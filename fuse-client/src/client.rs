@@ -1,0 +1,910 @@
+//! The async client library for Rust programs (Chubby §2.6–2.9; DESIGN §6): one session
+//! with a cell, kept alive by a background KeepAlive task, a consistent cache, events, and
+//! the calls of the Chubby API.
+//!
+//! ```text
+//!  Client::connect ─► CreateSession ─► spawn keepalive_loop ──► KeepAlive (long poll)
+//!                                          │  reply: renew the local lease; apply every
+//!                                          │  notice (invalidate → cache, events → channel,
+//!                                          │  grants → waiting acquire) and ack it on the
+//!                                          │  next KeepAlive
+//!                                          └► local lease ends: Jeopardy (cache emptied and
+//!                                             disabled, calls wait) → Safe | Expired
+//!  Client::get/stat/list ─► cache hit, or the master (installing the reply if its token
+//!                           allows)
+//!  every other call ─► the master, with the client epoch; a WrongEpoch reply flushes the
+//!                      cache and retries with the new epoch
+//! ```
+//!
+//! Calls made while the session is in jeopardy wait until it is safe again, and fail with
+//! [`ClientError::Call`]`(Refused(SessionExpired))` once it expired; after that every call
+//! fails the same way (the suffix-loss property of Chubby §2.8): create a new
+//! [`Client`] to start over.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chubby_protocol::cell::CellFile;
+use chubby_protocol::client_msg::{Answer, Call, CallError, LockState};
+use chubby_protocol::db::OpenArgs;
+use chubby_protocol::events::WaitEnd;
+use chubby_protocol::{
+    AclNames, Ballot, Creation, Event, EventMask, Generation, HandleId, LockMode, NodeKind, Notice,
+    OpenMode, Refusal, Sequencer, SessionId, Stat,
+};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::cache::{Cache, CacheStats};
+use crate::conn::{CellConn, ClientError};
+use crate::session::{LeaseClock, SessionStatus, Transition, GRACE_MS_DEFAULT};
+
+/// Read handles kept open for cached reads (Chubby §2.7 handle caching).
+const CACHED_HANDLES_MAX: usize = 1024;
+/// Pause after a failed KeepAlive before the next try.
+const KEEPALIVE_RETRY: Duration = Duration::from_millis(100);
+
+/// Settings of a client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The grace period after the local lease ends (default 45 s).
+    pub grace_ms: u64,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            grace_ms: GRACE_MS_DEFAULT,
+        }
+    }
+}
+
+/// What the application hears about (Chubby §2.5, §2.8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// An event on a handle whose mask asked for it.
+    Handle {
+        /// The handle.
+        handle: HandleId,
+        /// What happened.
+        event: Event,
+    },
+    /// A new master took over: the cache was flushed; other events may have been lost.
+    FailOver,
+    /// The local lease ended: the cache is off and calls wait.
+    Jeopardy,
+    /// The session survived.
+    Safe,
+    /// The session is gone: handles and locks with it.
+    Expired,
+}
+
+/// How to open a node.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Rights the handle needs.
+    pub mode: OpenMode,
+    /// May or must the node be created.
+    pub creation: Creation,
+    /// Kind of node to create.
+    pub kind: NodeKind,
+    /// Create it ephemeral.
+    pub ephemeral: bool,
+    /// Initial contents of a created file.
+    pub contents: Vec<u8>,
+    /// ACL names of a created node (default: the parent's).
+    pub acl: Option<AclNames>,
+    /// Lock-delay of the handle (default: the cell's).
+    pub lock_delay_ms: Option<u64>,
+    /// Events to deliver.
+    pub events: EventMask,
+}
+
+impl OpenOptions {
+    /// Read an existing node.
+    #[must_use]
+    pub fn read() -> OpenOptions {
+        OpenOptions {
+            mode: OpenMode::READ,
+            creation: Creation::Never,
+            kind: NodeKind::File,
+            ephemeral: false,
+            contents: Vec::new(),
+            acl: None,
+            lock_delay_ms: None,
+            events: EventMask::NONE,
+        }
+    }
+
+    /// Read, write and lock a file, creating it empty if missing.
+    #[must_use]
+    pub fn write() -> OpenOptions {
+        OpenOptions {
+            mode: OpenMode::READ_WRITE,
+            creation: Creation::IfMissing,
+            ..OpenOptions::read()
+        }
+    }
+}
+
+/// A successful Open.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// The handle.
+    pub handle: HandleId,
+    /// True if the node was created.
+    pub created: bool,
+    /// Its metadata.
+    pub stat: Stat,
+}
+
+struct State {
+    epoch: Ballot,
+    /// Highest notice number processed in this epoch.
+    acked: u64,
+    clock: LeaseClock,
+    cache: Cache,
+    /// Handles whose Acquire is queued at the master.
+    lock_waiters: HashMap<HandleId, oneshot::Sender<Result<Sequencer, Refusal>>>,
+    /// Read handles kept for cached reads, by path.
+    read_handles: HashMap<String, HandleId>,
+    lease_ms: u64,
+}
+
+struct Inner {
+    conn: CellConn,
+    session: SessionId,
+    state: Mutex<State>,
+    status: watch::Sender<SessionStatus>,
+    events: broadcast::Sender<ClientEvent>,
+    start: tokio::time::Instant,
+}
+
+/// A session with a cell (see the module docs).
+pub struct Client {
+    inner: Arc<Inner>,
+    keepalive: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("session", &self.inner.session)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn emit(&self, event: ClientEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn transition(&self, state: &mut State, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        match t {
+            Transition::Jeopardy => {
+                state.cache.disable();
+                warn!(
+                    session = self.session.0,
+                    "session in jeopardy: cache disabled, calls wait"
+                );
+                self.emit(ClientEvent::Jeopardy);
+            }
+            Transition::Safe => {
+                state.cache.enable();
+                info!(session = self.session.0, "session safe again");
+                self.emit(ClientEvent::Safe);
+            }
+            Transition::Expired => {
+                state.cache.disable();
+                state.read_handles.clear();
+                for (_, w) in state.lock_waiters.drain() {
+                    let _ = w.send(Err(Refusal::SessionExpired));
+                }
+                warn!(session = self.session.0, "session expired");
+                self.emit(ClientEvent::Expired);
+            }
+        }
+        let _ = self.status.send(state.clock.status());
+    }
+
+    /// A call carried an old epoch: a new master took over.
+    fn new_epoch(&self, current: Ballot) {
+        let mut state = lock(&self.state);
+        if state.epoch != current {
+            info!(session = self.session.0, epoch = %current, "new master epoch: cache flushed");
+            state.epoch = current;
+            state.acked = 0;
+            state.cache.flush(current);
+        }
+    }
+
+    /// Applies one KeepAlive reply's notices, in order, skipping those already seen.
+    fn apply_notices(&self, state: &mut State, notices: Vec<chubby_protocol::Numbered>) {
+        for n in notices {
+            if n.seq <= state.acked {
+                continue;
+            }
+            state.acked = n.seq;
+            match n.notice {
+                Notice::Invalidate { paths } => {
+                    for p in &paths {
+                        state.read_handles.remove(p);
+                    }
+                    state.cache.invalidate(n.seq, &paths);
+                }
+                Notice::Event { handle, event } => {
+                    self.emit(ClientEvent::Handle { handle, event });
+                }
+                Notice::LockGranted { handle, sequencer } => {
+                    if let Some(w) = state.lock_waiters.remove(&handle) {
+                        let _ = w.send(Ok(sequencer));
+                    }
+                }
+                Notice::LockWaitEnded { handle, reason } => {
+                    if let Some(w) = state.lock_waiters.remove(&handle) {
+                        let refusal = match reason {
+                            WaitEnd::NodeDeleted => Refusal::NotFound,
+                            WaitEnd::SessionEnded => Refusal::SessionExpired,
+                            WaitEnd::Cancelled | WaitEnd::HandleClosed => Refusal::NotHeld,
+                        };
+                        let _ = w.send(Err(refusal));
+                    }
+                }
+                Notice::FailOver => {
+                    let epoch = state.epoch;
+                    state.cache.flush(epoch);
+                    state.read_handles.clear();
+                    self.emit(ClientEvent::FailOver);
+                }
+            }
+        }
+    }
+}
+
+/// The KeepAlive task: one long poll after another until the session expires.
+async fn keepalive_loop(inner: Arc<Inner>) {
+    loop {
+        let (epoch, acked, lease_ms) = {
+            let state = lock(&inner.state);
+            if state.clock.status() == SessionStatus::Expired {
+                return;
+            }
+            (state.epoch, state.acked, state.lease_ms)
+        };
+        let sent = inner.now_ms();
+        let call = Call::KeepAlive {
+            session: inner.session,
+            acked,
+        };
+        let ka = inner
+            .conn
+            .call_in(Some(epoch), call, Duration::from_millis(lease_ms));
+        tokio::pin!(ka);
+        let result = loop {
+            let deadline = lock(&inner.state).clock.next_deadline();
+            let Some(deadline) = deadline else { return };
+            let at = inner.start + Duration::from_millis(deadline);
+            tokio::select! {
+                r = &mut ka => break r,
+                () = tokio::time::sleep_until(at) => {
+                    let now = inner.now_ms();
+                    let mut state = lock(&inner.state);
+                    let t = state.clock.tick(now);
+                    inner.transition(&mut state, t);
+                    if state.clock.status() == SessionStatus::Expired {
+                        return;
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(Answer::KeepAlive(reply)) => {
+                let mut state = lock(&inner.state);
+                if state.epoch != epoch {
+                    continue; // answered by a master we no longer follow
+                }
+                state.lease_ms = reply.lease_ms;
+                let t = state.clock.renewed(sent, reply.lease_ms);
+                inner.apply_notices(&mut state, reply.notices);
+                inner.transition(&mut state, t);
+            }
+            Ok(other) => warn!(?other, "unexpected answer to a KeepAlive"),
+            Err(ClientError::Call(CallError::WrongEpoch { current })) => inner.new_epoch(current),
+            Err(ClientError::Call(CallError::Refused(Refusal::SessionExpired))) => {
+                let mut state = lock(&inner.state);
+                let t = state.clock.ended();
+                inner.transition(&mut state, t);
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "KeepAlive failed; retrying");
+                tokio::time::sleep(KEEPALIVE_RETRY).await;
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Connects to the cell and starts a session.
+    ///
+    /// # Errors
+    /// The cell file's certificates are unusable, or no master answered.
+    pub async fn connect(cell: &CellFile, options: ClientOptions) -> Result<Client, ClientError> {
+        let conn = CellConn::new(cell)?;
+        let start = tokio::time::Instant::now();
+        let (session, epoch, lease_ms) = match conn.call(Call::CreateSession).await? {
+            Answer::Session {
+                session,
+                epoch,
+                lease_ms,
+            } => (session, epoch, lease_ms),
+            other => return Err(unexpected(&other)),
+        };
+        let state = State {
+            epoch,
+            acked: 0,
+            clock: LeaseClock::new(0, lease_ms, options.grace_ms),
+            cache: Cache::new(epoch),
+            lock_waiters: HashMap::new(),
+            read_handles: HashMap::new(),
+            lease_ms,
+        };
+        let (status, _) = watch::channel(SessionStatus::Safe);
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            conn,
+            session,
+            state: Mutex::new(state),
+            status,
+            events,
+            start,
+        });
+        info!(session = session.0, epoch = %epoch, lease_ms, "session started");
+        let keepalive = tokio::spawn(keepalive_loop(Arc::clone(&inner)));
+        Ok(Client { inner, keepalive })
+    }
+
+    /// The session's id.
+    #[must_use]
+    pub fn session(&self) -> SessionId {
+        self.inner.session
+    }
+
+    /// Where the session stands.
+    #[must_use]
+    pub fn status(&self) -> SessionStatus {
+        *self.inner.status.borrow()
+    }
+
+    /// A stream of events (handle events, fail-over, jeopardy, safe, expired).
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// A receiver of the session's status.
+    #[must_use]
+    pub fn status_watch(&self) -> watch::Receiver<SessionStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// Cache counters.
+    #[must_use]
+    pub fn cache_stats(&self) -> CacheStats {
+        lock(&self.inner.state).cache.stats()
+    }
+
+    /// The connection (for status calls).
+    #[must_use]
+    pub fn conn(&self) -> &CellConn {
+        &self.inner.conn
+    }
+
+    /// Waits while the session is in jeopardy; fails once it expired.
+    async fn usable(&self) -> Result<(), ClientError> {
+        let mut rx = self.inner.status.subscribe();
+        loop {
+            let status = *rx.borrow_and_update();
+            match status {
+                SessionStatus::Safe => return Ok(()),
+                SessionStatus::Expired => return Err(expired()),
+                SessionStatus::Jeopardy => {
+                    if rx.changed().await.is_err() {
+                        return Err(expired());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a session call to the master with the current epoch, following epoch changes.
+    async fn call(&self, call: Call) -> Result<Answer, ClientError> {
+        loop {
+            self.usable().await?;
+            let (epoch, lease_ms) = {
+                let s = lock(&self.inner.state);
+                (s.epoch, s.lease_ms)
+            };
+            // A write may wait up to a lease for another client's cache to go.
+            let timeout = Duration::from_millis(lease_ms.saturating_add(5_000));
+            match self
+                .inner
+                .conn
+                .call_in(Some(epoch), call.clone(), timeout)
+                .await
+            {
+                Err(ClientError::Call(CallError::WrongEpoch { current })) => {
+                    self.inner.new_epoch(current);
+                }
+                Err(ClientError::Call(CallError::Refused(Refusal::SessionExpired))) => {
+                    let mut state = lock(&self.inner.state);
+                    let t = state.clock.ended();
+                    self.inner.transition(&mut state, t);
+                    return Err(expired());
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens (and maybe creates) `path`.
+    ///
+    /// # Errors
+    /// The master's refusal (`NotFound`, `Exists`, `PermissionDenied`, ...), or the session.
+    pub async fn open(&self, path: &str, o: OpenOptions) -> Result<Opened, ClientError> {
+        let args = OpenArgs {
+            session: self.session(),
+            path: path.to_owned(),
+            mode: o.mode,
+            creation: o.creation,
+            kind: o.kind,
+            ephemeral: o.ephemeral,
+            contents: o.contents,
+            acl: o.acl,
+            lock_delay_ms: o.lock_delay_ms,
+            events: o.events,
+        };
+        match self.call(Call::Open(args)).await? {
+            Answer::Opened {
+                handle,
+                created,
+                stat,
+            } => Ok(Opened {
+                handle,
+                created,
+                stat,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Closes a handle. Never fails (Chubby §2.6): a handle of an expired session, or one
+    /// the master cannot be reached about, is simply forgotten.
+    pub async fn close(&self, handle: HandleId) {
+        let session = self.session();
+        if let Err(e) = self.call(Call::Close { session, handle }).await {
+            debug!(handle = handle.0, error = %e, "close failed; handle forgotten");
+        }
+    }
+
+    /// Contents and metadata through a handle (uncached).
+    ///
+    /// # Errors
+    /// The master's refusal, or the session.
+    pub async fn read(&self, handle: HandleId) -> Result<(Vec<u8>, Stat), ClientError> {
+        let session = self.session();
+        match self
+            .call(Call::GetContentsAndStat { session, handle })
+            .await?
+        {
+            Answer::Contents { contents, stat, .. } => Ok((contents, stat)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The whole file at `path`, from the cache when it holds it.
+    ///
+    /// # Errors
+    /// `NotFound`, `IsADirectory`, `PermissionDenied`, or the session.
+    pub async fn get(&self, path: &str) -> Result<(Arc<Vec<u8>>, Stat), ClientError> {
+        if let Some(hit) = lock(&self.inner.state).cache.contents(path) {
+            return Ok(hit);
+        }
+        if lock(&self.inner.state).cache.stat(path) == Some(None) {
+            return Err(ClientError::Call(CallError::Refused(Refusal::NotFound)));
+        }
+        let session = self.session();
+        for attempt in 0..2 {
+            let handle = self.read_handle(path).await?;
+            match self
+                .call(Call::GetContentsAndStat { session, handle })
+                .await
+            {
+                Ok(Answer::Contents {
+                    contents,
+                    stat,
+                    cache,
+                }) => {
+                    let contents = Arc::new(contents);
+                    let keep = {
+                        let mut state = lock(&self.inner.state);
+                        state.cache.install_contents(
+                            path,
+                            cache,
+                            Arc::clone(&contents),
+                            stat.clone(),
+                        );
+                        !stat.ephemeral && state.read_handles.len() < CACHED_HANDLES_MAX
+                    };
+                    if keep {
+                        lock(&self.inner.state)
+                            .read_handles
+                            .insert(path.to_owned(), handle);
+                    } else {
+                        self.close(handle).await;
+                    }
+                    return Ok((contents, stat));
+                }
+                Ok(other) => return Err(unexpected(&other)),
+                // The cached handle's node was deleted (and maybe re-created): reopen once.
+                Err(ClientError::Call(CallError::Refused(
+                    Refusal::NotFound | Refusal::BadHandle,
+                ))) if attempt == 0 => {
+                    self.close(handle).await;
+                }
+                Err(e) => {
+                    self.close(handle).await;
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Call(CallError::Refused(Refusal::NotFound)))
+    }
+
+    /// A read handle for `path`: a cached one, or a new one.
+    async fn read_handle(&self, path: &str) -> Result<HandleId, ClientError> {
+        if let Some(h) = lock(&self.inner.state).read_handles.remove(path) {
+            return Ok(h);
+        }
+        Ok(self.open(path, OpenOptions::read()).await?.handle)
+    }
+
+    /// The metadata of `path`, or `None` if there is no node there; from the cache when
+    /// it holds it (lock generations in it may be old: see [`crate::cache`]).
+    ///
+    /// # Errors
+    /// `NotFound` (no parent), `PermissionDenied`, or the session.
+    pub async fn stat(&self, path: &str) -> Result<Option<Stat>, ClientError> {
+        if let Some(hit) = lock(&self.inner.state).cache.stat(path) {
+            return Ok(hit);
+        }
+        self.stat_fresh(path).await
+    }
+
+    /// The metadata of `path` from the master (never the cache).
+    ///
+    /// # Errors
+    /// As [`Client::stat`].
+    pub async fn stat_fresh(&self, path: &str) -> Result<Option<Stat>, ClientError> {
+        let session = self.session();
+        let path_s = path.to_owned();
+        match self
+            .call(Call::StatPath {
+                session,
+                path: path_s,
+            })
+            .await?
+        {
+            Answer::Stat { stat, cache } => {
+                lock(&self.inner.state)
+                    .cache
+                    .install_stat(path, cache, stat.clone());
+                Ok(stat)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Names and metadata of the children of directory `path`.
+    ///
+    /// # Errors
+    /// `NotFound`, `NotADirectory`, `PermissionDenied`, or the session.
+    pub async fn list(&self, path: &str) -> Result<Vec<(String, Stat)>, ClientError> {
+        let mut o = OpenOptions::read();
+        o.kind = NodeKind::Directory;
+        let handle = self.open(path, o).await?.handle;
+        let session = self.session();
+        let answer = self.call(Call::ReadDir { session, handle }).await;
+        self.close(handle).await;
+        match answer? {
+            Answer::Dir { children, cache } => {
+                let names = children.iter().map(|(n, s)| (n.clone(), s.kind)).collect();
+                lock(&self.inner.state)
+                    .cache
+                    .install_listing(path, cache, Arc::new(names));
+                Ok(children)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Writes `contents` to `path` whole, creating the file if missing; with
+    /// `if_generation`, only if the file's content generation is that (compare-and-swap;
+    /// the file must then exist).
+    ///
+    /// # Errors
+    /// `CasMismatch`, `TooLarge`, `PermissionDenied`, `IsADirectory`, or the session.
+    pub async fn put(
+        &self,
+        path: &str,
+        contents: Vec<u8>,
+        if_generation: Option<Generation>,
+    ) -> Result<Stat, ClientError> {
+        let mut o = OpenOptions::write();
+        if if_generation.is_some() {
+            o.creation = Creation::Never;
+        }
+        let handle = self.open(path, o).await?.handle;
+        let r = self.set_contents(handle, contents, if_generation).await;
+        self.close(handle).await;
+        r
+    }
+
+    /// SetContents on a handle.
+    ///
+    /// # Errors
+    /// As [`Client::put`].
+    pub async fn set_contents(
+        &self,
+        handle: HandleId,
+        contents: Vec<u8>,
+        expected: Option<Generation>,
+    ) -> Result<Stat, ClientError> {
+        let session = self.session();
+        let call = Call::SetContents {
+            session,
+            handle,
+            contents,
+            expected,
+        };
+        match self.call(call).await? {
+            Answer::Written { stat } => Ok(stat),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Creates directory `path`.
+    ///
+    /// # Errors
+    /// `Exists`, `NotFound` (no parent), `PermissionDenied`, or the session.
+    pub async fn mkdir(&self, path: &str, ephemeral: bool) -> Result<Stat, ClientError> {
+        let mut o = OpenOptions::write();
+        o.creation = Creation::Must;
+        o.kind = NodeKind::Directory;
+        o.ephemeral = ephemeral;
+        let opened = self.open(path, o).await?;
+        self.close(opened.handle).await;
+        Ok(opened.stat)
+    }
+
+    /// Deletes the node at `path` (a directory only if empty).
+    ///
+    /// # Errors
+    /// `NotFound`, `NotEmpty`, `PermissionDenied`, or the session.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let mut o = OpenOptions::write();
+        o.creation = Creation::Never;
+        // Open either kind: the database refuses the other kind only when creating.
+        let handle = self.open(path, o).await?.handle;
+        let session = self.session();
+        let r = self.call(Call::Delete { session, handle }).await;
+        self.close(handle).await;
+        r.map(|_| ())
+    }
+
+    /// Moves file `from` to `to` atomically, replacing a file there.
+    ///
+    /// # Errors
+    /// `NotFound`, `IsADirectory`, `Locked`, `PermissionDenied`, or the session.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<Stat, ClientError> {
+        let call = Call::Rename {
+            session: self.session(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+        };
+        match self.call(call).await? {
+            Answer::Written { stat } => Ok(stat),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Replaces the ACL names of `path`.
+    ///
+    /// # Errors
+    /// `PermissionDenied`, `CasMismatch`, `NotFound`, or the session.
+    pub async fn set_acl(
+        &self,
+        path: &str,
+        acl: AclNames,
+        expected: Option<Generation>,
+    ) -> Result<Stat, ClientError> {
+        let mut o = OpenOptions::read();
+        o.mode = OpenMode {
+            read: false,
+            write: false,
+            change_acl: true,
+        };
+        let handle = self.open(path, o).await?.handle;
+        let session = self.session();
+        let call = Call::SetAcl {
+            session,
+            handle,
+            acl,
+            expected,
+        };
+        let r = self.call(call).await;
+        self.close(handle).await;
+        match r? {
+            Answer::Written { stat } => Ok(stat),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Takes the lock of the handle's node, waiting as long as it takes (or until the
+    /// handle is closed, the node deleted, or the session lost).
+    ///
+    /// # Errors
+    /// `PermissionDenied`, `AlreadyHeld`, `NotFound`, `NotHeld` (the wait was cancelled), or
+    /// the session.
+    pub async fn acquire(
+        &self,
+        handle: HandleId,
+        mode: LockMode,
+    ) -> Result<Sequencer, ClientError> {
+        let (tx, mut rx) = oneshot::channel();
+        lock(&self.inner.state).lock_waiters.insert(handle, tx);
+        let session = self.session();
+        let answer = self
+            .call(Call::Acquire {
+                session,
+                handle,
+                mode,
+            })
+            .await;
+        match answer {
+            Ok(Answer::Acquired { sequencer }) => {
+                lock(&self.inner.state).lock_waiters.remove(&handle);
+                return Ok(sequencer);
+            }
+            Ok(Answer::Queued) => {}
+            Ok(other) => return Err(unexpected(&other)),
+            Err(e) => {
+                lock(&self.inner.state).lock_waiters.remove(&handle);
+                return Err(e);
+            }
+        }
+        let mut events = self.subscribe();
+        loop {
+            tokio::select! {
+                granted = &mut rx => {
+                    return match granted {
+                        Ok(Ok(seq)) => Ok(seq),
+                        Ok(Err(refusal)) => Err(ClientError::Call(CallError::Refused(refusal))),
+                        Err(_) => Err(expired()),
+                    };
+                }
+                ev = events.recv() => {
+                    // A fail-over may have lost the grant's notice: ask.
+                    if matches!(ev, Ok(ClientEvent::FailOver) | Err(broadcast::error::RecvError::Lagged(_))) {
+                        if let Ok(LockState::Held(seq)) = self.lock_state(handle).await {
+                            lock(&self.inner.state).lock_waiters.remove(&handle);
+                            return Ok(seq);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the lock only if that is possible at once.
+    ///
+    /// # Errors
+    /// `WouldBlock`, `LockDelayed`, `PermissionDenied`, `AlreadyHeld`, or the session.
+    pub async fn try_acquire(
+        &self,
+        handle: HandleId,
+        mode: LockMode,
+    ) -> Result<Sequencer, ClientError> {
+        let session = self.session();
+        match self
+            .call(Call::TryAcquire {
+                session,
+                handle,
+                mode,
+            })
+            .await?
+        {
+            Answer::Acquired { sequencer } => Ok(sequencer),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Releases the lock (or cancels a queued Acquire).
+    ///
+    /// # Errors
+    /// `NotHeld`, or the session.
+    pub async fn release(&self, handle: HandleId) -> Result<(), ClientError> {
+        let session = self.session();
+        self.call(Call::Release { session, handle })
+            .await
+            .map(|_| ())
+    }
+
+    /// The handle's lock state, from the master.
+    ///
+    /// # Errors
+    /// The refusals of a handle call, or the session.
+    pub async fn lock_state(&self, handle: HandleId) -> Result<LockState, ClientError> {
+        let session = self.session();
+        match self.call(Call::GetSequencer { session, handle }).await? {
+            Answer::Lock(state) => Ok(state),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Is `sequencer` still valid?
+    ///
+    /// # Errors
+    /// The cell cannot be reached.
+    pub async fn check_sequencer(&self, sequencer: &Sequencer) -> Result<bool, ClientError> {
+        let call = Call::CheckSequencer {
+            sequencer: sequencer.clone(),
+        };
+        match self.call(call).await? {
+            Answer::SequencerValid(v) => Ok(v),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Ends the session (handles close, locks are released without lock-delay) and stops
+    /// the KeepAlive task.
+    pub async fn shutdown(self) {
+        let session = self.session();
+        if self.status() != SessionStatus::Expired {
+            if let Err(e) = self.call(Call::CloseSession { session }).await {
+                debug!(error = %e, "CloseSession failed; the session will expire");
+            }
+        }
+        self.keepalive.abort();
+        self.inner.conn.close().await;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+fn expired() -> ClientError {
+    ClientError::Call(CallError::Refused(Refusal::SessionExpired))
+}
+
+fn unexpected(answer: &Answer) -> ClientError {
+    ClientError::Call(CallError::BadRequest(format!(
+        "unexpected answer from the master: {answer:?}"
+    )))
+}

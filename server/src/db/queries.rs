@@ -1,0 +1,197 @@
+//! Read-only questions the master asks the database: what a command may change in clients'
+//! caches (before it is proposed), who watches a node (after it is applied), and the
+//! lookups clients make without a Paxos round.
+//!
+//! # What a command touches
+//! The master invalidates every cached copy of what a write will change *before* it
+//! proposes the write (Chubby §2.7), so it must know the paths in advance. [`Db::touched_paths`]
+//! answers conservatively: it may name a path the command then leaves alone (a refused
+//! write, a Close that deletes nothing), never miss one it changes. A cached path covers
+//! the node's contents and metadata, its listing if it is a directory, and its absence.
+//! Lock state is not cached (DESIGN §6: lock generations are read from the master), so
+//! lock operations touch nothing.
+
+use std::sync::Arc;
+
+use chubby_protocol::client_msg::LockState;
+use chubby_protocol::{Creation, EventMask, HandleId, InstanceNumber, Refusal, SessionId, Stat};
+
+use super::acl;
+use super::namespace::parent;
+use super::sessions::Handle;
+use super::{Db, Op};
+
+impl Db {
+    /// The paths whose cached state applying `op` now may change (see the module docs).
+    /// `busy(path)` tells whether a write already proposed but not yet applied may change
+    /// `path`: an Open that would create a node is then assumed to create it even if the
+    /// node exists now.
+    #[must_use]
+    pub fn touched_paths(&self, op: &Op, busy: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = Vec::new();
+        match op {
+            Op::Open(args) => {
+                let Some(dir) = parent_of(&args.path) else {
+                    return out;
+                };
+                let exists = self.ns.get(&args.path).is_some();
+                let creates = match args.creation {
+                    Creation::Never => false,
+                    Creation::Must => true,
+                    Creation::IfMissing => !exists || busy(&args.path),
+                };
+                if creates {
+                    out.push(Arc::from(args.path.as_str()));
+                    out.push(Arc::from(dir));
+                }
+            }
+            Op::SetContents {
+                session, handle, ..
+            }
+            | Op::SetAcl {
+                session, handle, ..
+            } => {
+                if let Some(h) = self.sessions.handle_of(*session, *handle) {
+                    out.push(Arc::clone(&h.path));
+                }
+            }
+            Op::Delete { session, handle } => {
+                if let Some(h) = self.sessions.handle_of(*session, *handle) {
+                    out.push(Arc::clone(&h.path));
+                    if let Some(dir) = parent_of(&h.path) {
+                        self.push_reap_chain(dir, &mut out);
+                    }
+                }
+            }
+            Op::Rename { from, to, .. } => {
+                for p in [from.as_str(), to.as_str()] {
+                    if let Some(dir) = parent_of(p) {
+                        out.push(Arc::from(p));
+                        self.push_reap_chain(dir, &mut out);
+                    }
+                }
+            }
+            Op::Close { session, handle } => {
+                if let Some(h) = self.sessions.handle_of(*session, *handle) {
+                    self.push_reap_chain(&h.path, &mut out);
+                }
+            }
+            Op::CloseSession { session } | Op::ExpireSession { session } => {
+                if let Some(s) = self.sessions.session(*session) {
+                    for id in &s.handles {
+                        if let Some(h) = self.sessions.handle(*id) {
+                            self.push_reap_chain(&h.path, &mut out);
+                        }
+                    }
+                }
+            }
+            Op::NewEpoch
+            | Op::CreateSession { .. }
+            | Op::Acquire { .. }
+            | Op::TryAcquire { .. }
+            | Op::Release { .. }
+            | Op::SetSequencer { .. }
+            | Op::Noop
+            | Op::Checksum => {}
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// `path` itself if it may be deleted as an unused ephemeral node, and then each
+    /// ancestor that may follow it; always the parent of the last one (its listing).
+    fn push_reap_chain(&self, path: &str, out: &mut Vec<Arc<str>>) {
+        let mut path = path;
+        out.push(Arc::from(path));
+        while let Some(node) = self.ns.get(path) {
+            if !node.ephemeral || path == "/" {
+                return;
+            }
+            path = parent(path);
+            out.push(Arc::from(path));
+        }
+    }
+
+    /// The handles that have the live node `path` open, with their sessions and event
+    /// masks.
+    pub fn watchers(&self, path: &str) -> Vec<(SessionId, HandleId, EventMask)> {
+        let Some(node) = self.ns.get(path) else {
+            return Vec::new();
+        };
+        self.watchers_of(node.instance)
+    }
+
+    /// The handles that have `instance` open, with their sessions and masks.
+    pub fn watchers_of(&self, instance: InstanceNumber) -> Vec<(SessionId, HandleId, EventMask)> {
+        let Some(openers) = self.sessions.openers(instance) else {
+            return Vec::new();
+        };
+        openers
+            .iter()
+            .filter_map(|id| {
+                self.sessions
+                    .handle(*id)
+                    .map(|h| (h.session, *id, h.events))
+            })
+            .collect()
+    }
+
+    /// Any handle by id (also one whose node is gone).
+    #[must_use]
+    pub fn handle_by_id(&self, id: HandleId) -> Option<&Handle> {
+        self.sessions.handle(id)
+    }
+
+    /// StatPath: the node at `path`, or `None` if there is none. Needs the read right on
+    /// the parent directory (the root: on itself), as ReadDir does.
+    ///
+    /// # Errors
+    /// `SessionExpired`, `InvalidPath`, `NotFound` (no parent directory),
+    /// `NotADirectory`, `PermissionDenied`.
+    pub fn stat_path_checked(
+        &self,
+        session: SessionId,
+        path: &str,
+    ) -> Result<Option<Stat>, Refusal> {
+        let principal = self.principal(session)?;
+        chubby_protocol::db::check_path(path).map_err(|_| Refusal::InvalidPath)?;
+        let dir = match parent_of(path) {
+            Some(dir) => self.ns.get(dir).ok_or(Refusal::NotFound)?,
+            None => self.ns.get("/").ok_or(Refusal::NotFound)?,
+        };
+        if !dir.is_dir() {
+            return Err(Refusal::NotADirectory);
+        }
+        let admin = &self.config.admin;
+        if !acl::has_right(&self.ns, admin, principal, &dir.acl, acl::Right::Read) {
+            return Err(Refusal::PermissionDenied);
+        }
+        Ok(self.ns.get(path).map(|n| n.stat()))
+    }
+
+    /// GetSequencer as the wire answers it: held (with the sequencer), queued, or neither.
+    ///
+    /// # Errors
+    /// The refusals of any handle call.
+    pub fn lock_state(&self, session: SessionId, handle: HandleId) -> Result<LockState, Refusal> {
+        if let Some(seq) = self.get_sequencer(session, handle)? {
+            return Ok(LockState::Held(seq));
+        }
+        let (h, _) = self.use_handle(session, handle)?;
+        Ok(if self.locks.involves(h.instance, handle) {
+            LockState::Waiting
+        } else {
+            LockState::None
+        })
+    }
+}
+
+/// The parent of a valid non-root path; `None` for the root or an invalid path (which the
+/// command itself will refuse).
+fn parent_of(path: &str) -> Option<&str> {
+    if path == "/" || chubby_protocol::db::check_path(path).is_err() {
+        return None;
+    }
+    Some(parent(path))
+}

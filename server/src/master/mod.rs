@@ -1,0 +1,489 @@
+//! The master's session logic (Chubby §2.5, §2.7–2.9; DESIGN §4), pure: no clock, no I/O.
+//!
+//! ```text
+//!  KeepAlive(session, acked) ──► acks: drop delivered notices, open write gates
+//!                              └► park the call; answer it early if notices wait,
+//!                                 else a third of a lease before the lease would end
+//!  a write ──► gate_write(paths) ──► invalidate every session caching a path
+//!                                   (and every session that has not yet acknowledged
+//!                                   the fail-over notice) ─► Propose once all acked or
+//!                                   their leases ended
+//!  a cacheable read ──► served_read(session, path) ─► a CacheToken, and the session is
+//!                        recorded as caching the path (unless a write to it is in flight)
+//!  applied changes ──► notices: events by handle mask, lock grants, ended waits
+//!  tick(now) ──► reply to due KeepAlives; ExpireSession for ended leases; close idle
+//! ```
+//!
+//! The shell ([`crate::node`]) owns the reply channels; this module names them by the
+//! token the shell gives each parked KeepAlive, and names writes by the shell's request
+//! number.
+//!
+//! # Why the write waits before it is proposed
+//! A write first invalidates, then is proposed and applied. While it is in flight its
+//! paths are *uncachable*: reads of them are served but not recorded, and their answers
+//! carry no cache token. So once the write is applied no client holds the old value:
+//! every holder acknowledged dropping it, or its lease (and so its client's shorter local
+//! lease) ended. Invalidating after the apply instead would let a reader that missed the
+//! cache see the new value while another still reads the old one from its cache.
+//!
+//! # Fail-over (Chubby §2.9)
+//! A new master knows every session from the database ([`Master::new`]); it gives each a
+//! fresh lease (at least what the previous master can have promised, since that master's
+//! Paxos lease ended before this one began), and a [`Notice::FailOver`] numbered 1. It
+//! cannot know what they cache, so until a session acknowledges that notice, every write
+//! waits for it as if it cached every path, and its reads are not cacheable. Other calls
+//! proceed at once (the paper's steps 4–7 block them all; only writes need to wait for
+//! the caches to be flushed). Handles and locks live in the database, so they need no
+//! re-creation (step 8); ephemeral files of sessions that never come back vanish when
+//! those sessions expire, one lease after the fail-over (step 9).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod notify;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chubby_protocol::{
+    Ballot, CacheToken, Instant, KeepAliveReply, Notice, Numbered, Refusal, SessionId,
+};
+
+use crate::db::Db;
+
+/// The master's session settings (DESIGN §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterConfig {
+    /// How long each KeepAlive reply extends a session's lease (Chubby §2.8: 12 s).
+    pub session_lease_ms: u64,
+    /// A session with no handles that makes no call for this long is closed (Chubby §2.8:
+    /// "a minute").
+    pub session_idle_ms: u64,
+}
+
+impl Default for MasterConfig {
+    fn default() -> MasterConfig {
+        MasterConfig {
+            session_lease_ms: 12_000,
+            session_idle_ms: 60_000,
+        }
+    }
+}
+
+impl MasterConfig {
+    /// How long before a lease ends the master answers a parked KeepAlive: a third of a
+    /// lease, so a 12 s lease is renewed every 8 s and the client's last reply leaves it
+    /// about 4 s in hand.
+    fn reply_before_ms(&self) -> u64 {
+        self.session_lease_ms / 3
+    }
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MasterAction {
+    /// Answer the KeepAlive parked under `token`.
+    ReplyKeepAlive {
+        /// The shell's token for it.
+        token: u64,
+        /// The answer.
+        reply: Result<KeepAliveReply, Refusal>,
+    },
+    /// Every cache of the gated write `request` is gone: propose it now.
+    Propose {
+        /// The shell's request number.
+        request: u64,
+    },
+    /// The session's lease ended: propose ExpireSession.
+    Expire {
+        /// The session.
+        session: SessionId,
+    },
+    /// The session has been idle (no handles, no calls) too long: propose CloseSession.
+    CloseIdle {
+        /// The session.
+        session: SessionId,
+    },
+}
+
+/// One live session as the master sees it.
+#[derive(Debug)]
+struct Live {
+    lease_until: Instant,
+    /// The parked KeepAlive's token.
+    parked: Option<u64>,
+    /// The number of the last notice queued.
+    last_seq: u64,
+    /// Notices not yet acknowledged, in order.
+    outbox: Vec<Numbered>,
+    last_call: Instant,
+    /// ExpireSession or CloseSession was proposed: calls are refused.
+    ending: bool,
+    /// Paths it is recorded as caching (an idle session is closed only when zero).
+    caching: usize,
+}
+
+/// A write waiting for invalidations to be acknowledged.
+#[derive(Debug)]
+struct Gate {
+    /// Session → the notice number it must acknowledge.
+    waits: BTreeMap<SessionId, u64>,
+}
+
+/// The master's session state (see the module docs).
+#[derive(Debug)]
+pub struct Master {
+    cfg: MasterConfig,
+    epoch: Ballot,
+    sessions: BTreeMap<SessionId, Live>,
+    /// Path → sessions that may cache it.
+    cachers: BTreeMap<Arc<str>, BTreeSet<SessionId>>,
+    /// Path → writes touching it that are gated or proposed but not yet applied.
+    in_flight: BTreeMap<Arc<str>, u32>,
+    /// Request → the paths it holds in flight.
+    writes: BTreeMap<u64, Vec<Arc<str>>>,
+    gates: BTreeMap<u64, Gate>,
+    /// Sessions that have not acknowledged the fail-over notice (number 1).
+    flushing: BTreeSet<SessionId>,
+}
+
+impl Master {
+    /// A master that took over at `now` in `epoch`, with the sessions recorded in `db`.
+    #[must_use]
+    pub fn new(cfg: MasterConfig, epoch: Ballot, now: Instant, db: &Db) -> Master {
+        let mut master = Master {
+            cfg,
+            epoch,
+            sessions: BTreeMap::new(),
+            cachers: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            gates: BTreeMap::new(),
+            flushing: BTreeSet::new(),
+        };
+        let ids: Vec<SessionId> = db.sessions().map(|(id, _)| *id).collect();
+        for id in ids {
+            master.add_session(id, now);
+            master.push_notice(id, Notice::FailOver);
+            master.flushing.insert(id);
+        }
+        master
+    }
+
+    /// The client epoch this master serves.
+    #[must_use]
+    pub fn epoch(&self) -> Ballot {
+        self.epoch
+    }
+
+    /// Live sessions (for status).
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Sessions that have not yet acknowledged the fail-over notice.
+    #[must_use]
+    pub fn flushing_count(&self) -> usize {
+        self.flushing.len()
+    }
+
+    fn add_session(&mut self, id: SessionId, now: Instant) {
+        self.sessions.insert(
+            id,
+            Live {
+                lease_until: now.plus_ms(self.cfg.session_lease_ms),
+                parked: None,
+                last_seq: 0,
+                outbox: Vec::new(),
+                last_call: now,
+                ending: false,
+                caching: 0,
+            },
+        );
+    }
+
+    /// A session was created (its CreateSession applied): its lease starts now. Returns
+    /// the lease granted, in ms.
+    pub fn session_created(&mut self, id: SessionId, now: Instant) -> u64 {
+        if !self.sessions.contains_key(&id) {
+            self.add_session(id, now);
+        }
+        self.cfg.session_lease_ms
+    }
+
+    /// Refuses calls on a session this master does not serve (never created, ended, or
+    /// being ended); otherwise notes the call (it is not idle).
+    ///
+    /// # Errors
+    /// `SessionExpired`.
+    pub fn check_session(&mut self, id: SessionId, now: Instant) -> Result<(), Refusal> {
+        match self.sessions.get_mut(&id) {
+            Some(live) if !live.ending => {
+                live.last_call = now;
+                Ok(())
+            }
+            _ => Err(Refusal::SessionExpired),
+        }
+    }
+
+    /// A KeepAlive: acknowledges notices up to `acked` and parks under `token` (any older
+    /// parked call of the session is answered now). Answered at once if notices wait.
+    pub fn keepalive(
+        &mut self,
+        id: SessionId,
+        acked: u64,
+        token: u64,
+        now: Instant,
+        out: &mut Vec<MasterAction>,
+    ) {
+        let Some(live) = self.sessions.get_mut(&id).filter(|l| !l.ending) else {
+            out.push(MasterAction::ReplyKeepAlive {
+                token,
+                reply: Err(Refusal::SessionExpired),
+            });
+            return;
+        };
+        live.outbox.retain(|n| n.seq > acked);
+        if let Some(old) = live.parked.replace(token) {
+            // A newer call replaces it (the client gave up on the old one).
+            let reply = Self::reply_of(&self.cfg, live, now);
+            out.push(MasterAction::ReplyKeepAlive { token: old, reply });
+        }
+        let has_notices = !live.outbox.is_empty();
+        self.acked(id, acked, out);
+        if has_notices {
+            self.answer(id, now, out);
+        }
+    }
+
+    /// Records that `id` processed every notice up to `acked`: opens gates that waited
+    /// only for it.
+    fn acked(&mut self, id: SessionId, acked: u64, out: &mut Vec<MasterAction>) {
+        if acked >= 1 {
+            self.flushing.remove(&id);
+        }
+        let mut open = Vec::new();
+        for (request, gate) in &mut self.gates {
+            if gate.waits.get(&id).is_some_and(|seq| *seq <= acked) {
+                gate.waits.remove(&id);
+            }
+            if gate.waits.is_empty() {
+                open.push(*request);
+            }
+        }
+        for request in open {
+            self.gates.remove(&request);
+            out.push(MasterAction::Propose { request });
+        }
+    }
+
+    /// Stops waiting for `id` anywhere (its lease ended or it is gone).
+    fn forget_waits(&mut self, id: SessionId, out: &mut Vec<MasterAction>) {
+        self.flushing.remove(&id);
+        self.acked(id, u64::MAX, out);
+        let caching = self
+            .sessions
+            .get_mut(&id)
+            .map_or(0, |l| std::mem::take(&mut l.caching));
+        if caching > 0 {
+            for set in self.cachers.values_mut() {
+                set.remove(&id);
+            }
+            self.cachers.retain(|_, set| !set.is_empty());
+        }
+    }
+
+    /// Answers the parked KeepAlive of `id`, if any, extending its lease.
+    fn answer(&mut self, id: SessionId, now: Instant, out: &mut Vec<MasterAction>) {
+        let Some(live) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if let Some(token) = live.parked.take() {
+            let reply = Self::reply_of(&self.cfg, live, now);
+            out.push(MasterAction::ReplyKeepAlive { token, reply });
+        }
+    }
+
+    fn reply_of(
+        cfg: &MasterConfig,
+        live: &mut Live,
+        now: Instant,
+    ) -> Result<KeepAliveReply, Refusal> {
+        // The lease only moves forward (Chubby §2.8).
+        live.lease_until = live.lease_until.max(now.plus_ms(cfg.session_lease_ms));
+        Ok(KeepAliveReply {
+            lease_ms: live.lease_until.ms_since(now),
+            notices: live.outbox.clone(),
+        })
+    }
+
+    /// Queues a notice for `id` and answers its parked KeepAlive at once. Returns its
+    /// number (0 if the session is unknown).
+    fn push_notice(&mut self, id: SessionId, notice: Notice) -> u64 {
+        let Some(live) = self.sessions.get_mut(&id) else {
+            return 0;
+        };
+        live.last_seq += 1;
+        let seq = live.last_seq;
+        live.outbox.push(Numbered { seq, notice });
+        seq
+    }
+
+    /// Queues a notice and answers the session's parked KeepAlive.
+    fn notify(&mut self, id: SessionId, notice: Notice, now: Instant, out: &mut Vec<MasterAction>) {
+        if self.push_notice(id, notice) != 0 {
+            self.answer(id, now, out);
+        }
+    }
+
+    /// True if a write touching `path` is gated or in flight.
+    #[must_use]
+    pub fn is_busy(&self, path: &str) -> bool {
+        self.in_flight.contains_key(path)
+    }
+
+    /// A write `request` that touches `paths` is about to be proposed. Returns true if it
+    /// may be proposed now; otherwise [`MasterAction::Propose`] comes once every cache of
+    /// those paths is gone. Either way the paths stay uncachable until
+    /// [`Master::write_applied`].
+    pub fn gate_write(
+        &mut self,
+        request: u64,
+        paths: Vec<Arc<str>>,
+        now: Instant,
+        out: &mut Vec<MasterAction>,
+    ) -> bool {
+        let mut per_session: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
+        for path in &paths {
+            *self.in_flight.entry(Arc::clone(path)).or_insert(0) += 1;
+            if let Some(set) = self.cachers.remove(path) {
+                for s in set {
+                    if let Some(live) = self.sessions.get_mut(&s) {
+                        live.caching = live.caching.saturating_sub(1);
+                    }
+                    per_session.entry(s).or_default().push(path.to_string());
+                }
+            }
+        }
+        let mut waits = BTreeMap::new();
+        for (s, paths) in per_session {
+            let seq = self.push_notice(s, Notice::Invalidate { paths });
+            if seq != 0 {
+                waits.insert(s, seq);
+                self.answer(s, now, out);
+            }
+        }
+        if !paths.is_empty() {
+            for s in &self.flushing {
+                waits.entry(*s).or_insert(1);
+            }
+        }
+        self.writes.insert(request, paths);
+        if waits.is_empty() {
+            return true;
+        }
+        self.gates.insert(request, Gate { waits });
+        false
+    }
+
+    /// The write `request` was applied (or will never be): its paths may be cached again.
+    pub fn write_applied(&mut self, request: u64) {
+        self.gates.remove(&request);
+        for path in self.writes.remove(&request).unwrap_or_default() {
+            if let Some(n) = self.in_flight.get_mut(&path) {
+                *n -= 1;
+                if *n == 0 {
+                    self.in_flight.remove(&path);
+                }
+            }
+        }
+    }
+
+    /// A read of `path` was served to `id`: returns the token that lets the client cache
+    /// it, and records the session as caching it — unless a write to the path is in
+    /// flight or the session has not flushed since the fail-over.
+    pub fn served_read(&mut self, id: SessionId, path: &str) -> Option<CacheToken> {
+        if self.in_flight.contains_key(path) || self.flushing.contains(&id) {
+            return None;
+        }
+        let live = self.sessions.get_mut(&id).filter(|l| !l.ending)?;
+        let seq = live.last_seq;
+        if self.cachers.entry(Arc::from(path)).or_default().insert(id) {
+            live.caching += 1;
+        }
+        Some(CacheToken {
+            epoch: self.epoch,
+            seq,
+        })
+    }
+
+    /// The session ended in the database (expired or closed): forget it, failing its
+    /// parked KeepAlive.
+    pub fn session_ended(&mut self, id: SessionId, out: &mut Vec<MasterAction>) {
+        self.forget_waits(id, out);
+        if let Some(live) = self.sessions.remove(&id) {
+            if let Some(token) = live.parked {
+                out.push(MasterAction::ReplyKeepAlive {
+                    token,
+                    reply: Err(Refusal::SessionExpired),
+                });
+            }
+        }
+    }
+
+    /// Time passes: answer KeepAlives that are due, end sessions whose lease ended, close
+    /// idle ones. `has_handles` tells whether a session has open handles.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        has_handles: impl Fn(SessionId) -> bool,
+        out: &mut Vec<MasterAction>,
+    ) {
+        let before = self.cfg.reply_before_ms();
+        let mut due = Vec::new();
+        let mut ended = Vec::new();
+        let mut idle = Vec::new();
+        for (id, live) in &self.sessions {
+            if live.ending {
+                continue;
+            }
+            if live.lease_until <= now {
+                ended.push(*id);
+            } else if live.parked.is_some() && now.plus_ms(before) >= live.lease_until {
+                due.push(*id);
+            } else if live.caching == 0
+                && now.ms_since(live.last_call) >= self.cfg.session_idle_ms
+                && !has_handles(*id)
+            {
+                idle.push(*id);
+            }
+        }
+        for id in due {
+            self.answer(id, now, out);
+        }
+        for id in ended {
+            self.end(id, out);
+            out.push(MasterAction::Expire { session: id });
+        }
+        for id in idle {
+            self.end(id, out);
+            out.push(MasterAction::CloseIdle { session: id });
+        }
+    }
+
+    /// Marks a session as ending: it caches nothing from now on (its lease ended, or it
+    /// is idle with nothing cached that matters) and its calls are refused.
+    fn end(&mut self, id: SessionId, out: &mut Vec<MasterAction>) {
+        self.forget_waits(id, out);
+        if let Some(live) = self.sessions.get_mut(&id) {
+            live.ending = true;
+            if let Some(token) = live.parked.take() {
+                out.push(MasterAction::ReplyKeepAlive {
+                    token,
+                    reply: Err(Refusal::SessionExpired),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Unit tests of the master's session logic: one story per rule of the module docs.
+
+use std::sync::Arc;
+
+use chubby_protocol::{Ballot, Event, EventMask, Instant, NodeId, Notice, Refusal, SessionId};
+
+use super::{Master, MasterAction, MasterConfig};
+use crate::db::tests::Harness;
+use crate::db::{Op, Outcome};
+
+const EPOCH: Ballot = Ballot {
+    round: 1,
+    node: NodeId(1),
+};
+const LEASE: u64 = 12_000;
+
+fn master(h: &Harness) -> Master {
+    Master::new(MasterConfig::default(), EPOCH, Instant(0), &h.db)
+}
+
+fn path(p: &str) -> Vec<Arc<str>> {
+    vec![Arc::from(p)]
+}
+
+fn replies(out: &[MasterAction]) -> Vec<(u64, Result<Vec<Notice>, Refusal>)> {
+    out.iter()
+        .filter_map(|a| match a {
+            MasterAction::ReplyKeepAlive { token, reply } => Some((
+                *token,
+                reply
+                    .clone()
+                    .map(|r| r.notices.into_iter().map(|n| n.notice).collect()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Chubby §2.8: the KeepAlive is held until the lease is close to ending, then answered
+/// with the lease extended; the lease never moves backwards.
+#[test]
+fn keepalive_is_held_until_a_third_of_a_lease_remains() {
+    let h = Harness::new();
+    let mut m = master(&h);
+    let s = SessionId(1);
+    assert_eq!(m.session_created(s, Instant(0)), LEASE);
+    let mut out = Vec::new();
+    m.keepalive(s, 0, 7, Instant(10), &mut out);
+    assert!(out.is_empty(), "answered at once: {out:?}");
+    m.tick(Instant(7_999), |_| true, &mut out);
+    assert!(out.is_empty(), "answered too early: {out:?}");
+    m.tick(Instant(8_000), |_| true, &mut out);
+    match out.as_slice() {
+        [MasterAction::ReplyKeepAlive {
+            token: 7,
+            reply: Ok(r),
+        }] => {
+            assert_eq!(r.lease_ms, LEASE);
+            assert!(r.notices.is_empty());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Chubby §2.8: a session whose lease ends unrenewed is expired by the master, and its
+/// parked KeepAlive is refused.
+#[test]
+fn an_unrenewed_lease_expires_the_session() {
+    let h = Harness::new();
+    let mut m = master(&h);
+    let s = SessionId(1);
+    m.session_created(s, Instant(0));
+    let mut out = Vec::new();
+    m.tick(Instant(LEASE - 1), |_| true, &mut out);
+    assert!(out.is_empty());
+    m.tick(Instant(LEASE), |_| true, &mut out);
+    assert_eq!(out, vec![MasterAction::Expire { session: s }]);
+    assert_eq!(
+        m.check_session(s, Instant(LEASE)),
+        Err(Refusal::SessionExpired)
+    );
+    out.clear();
+    m.keepalive(s, 0, 1, Instant(LEASE + 1), &mut out);
+    assert_eq!(replies(&out), vec![(1, Err(Refusal::SessionExpired))]);
+}
+
+/// Chubby §2.7: a write waits until every session caching the path acknowledged the
+/// invalidation; the notice goes out at once on the parked KeepAlive.
+#[test]
+fn a_write_waits_for_the_invalidation_to_be_acknowledged() {
+    let h = Harness::new();
+    let mut m = master(&h);
+    let (a, b) = (SessionId(1), SessionId(2));
+    m.session_created(a, Instant(0));
+    m.session_created(b, Instant(0));
+    let token = m.served_read(b, "/f").expect("cacheable");
+    assert_eq!(token.seq, 0);
+    let mut out = Vec::new();
+    m.keepalive(b, 0, 1, Instant(5), &mut out);
+    assert!(out.is_empty());
+    assert!(!m.gate_write(100, path("/f"), Instant(6), &mut out));
+    let invalidation = vec![Notice::Invalidate {
+        paths: vec!["/f".into()],
+    }];
+    assert_eq!(replies(&out), vec![(1, Ok(invalidation.clone()))]);
+    // While it is in flight, reads of the path are served uncacheable.
+    assert_eq!(m.served_read(a, "/f"), None);
+    out.clear();
+    // A KeepAlive that does not acknowledge it gets it again at once.
+    m.keepalive(b, 0, 2, Instant(7), &mut out);
+    assert_eq!(replies(&out), vec![(2, Ok(invalidation))]);
+    out.clear();
+    m.keepalive(b, 1, 3, Instant(8), &mut out);
+    assert_eq!(out, vec![MasterAction::Propose { request: 100 }]);
+    m.write_applied(100);
+    assert!(m.served_read(a, "/f").is_some(), "cacheable again");
+    // Uncached paths never wait.
+    assert!(m.gate_write(101, path("/g"), Instant(9), &mut out));
+}
+
+/// Chubby §2.7: a cacher that never acknowledges holds a write only until its lease ends.
+#[test]
+fn a_silent_cacher_holds_a_write_only_until_its_lease_ends() {
+    let h = Harness::new();
+    let mut m = master(&h);
+    let (a, b) = (SessionId(1), SessionId(2));
+    m.session_created(a, Instant(0));
+    m.session_created(b, Instant(0));
+    m.served_read(b, "/f").expect("cacheable");
+    let mut out = Vec::new();
+    // `a` keeps renewing; `b` went silent.
+    m.keepalive(a, 0, 1, Instant(1), &mut out);
+    assert!(!m.gate_write(100, path("/f"), Instant(2), &mut out));
+    m.tick(Instant(LEASE - 1), |_| true, &mut out);
+    assert!(!out.contains(&MasterAction::Propose { request: 100 }));
+    out.clear();
+    m.tick(Instant(LEASE), |_| true, &mut out);
+    assert!(
+        out.contains(&MasterAction::Expire { session: b }),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&MasterAction::Propose { request: 100 }),
+        "{out:?}"
+    );
+}
+
+/// Chubby §2.9 steps 3, 5, 6: a new master gives every recorded session a lease and a
+/// fail-over notice; writes wait for each to acknowledge it, and reads are not cacheable
+/// until then.
+#[test]
+fn after_fail_over_writes_wait_for_every_session_to_flush() {
+    let mut h = Harness::new();
+    let a = h.session("alice");
+    let b = h.session("bob");
+    let mut m = master(&h);
+    assert_eq!(m.flushing_count(), 2);
+    assert_eq!(
+        m.served_read(a, "/x"),
+        None,
+        "not cacheable before the flush"
+    );
+    let mut out = Vec::new();
+    m.keepalive(a, 0, 1, Instant(1), &mut out);
+    assert_eq!(replies(&out), vec![(1, Ok(vec![Notice::FailOver]))]);
+    out.clear();
+    assert!(!m.gate_write(100, path("/x"), Instant(2), &mut out));
+    m.keepalive(a, 1, 2, Instant(3), &mut out);
+    assert!(out.is_empty(), "still waiting for bob: {out:?}");
+    m.keepalive(b, 1, 3, Instant(4), &mut out);
+    assert_eq!(out, vec![MasterAction::Propose { request: 100 }]);
+    assert_eq!(m.flushing_count(), 0);
+    assert!(m.served_read(a, "/y").is_some());
+}
+
+/// Chubby §2.5: events go to the handles whose mask selects them, after the action; a
+/// queued Acquire learns of its grant by notice.
+#[test]
+fn events_follow_masks_and_grants_reach_waiters() {
+    let mut h = Harness::new();
+    let s1 = h.session("admin");
+    let s2 = h.session("admin");
+    let watched = h
+        .open_with(s1, "/f", |a| {
+            a.events = EventMask::CONTENTS.with(EventMask::LOCK_CONFLICT)
+        })
+        .unwrap();
+    let deaf = h
+        .open_with(s1, "/f", |a| a.events = EventMask::NONE)
+        .unwrap();
+    let other = h.file(s2, "/f");
+    let mut m = master(&h);
+    for s in [s1, s2] {
+        let mut out = Vec::new();
+        m.keepalive(s, 1, 1, Instant(1), &mut out);
+    }
+    let mut out = Vec::new();
+    let op = Op::SetContents {
+        session: s2,
+        handle: other,
+        contents: b"x".to_vec(),
+        expected: None,
+    };
+    let applied = h.run(op.clone());
+    m.applied(&op, &applied.changes, &h.db, Instant(2), &mut out);
+    let events: Vec<_> = m.sessions[&s1]
+        .outbox
+        .iter()
+        .map(|n| n.notice.clone())
+        .collect();
+    assert_eq!(
+        events,
+        vec![Notice::Event {
+            handle: watched,
+            event: Event::ContentsModified
+        }],
+        "the deaf handle {deaf:?} gets nothing"
+    );
+    // s1 takes the lock; s2 queues; s1 hears of the conflict; release grants s2 by notice.
+    let take = Op::Acquire {
+        session: s1,
+        handle: deaf,
+        mode: chubby_protocol::LockMode::Exclusive,
+    };
+    let applied = h.run(take.clone());
+    assert!(matches!(applied.result, Ok(Outcome::Acquired { .. })));
+    m.applied(&take, &applied.changes, &h.db, Instant(3), &mut out);
+    assert!(
+        m.sessions[&s1].outbox.len() == 1,
+        "an immediate grant is its own reply"
+    );
+    let wait = Op::Acquire {
+        session: s2,
+        handle: other,
+        mode: chubby_protocol::LockMode::Exclusive,
+    };
+    let applied = h.run(wait.clone());
+    assert_eq!(applied.result, Ok(Outcome::Queued));
+    m.applied(&wait, &applied.changes, &h.db, Instant(4), &mut out);
+    assert!(m.sessions[&s1]
+        .outbox
+        .iter()
+        .all(|n| !matches!(n.notice, Notice::Event { handle, .. } if handle == deaf)));
+    let release = Op::Release {
+        session: s1,
+        handle: deaf,
+    };
+    let applied = h.run(release.clone());
+    m.applied(&release, &applied.changes, &h.db, Instant(5), &mut out);
+    assert!(
+        m.sessions[&s2]
+            .outbox
+            .iter()
+            .any(|n| matches!(&n.notice, Notice::LockGranted { handle, .. } if *handle == other)),
+        "{:?}",
+        m.sessions[&s2].outbox
+    );
+}
