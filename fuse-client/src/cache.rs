@@ -111,17 +111,20 @@ impl Cache {
     }
 
     /// Installs a file's contents and metadata.
+    /// Returns true if it was installed.
     pub fn install_contents(
         &mut self,
         path: &str,
         token: Option<CacheToken>,
         contents: Arc<Vec<u8>>,
         stat: Stat,
-    ) {
+    ) -> bool {
         if let Some(e) = self.entry(path, token) {
             e.stat = Some(Some(stat.clone()));
             e.contents = Some((contents, stat));
+            return true;
         }
+        false
     }
 
     /// Installs a node's metadata, or its absence (`None`).

@@ -30,8 +30,8 @@ use chubby_protocol::client_msg::{Answer, Call, CallError, LockState};
 use chubby_protocol::db::OpenArgs;
 use chubby_protocol::events::WaitEnd;
 use chubby_protocol::{
-    AclNames, Ballot, Creation, Event, EventMask, Generation, HandleId, LockMode, NodeKind, Notice,
-    OpenMode, Refusal, Sequencer, SessionId, Stat,
+    AclNames, Ballot, Creation, Event, EventMask, Generation, HandleId, InstanceNumber, LockMode,
+    NodeKind, Notice, OpenMode, Refusal, Sequencer, SessionId, Stat,
 };
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -148,8 +148,10 @@ struct State {
     cache: Cache,
     /// Handles whose Acquire is queued at the master.
     lock_waiters: HashMap<HandleId, oneshot::Sender<Result<Sequencer, Refusal>>>,
-    /// Read handles kept for cached reads, by path.
-    read_handles: HashMap<String, HandleId>,
+    /// Read handles kept for cached reads, by path, with the instance they were opened on.
+    read_handles: HashMap<String, (HandleId, InstanceNumber)>,
+    /// Handles dropped from `read_handles` that still need a Close.
+    to_close: Vec<HandleId>,
     lease_ms: u64,
 }
 
@@ -210,6 +212,7 @@ impl Inner {
             Transition::Expired => {
                 state.cache.disable();
                 state.read_handles.clear();
+                state.to_close.clear();
                 for (_, w) in state.lock_waiters.drain() {
                     let _ = w.send(Err(Refusal::SessionExpired));
                 }
@@ -223,7 +226,8 @@ impl Inner {
     /// A call carried an old epoch: a new master took over.
     fn new_epoch(&self, current: Ballot) {
         let mut state = lock(&self.state);
-        if state.epoch != current {
+        // Epochs only grow: a late answer from an older master must not move us back.
+        if current > state.epoch {
             info!(session = self.session.0, epoch = %current, "new master epoch: cache flushed");
             state.epoch = current;
             state.acked = 0;
@@ -241,7 +245,9 @@ impl Inner {
             match n.notice {
                 Notice::Invalidate { paths } => {
                     for p in &paths {
-                        state.read_handles.remove(p);
+                        if let Some((h, _)) = state.read_handles.remove(p) {
+                            state.to_close.push(h);
+                        }
                     }
                     state.cache.invalidate(n.seq, &paths);
                 }
@@ -266,7 +272,9 @@ impl Inner {
                 Notice::FailOver => {
                     let epoch = state.epoch;
                     state.cache.flush(epoch);
-                    state.read_handles.clear();
+                    let dropped: Vec<HandleId> =
+                        state.read_handles.drain().map(|(_, (h, _))| h).collect();
+                    state.to_close.extend(dropped);
                     self.emit(ClientEvent::FailOver);
                 }
             }
@@ -320,6 +328,11 @@ async fn keepalive_loop(inner: Arc<Inner>) {
                 let t = state.clock.renewed(sent, reply.lease_ms);
                 inner.apply_notices(&mut state, reply.notices);
                 inner.transition(&mut state, t);
+                let to_close = std::mem::take(&mut state.to_close);
+                drop(state);
+                if !to_close.is_empty() {
+                    tokio::spawn(close_all(Arc::clone(&inner), epoch, to_close));
+                }
             }
             Ok(other) => warn!(?other, "unexpected answer to a KeepAlive"),
             Err(ClientError::Call(CallError::WrongEpoch { current })) => inner.new_epoch(current),
@@ -333,6 +346,24 @@ async fn keepalive_loop(inner: Arc<Inner>) {
                 debug!(error = %e, "KeepAlive failed; retrying");
                 tokio::time::sleep(KEEPALIVE_RETRY).await;
             }
+        }
+    }
+}
+
+/// Closes handles the cache no longer needs (best effort: a handle that cannot be closed
+/// goes with its session).
+async fn close_all(inner: Arc<Inner>, epoch: Ballot, handles: Vec<HandleId>) {
+    for handle in handles {
+        let call = Call::Close {
+            session: inner.session,
+            handle,
+        };
+        if let Err(e) = inner
+            .conn
+            .call_in(Some(epoch), call, Duration::from_secs(5))
+            .await
+        {
+            debug!(handle = handle.0, error = %e, "closing a cached read handle failed");
         }
     }
 }
@@ -360,6 +391,7 @@ impl Client {
             cache: Cache::new(epoch),
             lock_waiters: HashMap::new(),
             read_handles: HashMap::new(),
+            to_close: Vec::new(),
             lease_ms,
         };
         let (status, _) = watch::channel(SessionStatus::Safe);
@@ -411,6 +443,19 @@ impl Client {
     #[must_use]
     pub fn conn(&self) -> &CellConn {
         &self.inner.conn
+    }
+
+    /// Runs `f` on the cache if the local lease still holds now (checked here, not only by
+    /// the KeepAlive task's timer, which a busy runtime may run late).
+    fn cached<T>(&self, f: impl FnOnce(&mut Cache) -> Option<T>) -> Option<T> {
+        let now = self.inner.now_ms();
+        let mut state = lock(&self.inner.state);
+        let t = state.clock.tick(now);
+        self.inner.transition(&mut state, t);
+        if state.clock.status() != SessionStatus::Safe {
+            return None;
+        }
+        f(&mut state.cache)
     }
 
     /// Waits while the session is in jeopardy; fails once it expired.
@@ -520,19 +565,24 @@ impl Client {
     /// # Errors
     /// `NotFound`, `IsADirectory`, `PermissionDenied`, or the session.
     pub async fn get(&self, path: &str) -> Result<(Arc<Vec<u8>>, Stat), ClientError> {
-        if let Some(hit) = lock(&self.inner.state).cache.contents(path) {
+        if let Some(hit) = self.cached(|c| c.contents(path)) {
             return Ok(hit);
         }
-        if lock(&self.inner.state).cache.stat(path) == Some(None) {
+        if self.cached(|c| c.stat(path)) == Some(None) {
             return Err(ClientError::Call(CallError::Refused(Refusal::NotFound)));
         }
         let session = self.session();
         for attempt in 0..2 {
-            let handle = self.read_handle(path).await?;
+            let (handle, instance) = self.read_handle(path).await?;
             match self
                 .call(Call::GetContentsAndStat { session, handle })
                 .await
             {
+                // The handle followed its file elsewhere (Rename gives a new instance):
+                // it no longer reads `path`.
+                Ok(Answer::Contents { stat, .. }) if stat.instance != instance && attempt == 0 => {
+                    self.close(handle).await;
+                }
                 Ok(Answer::Contents {
                     contents,
                     stat,
@@ -541,19 +591,27 @@ impl Client {
                     let contents = Arc::new(contents);
                     let keep = {
                         let mut state = lock(&self.inner.state);
-                        state.cache.install_contents(
+                        let installed = state.cache.install_contents(
                             path,
                             cache,
                             Arc::clone(&contents),
                             stat.clone(),
                         );
-                        !stat.ephemeral && state.read_handles.len() < CACHED_HANDLES_MAX
+                        let keep = installed
+                            && stat.instance == instance
+                            && !stat.ephemeral
+                            && state.read_handles.len() < CACHED_HANDLES_MAX;
+                        if keep {
+                            if let Some((old, _)) = state
+                                .read_handles
+                                .insert(path.to_owned(), (handle, instance))
+                            {
+                                state.to_close.push(old);
+                            }
+                        }
+                        keep
                     };
-                    if keep {
-                        lock(&self.inner.state)
-                            .read_handles
-                            .insert(path.to_owned(), handle);
-                    } else {
+                    if !keep {
                         self.close(handle).await;
                     }
                     return Ok((contents, stat));
@@ -575,11 +633,12 @@ impl Client {
     }
 
     /// A read handle for `path`: a cached one, or a new one.
-    async fn read_handle(&self, path: &str) -> Result<HandleId, ClientError> {
+    async fn read_handle(&self, path: &str) -> Result<(HandleId, InstanceNumber), ClientError> {
         if let Some(h) = lock(&self.inner.state).read_handles.remove(path) {
             return Ok(h);
         }
-        Ok(self.open(path, OpenOptions::read()).await?.handle)
+        let opened = self.open(path, OpenOptions::read()).await?;
+        Ok((opened.handle, opened.stat.instance))
     }
 
     /// The metadata of `path`, or `None` if there is no node there; from the cache when
@@ -588,7 +647,7 @@ impl Client {
     /// # Errors
     /// `NotFound` (no parent), `PermissionDenied`, or the session.
     pub async fn stat(&self, path: &str) -> Result<Option<Stat>, ClientError> {
-        if let Some(hit) = lock(&self.inner.state).cache.stat(path) {
+        if let Some(hit) = self.cached(|c| c.stat(path)) {
             return Ok(hit);
         }
         self.stat_fresh(path).await
@@ -631,10 +690,12 @@ impl Client {
         self.close(handle).await;
         match answer? {
             Answer::Dir { children, cache } => {
-                let names = children.iter().map(|(n, s)| (n.clone(), s.kind)).collect();
-                lock(&self.inner.state)
-                    .cache
-                    .install_listing(path, cache, Arc::new(names));
+                if cache.is_some() {
+                    let names = children.iter().map(|(n, s)| (n.clone(), s.kind)).collect();
+                    lock(&self.inner.state)
+                        .cache
+                        .install_listing(path, cache, Arc::new(names));
+                }
                 Ok(children)
             }
             other => Err(unexpected(&other)),
@@ -775,6 +836,7 @@ impl Client {
         mode: LockMode,
     ) -> Result<Sequencer, ClientError> {
         let (tx, mut rx) = oneshot::channel();
+        let mut events = self.subscribe();
         lock(&self.inner.state).lock_waiters.insert(handle, tx);
         let session = self.session();
         let answer = self
@@ -796,7 +858,6 @@ impl Client {
                 return Err(e);
             }
         }
-        let mut events = self.subscribe();
         loop {
             tokio::select! {
                 granted = &mut rx => {
@@ -809,10 +870,24 @@ impl Client {
                 ev = events.recv() => {
                     // A fail-over may have lost the grant's notice: ask.
                     if matches!(ev, Ok(ClientEvent::FailOver) | Err(broadcast::error::RecvError::Lagged(_))) {
-                        if let Ok(LockState::Held(seq)) = self.lock_state(handle).await {
-                            lock(&self.inner.state).lock_waiters.remove(&handle);
-                            return Ok(seq);
+                        match self.lock_state(handle).await {
+                            Ok(LockState::Waiting) => {}
+                            Ok(LockState::Held(seq)) => {
+                                lock(&self.inner.state).lock_waiters.remove(&handle);
+                                return Ok(seq);
+                            }
+                            Ok(LockState::None) => {
+                                lock(&self.inner.state).lock_waiters.remove(&handle);
+                                return Err(ClientError::Call(CallError::Refused(Refusal::NotHeld)));
+                            }
+                            Err(e) => {
+                                lock(&self.inner.state).lock_waiters.remove(&handle);
+                                return Err(e);
+                            }
                         }
+                    }
+                    if matches!(ev, Err(broadcast::error::RecvError::Closed)) {
+                        return Err(expired());
                     }
                 }
             }

@@ -57,9 +57,10 @@ impl Db {
             }
             Op::Delete { session, handle } => {
                 if let Some(h) = self.sessions.handle_of(*session, *handle) {
-                    out.push(Arc::clone(&h.path));
                     if let Some(dir) = parent_of(&h.path) {
-                        self.push_reap_chain(dir, &mut out);
+                        out.push(Arc::clone(&h.path));
+                        out.push(Arc::from(dir));
+                        self.push_reap_chain(dir, None, &mut out);
                     }
                 }
             }
@@ -67,20 +68,23 @@ impl Db {
                 for p in [from.as_str(), to.as_str()] {
                     if let Some(dir) = parent_of(p) {
                         out.push(Arc::from(p));
-                        self.push_reap_chain(dir, &mut out);
+                        out.push(Arc::from(dir));
                     }
+                }
+                if let Some(dir) = parent_of(from) {
+                    self.push_reap_chain(dir, None, &mut out);
                 }
             }
             Op::Close { session, handle } => {
                 if let Some(h) = self.sessions.handle_of(*session, *handle) {
-                    self.push_reap_chain(&h.path, &mut out);
+                    self.push_reap_chain(&h.path, Some(h.instance), &mut out);
                 }
             }
             Op::CloseSession { session } | Op::ExpireSession { session } => {
                 if let Some(s) = self.sessions.session(*session) {
                     for id in &s.handles {
                         if let Some(h) = self.sessions.handle(*id) {
-                            self.push_reap_chain(&h.path, &mut out);
+                            self.push_reap_chain(&h.path, Some(h.instance), &mut out);
                         }
                     }
                 }
@@ -99,17 +103,28 @@ impl Db {
         out
     }
 
-    /// `path` itself if it may be deleted as an unused ephemeral node, and then each
-    /// ancestor that may follow it; always the parent of the last one (its listing).
-    fn push_reap_chain(&self, path: &str, out: &mut Vec<Arc<str>>) {
+    /// What deleting the node at `path` as an unused ephemeral node would change, and
+    /// then its ancestors likewise: each such node and its parent's listing. Nothing if
+    /// the node is not ephemeral (or, with `instance`, is another instance).
+    fn push_reap_chain(
+        &self,
+        path: &str,
+        instance: Option<InstanceNumber>,
+        out: &mut Vec<Arc<str>>,
+    ) {
         let mut path = path;
-        out.push(Arc::from(path));
-        while let Some(node) = self.ns.get(path) {
-            if !node.ephemeral || path == "/" {
+        let mut node = match instance {
+            Some(i) => self.ns.get_instance(path, i),
+            None => self.ns.get(path),
+        };
+        while let Some(n) = node {
+            if !n.ephemeral || path == "/" {
                 return;
             }
+            out.push(Arc::from(path));
             path = parent(path);
             out.push(Arc::from(path));
+            node = self.ns.get(path);
         }
     }
 

@@ -213,18 +213,66 @@ impl Master {
     }
 
     /// Refuses calls on a session this master does not serve (never created, ended, or
-    /// being ended); otherwise notes the call (it is not idle).
+    /// being ended); otherwise notes the call unless it is a KeepAlive (a session that only
+    /// keeps itself alive is idle).
     ///
     /// # Errors
     /// `SessionExpired`.
-    pub fn check_session(&mut self, id: SessionId, now: Instant) -> Result<(), Refusal> {
+    pub fn check_session(
+        &mut self,
+        id: SessionId,
+        now: Instant,
+        keepalive: bool,
+    ) -> Result<(), Refusal> {
         match self.sessions.get_mut(&id) {
             Some(live) if !live.ending => {
-                live.last_call = now;
+                if !keepalive {
+                    live.last_call = now;
+                }
                 Ok(())
             }
             _ => Err(Refusal::SessionExpired),
         }
+    }
+
+    /// The ExpireSession or CloseSession this master proposed for `id` was not proposed
+    /// after all (the log's queue was full): the next tick decides again.
+    pub fn end_failed(&mut self, id: SessionId) {
+        if let Some(live) = self.sessions.get_mut(&id) {
+            live.ending = false;
+        }
+    }
+
+    /// A write applied: any path it changed that was not announced at its gate (a
+    /// misprediction) is invalidated now, late, and logged by the caller. Returns those
+    /// paths. `request` is `None` for a command this master did not gate.
+    pub fn late_invalidations(
+        &mut self,
+        request: Option<u64>,
+        changed: &[Arc<str>],
+        now: Instant,
+        out: &mut Vec<MasterAction>,
+    ) -> Vec<Arc<str>> {
+        let announced = request.and_then(|r| self.writes.get(&r));
+        let missed: Vec<Arc<str>> = changed
+            .iter()
+            .filter(|p| announced.is_none_or(|a| !a.contains(p)))
+            .filter(|p| self.cachers.contains_key(*p))
+            .cloned()
+            .collect();
+        let mut per_session: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
+        for path in &missed {
+            for s in self.cachers.remove(path).unwrap_or_default() {
+                if let Some(live) = self.sessions.get_mut(&s) {
+                    live.caching = live.caching.saturating_sub(1);
+                }
+                per_session.entry(s).or_default().push(path.to_string());
+            }
+        }
+        for (s, paths) in per_session {
+            self.notify(s, Notice::Invalidate { paths }, now, out);
+        }
+        missed
     }
 
     /// A KeepAlive: acknowledges notices up to `acked` and parks under `token` (any older
@@ -448,7 +496,11 @@ impl Master {
             if live.ending {
                 continue;
             }
-            if live.lease_until <= now {
+            if live.parked.is_some() && now.plus_ms(before) >= live.lease_until {
+                // Answered even if the lease ran out meanwhile (a stalled loop): the client
+                // is alive and asking, and a longer lease is always safe.
+                due.push(*id);
+            } else if live.lease_until <= now {
                 ended.push(*id);
             } else if live.parked.is_some() && now.plus_ms(before) >= live.lease_until {
                 due.push(*id);

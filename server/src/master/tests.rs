@@ -76,7 +76,7 @@ fn an_unrenewed_lease_expires_the_session() {
     m.tick(Instant(LEASE), |_| true, &mut out);
     assert_eq!(out, vec![MasterAction::Expire { session: s }]);
     assert_eq!(
-        m.check_session(s, Instant(LEASE)),
+        m.check_session(s, Instant(LEASE), false),
         Err(Refusal::SessionExpired)
     );
     out.clear();
@@ -255,4 +255,98 @@ fn events_follow_masks_and_grants_reach_waiters() {
         "{:?}",
         m.sessions[&s2].outbox
     );
+}
+
+/// A stalled loop must not expire a session whose KeepAlive is waiting: it is answered.
+#[test]
+fn a_parked_keepalive_is_answered_not_expired_after_a_stall() {
+    let h = Harness::new();
+    let mut m = master(&h);
+    let s = SessionId(1);
+    m.session_created(s, Instant(0));
+    let mut out = Vec::new();
+    m.keepalive(s, 0, 9, Instant(1), &mut out);
+    m.tick(Instant(LEASE + 500), |_| true, &mut out);
+    assert_eq!(replies(&out).len(), 1, "{out:?}");
+    assert!(!out.contains(&MasterAction::Expire { session: s }));
+    assert!(m.check_session(s, Instant(LEASE + 501), true).is_ok());
+}
+
+/// A path a write changed without announcing it is invalidated late (the safety net).
+#[test]
+fn unannounced_changes_are_invalidated_late() {
+    let h = Harness::new();
+    let mut m = master(&h);
+    let (a, b) = (SessionId(1), SessionId(2));
+    m.session_created(a, Instant(0));
+    m.session_created(b, Instant(0));
+    m.served_read(b, "/x").unwrap();
+    m.served_read(b, "/y").unwrap();
+    let mut out = Vec::new();
+    assert!(m.gate_write(5, path("/z"), Instant(1), &mut out));
+    let changed: Vec<Arc<str>> = vec![Arc::from("/x"), Arc::from("/z")];
+    let missed = m.late_invalidations(Some(5), &changed, Instant(2), &mut out);
+    assert_eq!(missed, vec![Arc::<str>::from("/x")]);
+    let notices: Vec<_> = m.sessions[&b]
+        .outbox
+        .iter()
+        .map(|n| n.notice.clone())
+        .collect();
+    assert_eq!(
+        notices,
+        vec![Notice::Invalidate {
+            paths: vec!["/x".into()]
+        }]
+    );
+    assert!(
+        m.served_read(a, "/y").is_some(),
+        "untouched paths stay cached"
+    );
+}
+
+/// Closing a handle of an ordinary file touches nothing; of an ephemeral file in an
+/// ephemeral directory, the file, the directory and the directory's parent.
+#[test]
+fn touched_paths_of_close_follow_the_reap_chain() {
+    let mut h = Harness::new();
+    let s = h.session("admin");
+    let plain = h.file(s, "/f");
+    assert!(h
+        .db
+        .touched_paths(
+            &Op::Close {
+                session: s,
+                handle: plain
+            },
+            |_| false
+        )
+        .is_empty());
+    let dir = h
+        .open_with(s, "/e", |a| {
+            a.kind = chubby_protocol::NodeKind::Directory;
+            a.ephemeral = true;
+        })
+        .unwrap();
+    let file = h.open_with(s, "/e/f", |a| a.ephemeral = true).unwrap();
+    let touched = h.db.touched_paths(
+        &Op::Close {
+            session: s,
+            handle: file,
+        },
+        |_| false,
+    );
+    let want: Vec<Arc<str>> = ["/", "/e", "/e/f"].into_iter().map(Arc::from).collect();
+    assert_eq!(touched, want);
+    let ended =
+        h.db.touched_paths(&Op::ExpireSession { session: s }, |_| false);
+    assert_eq!(ended, want, "the session's handles {dir:?} and {file:?}");
+    // An Open that would create inside a path written meanwhile is assumed to create.
+    let open = Harness::open_op(
+        s,
+        "/f",
+        chubby_protocol::OpenMode::READ,
+        chubby_protocol::Creation::IfMissing,
+    );
+    assert!(h.db.touched_paths(&open, |_| false).is_empty());
+    assert_eq!(h.db.touched_paths(&open, |p| p == "/f").len(), 2);
 }

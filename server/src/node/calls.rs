@@ -23,12 +23,21 @@ pub(super) struct Gated {
     pub what: &'static str,
 }
 
-/// Calls parked at the master: KeepAlives by token, gated writes by request.
+/// A write this master gated or proposed that is not yet applied.
+pub(super) struct Flying {
+    pub session: Option<SessionId>,
+    pub rename: bool,
+}
+
+/// Calls parked at the master: KeepAlives by token, gated writes by request, writes held
+/// behind earlier ones, and the writes in flight.
 #[derive(Default)]
 pub(super) struct Parked {
     pub keepalives: BTreeMap<u64, oneshot::Sender<Reply>>,
     pub next_token: u64,
     pub gated: BTreeMap<u64, Gated>,
+    pub held: Vec<Gated>,
+    pub flying: BTreeMap<u64, Flying>,
 }
 
 impl Core {
@@ -103,7 +112,8 @@ impl Core {
     ) -> Option<(Result<Answer, CallError>, oneshot::Sender<Reply>)> {
         let now = self.now();
         if let Some(session) = session_of(&call) {
-            if let Err(e) = self.check_session(principal, session, now) {
+            let keepalive = matches!(call, Call::KeepAlive { .. });
+            if let Err(e) = self.check_session(principal, session, now, keepalive) {
                 return Some((Err(e), reply));
             }
         }
@@ -270,6 +280,7 @@ impl Core {
         principal: &str,
         session: SessionId,
         now: Instant,
+        keepalive: bool,
     ) -> Result<(), CallError> {
         match self.db.session(session) {
             None => return Err(CallError::Refused(Refusal::SessionExpired)),
@@ -279,7 +290,9 @@ impl Core {
             Some(_) => {}
         }
         match &mut self.master {
-            Some(m) => m.check_session(session, now).map_err(CallError::Refused),
+            Some(m) => m
+                .check_session(session, now, keepalive)
+                .map_err(CallError::Refused),
             None => Err(CallError::Unavailable("not serving".into())),
         }
     }
@@ -292,6 +305,14 @@ impl Core {
         reply: Option<oneshot::Sender<Reply>>,
         what: &'static str,
     ) {
+        if self.must_wait(&op) {
+            debug!(
+                what,
+                "write waits for an earlier write that changes what it touches"
+            );
+            self.parked.held.push(Gated { op, reply, what });
+            return;
+        }
         let request = self.next_request;
         self.next_request += 1;
         let now = self.now();
@@ -303,6 +324,13 @@ impl Core {
             }
             None => true,
         };
+        self.parked.flying.insert(
+            request,
+            Flying {
+                session: op_session(&op),
+                rename: matches!(op, Op::Rename { .. }),
+            },
+        );
         if open {
             self.propose_as(request, op, reply, what);
         } else {
@@ -310,6 +338,40 @@ impl Core {
             self.parked.gated.insert(request, Gated { op, reply, what });
         }
         self.master_actions(acts);
+    }
+
+    /// True if `op`'s touched paths cannot be predicted until earlier writes are applied:
+    /// a Rename in flight moves handles (so a handle's path may change), and a session's
+    /// own writes in flight may give it handles its end must account for.
+    fn must_wait(&self, op: &Op) -> bool {
+        let renaming = self.parked.flying.values().any(|f| f.rename);
+        match op {
+            Op::SetContents { .. } | Op::SetAcl { .. } | Op::Delete { .. } | Op::Close { .. } => {
+                renaming
+            }
+            Op::CloseSession { session } | Op::ExpireSession { session } => {
+                renaming
+                    || self
+                        .parked
+                        .flying
+                        .values()
+                        .any(|f| f.session == Some(*session))
+            }
+            _ => false,
+        }
+    }
+
+    /// Write `request` was applied or will never be: its paths may be cached again, and
+    /// writes held behind it are looked at again.
+    pub(super) fn write_done(&mut self, request: u64) {
+        if let Some(m) = &mut self.master {
+            m.write_applied(request);
+        }
+        if self.parked.flying.remove(&request).is_some() && !self.parked.held.is_empty() {
+            for g in std::mem::take(&mut self.parked.held) {
+                self.write(g.op, g.reply, g.what);
+            }
+        }
     }
 
     fn propose_as(
@@ -378,6 +440,11 @@ impl Core {
     /// The master's periodic work: due KeepAlives, ended leases, idle sessions.
     pub(super) fn master_tick(&mut self) {
         let now = self.now();
+        if self.replica.lease_until(now).is_none() {
+            // No lease, no promises: nothing is answered or expired until it is back (or
+            // mastership is lost and this state dropped).
+            return;
+        }
         let mut acts = Vec::new();
         if let Some(m) = &mut self.master {
             let db = &self.db;
@@ -402,7 +469,12 @@ impl Core {
                 master: hint.clone(),
             }));
         }
-        for (_, g) in std::mem::take(&mut self.parked.gated) {
+        self.parked.flying.clear();
+        let held = std::mem::take(&mut self.parked.held);
+        for g in std::mem::take(&mut self.parked.gated)
+            .into_values()
+            .chain(held)
+        {
             if let Some(tx) = g.reply {
                 let _ = tx.send(Reply::Err(CallError::NotMaster {
                     master: hint.clone(),
@@ -421,6 +493,25 @@ impl Core {
             "sessions restored: each has a new lease and a fail-over notice"
         );
         self.master = Some(master);
+    }
+}
+
+/// The session a database operation acts for, if any.
+fn op_session(op: &Op) -> Option<SessionId> {
+    match op {
+        Op::Open(args) => Some(args.session),
+        Op::CloseSession { session }
+        | Op::ExpireSession { session }
+        | Op::Close { session, .. }
+        | Op::SetContents { session, .. }
+        | Op::Delete { session, .. }
+        | Op::SetAcl { session, .. }
+        | Op::Acquire { session, .. }
+        | Op::TryAcquire { session, .. }
+        | Op::Release { session, .. }
+        | Op::SetSequencer { session, .. }
+        | Op::Rename { session, .. } => Some(*session),
+        Op::NewEpoch | Op::CreateSession { .. } | Op::Noop | Op::Checksum => None,
     }
 }
 

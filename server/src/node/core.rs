@@ -474,14 +474,24 @@ impl Core {
         let applied = self.db.apply(slot, &cmd);
         let now = self.now();
         let mut acts = Vec::new();
+        let own = (origin == self.origin).then_some(request);
         if let Some(master) = &mut self.master {
-            if origin == self.origin {
-                master.write_applied(request);
+            let changed = changed_paths(&applied.changes);
+            let missed = master.late_invalidations(own, &changed, now, &mut acts);
+            if !missed.is_empty() {
+                error!(
+                    what = op_name,
+                    ?missed,
+                    "a write changed cached paths it did not announce: invalidated late"
+                );
             }
             if let Ok(Outcome::SessionCreated { session }) = &applied.result {
                 master.session_created(*session, now);
             }
             master.applied(&cmd.op, &applied.changes, &self.db, now, &mut acts);
+        }
+        if let Some(request) = own {
+            self.write_done(request);
         }
         self.master_actions(acts);
         match (&cmd.op, &applied.result) {
@@ -545,7 +555,9 @@ impl Core {
 
     fn rejected(&mut self, command: &[u8], reason: &Rejection) {
         let Ok(Entry::Db {
-            origin, request, ..
+            origin,
+            request,
+            cmd,
         }) = Entry::decode(command)
         else {
             return;
@@ -553,9 +565,12 @@ impl Core {
         if origin != self.origin {
             return;
         }
-        if let Some(master) = &mut self.master {
-            master.write_applied(request);
+        if let (Some(master), Op::ExpireSession { session } | Op::CloseSession { session }) =
+            (&mut self.master, &cmd.op)
+        {
+            master.end_failed(*session);
         }
+        self.write_done(request);
         if let Some(p) = self.pending.remove(&request) {
             let Some(reply) = p.reply else {
                 return;
@@ -800,6 +815,27 @@ impl Core {
             sessions: self.db.sessions().count() as u64,
         }
     }
+}
+
+/// Every path whose cached state a command's changes altered.
+fn changed_paths(changes: &[crate::db::Change]) -> Vec<std::sync::Arc<str>> {
+    use crate::db::Change;
+    let mut out = Vec::new();
+    for c in changes {
+        match c {
+            Change::Created { path, .. }
+            | Change::ContentsChanged { path, .. }
+            | Change::AclChanged { path, .. }
+            | Change::Deleted { path, .. } => out.push(std::sync::Arc::clone(path)),
+            Change::Renamed { from, to, .. } => {
+                out.push(std::sync::Arc::clone(from));
+                out.push(std::sync::Arc::clone(to));
+            }
+            Change::ChildrenChanged { dir } => out.push(std::sync::Arc::clone(dir)),
+            _ => {}
+        }
+    }
+    out
 }
 
 impl Core {
