@@ -19,6 +19,10 @@ use tokio::time::Instant;
 
 /// How long one request may take on one replica before it counts as unreachable.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A replica that just failed a request is not tried again, even when another names it as
+/// master, for this long (replicas keep naming a dead master until they elect a new one;
+/// following them back costs a connection timeout each time).
+pub const SUSPECT_FOR: Duration = Duration::from_secs(3);
 /// How long [`CellConn::call`] keeps looking for a master that can serve.
 pub const FIND_MASTER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -63,6 +67,8 @@ struct ReplicaSlot {
     addr: SocketAddr,
     server_name: String,
     conn: Option<quinn::Connection>,
+    /// When a request to it last failed (unreachable, or lost after sending).
+    failed_at: Option<Instant>,
 }
 
 /// Connections to the replicas of one cell.
@@ -162,22 +168,30 @@ impl CellConn {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         let mut next = 0usize;
-        let count = lock(&self.replicas).len();
         loop {
-            let target = (*lock(&self.master)).unwrap_or(next % count.max(1));
+            let cached = *lock(&self.master);
+            let target = match cached {
+                Some(m) => m,
+                None => self.pick(next),
+            };
             let failure = match self.call_replica(target, &request, reply_timeout).await {
                 Ok(Reply::Ok(answer)) => {
                     *lock(&self.master) = Some(target);
+                    self.set_failed(target, None);
                     return Ok(answer);
                 }
                 Ok(Reply::Err(CallError::NotMaster { master: Some(hint) })) => {
                     let index = self.index_of(&hint.addr)?;
-                    if index != target {
+                    if index != target && !self.suspect(index) {
                         *lock(&self.master) = Some(index);
                         continue;
                     }
                     *lock(&self.master) = None;
-                    format!("{} says it is not the master", hint.addr)
+                    format!(
+                        "{} names {} as master, which is not serving",
+                        target_name(self, target),
+                        hint.addr
+                    )
                 }
                 Ok(Reply::Err(e @ (CallError::NotMaster { .. } | CallError::Unavailable(_)))) => {
                     *lock(&self.master) = None;
@@ -186,9 +200,16 @@ impl CellConn {
                 Ok(Reply::Err(e)) => return Err(ClientError::Call(e)),
                 Err(e @ ClientError::Unreachable { .. }) => {
                     *lock(&self.master) = None;
+                    self.set_failed(target, Some(Instant::now()));
                     e.to_string()
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if matches!(e, ClientError::Lost { .. }) {
+                        *lock(&self.master) = None;
+                        self.set_failed(target, Some(Instant::now()));
+                    }
+                    return Err(e);
+                }
             };
             next = target + 1;
             if started.elapsed() >= FIND_MASTER_TIMEOUT {
@@ -199,6 +220,29 @@ impl CellConn {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The first replica from `next` on (cyclically) that has not failed recently, or
+    /// `next`'s if all have.
+    fn pick(&self, next: usize) -> usize {
+        let count = lock(&self.replicas).len().max(1);
+        (0..count)
+            .map(|i| (next + i) % count)
+            .find(|i| !self.suspect(*i))
+            .unwrap_or(next % count)
+    }
+
+    fn suspect(&self, index: usize) -> bool {
+        lock(&self.replicas)
+            .get(index)
+            .and_then(|r| r.failed_at)
+            .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
+    }
+
+    fn set_failed(&self, index: usize, at: Option<Instant>) {
+        if let Some(r) = lock(&self.replicas).get_mut(index) {
+            r.failed_at = at;
         }
     }
 
@@ -318,6 +362,12 @@ impl CellConn {
     }
 }
 
+fn target_name(conn: &CellConn, index: usize) -> String {
+    lock(&conn.replicas)
+        .get(index)
+        .map_or_else(|| format!("replica #{index}"), |r| r.endpoint.clone())
+}
+
 /// Turns a connection error into words an operator can act on; a refused certificate
 /// surfaces here, on the first request (DESIGN §1a). TLS alerts travel as QUIC crypto
 /// errors (`0x100 + alert`): a close from the replica means it refused us, a local
@@ -384,6 +434,7 @@ fn resolve(endpoint: &str) -> Result<ReplicaSlot, ClientError> {
         addr,
         server_name: host.to_owned(),
         conn: None,
+        failed_at: None,
     })
 }
 
