@@ -2,8 +2,9 @@
 //! (issue 5's acceptance): `watch` sees another client's `put`; `lock --nonblock` fails
 //! with its own exit code while another `lock` holds; a `kill -9`ed holder frees the lock
 //! after its lease plus lock-delay and not before; a client stopped past its lease and
-//! grace loses the lock and its command is stopped; a session survives `kill -9` of the
-//! master with its lock held and sees the fail-over event. Every process a test starts is
+//! grace loses the lock and its command is stopped, and a stopped library client loses its
+//! ephemeral file and lock and learns it expired; a session survives `kill -9` of the master
+//! with its lock held and sees the fail-over event. Every process a test starts is
 //! killed when the test ends, pass or fail.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
@@ -39,7 +40,10 @@ impl Drop for Proc {
         let _ = self.child.wait();
         for f in &self.pid_files {
             if let Ok(pid) = std::fs::read_to_string(f) {
-                let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", pid.trim()])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }
@@ -321,4 +325,73 @@ fn the_session_and_its_lock_survive_kill_9_of_the_master() {
         client.shutdown().await;
         conn.close().await;
     });
+}
+
+#[test]
+fn a_client_stopped_past_its_grace_loses_its_ephemeral_files_and_locks() {
+    let cell = RealCell::start_tuned(3, "session_lease_ms = 1500");
+    runtime().block_on(async {
+        let conn = cell.connect();
+        cell.wait_master(&conn, ELECTION).await;
+        conn.close().await;
+    });
+    let mut h = Proc {
+        child: Command::new(binary("session-holder"))
+            .args([
+                cell.cell_file().to_str().unwrap(),
+                "/presence",
+                "/leader",
+                "1000",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        pid_files: Vec::new(),
+    };
+    let mut out = BufReader::new(h.child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "holding");
+    let stat = |path: &str| chubby(&cell).args(["stat", path]).output().unwrap();
+    assert!(
+        stat("/presence").status.success(),
+        "ephemeral file present while held"
+    );
+    let held = chubby(&cell)
+        .args(["lock", "--nonblock", "/leader", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(held.status.code(), Some(75));
+    assert!(Command::new("kill")
+        .args(["-STOP", &h.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // The master expires the stopped session after its lease: the ephemeral file goes, and
+    // the lock frees after its lock-delay (waited for, not polled).
+    let out_lock = chubby(&cell)
+        .args(["lock", "--timeout", "30s", "/leader", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out_lock.status.success(), "lock never freed: {out_lock:?}");
+    let gone = stat("/presence");
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "ephemeral file outlived its session: {gone:?}"
+    );
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no such node"));
+    assert!(Command::new("kill")
+        .args(["-CONT", &h.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "expired",
+        "the client learns it lost everything"
+    );
+    assert_eq!(h.child.wait().unwrap().code(), Some(3));
 }

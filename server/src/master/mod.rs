@@ -457,7 +457,14 @@ impl Master {
         }
         let live = self.sessions.get_mut(&id).filter(|l| !l.ending)?;
         let seq = live.last_seq;
-        if self.cachers.entry(Arc::from(path)).or_default().insert(id) {
+        let added = match self.cachers.get_mut(path) {
+            Some(set) => set.insert(id),
+            None => self
+                .cachers
+                .insert(Arc::from(path), std::iter::once(id).collect())
+                .is_none(),
+        };
+        if added {
             live.caching += 1;
         }
         Some(CacheToken {
