@@ -223,16 +223,22 @@ impl Inner {
         let _ = self.status.send(state.clock.status());
     }
 
-    /// A call carried an old epoch: a new master took over.
-    fn new_epoch(&self, current: Ballot) {
-        let mut state = lock(&self.state);
-        // Epochs only grow: a late answer from an older master must not move us back.
-        if current > state.epoch {
-            info!(session = self.session.0, epoch = %current, "new master epoch: cache flushed");
-            state.epoch = current;
-            state.acked = 0;
-            state.cache.flush(current);
+    /// A call carried an old epoch: a new master took over. If `current` is not newer than
+    /// ours it is ignored (epochs only grow: a late answer from an older master must not
+    /// move us back) after a short pause, so a deposed master still answering is not
+    /// hammered.
+    async fn new_epoch(&self, current: Ballot) {
+        {
+            let mut state = lock(&self.state);
+            if current > state.epoch {
+                info!(session = self.session.0, epoch = %current, "new master epoch: cache flushed");
+                state.epoch = current;
+                state.acked = 0;
+                state.cache.flush(current);
+                return;
+            }
         }
+        tokio::time::sleep(KEEPALIVE_RETRY).await;
     }
 
     /// Applies one KeepAlive reply's notices, in order, skipping those already seen.
@@ -335,7 +341,9 @@ async fn keepalive_loop(inner: Arc<Inner>) {
                 }
             }
             Ok(other) => warn!(?other, "unexpected answer to a KeepAlive"),
-            Err(ClientError::Call(CallError::WrongEpoch { current })) => inner.new_epoch(current),
+            Err(ClientError::Call(CallError::WrongEpoch { current })) => {
+                inner.new_epoch(current).await;
+            }
             Err(ClientError::Call(CallError::Refused(Refusal::SessionExpired))) => {
                 let mut state = lock(&inner.state);
                 let t = state.clock.ended();
@@ -492,7 +500,7 @@ impl Client {
                 .await
             {
                 Err(ClientError::Call(CallError::WrongEpoch { current })) => {
-                    self.inner.new_epoch(current);
+                    self.inner.new_epoch(current).await;
                 }
                 Err(ClientError::Call(CallError::Refused(Refusal::SessionExpired))) => {
                     let mut state = lock(&self.inner.state);
