@@ -1,7 +1,8 @@
 //! The client's consistent cache (Chubby §2.7; DESIGN §6), pure: no I/O, no clock.
 //!
-//! It holds, per path: the file's contents with its metadata, the node's metadata or its
-//! absence, and a directory's listing (names and kinds). Everything enters through an
+//! It holds, per path: the file's contents with its metadata, and the node's metadata or its
+//! absence. (Directory listings are not cached: the master gives them no token.) Everything
+//! enters through an
 //! `install_*` call carrying the master's [`CacheToken`], and leaves through
 //! [`Cache::invalidate`] (a notice from the master), [`Cache::flush`] (fail-over, a new
 //! epoch) or [`Cache::disable`] (jeopardy).
@@ -19,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chubby_protocol::{Ballot, CacheToken, NodeKind, Stat};
+use chubby_protocol::{Ballot, CacheToken, Stat};
 
 /// What is cached about one path.
 #[derive(Clone, Debug, Default)]
@@ -27,12 +28,11 @@ struct Entry {
     contents: Option<(Arc<Vec<u8>>, Stat)>,
     /// `Some(None)`: the path is known absent.
     stat: Option<Option<Stat>>,
-    listing: Option<Arc<Vec<(String, NodeKind)>>>,
 }
 
 impl Entry {
     fn is_empty(&self) -> bool {
-        self.contents.is_none() && self.stat.is_none() && self.listing.is_none()
+        self.contents.is_none() && self.stat.is_none()
     }
 }
 
@@ -132,21 +132,8 @@ impl Cache {
         if let Some(e) = self.entry(path, token) {
             if stat.is_none() {
                 e.contents = None;
-                e.listing = None;
             }
             e.stat = Some(stat);
-        }
-    }
-
-    /// Installs a directory's listing.
-    pub fn install_listing(
-        &mut self,
-        path: &str,
-        token: Option<CacheToken>,
-        listing: Arc<Vec<(String, NodeKind)>>,
-    ) {
-        if let Some(e) = self.entry(path, token) {
-            e.listing = Some(listing);
         }
     }
 
@@ -167,17 +154,6 @@ impl Cache {
             .entries
             .get(path)
             .and_then(|e| e.stat.clone())
-            .filter(|_| self.enabled);
-        self.count(hit.is_some());
-        hit
-    }
-
-    /// Cached listing of directory `path`.
-    pub fn listing(&mut self, path: &str) -> Option<Arc<Vec<(String, NodeKind)>>> {
-        let hit = self
-            .entries
-            .get(path)
-            .and_then(|e| e.listing.clone())
             .filter(|_| self.enabled);
         self.count(hit.is_some());
         hit
@@ -227,7 +203,9 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chubby_protocol::{AclNames, ContentChecksum, Generation, InstanceNumber, Instant, NodeId};
+    use chubby_protocol::{
+        AclNames, ContentChecksum, Generation, InstanceNumber, Instant, NodeId, NodeKind,
+    };
 
     const E1: Ballot = Ballot {
         round: 1,

@@ -697,15 +697,8 @@ impl Client {
         let answer = self.call(Call::ReadDir { session, handle }).await;
         self.close(handle).await;
         match answer? {
-            Answer::Dir { children, cache } => {
-                if cache.is_some() {
-                    let names = children.iter().map(|(n, s)| (n.clone(), s.kind)).collect();
-                    lock(&self.inner.state)
-                        .cache
-                        .install_listing(path, cache, Arc::new(names));
-                }
-                Ok(children)
-            }
+            // Listings are not cached (see crate::cache).
+            Answer::Dir { children, .. } => Ok(children),
             other => Err(unexpected(&other)),
         }
     }
@@ -749,10 +742,7 @@ impl Client {
             contents,
             expected,
         };
-        match self.call(call).await? {
-            Answer::Written { stat } => Ok(stat),
-            other => Err(unexpected(&other)),
-        }
+        written(self.call(call).await?)
     }
 
     /// Creates directory `path`.
@@ -794,10 +784,7 @@ impl Client {
             from: from.to_owned(),
             to: to.to_owned(),
         };
-        match self.call(call).await? {
-            Answer::Written { stat } => Ok(stat),
-            other => Err(unexpected(&other)),
-        }
+        written(self.call(call).await?)
     }
 
     /// Replaces the ACL names of `path`.
@@ -826,10 +813,7 @@ impl Client {
         };
         let r = self.call(call).await;
         self.close(handle).await;
-        match r? {
-            Answer::Written { stat } => Ok(stat),
-            other => Err(unexpected(&other)),
-        }
+        written(r?)
     }
 
     /// Takes the lock of the handle's node, waiting as long as it takes (or until the
@@ -984,6 +968,14 @@ impl Drop for Client {
 
 fn expired() -> ClientError {
     ClientError::Call(CallError::Refused(Refusal::SessionExpired))
+}
+
+/// The metadata a write answered with.
+fn written(answer: Answer) -> Result<Stat, ClientError> {
+    match answer {
+        Answer::Written { stat } => Ok(stat),
+        other => Err(unexpected(&other)),
+    }
 }
 
 fn unexpected(answer: &Answer) -> ClientError {

@@ -414,15 +414,11 @@ fn free_port_range(count: usize) -> u16 {
 /// On a lost acknowledged write, a present failed one, or a read that fails.
 pub async fn check_outcomes(
     writer: &FileWriter,
-    conn: &CellConn,
     outcomes: &std::collections::BTreeMap<u64, WriteOutcome>,
 ) -> (usize, usize) {
     let (mut acked, mut unknown) = (0, 0);
     for (i, outcome) in outcomes {
-        let got = writer
-            .read(conn, &writer.path_of(*i))
-            .await
-            .expect("read back");
+        let got = writer.read(&writer.path_of(*i)).await.expect("read back");
         match outcome {
             WriteOutcome::Acked => {
                 acked += 1;
@@ -506,7 +502,7 @@ impl FileWriter {
     }
 
     /// Write number `i`: creates its file with its contents (the handle stays open).
-    pub async fn write(&self, _conn: &CellConn, i: u64) -> WriteOutcome {
+    pub async fn write(&self, i: u64) -> WriteOutcome {
         let mut o = OpenOptions::write();
         o.creation = Creation::Must;
         o.contents = Self::contents_of(i);
@@ -524,7 +520,7 @@ impl FileWriter {
     ///
     /// # Errors
     /// The cell's answer, other than "not found".
-    pub async fn read(&self, _conn: &CellConn, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
+    pub async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
         match self.client.get(path).await {
             Ok((contents, _)) => Ok(Some(contents.as_ref().clone())),
             Err(ClientError::Call(chubby_protocol::client_msg::CallError::Refused(

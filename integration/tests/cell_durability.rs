@@ -160,11 +160,7 @@ fn an_acceptor_syncs_before_its_reply_leaves() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for i in 0..20 {
-            assert_eq!(
-                writer.write(&conn, i).await,
-                WriteOutcome::Acked,
-                "write {i}"
-            );
+            assert_eq!(writer.write(i).await, WriteOutcome::Acked, "write {i}");
         }
         // The traced follower is slowed down: let it process every Accept before detaching.
         cell.wait_caught_up(&conn, master, CONVERGE).await;

@@ -88,13 +88,13 @@ fn a_running_cell_grows_to_five_and_shrinks_to_three_under_writes() {
         let outcomes = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let gaps = Arc::new(std::sync::Mutex::new(Duration::ZERO));
         let load = {
-            let (conn, writer, outcomes, gaps, stop) =
-                (conn.clone(), writer.clone(), outcomes.clone(), gaps.clone(), stop_rx.clone());
+            let (writer, outcomes, gaps, stop) =
+                (writer.clone(), outcomes.clone(), gaps.clone(), stop_rx.clone());
             tokio::spawn(async move {
                 let mut last_ack = tokio::time::Instant::now();
                 let mut i = 0u64;
                 while !*stop.borrow() {
-                    let outcome = writer.write(&conn, i).await;
+                    let outcome = writer.write(i).await;
                     if outcome == WriteOutcome::Acked {
                         let gap = last_ack.elapsed();
                         let mut g = gaps.lock().unwrap();
@@ -182,7 +182,7 @@ fn a_running_cell_grows_to_five_and_shrinks_to_three_under_writes() {
             cell.kill9(id);
         }
         let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
-        let (acked, unknown) = check_outcomes(&writer, &conn, &outcomes).await;
+        let (acked, unknown) = check_outcomes(&writer, &outcomes).await;
         let fresh = cell.connect();
         let slot = cell.wait_converged(&fresh, &remaining, Slot(1), CONVERGE).await;
         fresh.close().await;

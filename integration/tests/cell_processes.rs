@@ -23,18 +23,14 @@ fn elect_and_replicate(replicas: usize, writes: u64) {
         let master = cell.wait_master(&conn, ELECTION).await;
         let writer = FileWriter::new(&conn, "/r").await.unwrap();
         for i in 0..writes {
-            assert_eq!(
-                writer.write(&conn, i).await,
-                WriteOutcome::Acked,
-                "write {i}"
-            );
+            assert_eq!(writer.write(i).await, WriteOutcome::Acked, "write {i}");
         }
         let ids: Vec<usize> = (1..=replicas).collect();
         let slot = cell
             .wait_converged(&conn, &ids, Slot(writes), CONVERGE)
             .await;
         for i in 0..writes {
-            let got = writer.read(&conn, &writer.path_of(i)).await.unwrap();
+            let got = writer.read(&writer.path_of(i)).await.unwrap();
             assert_eq!(got, Some(FileWriter::contents_of(i)), "file {i}");
         }
         println!("{replicas} replicas: master {master}, all applied {slot} with one digest");
@@ -79,14 +75,13 @@ fn five_replicas_elect_and_replicate() {
 
 /// Writes continuously from a task; returns each write's outcome.
 async fn write_until(
-    conn: Arc<chubby_client::conn::CellConn>,
     writer: Arc<FileWriter>,
     stop: tokio::sync::watch::Receiver<bool>,
     progress: tokio::sync::mpsc::UnboundedSender<(u64, WriteOutcome, tokio::time::Instant)>,
 ) {
     let mut i = 0;
     while !*stop.borrow() {
-        let outcome = writer.write(&conn, i).await;
+        let outcome = writer.write(i).await;
         let _ = progress.send((i, outcome, tokio::time::Instant::now()));
         i += 1;
     }
@@ -102,7 +97,7 @@ fn master_kill9_under_load_loses_no_acknowledged_write() {
         let writer = Arc::new(FileWriter::new(&conn, "/load").await.unwrap());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(write_until(conn.clone(), writer.clone(), stop_rx, tx));
+        let task = tokio::spawn(write_until(writer.clone(), stop_rx, tx));
 
         let mut outcomes = BTreeMap::new();
         // Steady load first.
@@ -136,7 +131,7 @@ fn master_kill9_under_load_loses_no_acknowledged_write() {
             outcomes.insert(i, o);
         }
 
-        let (acked, unknown) = check_outcomes(&writer, &conn, &outcomes).await;
+        let (acked, unknown) = check_outcomes(&writer, &outcomes).await;
         println!("{acked} acknowledged writes all present; {unknown} with unknown outcome");
         assert!(acked >= 100);
         conn.close().await;
@@ -155,11 +150,7 @@ async fn master_follower_and_writes(
     let follower = cell.follower_of(master);
     let writer = FileWriter::new(conn, dir).await.unwrap();
     for i in 0..writes {
-        assert_eq!(
-            writer.write(conn, i).await,
-            WriteOutcome::Acked,
-            "write {i}"
-        );
+        assert_eq!(writer.write(i).await, WriteOutcome::Acked, "write {i}");
     }
     (master, follower, writer)
 }
@@ -174,11 +165,7 @@ async fn write_then_converge(
     range: std::ops::Range<u64>,
 ) -> Slot {
     for i in range {
-        assert_eq!(
-            writer.write(conn, i).await,
-            WriteOutcome::Acked,
-            "write {i}"
-        );
+        assert_eq!(writer.write(i).await, WriteOutcome::Acked, "write {i}");
     }
     cell.wait_caught_up(conn, master, CONVERGE).await
 }
@@ -192,11 +179,7 @@ fn follower_kill9_and_restart_catches_up() {
         cell.kill9(follower);
         // The cell keeps writing with a follower down; it catches up after its restart.
         for i in 10..50 {
-            assert_eq!(
-                writer.write(&conn, i).await,
-                WriteOutcome::Acked,
-                "write {i}"
-            );
+            assert_eq!(writer.write(i).await, WriteOutcome::Acked, "write {i}");
         }
         cell.spawn(follower);
         let slot = write_then_converge(&cell, &conn, &writer, master, 50..60).await;
@@ -228,11 +211,7 @@ fn a_follower_behind_the_truncated_log_catches_up_through_a_snapshot() {
         let (master, follower, writer) = master_follower_and_writes(&cell, &conn, "/s", 5).await;
         cell.kill9(follower);
         for i in 5..150 {
-            assert_eq!(
-                writer.write(&conn, i).await,
-                WriteOutcome::Acked,
-                "write {i}"
-            );
+            assert_eq!(writer.write(i).await, WriteOutcome::Acked, "write {i}");
         }
         let status = cell.statuses(&conn).await[master - 1].clone().unwrap();
         assert!(status.snapshot > Slot(40), "master snapshotted: {status:?}");
@@ -253,7 +232,7 @@ fn a_follower_behind_the_truncated_log_catches_up_through_a_snapshot() {
             .expect("snapshot installed");
         assert!(log[fetch + installed..].contains("snapshot installed: catching up from the log"));
         for i in (0..160).step_by(7) {
-            let contents = writer.read(&conn, &writer.path_of(i)).await.unwrap();
+            let contents = writer.read(&writer.path_of(i)).await.unwrap();
             assert_eq!(contents, Some(FileWriter::contents_of(i)), "file {i}");
         }
         println!("follower {follower} caught up through a snapshot to {slot}");

@@ -68,14 +68,17 @@ fn wait_file(path: &Path, timeout: Duration) {
     }
 }
 
-/// `chubby lock [extra] PATH -- sh -c 'echo $$ > DIR/NAME.pid; touch DIR/NAME; exec sleep 300'`:
-/// the marker file says the lock is held; the pid file lets the test kill the command.
+/// `chubby lock [extra] PATH -- sh -c '...; exec sleep 300'`: the command writes its pid to
+/// DIR/NAME.pid (so the test can kill it) and its `CHUBBY_SEQUENCER` to DIR/NAME.seq, then
+/// creates the marker DIR/NAME, which says the lock is held.
 fn holder(cell: &RealCell, dir: &Path, name: &str, extra: &[&str], path: &str) -> Proc {
     let pid = dir.join(format!("{name}.pid"));
+    let seq = dir.join(format!("{name}.seq"));
     let marker = dir.join(name);
     let script = format!(
-        "echo $$ > {}; touch {}; exec sleep 300",
+        "echo $$ > {}; echo \"$CHUBBY_SEQUENCER\" > {}; touch {}; exec sleep 300",
         pid.display(),
+        seq.display(),
         marker.display()
     );
     let child = chubby(cell)
@@ -89,6 +92,19 @@ fn holder(cell: &RealCell, dir: &Path, name: &str, extra: &[&str], path: &str) -
         child,
         pid_files: vec![pid],
     }
+}
+
+/// `chubby check-sequencer` on the token a holder saved in `file` prints `verdict` and
+/// exits with `code`.
+fn check_sequencer(cell: &RealCell, file: &Path, verdict: &str, code: i32) {
+    let token = std::fs::read_to_string(file).unwrap();
+    let check = chubby(cell)
+        .args(["check-sequencer", token.trim()])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(printed.trim(), verdict, "{check:?}");
+    assert_eq!(check.status.code(), Some(code));
 }
 
 #[test]
@@ -169,9 +185,14 @@ fn nonblock_lock_fails_with_its_own_exit_code_while_another_holds_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(124), "{out:?}");
     assert!(started.elapsed() >= Duration::from_secs(1));
-    // The sequencer the holder got is valid while it holds the lock.
-    let token = std::fs::read_to_string(dir.path().join("held.pid")).unwrap();
-    assert!(!token.is_empty());
+    // The sequencer the holder got is valid while it holds the lock, and a forged one is
+    // refused before it reaches the cell.
+    check_sequencer(&cell, &dir.path().join("held.seq"), "valid", 0);
+    let forged = chubby(&cell)
+        .args(["check-sequencer", "chubby-seq1:00"])
+        .output()
+        .unwrap();
+    assert_eq!(forged.status.code(), Some(1), "{forged:?}");
 }
 
 #[test]
@@ -211,6 +232,8 @@ fn a_killed_holder_frees_the_lock_after_its_lease_plus_lock_delay_and_not_before
     println!("lock free {waited:?} after the kill (floor {floor:?}, ceiling {ceiling:?})");
     assert!(waited >= floor, "freed after {waited:?}");
     assert!(waited <= ceiling, "freed only after {waited:?}");
+    // The dead holder's sequencer went stale when its lock was freed.
+    check_sequencer(&cell, &dir.path().join("held.seq"), "stale", 1);
 }
 
 #[test]

@@ -260,18 +260,7 @@ impl Master {
             .filter(|p| self.cachers.contains_key(*p))
             .cloned()
             .collect();
-        let mut per_session: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
-        for path in &missed {
-            for s in self.cachers.remove(path).unwrap_or_default() {
-                if let Some(live) = self.sessions.get_mut(&s) {
-                    live.caching = live.caching.saturating_sub(1);
-                }
-                per_session.entry(s).or_default().push(path.to_string());
-            }
-        }
-        for (s, paths) in per_session {
-            self.notify(s, Notice::Invalidate { paths }, now, out);
-        }
+        self.invalidate_cachers(&missed, now, out);
         missed
     }
 
@@ -385,6 +374,35 @@ impl Master {
         }
     }
 
+    /// Sends every session recorded as caching one of `paths` one Invalidate notice for
+    /// those paths (answering its parked KeepAlive) and forgets the records. Returns, per
+    /// session, the notice number it must acknowledge.
+    fn invalidate_cachers(
+        &mut self,
+        paths: &[Arc<str>],
+        now: Instant,
+        out: &mut Vec<MasterAction>,
+    ) -> BTreeMap<SessionId, u64> {
+        let mut per_session: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
+        for path in paths {
+            for s in self.cachers.remove(path).unwrap_or_default() {
+                if let Some(live) = self.sessions.get_mut(&s) {
+                    live.caching = live.caching.saturating_sub(1);
+                }
+                per_session.entry(s).or_default().push(path.to_string());
+            }
+        }
+        let mut waits = BTreeMap::new();
+        for (s, paths) in per_session {
+            let seq = self.push_notice(s, Notice::Invalidate { paths });
+            if seq != 0 {
+                waits.insert(s, seq);
+                self.answer(s, now, out);
+            }
+        }
+        waits
+    }
+
     /// True if a write touching `path` is gated or in flight.
     #[must_use]
     pub fn is_busy(&self, path: &str) -> bool {
@@ -402,26 +420,10 @@ impl Master {
         now: Instant,
         out: &mut Vec<MasterAction>,
     ) -> bool {
-        let mut per_session: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
         for path in &paths {
             *self.in_flight.entry(Arc::clone(path)).or_insert(0) += 1;
-            if let Some(set) = self.cachers.remove(path) {
-                for s in set {
-                    if let Some(live) = self.sessions.get_mut(&s) {
-                        live.caching = live.caching.saturating_sub(1);
-                    }
-                    per_session.entry(s).or_default().push(path.to_string());
-                }
-            }
         }
-        let mut waits = BTreeMap::new();
-        for (s, paths) in per_session {
-            let seq = self.push_notice(s, Notice::Invalidate { paths });
-            if seq != 0 {
-                waits.insert(s, seq);
-                self.answer(s, now, out);
-            }
-        }
+        let mut waits = self.invalidate_cachers(&paths, now, out);
         if !paths.is_empty() {
             for s in &self.flushing {
                 waits.entry(*s).or_insert(1);

@@ -164,15 +164,13 @@ impl Core {
                 return Some((result, reply));
             }
             Call::ReadDir { session, handle } => {
-                let result = self
-                    .db
-                    .read_dir(session, handle)
-                    .map_err(refused)
-                    .map(|children| {
-                        let cache =
-                            self.cache_token(session, handle_path(&self.db, session, handle));
-                        Answer::Dir { children, cache }
-                    });
+                // Listings are not cached (their children's metadata would need invalidating
+                // with every child write): no token, and the session is not recorded.
+                let result = self.db.read_dir(session, handle).map_err(refused);
+                let result = result.map(|children| Answer::Dir {
+                    children,
+                    cache: None,
+                });
                 return Some((result, reply));
             }
             Call::GetSequencer { session, handle } => {
@@ -344,13 +342,13 @@ impl Core {
     /// a Rename in flight moves handles (so a handle's path may change), and a session's
     /// own writes in flight may give it handles its end must account for.
     fn must_wait(&self, op: &Op) -> bool {
-        let renaming = self.parked.flying.values().any(|f| f.rename);
+        let renaming = || self.parked.flying.values().any(|f| f.rename);
         match op {
             Op::SetContents { .. } | Op::SetAcl { .. } | Op::Delete { .. } | Op::Close { .. } => {
-                renaming
+                renaming()
             }
             Op::CloseSession { session } | Op::ExpireSession { session } => {
-                renaming
+                renaming()
                     || self
                         .parked
                         .flying

@@ -219,11 +219,7 @@ pub fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
         }),
         OpsCommand::Stat { cell, path, json } => with_client(&cell, |c| async move {
             let r = async {
-                let stat = c
-                    .stat_fresh(&path)
-                    .await
-                    .with_context(|| format!("stat {path}"))?
-                    .with_context(|| format!("stat {path}: no such node"))?;
+                let stat = fresh_stat(&c, &path, "stat").await?;
                 print_stat(&path, &stat, json);
                 Ok(ExitCode::SUCCESS)
             }
@@ -232,11 +228,7 @@ pub fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
         }),
         OpsCommand::Acl(AclCommand::Get { cell, path }) => with_client(&cell, |c| async move {
             let r = async {
-                let stat = c
-                    .stat_fresh(&path)
-                    .await
-                    .with_context(|| format!("acl get {path}"))?
-                    .with_context(|| format!("acl get {path}: no such node"))?;
+                let stat = fresh_stat(&c, &path, "acl get").await?;
                 println!("read: {}", stat.acl.read);
                 println!("write: {}", stat.acl.write);
                 println!("change: {}", stat.acl.change_acl);
@@ -253,11 +245,7 @@ pub fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
             change,
         }) => with_client(&cell, |c| async move {
             let r = async {
-                let stat = c
-                    .stat_fresh(&path)
-                    .await
-                    .with_context(|| format!("acl set {path}"))?
-                    .with_context(|| format!("acl set {path}: no such node"))?;
+                let stat = fresh_stat(&c, &path, "acl set").await?;
                 let acl = AclNames {
                     read: read.unwrap_or(stat.acl.read),
                     write: write.unwrap_or(stat.acl.write),
@@ -290,6 +278,15 @@ pub fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The node's metadata from the master; a missing node is an error naming `what` and the
+/// path.
+async fn fresh_stat(c: &Client, path: &str, what: &str) -> anyhow::Result<Stat> {
+    c.stat_fresh(path)
+        .await
+        .with_context(|| format!("{what} {path}"))?
+        .with_context(|| format!("{what} {path}: no such node"))
 }
 
 async fn ls(c: &Client, path: &str, long: bool) -> anyhow::Result<ExitCode> {
