@@ -573,6 +573,9 @@ impl Client {
     /// # Errors
     /// `NotFound`, `IsADirectory`, `PermissionDenied`, or the session.
     pub async fn get(&self, path: &str) -> Result<(Arc<Vec<u8>>, Stat), ClientError> {
+        // A cache hit awaits nothing: spend cooperative budget so a loop of hits still lets
+        // the runtime drive the connection and the KeepAlives.
+        tokio::task::consume_budget().await;
         if let Some(hit) = self.cached(|c| c.contents(path)) {
             return Ok(hit);
         }
@@ -655,6 +658,7 @@ impl Client {
     /// # Errors
     /// `NotFound` (no parent), `PermissionDenied`, or the session.
     pub async fn stat(&self, path: &str) -> Result<Option<Stat>, ClientError> {
+        tokio::task::consume_budget().await;
         if let Some(hit) = self.cached(|c| c.stat(path)) {
             return Ok(hit);
         }
@@ -950,12 +954,14 @@ impl Client {
     /// the KeepAlive task.
     pub async fn shutdown(self) {
         let session = self.session();
+        // First stop the KeepAlives: one answered after the close would report the session
+        // gone, which is no news to a closing client.
+        self.keepalive.abort();
         if self.status() != SessionStatus::Expired {
             if let Err(e) = self.call(Call::CloseSession { session }).await {
                 debug!(error = %e, "CloseSession failed; the session will expire");
             }
         }
-        self.keepalive.abort();
         self.inner.conn.close().await;
     }
 }

@@ -21,7 +21,18 @@ use chubby_protocol::{Creation, Slot};
 /// If the binary was not built (with a message saying how to build it).
 #[must_use]
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
+    match find_binary(name) {
+        Ok(path) => path,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// Like [`binary`], an error saying how to build it instead of a panic.
+///
+/// # Errors
+/// The binary is not beside this executable.
+pub fn find_binary(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable's path: {e}"))?;
     let dir = exe
         .parent()
         .and_then(|d| {
@@ -31,14 +42,17 @@ pub fn binary(name: &str) -> PathBuf {
                 Some(d)
             }
         })
-        .expect("target directory");
+        .ok_or_else(|| format!("no directory around {}", exe.display()))?;
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --bins` (cargo test --workspace does)",
-        path.display()
-    );
-    path
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: build it with `cargo build --bins` (with --release for a release \
+             build; cargo test --workspace builds it too)",
+            path.display()
+        ))
+    }
 }
 
 /// A running (or partly running) cell.
@@ -77,7 +91,27 @@ impl RealCell {
     /// As [`RealCell::start`].
     #[must_use]
     pub fn start_with(replicas: usize, tuning: &str, log_filter: &str) -> RealCell {
-        let dir = tempfile::tempdir().expect("temp dir");
+        RealCell::start_in(None, replicas, tuning, log_filter)
+    }
+
+    /// Like [`RealCell::start_with`], the cell's temporary directory made inside `parent`
+    /// (the system's temporary directory if `None`): where the replicas' stores are
+    /// synced matters to a benchmark.
+    ///
+    /// # Panics
+    /// As [`RealCell::start`].
+    #[must_use]
+    pub fn start_in(
+        parent: Option<&Path>,
+        replicas: usize,
+        tuning: &str,
+        log_filter: &str,
+    ) -> RealCell {
+        let dir = match parent {
+            Some(p) => tempfile::tempdir_in(p),
+            None => tempfile::tempdir(),
+        }
+        .expect("temp dir");
         let cell_dir = dir.path().join("cell");
         let base = free_port_range(2 * replicas);
         let layout = init_cell(&cell_dir, replicas, "127.0.0.1", base).expect("cell init");
