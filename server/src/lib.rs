@@ -36,6 +36,7 @@ pub mod db;
 pub mod master;
 pub mod node;
 pub mod paxos;
+pub mod serve;
 pub mod storage;
 pub mod transport;
 

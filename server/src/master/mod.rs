@@ -14,9 +14,8 @@
 //!  tick(now) ──► reply to due KeepAlives; ExpireSession for ended leases; close idle
 //! ```
 //!
-//! The shell ([`crate::node`]) owns the reply channels; this module names them by the
-//! token the shell gives each parked KeepAlive, and names writes by the shell's request
-//! number.
+//! Its caller ([`crate::serve`]) owns the calls; this module names them by the token the
+//! caller gives each parked KeepAlive, and names writes by the caller's request number.
 //!
 //! # Why the write waits before it is proposed
 //! A write first invalidates, then is proposed and applied. While it is in flight its

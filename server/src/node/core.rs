@@ -5,22 +5,20 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chubby_protocol::cell::ReplicaConfig;
-use chubby_protocol::client_msg::{
-    Answer, CallError, MasterHint, ReplicaRole, Reply, StatusReport,
-};
+use chubby_protocol::client_msg::{CallError, MasterHint, ReplicaRole, Reply, StatusReport};
 use chubby_protocol::{Ballot, Instant, MemberAddr, NodeId, PaxosMsg, Refusal, Slot, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::calls::Parked;
 use super::client_port::ClientCall;
 use super::entry::{Entry, Stamper};
 use super::snapshot_file::SnapshotFile;
 use super::NodeError;
 use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_FILE_BYTES_MAX};
 use crate::db::{Command, Db, Op, Outcome};
-use crate::master::{Master, MasterConfig};
+use crate::master::MasterConfig;
 use crate::paxos::{Action, ChangeRefusal, Input, PersistBatch, Rejection, Replica, RoleKind};
+use crate::serve::{CallId, Serve, ServeConfig};
 use crate::storage::{Storage, WalStorage};
 use crate::transport::{PeerAddr, PeerTransport};
 
@@ -52,14 +50,6 @@ enum SnapshotEvent {
     Fetched(Result<Box<(Db, SnapshotInfo)>, String>),
 }
 
-/// A client call waiting for its command to be chosen and applied.
-pub(super) struct Pending {
-    /// Where the answer goes (none for the master's own commands).
-    pub reply: Option<oneshot::Sender<Reply>>,
-    pub deadline: Instant,
-    pub what: &'static str,
-}
-
 pub(super) struct Core {
     pub(super) cfg: ReplicaConfig,
     pub(super) me: NodeId,
@@ -69,19 +59,17 @@ pub(super) struct Core {
     transport: PeerTransport,
     stamper: Stamper,
     origin: u64,
-    pub(super) next_request: u64,
-    pub(super) pending: BTreeMap<u64, Pending>,
-    /// Set while master: the epoch it became master with.
-    pub(super) master_epoch: Option<Ballot>,
-    /// True once the master's NewEpoch was applied: it may serve.
-    serving: bool,
+    /// Client calls served (pure; see crate::serve).
+    pub(super) serve: Serve,
+    /// Reply channels of calls serving has not answered yet.
+    pub(super) replies: BTreeMap<CallId, oneshot::Sender<Reply>>,
+    pub(super) next_call: u64,
     start: tokio::time::Instant,
     inputs: Vec<Input>,
     actions: Vec<Action>,
     checksums: BTreeMap<Slot, u64>,
     divergence: Option<String>,
     next_checksum_at: Instant,
-    noop_for: Option<Instant>,
     snapshots: SnapshotFile,
     members: Vec<NodeId>,
     /// A snapshot of our own is being written.
@@ -92,11 +80,6 @@ pub(super) struct Core {
     snap_rx: Option<mpsc::UnboundedReceiver<SnapshotEvent>>,
     /// The addresses learned from membership changes that the transport was given.
     peer_addrs: BTreeMap<NodeId, MemberAddr>,
-    /// The session logic, while this replica is the serving master.
-    pub(super) master: Option<Master>,
-    pub(super) master_cfg: MasterConfig,
-    /// KeepAlives and gated writes parked at the master.
-    pub(super) parked: Parked,
 }
 
 impl std::fmt::Debug for Core {
@@ -124,17 +107,24 @@ impl Core {
             transport: parts.transport,
             stamper,
             origin: parts.origin,
-            next_request: 1,
-            pending: BTreeMap::new(),
-            master_epoch: None,
-            serving: false,
+            serve: Serve::new(
+                ServeConfig {
+                    master: MasterConfig {
+                        session_lease_ms: parts.cfg.tuning.session_lease_ms,
+                        session_idle_ms: parts.cfg.tuning.session_idle_ms,
+                    },
+                    request_timeout_ms: parts.cfg.tuning.request_timeout_ms,
+                },
+                parts.origin,
+            ),
+            replies: BTreeMap::new(),
+            next_call: 0,
             start: tokio::time::Instant::now(),
             inputs: Vec::new(),
             actions: Vec::new(),
             checksums: BTreeMap::new(),
             divergence: None,
             next_checksum_at: Instant(checksum_every),
-            noop_for: None,
             snapshots: parts.snapshots,
             members: parts.members,
             snapshotting: false,
@@ -142,12 +132,6 @@ impl Core {
             snap_tx,
             snap_rx: Some(snap_rx),
             peer_addrs: BTreeMap::new(),
-            master: None,
-            master_cfg: MasterConfig {
-                session_lease_ms: parts.cfg.tuning.session_lease_ms,
-                session_idle_ms: parts.cfg.tuning.session_idle_ms,
-            },
-            parked: Parked::default(),
             cfg: parts.cfg,
         }
     }
@@ -225,14 +209,10 @@ impl Core {
         if let Err(e) = &result {
             error!(replica = self.me.0, error = %e, "replica stopping on a fatal error");
         }
-        for (_, p) in std::mem::take(&mut self.pending) {
-            if let Some(reply) = p.reply {
-                let _ = reply.send(Reply::Err(CallError::OutcomeUnknown(
-                    "the replica stopped before the write was chosen".into(),
-                )));
-            }
-        }
-        self.drop_master();
+        let mut out = Vec::new();
+        let view = self.view();
+        self.serve.stop(&view, &mut out);
+        self.serve_actions(out);
         self.transport.shutdown().await;
         result
     }
@@ -470,45 +450,24 @@ impl Core {
             warn!(%slot, stamp = %cmd.now, db_now = %self.db.now(), "command stamped in the past: clamped");
             cmd.now = self.db.now();
         }
-        let op_name = cmd.op.name();
         let applied = self.db.apply(slot, &cmd);
-        let now = self.now();
-        let mut acts = Vec::new();
         let own = (origin == self.origin).then_some(request);
-        if let Some(master) = &mut self.master {
-            let changed = changed_paths(&applied.changes);
-            let missed = master.late_invalidations(own, &changed, now, &mut acts);
-            if !missed.is_empty() {
-                error!(
-                    what = op_name,
-                    ?missed,
-                    "a write changed cached paths it did not announce: invalidated late"
-                );
-            }
-            if let Ok(Outcome::SessionCreated { session }) = &applied.result {
-                master.session_created(*session, now);
-            }
-            master.applied(&cmd.op, &applied.changes, &self.db, now, &mut acts);
-        }
-        if let Some(request) = own {
-            self.write_done(request);
-        }
-        self.master_actions(acts);
+        let view = self.view();
+        let now = self.now();
+        let mut out = Vec::new();
+        self.serve
+            .applied(&view, &self.db, now, slot, own, &cmd, &applied, &mut out);
+        self.serve_actions(out);
         match (&cmd.op, &applied.result) {
             (Op::NewEpoch, Ok(_)) => {
                 info!(replica = self.me.0, epoch = %cmd.epoch, %slot, "database epoch started");
-                if self.master_epoch == Some(cmd.epoch) {
-                    self.serving = true;
-                    self.start_master(cmd.epoch);
-                    info!(replica = self.me.0, epoch = %cmd.epoch, "master is serving");
-                }
             }
             (Op::Checksum, Ok(Outcome::Checksum { digest })) => {
                 self.checksums.insert(slot, digest.0);
                 while self.checksums.len() > CHECKSUMS_KEPT {
                     self.checksums.pop_first();
                 }
-                if self.serving && self.master_epoch == Some(cmd.epoch) {
+                if self.serve.serving_epoch() == Some(cmd.epoch) {
                     self.submit(Entry::DigestCheck {
                         slot,
                         digest: digest.0,
@@ -517,24 +476,6 @@ impl Core {
             }
             _ => {}
         }
-        if origin != self.origin {
-            return;
-        }
-        let Some(p) = self.pending.remove(&request) else {
-            return;
-        };
-        let Some(reply_tx) = p.reply else {
-            return;
-        };
-        let reply = match applied.result {
-            Ok(outcome) => Reply::Ok(self.answer_of(outcome)),
-            Err(Refusal::StaleEpoch { .. }) => Reply::Err(CallError::Unavailable(
-                "the master changed before the write was applied; it was not applied".into(),
-            )),
-            Err(refusal) => Reply::Err(CallError::Refused(refusal)),
-        };
-        debug!(what = op_name, %slot, "write applied");
-        let _ = reply_tx.send(reply);
     }
 
     fn check_digest(&mut self, at: Slot, master_digest: u64) {
@@ -565,46 +506,28 @@ impl Core {
         if origin != self.origin {
             return;
         }
-        if let (Some(master), Op::ExpireSession { session } | Op::CloseSession { session }) =
-            (&mut self.master, &cmd.op)
-        {
-            master.end_failed(*session);
-        }
-        self.write_done(request);
-        if let Some(p) = self.pending.remove(&request) {
-            let Some(reply) = p.reply else {
-                return;
-            };
-            let err = match reason {
-                Rejection::NotMaster { hint } => CallError::NotMaster {
-                    master: hint.and_then(|id| self.hint_of(id)),
-                },
-                Rejection::Busy => CallError::Unavailable("the master's queue is full".into()),
-            };
-            let _ = reply.send(Reply::Err(err));
-        }
+        let view = self.view();
+        let now = self.now();
+        let mut out = Vec::new();
+        self.serve
+            .rejected(&view, &self.db, now, request, &cmd.op, reason, &mut out);
+        self.serve_actions(out);
     }
 
     fn role_changed(&mut self, role: RoleKind, epoch: Option<Ballot>) {
-        match (role, epoch) {
-            (RoleKind::Master, Some(epoch)) => {
-                info!(replica = self.me.0, %epoch, "became master; starting the epoch");
-                self.drop_master();
-                self.master_epoch = Some(epoch);
-                self.serving = false;
-                self.noop_for = None;
-                self.submit_command(epoch, Op::NewEpoch);
-            }
-            (role, _) => {
-                self.drop_master();
-                if self.master_epoch.take().is_some() {
-                    warn!(replica = self.me.0, ?role, "lost mastership");
-                } else {
-                    debug!(replica = self.me.0, ?role, "role changed");
-                }
-                self.serving = false;
-            }
+        if role == RoleKind::Master {
+            info!(
+                replica = self.me.0,
+                ?epoch,
+                "became master; starting the epoch"
+            );
+        } else if self.serve.serving_epoch().is_some() {
+            warn!(replica = self.me.0, ?role, "lost mastership");
         }
+        let view = self.view();
+        let mut out = Vec::new();
+        self.serve.role_changed(&view, role, epoch, &mut out);
+        self.serve_actions(out);
     }
 
     // ---- Client calls (the rest is in calls.rs). ----
@@ -620,7 +543,7 @@ impl Core {
         if principal != super::ADMIN_PRINCIPAL {
             return Err(CallError::Refused(Refusal::PermissionDenied));
         }
-        self.check_serving()?;
+        self.serve.check_serving(&self.view())?;
         let mut members: Vec<NodeId> = self.replica.membership().newest().to_vec();
         let mut addrs = Vec::new();
         match (add, remove) {
@@ -667,34 +590,6 @@ impl Core {
         }
     }
 
-    /// Master, epoch started, lease held: may answer from the database and propose.
-    pub(super) fn check_serving(&self) -> Result<(), CallError> {
-        if self.replica.role() != RoleKind::Master {
-            return Err(CallError::NotMaster {
-                master: self.replica.master_hint().and_then(|id| self.hint_of(id)),
-            });
-        }
-        if !self.serving {
-            return Err(CallError::Unavailable(
-                "the master is starting its epoch; retry shortly".into(),
-            ));
-        }
-        if self.replica.lease_until(self.now()).is_none() {
-            return Err(CallError::Unavailable(
-                "the master's lease lapsed; retry shortly".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Stamps `op` under `epoch` and queues it for proposal; returns its request number.
-    fn submit_command(&mut self, epoch: Ballot, op: Op) -> u64 {
-        let request = self.next_request;
-        self.next_request += 1;
-        self.submit_command_as(request, epoch, op);
-        request
-    }
-
     /// Stamps `op` under `epoch` and queues it for proposal as request `request`.
     pub(super) fn submit_command_as(&mut self, request: u64, epoch: Ballot, op: Op) {
         let cmd = Command {
@@ -719,42 +614,16 @@ impl Core {
     // ---- Housekeeping. ----
 
     fn housekeeping(&mut self) {
+        let view = self.view();
         let now = self.now();
-        let expired: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(r, _)| *r)
-            .collect();
-        for request in expired {
-            if let Some(p) = self.pending.remove(&request) {
-                warn!(what = p.what, "write not chosen in time: outcome unknown");
-                if let Some(reply) = p.reply {
-                    let _ = reply.send(Reply::Err(CallError::OutcomeUnknown(
-                        "not chosen in time (mastership may have moved); it may still be applied"
-                            .into(),
-                    )));
-                }
-            }
-        }
-        if !self.serving {
-            return;
-        }
-        self.master_tick();
-        let Some(epoch) = self.master_epoch else {
-            return;
-        };
-        // End due lock-delays on time: they end at the first command stamped after them.
-        if let Some(due) = self.db.next_deadline() {
-            if Self::wall() >= due && self.noop_for != Some(due) {
-                self.noop_for = Some(due);
-                self.submit_command(epoch, Op::Noop);
-            }
-        }
-        if now >= self.next_checksum_at {
+        let mut out = Vec::new();
+        self.serve
+            .tick(&view, &self.db, now, Self::wall(), &mut out);
+        if now >= self.next_checksum_at && self.serve.serving_epoch().is_some() {
             self.next_checksum_at = now.plus_ms(self.cfg.tuning.checksum_interval_ms);
-            self.submit_command(epoch, Op::Checksum);
+            self.serve.propose_own(Op::Checksum, &mut out);
         }
+        self.serve_actions(out);
     }
 
     // ---- Status. ----
@@ -813,54 +682,6 @@ impl Core {
             },
             member_sets: self.replica.membership().to_wire().sets,
             sessions: self.db.sessions().count() as u64,
-        }
-    }
-}
-
-/// Every path whose cached state a command's changes altered.
-fn changed_paths(changes: &[crate::db::Change]) -> Vec<std::sync::Arc<str>> {
-    use crate::db::Change;
-    let mut out = Vec::new();
-    for c in changes {
-        match c {
-            Change::Created { path, .. }
-            | Change::ContentsChanged { path, .. }
-            | Change::AclChanged { path, .. }
-            | Change::Deleted { path, .. } => out.push(std::sync::Arc::clone(path)),
-            Change::Renamed { from, to, .. } => {
-                out.push(std::sync::Arc::clone(from));
-                out.push(std::sync::Arc::clone(to));
-            }
-            Change::ChildrenChanged { dir } => out.push(std::sync::Arc::clone(dir)),
-            _ => {}
-        }
-    }
-    out
-}
-
-impl Core {
-    fn answer_of(&self, outcome: Outcome) -> Answer {
-        match outcome {
-            Outcome::SessionCreated { session } => Answer::Session {
-                session,
-                epoch: self.master_epoch.unwrap_or_default(),
-                lease_ms: self.master_cfg.session_lease_ms,
-            },
-            Outcome::Opened {
-                handle,
-                created,
-                stat,
-            } => Answer::Opened {
-                handle,
-                created,
-                stat,
-            },
-            Outcome::ContentsSet { stat }
-            | Outcome::AclSet { stat }
-            | Outcome::Renamed { stat } => Answer::Written { stat },
-            Outcome::Acquired { sequencer } => Answer::Acquired { sequencer },
-            Outcome::Queued => Answer::Queued,
-            _ => Answer::Done,
         }
     }
 }

@@ -10,6 +10,9 @@
 //!                                       → replies to parked client calls · Role changes
 //! ```
 //!
+//! Client calls are served by the pure [`crate::serve::Serve`]; `calls.rs` keeps their
+//! reply channels and executes what it asks for.
+//!
 //! # Ordering (the Persist-before-Send contract)
 //! The core loop gathers every input that is ready, steps the replica with each, and then
 //! executes the actions: all `Persist` batches merged into one and made durable first

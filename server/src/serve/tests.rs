@@ -1,0 +1,342 @@
+//! Serving driven purely: one replica whose proposals are chosen in order at `settle`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use chubby_protocol::client_msg::{Answer, Call, CallError, MasterHint, Reply, Request};
+use chubby_protocol::{
+    Ballot, Creation, HandleId, Instant, NodeId, NodeKind, Notice, OpenMode, SessionId, Slot,
+};
+
+use super::{CallId, ReplicaView, Serve, ServeAction, ServeConfig};
+use crate::db::{Command, Db, DbConfig, Op};
+use crate::master::MasterConfig;
+use crate::paxos::RoleKind;
+use chubby_protocol::db::OpenArgs;
+
+const EPOCH: Ballot = Ballot {
+    round: 1,
+    node: NodeId(1),
+};
+
+struct One {
+    serve: Serve,
+    db: Db,
+    slot: Slot,
+    now: Instant,
+    view: ReplicaView,
+    next_call: u64,
+    replies: BTreeMap<CallId, Reply>,
+    proposed: VecDeque<(u64, Ballot, Op)>,
+}
+
+impl One {
+    fn follower() -> One {
+        One {
+            serve: Serve::new(
+                ServeConfig {
+                    master: MasterConfig {
+                        session_lease_ms: 12_000,
+                        session_idle_ms: 60_000,
+                    },
+                    request_timeout_ms: 10_000,
+                },
+                7,
+            ),
+            db: Db::new(DbConfig::new("admin")).expect("db"),
+            slot: Slot::ZERO,
+            now: Instant(1_000),
+            view: ReplicaView {
+                role: RoleKind::Follower,
+                lease_held: false,
+                hint: Some(MasterHint {
+                    id: NodeId(2),
+                    addr: "replica-2:7000".into(),
+                }),
+            },
+            next_call: 0,
+            replies: BTreeMap::new(),
+            proposed: VecDeque::new(),
+        }
+    }
+
+    /// A master whose NewEpoch was applied.
+    fn master() -> One {
+        let mut t = One::follower();
+        t.view = ReplicaView {
+            role: RoleKind::Master,
+            lease_held: true,
+            hint: None,
+        };
+        let mut out = Vec::new();
+        t.serve
+            .role_changed(&t.view.clone(), RoleKind::Master, Some(EPOCH), &mut out);
+        t.take(out);
+        t.settle();
+        assert_eq!(t.serve.serving_epoch(), Some(EPOCH));
+        t
+    }
+
+    fn take(&mut self, out: Vec<ServeAction>) {
+        for a in out {
+            match a {
+                ServeAction::Reply { call, reply } => {
+                    assert!(
+                        self.replies.insert(call, reply).is_none(),
+                        "call {call:?} answered twice"
+                    );
+                }
+                ServeAction::Propose { request, epoch, op } => {
+                    self.proposed.push_back((request, epoch, op));
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, call: Call) -> CallId {
+        let id = CallId(self.next_call);
+        self.next_call += 1;
+        let request = Request {
+            epoch: Some(EPOCH),
+            call,
+        };
+        let mut out = Vec::new();
+        let v = self.view.clone();
+        self.serve
+            .on_call(&v, &self.db, self.now, "admin", request, id, &mut out);
+        self.take(out);
+        id
+    }
+
+    /// Applies every proposal, in order, as Paxos would choose them.
+    fn settle(&mut self) {
+        while let Some((request, epoch, op)) = self.proposed.pop_front() {
+            self.slot = self.slot.next();
+            let cmd = Command {
+                epoch,
+                now: self.now,
+                op,
+            };
+            let applied = self.db.apply(self.slot, &cmd);
+            let mut out = Vec::new();
+            let v = self.view.clone();
+            self.serve.applied(
+                &v,
+                &self.db,
+                self.now,
+                self.slot,
+                Some(request),
+                &cmd,
+                &applied,
+                &mut out,
+            );
+            self.take(out);
+        }
+    }
+
+    fn answer(&mut self, id: CallId) -> Answer {
+        match self.replies.remove(&id) {
+            Some(Reply::Ok(a)) => a,
+            other => panic!("call {id:?}: {other:?}"),
+        }
+    }
+
+    fn session(&mut self) -> SessionId {
+        let id = self.call(Call::CreateSession);
+        self.settle();
+        match self.answer(id) {
+            Answer::Session { session, epoch, .. } => {
+                assert_eq!(epoch, EPOCH);
+                session
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn open(&mut self, session: SessionId, path: &str) -> HandleId {
+        let id = self.call(Call::Open(OpenArgs {
+            session,
+            path: path.into(),
+            mode: OpenMode::READ_WRITE,
+            creation: Creation::IfMissing,
+            kind: NodeKind::File,
+            ephemeral: false,
+            contents: b"v1".to_vec(),
+            acl: None,
+            lock_delay_ms: None,
+            events: chubby_protocol::EventMask::NONE,
+        }));
+        self.settle();
+        match self.answer(id) {
+            Answer::Opened { handle, .. } => handle,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_follower_names_the_master() {
+    let mut t = One::follower();
+    let id = t.call(Call::CreateSession);
+    match t.replies.remove(&id) {
+        Some(Reply::Err(CallError::NotMaster { master: Some(h) })) => assert_eq!(h.id, NodeId(2)),
+        other => panic!("{other:?}"),
+    }
+    assert!(t.proposed.is_empty());
+}
+
+#[test]
+fn a_new_master_serves_only_once_its_epoch_is_applied() {
+    let mut t = One::follower();
+    t.view.role = RoleKind::Master;
+    t.view.lease_held = true;
+    let mut out = Vec::new();
+    let v = t.view.clone();
+    t.serve
+        .role_changed(&v, RoleKind::Master, Some(EPOCH), &mut out);
+    t.take(out);
+    assert!(matches!(t.proposed.front(), Some((_, e, Op::NewEpoch)) if *e == EPOCH));
+    let early = t.call(Call::CreateSession);
+    assert!(matches!(
+        t.replies.remove(&early),
+        Some(Reply::Err(CallError::Unavailable(_)))
+    ));
+    t.settle();
+    let s = t.session();
+    assert_eq!(s, SessionId(1));
+    // A call from another epoch is told the current one.
+    let mut out = Vec::new();
+    let stale = Request {
+        epoch: Some(Ballot::default()),
+        call: Call::KeepAlive {
+            session: s,
+            acked: 0,
+        },
+    };
+    t.serve
+        .on_call(&v, &t.db, t.now, "admin", stale, CallId(99), &mut out);
+    t.take(out);
+    assert!(matches!(
+        t.replies.remove(&CallId(99)),
+        Some(Reply::Err(CallError::WrongEpoch { current })) if current == EPOCH
+    ));
+}
+
+#[test]
+fn a_write_waits_until_the_caching_session_acknowledges() {
+    let mut t = One::master();
+    let (reader, writer) = (t.session(), t.session());
+    let rh = t.open(reader, "/f");
+    let wh = t.open(writer, "/f");
+    // The reader reads with a cache token: it is now recorded as caching /f.
+    let read = t.call(Call::GetContentsAndStat {
+        session: reader,
+        handle: rh,
+    });
+    match t.answer(read) {
+        Answer::Contents {
+            contents, cache, ..
+        } => {
+            assert_eq!(contents, b"v1");
+            assert!(cache.is_some(), "a read of an idle path is cacheable");
+        }
+        other => panic!("{other:?}"),
+    }
+    let keepalive = t.call(Call::KeepAlive {
+        session: reader,
+        acked: 0,
+    });
+    assert!(!t.replies.contains_key(&keepalive), "a KeepAlive is held");
+    let write = t.call(Call::SetContents {
+        session: writer,
+        handle: wh,
+        contents: b"v2".to_vec(),
+        expected: None,
+    });
+    assert!(
+        t.proposed.is_empty(),
+        "the write waits for the reader's cache"
+    );
+    // The held KeepAlive returns at once with the invalidation.
+    let seq = match t.answer(keepalive) {
+        Answer::KeepAlive(r) => {
+            let inv = r
+                .notices
+                .iter()
+                .find(|n| matches!(&n.notice, Notice::Invalidate { paths } if paths.contains(&"/f".to_owned())))
+                .expect("an invalidation of /f");
+            inv.seq
+        }
+        other => panic!("{other:?}"),
+    };
+    // Reads meanwhile are served but not cacheable.
+    let during = t.call(Call::GetContentsAndStat {
+        session: reader,
+        handle: rh,
+    });
+    assert!(matches!(
+        t.answer(during),
+        Answer::Contents { cache: None, .. }
+    ));
+    let ack = t.call(Call::KeepAlive {
+        session: reader,
+        acked: seq,
+    });
+    assert_eq!(t.proposed.len(), 1, "the acknowledgement opens the gate");
+    assert!(!t.replies.contains_key(&write));
+    t.settle();
+    assert!(matches!(t.answer(write), Answer::Written { .. }));
+    assert!(
+        !t.replies.contains_key(&ack),
+        "nothing new for the reader: held"
+    );
+}
+
+#[test]
+fn a_write_never_applied_is_answered_outcome_unknown() {
+    let mut t = One::master();
+    let s = t.session();
+    let h = t.open(s, "/f");
+    let write = t.call(Call::SetContents {
+        session: s,
+        handle: h,
+        contents: b"v2".to_vec(),
+        expected: None,
+    });
+    assert_eq!(t.proposed.len(), 1);
+    let mut out = Vec::new();
+    let v = t.view.clone();
+    t.serve
+        .tick(&v, &t.db, t.now.plus_ms(9_999), t.now, &mut out);
+    t.take(out);
+    assert!(!t.replies.contains_key(&write));
+    let mut out = Vec::new();
+    t.serve
+        .tick(&v, &t.db, t.now.plus_ms(10_000), t.now, &mut out);
+    t.take(out);
+    assert!(matches!(
+        t.replies.remove(&write),
+        Some(Reply::Err(CallError::OutcomeUnknown(_)))
+    ));
+}
+
+#[test]
+fn losing_mastership_answers_parked_calls() {
+    let mut t = One::master();
+    let s = t.session();
+    let keepalive = t.call(Call::KeepAlive {
+        session: s,
+        acked: 0,
+    });
+    assert!(!t.replies.contains_key(&keepalive));
+    let mut out = Vec::new();
+    t.view.role = RoleKind::Follower;
+    t.view.hint = One::follower().view.hint;
+    let v = t.view.clone();
+    t.serve.role_changed(&v, RoleKind::Follower, None, &mut out);
+    t.take(out);
+    assert!(matches!(
+        t.replies.remove(&keepalive),
+        Some(Reply::Err(CallError::NotMaster { master: Some(_) }))
+    ));
+    assert_eq!(t.serve.serving_epoch(), None);
+}
