@@ -30,3 +30,26 @@ fn a_seed_replays_exactly() {
     assert_eq!(format!("{:?}", a.stats), format!("{:?}", b.stats));
     assert_eq!(a.violation, b.violation);
 }
+
+/// `sim cell`: the whole cell with clients. Every property holds, and the band really
+/// exercises sessions, the cache, expiries, locks and fail-overs.
+#[test]
+fn cell_seeds_keep_every_property_and_exercise_clients() {
+    let mut total = chubby_integration::sim::cell::CellStats::default();
+    for seed in 20_000..20_030 {
+        let mut options = SimOptions::new(seed);
+        options.cell = Some(chubby_integration::sim::cell::CellBugs::default());
+        let outcome = run(&options);
+        if let Some(v) = outcome.violation {
+            panic!("seed {seed}: {v}\nREPRODUCE: cargo run --release -p chubby-integration --bin sim -- cell --seed {seed}");
+        }
+        total.add(&outcome.stats.cell);
+    }
+    assert!(total.ops > 10_000, "{total:?}");
+    assert!(total.cache_hits > 1_000, "{total:?}");
+    assert!(total.expiries > 10, "{total:?}");
+    assert!(total.locks > 10, "{total:?}");
+    assert!(total.fail_overs > 5, "{total:?}");
+    assert!(total.histories >= 60, "{total:?}");
+    assert_eq!(total.undecided, 0, "{total:?}");
+}

@@ -4,10 +4,13 @@
 //! sim paxos --seeds 2000            # sweep seeds 0..2000; last line: seeds: N, violations: V ...
 //! sim paxos --seed 17               # replay one seed with a full event trace
 //! sim paxos --seeds 300 --bug lease-from-receipt   # prove a checker catches a planted bug
+//! sim cell --seeds 1000             # the whole cell: database, sessions, caches, clients
+//! sim cell --seeds 200 --bug master-skips-cache-wait
 //! ```
 
 use std::process::ExitCode;
 
+use chubby_integration::sim::cell::CellBugs;
 use chubby_integration::sim::{self, RunStats, SimOptions};
 use chubby_server::paxos::Bugs;
 use clap::{Parser, Subcommand};
@@ -28,6 +31,14 @@ enum Command {
     /// duplication, reordering and clock drift, checking agreement, delivery order, promise
     /// durability, single master lease and liveness after healing.
     Paxos(PaxosArgs),
+    /// Simulate the whole cell: every replica runs the database and the master's session
+    /// logic over the replicated log, and clients with sessions, KeepAlives, caches and
+    /// locks read, write, compare-and-swap and lock files while replicas crash, partitions
+    /// come and go and clients pause past their grace. Checks, besides the log's
+    /// properties: no stale read (cache included), expiry only after the client's local
+    /// lease ended, one lock holder at a time, a fenced resource sees holders in order
+    /// (lock-delay), and linearizable file histories.
+    Cell(PaxosArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,8 +55,9 @@ struct PaxosArgs {
     /// Cell size (3 or 5); random per seed if omitted.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=9))]
     replicas: Option<u64>,
-    /// Inject a deliberate bug (repeatable): reply-before-persist, acceptor-ignores-lease,
-    /// lease-from-receipt, skip-no-vote-rule.
+    /// Inject a deliberate bug (repeatable). paxos: reply-before-persist,
+    /// acceptor-ignores-lease, lease-from-receipt, skip-no-vote-rule. cell: those, and
+    /// client-acks-before-drop, master-skips-cache-wait, lock-delay-ignored.
     #[arg(long = "bug")]
     bugs: Vec<String>,
     /// Draw clock rates beyond the drift bound the lease math assumes (a negative test).
@@ -67,14 +79,20 @@ fn main() -> ExitCode {
     // A core assertion is a finding, not a crash of the sweep: one line, then on to the seed
     // report below.
     std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
-    let Command::Paxos(args) = cli.command;
+    let (mode, args) = match cli.command {
+        Command::Paxos(args) => ("paxos", args),
+        Command::Cell(args) => ("cell", args),
+    };
     let mut bugs = Bugs::default();
+    let mut cell_bugs = CellBugs::default();
     for name in &args.bugs {
-        if !bugs.enable(name) {
-            eprintln!(
-                "sim: unknown bug '{name}'; known: {}",
-                Bugs::NAMES.join(", ")
-            );
+        let known = bugs.enable(name) || (mode == "cell" && cell_bugs.enable(name));
+        if !known {
+            let mut names = Bugs::NAMES.to_vec();
+            if mode == "cell" {
+                names.extend(CellBugs::NAMES);
+            }
+            eprintln!("sim: unknown bug '{name}'; known: {}", names.join(", "));
             return ExitCode::from(2);
         }
     }
@@ -86,10 +104,11 @@ fn main() -> ExitCode {
         trace: args.seed.is_some(),
         safety_ms: args.safety_ms,
         liveness_ms: args.liveness_ms,
+        cell: (mode == "cell").then_some(cell_bugs),
     };
     let reproduce = |seed: u64| {
         let mut line =
-            format!("cargo run --release -p chubby-integration --bin sim -- paxos --seed {seed}");
+            format!("cargo run --release -p chubby-integration --bin sim -- {mode} --seed {seed}");
         if let Some(n) = args.replicas {
             line.push_str(&format!(" --replicas {n}"));
         }

@@ -15,6 +15,24 @@ impl Sim {
         }
         let [crash, partition, link, power_cut] = self.faults.weights;
         let total = crash + partition + link + power_cut;
+        // `sim cell`: one fault in two hits a client instead: a paused process, or a
+        // client cut off from the cell.
+        if self.cell.is_some() && self.rng.chance(500_000) {
+            if self.rng.chance(500_000) {
+                self.pause_random_client();
+            } else {
+                self.cut_random_client();
+            }
+        } else {
+            self.inject_replica_fault(total);
+        }
+        let (low, high) = self.faults.fault_gap_ms;
+        let gap = self.rng.between(low, high) * 1000;
+        self.schedule(self.now_us + gap, Event::Fault);
+    }
+
+    fn inject_replica_fault(&mut self, total: u64) {
+        let [crash, partition, link, _] = self.faults.weights;
         let roll = self.rng.between(0, total.saturating_sub(1));
         if roll < crash {
             self.crash_random();
@@ -27,9 +45,6 @@ impl Sim {
             self.crash_random();
             self.crash_random();
         }
-        let (low, high) = self.faults.fault_gap_ms;
-        let gap = self.rng.between(low, high) * 1000;
-        self.schedule(self.now_us + gap, Event::Fault);
     }
 
     fn crash_random(&mut self) {

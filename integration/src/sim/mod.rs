@@ -17,6 +17,7 @@
 //! A run is a pure function of its [`SimOptions`]: no wall clock, no threads, no hash-order
 //! iteration. `sim paxos --seed N` replays one run with a trace.
 
+pub mod cell;
 pub mod checkers;
 pub mod clock;
 mod faults;
@@ -60,6 +61,9 @@ pub struct SimOptions {
     pub safety_ms: u64,
     /// Length of the healed phase, simulated ms.
     pub liveness_ms: u64,
+    /// Run the whole cell (database, sessions, clients) with these client-level bugs;
+    /// `None`: the replicated log alone.
+    pub cell: Option<cell::CellBugs>,
 }
 
 impl SimOptions {
@@ -74,6 +78,7 @@ impl SimOptions {
             trace: false,
             safety_ms: 20_000,
             liveness_ms: 40_000,
+            cell: None,
         }
     }
 }
@@ -119,6 +124,8 @@ pub struct RunStats {
     pub snapshots: u64,
     /// Snapshots fetched from a peer and installed.
     pub snapshot_installs: u64,
+    /// Client-level coverage of `sim cell` runs.
+    pub cell: cell::CellStats,
 }
 
 impl RunStats {
@@ -148,12 +155,33 @@ impl RunStats {
         for (mine, theirs) in fields {
             *mine += theirs;
         }
+        self.cell.add(&other.cell);
     }
 
     /// One line: operations and faults covered.
     #[must_use]
     pub fn summary(&self) -> String {
-        format!(
+        let c = &self.cell;
+        let clients = if c.sessions > 0 {
+            format!(
+                "; clients: {} ops ({} from the cache, {} unknown), {} sessions, {} expired, \
+                 {} locks, {} pauses, {} fail-overs followed; {} file histories linearizable, \
+                 {} undecided",
+                c.ops,
+                c.cache_hits,
+                c.unknown,
+                c.sessions,
+                c.expiries,
+                c.locks,
+                c.pauses,
+                c.fail_overs,
+                c.histories,
+                c.undecided
+            )
+        } else {
+            String::new()
+        };
+        let log = format!(
             "{} events; ops: {} submitted, {} committed, {} slots chosen, {} deliveries checked, {} elections; \
              faults: {} crashes, {} torn persists, {} wiped disks, {} corrupt records, {} rebuilds, \
              {} partitions, {} of {} messages dropped, {} duplicated; \
@@ -175,7 +203,8 @@ impl RunStats {
             self.duplicated,
             self.snapshots,
             self.snapshot_installs,
-        )
+        );
+        log + &clients
     }
 }
 
@@ -218,6 +247,30 @@ enum Event {
         incarnation: u64,
         from: NodeId,
         after: chubby_protocol::Slot,
+    },
+    ClientCall {
+        node: usize,
+        client: usize,
+        call: u64,
+        request: chubby_protocol::client_msg::Request,
+    },
+    ClientReply {
+        client: usize,
+        call: u64,
+        reply: chubby_protocol::client_msg::Reply,
+    },
+    ClientWake {
+        client: usize,
+        gen: u64,
+    },
+    Housekeep {
+        node: usize,
+        incarnation: u64,
+    },
+    Resource {
+        client: usize,
+        generation: chubby_protocol::Generation,
+        sent: u64,
     },
     Fault,
     Heal {
@@ -296,6 +349,8 @@ struct Sim {
     single_master: SingleMaster,
     liveness: Liveness,
     violation: Option<Violation>,
+    /// The cell part of a `sim cell` run.
+    cell: Option<cell::CellSim>,
 }
 
 /// Runs one seed to completion or to its first violation.
@@ -303,6 +358,9 @@ struct Sim {
 pub fn run(opts: &SimOptions) -> Outcome {
     let mut sim = Sim::new(opts.clone());
     sim.run();
+    if let Some(cell) = &sim.cell {
+        sim.stats.cell = cell.stats.clone();
+    }
     sim.stats.slots_chosen = sim.agreement.chosen_count() as u64;
     sim.stats.deliveries = sim.delivery.delivered;
     sim.stats.messages = sim.net.sent;
@@ -371,9 +429,19 @@ impl Sim {
             every: snap_rng.pick(&[0, 5, 20, 100]).unwrap_or(20),
             keep: snap_rng.pick(&[0, 3, 50]).unwrap_or(0),
         };
-        let clients = (0..rng.between(1, 4) as usize)
+        let clients: Vec<Client> = (0..rng.between(1, 4) as usize)
             .map(|i| Client::new(i, members[0]))
             .collect();
+        let (clients, snapshots, nodes, cell) = match opts.cell {
+            None => (clients, snapshots, nodes, None),
+            Some(bugs) => {
+                let (nodes, cell) = cell::setup(opts.seed, bugs, nodes, epsilon);
+                // The cell run keeps its logs whole (replay rebuilds the database); the
+                // paxos run covers snapshots.
+                let no_snapshots = SnapshotPolicy { every: 0, keep: 0 };
+                (Vec::new(), no_snapshots, nodes, Some(cell))
+            }
+        };
         let majority = n / 2 + 1;
         let safety_us = opts.safety_ms * 1000;
         let healed_us = safety_us + 10_000_000;
@@ -402,6 +470,7 @@ impl Sim {
             single_master: SingleMaster::default(),
             liveness: Liveness::default(),
             violation: None,
+            cell,
             opts,
         }
     }
@@ -456,6 +525,7 @@ impl Sim {
             let at = self.rng.between(0, 100_000);
             self.wake_client(c, at);
         }
+        self.start_cell_clients();
         let first_fault = self.rng.between(500_000, 3_000_000);
         self.schedule(first_fault, Event::Fault);
         self.schedule(self.opts.safety_ms * 1000, Event::EndSafety);
@@ -497,6 +567,24 @@ impl Sim {
                 from,
                 after,
             } => self.snapshot_fetched(node, incarnation, from, after),
+            Event::ClientCall {
+                node,
+                client,
+                call,
+                request,
+            } => self.call_arrives(node, client, call, request),
+            Event::ClientReply {
+                client,
+                call,
+                reply,
+            } => self.client_reply(client, call, reply),
+            Event::ClientWake { client, gen } => self.client_wake(client, gen),
+            Event::Housekeep { node, incarnation } => self.housekeep(node, incarnation),
+            Event::Resource {
+                client,
+                generation,
+                sent,
+            } => self.resource(client, generation, sent),
             Event::Fault => self.inject_fault(),
             Event::Heal { links } => self.net.restore(&links),
             Event::EndSafety => self.end_safety(),
@@ -543,6 +631,10 @@ impl Sim {
         self.trace(|| format!("final: {states:?}"));
         let result = self.liveness.check(&states);
         self.fail(result);
+        if let Some(cell) = self.cell.as_mut() {
+            let result = cell.finish();
+            self.fail(result);
+        }
     }
 }
 

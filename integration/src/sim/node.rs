@@ -34,6 +34,8 @@ pub(super) struct SimNode {
     pub snapshotting: bool,
     /// Bumped by every crash: events of an earlier life are ignored.
     pub incarnation: u64,
+    /// `sim cell`: the database and serving state (lost in a crash).
+    pub cell: Option<super::cell::CellApp>,
 }
 
 /// The simulated application: the slots it applied and the chain hash of their values.
@@ -57,6 +59,7 @@ impl SimNode {
             snapshot: None,
             snapshotting: false,
             incarnation: 0,
+            cell: None,
         }
     }
 
@@ -110,6 +113,7 @@ impl Sim {
             }
         };
         node.replica = Some(replica);
+        self.cell_start(i);
         let result = self
             .delivery
             .on_start(id, app.applied, app.hash, &self.agreement);
@@ -186,6 +190,7 @@ impl Sim {
     pub(super) fn crash(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         if node.replica.take().is_some() {
+            node.cell = None;
             node.storage.crash();
             node.tick_gen += 1;
             node.incarnation += 1;
@@ -222,6 +227,7 @@ impl Sim {
         self.execute(i, &actions);
         self.maybe_snapshot(i);
         self.reschedule_tick(i);
+        self.flush_submits(i);
         actions
     }
 
@@ -358,8 +364,15 @@ impl Sim {
                         self.liveness.on_deliver(*slot, command);
                         self.on_delivered(id, command);
                     }
+                    self.cell_deliver(i, *slot, value);
                 }
-                Action::Rejected { command, reason } => self.on_rejected(command, reason),
+                Action::Rejected { command, reason } => {
+                    if self.cell.is_some() {
+                        self.cell_rejected(i, command, reason);
+                    } else {
+                        self.on_rejected(command, reason);
+                    }
+                }
                 Action::FetchSnapshot { from, after } => {
                     let incarnation = self.nodes[i].incarnation;
                     let at = self.now_us + self.rng.between(500, 30_000);
@@ -376,6 +389,7 @@ impl Sim {
                         self.stats.elections += 1;
                     }
                     self.trace(|| format!("{id} is now {role:?} {epoch:?}"));
+                    self.cell_role(i, *role, *epoch);
                 }
             }
         }

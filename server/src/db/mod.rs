@@ -107,6 +107,9 @@ pub struct DbConfig {
     pub admin: String,
     /// Lock-delay of handles that ask for none.
     pub lock_delay_ms_default: u64,
+    /// A deliberate bug for the simulator's self-test (only with the `bug-injection`
+    /// feature): every handle gets lock-delay 0 whatever it asked for.
+    pub bug_ignore_lock_delay: bool,
 }
 
 impl DbConfig {
@@ -116,6 +119,7 @@ impl DbConfig {
         DbConfig {
             admin: admin.to_owned(),
             lock_delay_ms_default: chubby_protocol::db::LOCK_DELAY_MS_DEFAULT,
+            bug_ignore_lock_delay: false,
         }
     }
 }

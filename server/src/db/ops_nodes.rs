@@ -53,6 +53,12 @@ impl Db {
         if args.mode.is_empty() || lock_delay_ms > LOCK_DELAY_MS_MAX || !args.events.is_valid() {
             return Err(Refusal::InvalidArgument);
         }
+        let lock_delay_ms = if cfg!(feature = "bug-injection") && self.config.bug_ignore_lock_delay
+        {
+            0
+        } else {
+            lock_delay_ms
+        };
         if !self.sessions.may_open(args.session) {
             return Err(Refusal::TooMany);
         }

@@ -58,6 +58,9 @@ pub struct MasterConfig {
     /// A session with no handles that makes no call for this long is closed (Chubby §2.8:
     /// "a minute").
     pub session_idle_ms: u64,
+    /// A deliberate bug for the simulator's self-test (only with the `bug-injection`
+    /// feature): writes are proposed without waiting for caches to be invalidated.
+    pub bug_skip_cache_wait: bool,
 }
 
 impl Default for MasterConfig {
@@ -65,6 +68,7 @@ impl Default for MasterConfig {
         MasterConfig {
             session_lease_ms: 12_000,
             session_idle_ms: 60_000,
+            bug_skip_cache_wait: false,
         }
     }
 }
@@ -428,8 +432,21 @@ impl Master {
                 waits.entry(*s).or_insert(1);
             }
         }
+        // A session told to drop one of these paths for an earlier write, and that has
+        // not yet acknowledged, still holds the old data: this write waits for it too (it
+        // is no longer among the cachers, and the earlier write may still be gated).
+        for (s, live) in &self.sessions {
+            for n in &live.outbox {
+                if let Notice::Invalidate { paths: dropped } = &n.notice {
+                    if dropped.iter().any(|d| paths.iter().any(|p| **p == **d)) {
+                        let w = waits.entry(*s).or_insert(0);
+                        *w = (*w).max(n.seq);
+                    }
+                }
+            }
+        }
         self.writes.insert(request, paths);
-        if waits.is_empty() {
+        if waits.is_empty() || (cfg!(feature = "bug-injection") && self.cfg.bug_skip_cache_wait) {
             return true;
         }
         self.gates.insert(request, Gate { waits });

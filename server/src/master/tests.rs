@@ -118,6 +118,37 @@ fn a_write_waits_for_the_invalidation_to_be_acknowledged() {
     assert!(m.gate_write(101, path("/g"), Instant(9), &mut out));
 }
 
+/// Found by `sim cell` (seed 25): a second write to a path whose first write is still
+/// waiting for a cacher's acknowledgement must wait for that acknowledgement too; the
+/// cacher is no longer recorded as caching, yet still holds the old contents.
+#[test]
+fn a_later_write_waits_for_an_earlier_unacknowledged_invalidation() {
+    let h = Harness::new();
+    let mut m = master(&h);
+    let (a, b) = (SessionId(1), SessionId(2));
+    m.session_created(a, Instant(0));
+    m.session_created(b, Instant(0));
+    m.served_read(b, "/f").expect("cacheable");
+    let mut out = Vec::new();
+    assert!(!m.gate_write(100, path("/f"), Instant(1), &mut out));
+    out.clear();
+    // The second write must not be proposed while b may still read the old contents.
+    assert!(!m.gate_write(101, path("/f"), Instant(2), &mut out));
+    m.keepalive(b, 1, 7, Instant(3), &mut out);
+    let mut proposed: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            MasterAction::Propose { request } => Some(*request),
+            _ => None,
+        })
+        .collect();
+    proposed.sort_unstable();
+    assert_eq!(proposed, vec![100, 101], "one acknowledgement opens both");
+    // A path nobody was told to drop does not wait.
+    assert!(m.gate_write(102, path("/g"), Instant(4), &mut out));
+    let _ = a;
+}
+
 /// Chubby §2.7: a cacher that never acknowledges holds a write only until its lease ends.
 #[test]
 fn a_silent_cacher_holds_a_write_only_until_its_lease_ends() {

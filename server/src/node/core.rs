@@ -112,6 +112,7 @@ impl Core {
                     master: MasterConfig {
                         session_lease_ms: parts.cfg.tuning.session_lease_ms,
                         session_idle_ms: parts.cfg.tuning.session_idle_ms,
+                        ..MasterConfig::default()
                     },
                     request_timeout_ms: parts.cfg.tuning.request_timeout_ms,
                 },

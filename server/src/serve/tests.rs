@@ -37,6 +37,7 @@ impl One {
                     master: MasterConfig {
                         session_lease_ms: 12_000,
                         session_idle_ms: 60_000,
+                        ..MasterConfig::default()
                     },
                     request_timeout_ms: 10_000,
                 },

@@ -3,6 +3,7 @@
 
 pub mod agreement;
 pub mod delivery_order;
+pub mod linearizable;
 pub mod liveness;
 pub mod promise_monotonic;
 pub mod single_master;

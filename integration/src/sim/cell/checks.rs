@@ -1,0 +1,231 @@
+//! The cell's checkers (Chubby §2.4, §2.7–2.9; the issue's list):
+//!
+//! - **stale read**: a read (cache included) returns a generation at least that of every
+//!   write to the file that completed before the read began;
+//! - **expiry after the client's lease**: checked where the master proposes an expiry
+//!   ([`super::client`]);
+//! - **one believing holder**: a client that is told it acquired the lock, while its session
+//!   is safe, finds no other client acting as holder;
+//! - **fenced resource**: messages lock holders send to a resource (delayed less than the
+//!   lock-delay) arrive in lock-generation order — what lock-delay is for;
+//! - **linearizable files**: every file's history of get, put and CAS
+//!   ([`super::super::checkers::linearizable`]).
+
+use std::collections::BTreeMap;
+
+use chubby_protocol::{Generation, SessionId};
+
+use super::super::checkers::linearizable::{self, HistoryOp, RegOp, RegResult, Verdict};
+use super::super::checkers::{violation, Violation};
+
+/// A register operation as called.
+#[derive(Clone, Debug)]
+pub(crate) enum Pending {
+    Get,
+    Put(Vec<u8>),
+    Cas { expected: Vec<u8>, new: Vec<u8> },
+}
+
+/// What a read returned.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadSeen {
+    pub contents: Vec<u8>,
+    pub generation: Generation,
+}
+
+#[derive(Debug)]
+struct Op {
+    path: String,
+    op: HistoryOp,
+    /// Never happened (a definite failure): left out of the history.
+    failed: bool,
+}
+
+/// Everything the cell checkers observe.
+#[derive(Debug, Default)]
+pub(crate) struct Checks {
+    /// Which client holds each session.
+    pub session_of: BTreeMap<SessionId, usize>,
+    ops: Vec<Op>,
+    /// Per file: (completion µs, generation) of completed writes.
+    writes: BTreeMap<String, Vec<(u64, Generation)>>,
+    /// Clients acting as the lock's holder, with the generation they hold.
+    believers: BTreeMap<usize, Generation>,
+    /// The highest lock generation the resource has seen, and from whom.
+    resource_max: Option<(Generation, usize)>,
+    /// The last lock grant applied: its place in the log and its generation.
+    last_grant: Option<((chubby_protocol::Slot, usize), Generation)>,
+    /// Histories checked for linearizability, and undecided ones.
+    pub linearized: u64,
+    pub undecided: u64,
+}
+
+impl Checks {
+    pub fn begin(&mut self, client: usize, path: &str, pending: Pending, now: u64) -> usize {
+        let op = match pending {
+            Pending::Get => RegOp::Get,
+            Pending::Put(v) => RegOp::Put(v),
+            Pending::Cas { expected, new } => RegOp::Cas { expected, new },
+        };
+        self.ops.push(Op {
+            path: path.to_owned(),
+            op: HistoryOp {
+                client,
+                call: now,
+                ret: None,
+                op,
+            },
+            failed: false,
+        });
+        self.ops.len() - 1
+    }
+
+    pub fn read_done(&mut self, h: usize, now: u64, seen: ReadSeen) -> Result<(), Violation> {
+        let op = &mut self.ops[h];
+        op.op.ret = Some((now, RegResult::Value(seen.contents)));
+        let began = op.op.call;
+        let newest_before = self
+            .writes
+            .get(&op.path)
+            .into_iter()
+            .flatten()
+            .filter(|(done, _)| *done < began)
+            .map(|(_, g)| *g)
+            .max();
+        match newest_before {
+            Some(g) if seen.generation < g => Err(violation(
+                "stale_read",
+                format!(
+                    "client {} read {} at generation {} at {now}us, but a write of generation \
+                     {} completed before the read began at {began}us",
+                    op.op.client, op.path, seen.generation.0, g.0
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn write_done(&mut self, h: usize, now: u64, generation: Generation) {
+        let op = &mut self.ops[h];
+        op.op.ret = Some((now, RegResult::Done));
+        self.writes
+            .entry(op.path.clone())
+            .or_default()
+            .push((now, generation));
+    }
+
+    pub fn cas_mismatch(&mut self, h: usize, now: u64) {
+        self.ops[h].op.ret = Some((now, RegResult::Mismatch));
+    }
+
+    /// The operation may or may not have happened.
+    pub fn unknown(&mut self, h: usize) {
+        self.ops[h].op.ret = None;
+    }
+
+    /// The operation certainly did not happen.
+    pub fn failed(&mut self, h: usize) {
+        self.ops[h].failed = true;
+    }
+
+    /// A grant of the lock was applied at `at` (slot, command) on some replica: grants in
+    /// log order carry strictly increasing generations (replicas replaying the log repeat
+    /// earlier grants, which are skipped).
+    pub fn lock_granted(
+        &mut self,
+        at: (chubby_protocol::Slot, usize),
+        generation: Generation,
+    ) -> Result<(), Violation> {
+        match self.last_grant {
+            Some((last_at, _)) if at <= last_at => Ok(()),
+            Some((last_at, last)) if generation <= last => Err(violation(
+                "lock_generations",
+                format!(
+                    "the grant at {:?} has generation {}, not above {} granted at {:?}",
+                    at, generation.0, last.0, last_at
+                ),
+            )),
+            _ => {
+                self.last_grant = Some((at, generation));
+                Ok(())
+            }
+        }
+    }
+
+    /// `client` now acts as the lock's holder; `acting(c)` says whether another believer
+    /// `c` may still act on it (its local lease has not ended: a stopped or cut-off client
+    /// finds its lease over before it acts again).
+    pub fn lock_belief_starts(
+        &mut self,
+        client: usize,
+        generation: Generation,
+        now: u64,
+        acting: impl Fn(usize) -> bool,
+    ) -> Result<(), Violation> {
+        let other = self
+            .believers
+            .iter()
+            .find(|(c, _)| **c != client && acting(**c))
+            .map(|(c, g)| (*c, *g));
+        self.believers.insert(client, generation);
+        match other {
+            Some((c, g)) => Err(violation(
+                "lock_exclusive",
+                format!(
+                    "client {client} acquired the lock (generation {}) at {now}us while client \
+                     {c} still acts as its holder (generation {})",
+                    generation.0, g.0
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    pub fn lock_belief_ends(&mut self, client: usize) {
+        self.believers.remove(&client);
+    }
+
+    pub fn resource(
+        &mut self,
+        client: usize,
+        generation: Generation,
+        sent: u64,
+        now: u64,
+    ) -> Result<(), Violation> {
+        match self.resource_max {
+            Some((max, from)) if generation < max => Err(violation(
+                "fenced_resource",
+                format!(
+                    "a message client {client} sent at {sent}us as holder of lock generation {} \
+                     reached the resource at {now}us, after one from client {from} holding \
+                     generation {}",
+                    generation.0, max.0
+                ),
+            )),
+            _ => {
+                if self.resource_max.is_none_or(|(m, _)| generation > m) {
+                    self.resource_max = Some((generation, client));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks every file's history; the first non-linearizable one is the violation.
+    pub fn linearizability(&mut self) -> Result<(), Violation> {
+        let mut by_path: BTreeMap<&str, Vec<HistoryOp>> = BTreeMap::new();
+        for op in self.ops.iter().filter(|o| !o.failed) {
+            by_path.entry(&op.path).or_default().push(op.op.clone());
+        }
+        for (path, history) in by_path {
+            match linearizable::check(b"", &history) {
+                Verdict::Linearizable => self.linearized += 1,
+                Verdict::Undecided => self.undecided += 1,
+                Verdict::NotLinearizable(why) => {
+                    return Err(violation("linearizable", format!("{path}: {why}")))
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,975 @@
+//! A simulated client: the session logic of `chubby_client::client` on the simulator's
+//! clock and network. It reuses the library's pure parts — the lease clock with its drift
+//! margin, jeopardy and grace ([`LeaseClock`]) and the cache with its token rule ([`Cache`]) —
+//! and does what the library's KeepAlive task and calls do: one long-poll KeepAlive at a
+//! time, notices applied in order before they are acknowledged, epochs followed forward,
+//! the cache off in jeopardy and a new session after expiry. One operation at a time:
+//! open, get (from the cache when it can), put, compare-and-swap, try-lock, unlock, and
+//! writes to a fenced resource while it believes it holds the lock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chubby_client::cache::Cache;
+use chubby_client::session::{LeaseClock, SessionStatus, Transition};
+use chubby_protocol::client_msg::{Answer, Call, CallError, Reply, Request};
+use chubby_protocol::db::OpenArgs;
+use chubby_protocol::{
+    Ballot, Creation, EventMask, Generation, HandleId, Instant, LockMode, NodeId, NodeKind, Notice,
+    OpenMode, Refusal, SessionId,
+};
+
+use super::super::clock::NodeClock;
+use super::super::{Event, Sim};
+use super::checks::{Pending, ReadSeen};
+
+/// The principal every simulated client acts as.
+pub const PRINCIPAL: &str = "admin";
+/// The files used as registers.
+pub const FILES: [&str; 2] = ["/f0", "/f1"];
+/// The lock file.
+pub const LOCK: &str = "/lock";
+/// How much shorter than the lock-delay the longest delay of a message to the fenced
+/// resource is: more than the replicas' wall-clock skew (up to 50 ms each way), so
+/// lock-delay alone keeps an expired holder's late messages ahead of the next holder's.
+pub const RESOURCE_DELAY_MARGIN_US: u64 = 200_000;
+/// How long a call waits for its reply (a KeepAlive waits a lease).
+const CALL_TIMEOUT_US: u64 = 3_000_000;
+
+/// The network address of client `c` (beyond every replica's).
+#[must_use]
+pub fn net_id(c: usize) -> NodeId {
+    NodeId(1000 + u32::try_from(c).unwrap_or(0))
+}
+
+/// The session a client holds.
+#[derive(Debug)]
+pub(crate) struct Sess {
+    pub id: SessionId,
+    pub epoch: Ballot,
+    pub acked: u64,
+    pub lease: LeaseClock,
+    pub lease_ms: u64,
+    pub cache: Cache,
+    pub handles: BTreeMap<String, HandleId>,
+    /// The lock generation it believes it holds (and may act on), if any.
+    pub holds: Option<Generation>,
+    /// Invalidations acknowledged but not yet applied (the injected client bug).
+    pub deferred: Vec<(u64, Vec<String>)>,
+    /// Contents last seen per file, by generation (for CAS).
+    pub seen: BTreeMap<String, (Generation, Vec<u8>)>,
+}
+
+/// What an outstanding call is for.
+#[derive(Clone, Debug)]
+pub(crate) enum OpKind {
+    CreateSession,
+    Open(String),
+    Get(String),
+    Put(String, Vec<u8>),
+    Cas(String, Generation, Vec<u8>),
+    TryLock,
+    Unlock,
+}
+
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub call: u64,
+    pub kind: OpKind,
+    pub sent_local: u64,
+    pub deadline_us: u64,
+    /// The history entry of a register operation.
+    pub hist: Option<usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct KeepAliveInFlight {
+    pub call: u64,
+    pub sent_local: u64,
+    pub epoch: Ballot,
+    pub deadline_us: u64,
+}
+
+/// One simulated client.
+#[derive(Debug)]
+pub(crate) struct SimClient {
+    pub id: usize,
+    pub clock: NodeClock,
+    /// The replica it sends to (index).
+    pub target: usize,
+    pub sess: Option<Sess>,
+    pub op: Option<InFlight>,
+    pub ka: Option<KeepAliveInFlight>,
+    pub next_op_us: u64,
+    pub next_ka_us: u64,
+    pub paused_until: u64,
+    pub gen: u64,
+    pub writes: u64,
+    /// When it last sent to the fenced resource.
+    pub last_resource_us: u64,
+    /// It holds the lock and means to release it once its resource messages arrived.
+    pub releasing: bool,
+}
+
+impl SimClient {
+    pub fn new(id: usize, clock: NodeClock, target: usize) -> SimClient {
+        SimClient {
+            id,
+            clock,
+            target,
+            sess: None,
+            op: None,
+            ka: None,
+            next_op_us: 0,
+            next_ka_us: 0,
+            paused_until: 0,
+            gen: 0,
+            writes: 0,
+            last_resource_us: 0,
+            releasing: false,
+        }
+    }
+
+    fn local(&self, now_us: u64) -> u64 {
+        self.clock.local(now_us).0
+    }
+}
+
+impl Sim {
+    fn cell_mut(&mut self) -> &mut super::CellSim {
+        self.cell.as_mut().expect("cell mode")
+    }
+
+    /// Wakes every client within the first 100 ms.
+    pub(crate) fn start_cell_clients(&mut self) {
+        let count = self.cell.as_ref().map_or(0, |c| c.clients.len());
+        for c in 0..count {
+            let at = self.rng.between(0, 100_000);
+            self.wake_at(c, at);
+        }
+    }
+
+    /// Pauses a random client for up to its lease plus grace plus 2 s (often past both).
+    pub(crate) fn pause_random_client(&mut self) {
+        let Some(cell) = self.cell.as_ref() else {
+            return;
+        };
+        let count = cell.clients.len();
+        let longest = (cell.timing.lease_ms + cell.timing.grace_ms + 2_000) * 1000;
+        let c = self.rng.between(0, count as u64 - 1) as usize;
+        let until = self.now_us + self.rng.between(100_000, longest);
+        self.pause_client(c, until);
+    }
+
+    /// Schedules client `c`'s next look at its state at `at` (true µs), cancelling earlier.
+    fn wake_at(&mut self, c: usize, at: u64) {
+        let client = &mut self.cell_mut().clients[c];
+        client.gen += 1;
+        let gen = client.gen;
+        let at = at.max(self.now_us + 1);
+        self.schedule(at, Event::ClientWake { client: c, gen });
+    }
+
+    pub(crate) fn client_wake(&mut self, c: usize, gen: u64) {
+        if self.cell_mut().clients[c].gen != gen {
+            return;
+        }
+        self.client_step(c);
+    }
+
+    /// Pauses client `c` (a stopped process): it handles nothing until `until`.
+    fn pause_client(&mut self, c: usize, until: u64) {
+        let client = &mut self.cell_mut().clients[c];
+        client.paused_until = client.paused_until.max(until);
+        self.cell_mut().stats.pauses += 1;
+        let id = self.cell_mut().clients[c].id;
+        self.trace(|| format!("client {id} paused until {until}us"));
+        self.wake_at(c, until);
+    }
+
+    /// Cuts a random client off from every replica (both ways) for up to its lease plus
+    /// grace plus 2 s: it keeps running (and, holding the lock, keeps using the fenced
+    /// resource) until its local lease ends.
+    pub(crate) fn cut_random_client(&mut self) {
+        let Some(cell) = self.cell.as_ref() else {
+            return;
+        };
+        let count = cell.clients.len();
+        let longest = (cell.timing.lease_ms + cell.timing.grace_ms + 2_000) * 1000;
+        // Mostly the lock holder, if any: the case lock-delay exists for.
+        let holder = cell
+            .clients
+            .iter()
+            .position(|cl| cl.sess.as_ref().is_some_and(|s| s.holds.is_some()));
+        let c = match holder {
+            Some(h) if self.rng.chance(750_000) => h,
+            _ => self.rng.between(0, count as u64 - 1) as usize,
+        };
+        let me = net_id(c);
+        let mut everyone = self.members.clone();
+        everyone.push(me);
+        let links = self.net.partition(&[me], &everyone, true, true);
+        self.stats.partitions += 1;
+        let holding = holder == Some(c);
+        self.trace(|| format!("client {c} cut off from the cell (lock holder: {holding})"));
+        let heal_after = self.rng.between(100_000, longest);
+        self.schedule(self.now_us + heal_after, Event::Heal { links });
+    }
+
+    /// The client looks at its clocks and outstanding calls and does what is due.
+    fn client_step(&mut self, c: usize) {
+        let now = self.now_us;
+        if self.cell_mut().clients[c].paused_until > now {
+            let until = self.cell_mut().clients[c].paused_until;
+            self.wake_at(c, until);
+            return;
+        }
+        if self.healed && now > self.track_until_us {
+            return;
+        }
+        self.tick_lease(c);
+        // Calls whose reply never came.
+        let client = &self.cell_mut().clients[c];
+        if client.op.as_ref().is_some_and(|o| o.deadline_us <= now) {
+            self.op_failed(c, true);
+            self.next_replica(c);
+        }
+        let client = &self.cell_mut().clients[c];
+        if client.ka.as_ref().is_some_and(|k| k.deadline_us <= now) {
+            self.cell_mut().clients[c].ka = None;
+            self.next_replica(c);
+        }
+        let client = &self.cell_mut().clients[c];
+        let has_session = client.sess.is_some();
+        if has_session && client.ka.is_none() && client.next_ka_us <= now {
+            self.send_keepalive(c);
+        }
+        let client = &self.cell_mut().clients[c];
+        if client.op.is_none() && client.next_op_us <= now {
+            self.start_op(c);
+        }
+        // Next wake: the earliest deadline.
+        let client = &self.cell_mut().clients[c];
+        let mut at = u64::MAX;
+        if let Some(o) = &client.op {
+            at = at.min(o.deadline_us);
+        } else {
+            at = at.min(client.next_op_us);
+        }
+        if let Some(k) = &client.ka {
+            at = at.min(k.deadline_us);
+        } else if client.sess.is_some() {
+            at = at.min(client.next_ka_us);
+        }
+        if let Some(d) = client.sess.as_ref().and_then(|s| s.lease.next_deadline()) {
+            at = at.min(client.clock.true_time_of(Instant(d)));
+        }
+        if at != u64::MAX {
+            self.wake_at(c, at);
+        }
+    }
+
+    fn tick_lease(&mut self, c: usize) {
+        let now_us = self.now_us;
+        let now_local = self.cell_mut().clients[c].local(now_us);
+        let t = self.cell_mut().clients[c]
+            .sess
+            .as_mut()
+            .and_then(|s| s.lease.tick(now_local));
+        self.transition(c, t);
+    }
+
+    fn transition(&mut self, c: usize, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let id = self.cell_mut().clients[c].id;
+        self.trace(|| format!("client {id}: {t:?}"));
+        match t {
+            Transition::Jeopardy => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.cache.disable();
+                    // Like `chubby lock`: stop acting on the lock.
+                    s.holds = None;
+                }
+                self.cell_mut().checks.lock_belief_ends(c);
+                self.cell_mut().clients[c].releasing = false;
+            }
+            Transition::Safe => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.cache.enable();
+                }
+            }
+            Transition::Expired => {
+                self.cell_mut().stats.expiries += 1;
+                self.cell_mut().checks.lock_belief_ends(c);
+                let client = &mut self.cell_mut().clients[c];
+                client.sess = None;
+                client.ka = None;
+                client.releasing = false;
+                if let Some(op) = client.op.take() {
+                    // Whatever it was, its outcome is unknown now.
+                    if let Some(h) = op.hist {
+                        self.cell_mut().checks.unknown(h);
+                    }
+                }
+                self.cell_mut().clients[c].next_op_us = self.now_us;
+            }
+        }
+    }
+
+    fn next_replica(&mut self, c: usize) {
+        let n = self.nodes.len();
+        let client = &mut self.cell_mut().clients[c];
+        client.target = (client.target + 1) % n;
+    }
+
+    fn send_call(&mut self, c: usize, call: u64, request: Request) {
+        let target = self.cell_mut().clients[c].target;
+        let to = self.nodes[target].id;
+        if let Some(delay) = self
+            .net
+            .transmit(&mut self.rng, net_id(c), to)
+            .first()
+            .copied()
+        {
+            self.schedule(
+                self.now_us + delay,
+                Event::ClientCall {
+                    node: target,
+                    client: c,
+                    call,
+                    request,
+                },
+            );
+        }
+    }
+
+    fn new_call(&mut self) -> u64 {
+        let cell = self.cell_mut();
+        cell.next_call += 1;
+        cell.next_call
+    }
+
+    fn send_keepalive(&mut self, c: usize) {
+        let now_us = self.now_us;
+        let now_local = self.cell_mut().clients[c].local(now_us);
+        let Some(s) = self.cell_mut().clients[c].sess.as_ref() else {
+            return;
+        };
+        let (session, acked, epoch, lease_ms) = (s.id, s.acked, s.epoch, s.lease_ms);
+        let call = self.new_call();
+        self.cell_mut().clients[c].ka = Some(KeepAliveInFlight {
+            call,
+            sent_local: now_local,
+            epoch,
+            deadline_us: self.now_us + lease_ms * 1000,
+        });
+        let request = Request {
+            epoch: Some(epoch),
+            call: Call::KeepAlive { session, acked },
+        };
+        self.send_call(c, call, request);
+    }
+
+    /// Picks and sends the client's next operation.
+    fn start_op(&mut self, c: usize) {
+        let now = self.now_us;
+        let now_local = self.cell_mut().clients[c].local(now);
+        let status = self.cell_mut().clients[c]
+            .sess
+            .as_ref()
+            .map(|s| s.lease.status());
+        let kind = match status {
+            None => OpKind::CreateSession,
+            Some(SessionStatus::Safe) => match self.choose_op(c) {
+                Some(kind) => kind,
+                None => return,
+            },
+            // Calls wait while in jeopardy.
+            Some(_) => {
+                self.cell_mut().clients[c].next_op_us = now + 100_000;
+                return;
+            }
+        };
+        // Reads from the cache complete at once.
+        if let OpKind::Get(path) = &kind {
+            let hit = self.cell_mut().clients[c]
+                .sess
+                .as_mut()
+                .and_then(|s| s.cache.contents(path));
+            if let Some((contents, stat)) = hit {
+                self.trace(|| {
+                    format!(
+                        "client {c} cache hit {path}: {:?} gen {}",
+                        String::from_utf8_lossy(&contents),
+                        stat.content_generation.0
+                    )
+                });
+                self.cell_mut().stats.cache_hits += 1;
+                let h = self.cell_mut().checks.begin(c, path, Pending::Get, now);
+                let seen = ReadSeen {
+                    contents: contents.as_ref().clone(),
+                    generation: stat.content_generation,
+                };
+                self.read_done(c, path, h, seen);
+                let think = self.rng.between(1_000, 30_000);
+                self.cell_mut().clients[c].next_op_us = now + think;
+                return;
+            }
+        }
+        let call = self.new_call();
+        let (session, epoch) = match self.cell_mut().clients[c].sess.as_ref() {
+            Some(s) => (s.id, Some(s.epoch)),
+            None => (SessionId(0), None),
+        };
+        let handle = |this: &mut Sim, path: &str| -> HandleId {
+            this.cell_mut().clients[c]
+                .sess
+                .as_ref()
+                .and_then(|s| s.handles.get(path).copied())
+                .unwrap_or(HandleId(0))
+        };
+        let mut hist = None;
+        let call_msg = match &kind {
+            OpKind::CreateSession => Call::CreateSession,
+            OpKind::Open(path) => {
+                let lock_delay_ms = self.cell_mut().timing.lock_delay_ms;
+                Call::Open(OpenArgs {
+                    session,
+                    path: path.clone(),
+                    mode: OpenMode::READ_WRITE,
+                    creation: Creation::IfMissing,
+                    kind: NodeKind::File,
+                    ephemeral: false,
+                    contents: Vec::new(),
+                    acl: None,
+                    lock_delay_ms: Some(lock_delay_ms),
+                    events: EventMask::NONE,
+                })
+            }
+            OpKind::Get(path) => {
+                hist = Some(self.cell_mut().checks.begin(c, path, Pending::Get, now));
+                Call::GetContentsAndStat {
+                    session,
+                    handle: handle(self, path),
+                }
+            }
+            OpKind::Put(path, v) => {
+                hist = Some(
+                    self.cell_mut()
+                        .checks
+                        .begin(c, path, Pending::Put(v.clone()), now),
+                );
+                Call::SetContents {
+                    session,
+                    handle: handle(self, path),
+                    contents: v.clone(),
+                    expected: None,
+                }
+            }
+            OpKind::Cas(path, g, v) => {
+                let expected = self.cell_mut().clients[c]
+                    .sess
+                    .as_ref()
+                    .and_then(|s| s.seen.get(path))
+                    .map(|(_, contents)| contents.clone())
+                    .unwrap_or_default();
+                hist = Some(self.cell_mut().checks.begin(
+                    c,
+                    path,
+                    Pending::Cas {
+                        expected,
+                        new: v.clone(),
+                    },
+                    now,
+                ));
+                Call::SetContents {
+                    session,
+                    handle: handle(self, path),
+                    contents: v.clone(),
+                    expected: Some(*g),
+                }
+            }
+            OpKind::TryLock => Call::TryAcquire {
+                session,
+                handle: handle(self, LOCK),
+                mode: LockMode::Exclusive,
+            },
+            OpKind::Unlock => Call::Release {
+                session,
+                handle: handle(self, LOCK),
+            },
+        };
+        let target = self.cell_mut().clients[c].target;
+        self.trace(|| format!("client {c} call {call} {kind:?} to replica index {target}"));
+        self.cell_mut().clients[c].op = Some(InFlight {
+            call,
+            kind,
+            sent_local: now_local,
+            deadline_us: now + CALL_TIMEOUT_US,
+            hist,
+        });
+        self.send_call(
+            c,
+            call,
+            Request {
+                epoch,
+                call: call_msg,
+            },
+        );
+    }
+
+    /// What to do next with a safe session: open what is not open yet, else a random
+    /// operation. Also sends to the fenced resource while holding the lock.
+    fn choose_op(&mut self, c: usize) -> Option<OpKind> {
+        let now = self.now_us;
+        let s = self.cell_mut().clients[c].sess.as_ref()?;
+        for path in FILES.iter().chain(std::iter::once(&LOCK)) {
+            if !s.handles.contains_key(*path) {
+                return Some(OpKind::Open((*path).to_owned()));
+            }
+        }
+        let holds = s.holds;
+        if let Some(generation) = holds {
+            // Release only once every message sent to the resource has arrived: lock-delay
+            // covers an expired holder's messages, not a voluntary release. So a holder
+            // that means to release stops using the resource first.
+            let last = self.cell_mut().clients[c].last_resource_us;
+            let releasing = self.cell_mut().clients[c].releasing;
+            if !releasing && self.rng.chance(30_000) {
+                self.cell_mut().clients[c].releasing = true;
+            }
+            if !self.cell_mut().clients[c].releasing {
+                self.use_resource(c, generation);
+            } else if now >= last + self.resource_delay_max() {
+                self.cell_mut().clients[c].releasing = false;
+                // It stops acting on the lock before asking to release it.
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.holds = None;
+                }
+                self.cell_mut().checks.lock_belief_ends(c);
+                return Some(OpKind::Unlock);
+            }
+            let think = self.rng.between(20_000, 200_000);
+            self.cell_mut().clients[c].next_op_us = now + think;
+            return None;
+        }
+        let roll = self.rng.between(0, 99);
+        let path = (*self.rng.pick(&FILES).expect("files")).to_owned();
+        let kind = if roll < 45 {
+            OpKind::Get(path)
+        } else if roll < 75 {
+            OpKind::Put(path, self.fresh_value(c))
+        } else if roll < 90 {
+            let seen = self.cell_mut().clients[c]
+                .sess
+                .as_ref()
+                .and_then(|s| s.seen.get(&path))
+                .map(|(g, _)| *g);
+            match seen {
+                Some(g) => OpKind::Cas(path, g, self.fresh_value(c)),
+                None => OpKind::Get(path),
+            }
+        } else {
+            OpKind::TryLock
+        };
+        Some(kind)
+    }
+
+    fn fresh_value(&mut self, c: usize) -> Vec<u8> {
+        let client = &mut self.cell_mut().clients[c];
+        client.writes += 1;
+        format!("c{}-{}", client.id, client.writes).into_bytes()
+    }
+
+    /// The longest delay of a message to the fenced resource in this run.
+    fn resource_delay_max(&mut self) -> u64 {
+        (self.cell_mut().timing.lock_delay_ms * 1000).saturating_sub(RESOURCE_DELAY_MARGIN_US)
+    }
+
+    fn use_resource(&mut self, c: usize, generation: Generation) {
+        let longest = self.resource_delay_max();
+        let delay = self.rng.between(0, longest);
+        self.cell_mut().clients[c].last_resource_us = self.now_us;
+        let sent = self.now_us;
+        self.schedule(
+            self.now_us + delay,
+            Event::Resource {
+                client: c,
+                generation,
+                sent,
+            },
+        );
+    }
+
+    /// A reply reaches client `c`.
+    pub(crate) fn client_reply(&mut self, c: usize, call: u64, reply: Reply) {
+        if self.cell_mut().clients[c].paused_until > self.now_us {
+            // A stopped process reads it when it resumes.
+            let at = self.cell_mut().clients[c].paused_until;
+            self.schedule(
+                at,
+                Event::ClientReply {
+                    client: c,
+                    call,
+                    reply,
+                },
+            );
+            return;
+        }
+        self.tick_lease(c);
+        let is_ka = self.cell_mut().clients[c]
+            .ka
+            .as_ref()
+            .is_some_and(|k| k.call == call);
+        if is_ka {
+            self.keepalive_reply(c, reply);
+        } else if self.cell_mut().clients[c]
+            .op
+            .as_ref()
+            .is_some_and(|o| o.call == call)
+        {
+            self.op_reply(c, reply);
+        }
+        self.client_step(c);
+    }
+
+    fn keepalive_reply(&mut self, c: usize, reply: Reply) {
+        self.trace(|| format!("client {c} KeepAlive reply {reply:?}"));
+        let Some(ka) = self.cell_mut().clients[c].ka.take() else {
+            return;
+        };
+        let now = self.now_us;
+        match reply {
+            Reply::Ok(Answer::KeepAlive(r)) => {
+                let bug = self.cell_mut().bugs.client_acks_before_drop;
+                let Some(s) = self.cell_mut().clients[c].sess.as_mut() else {
+                    return;
+                };
+                if s.epoch != ka.epoch {
+                    return;
+                }
+                s.lease_ms = r.lease_ms;
+                let t = s.lease.renewed(ka.sent_local, r.lease_ms);
+                // The bug: invalidations acknowledged by the previous reply are applied
+                // only now, one KeepAlive late.
+                for (seq, paths) in std::mem::take(&mut s.deferred) {
+                    s.cache.invalidate(seq, &paths);
+                }
+                let mut fail_over = false;
+                for n in r.notices {
+                    if n.seq <= s.acked {
+                        continue;
+                    }
+                    s.acked = n.seq;
+                    match n.notice {
+                        Notice::Invalidate { paths } => {
+                            if bug {
+                                s.deferred.push((n.seq, paths));
+                            } else {
+                                s.cache.invalidate(n.seq, &paths);
+                            }
+                        }
+                        Notice::FailOver => {
+                            let epoch = s.epoch;
+                            s.cache.flush(epoch);
+                            fail_over = true;
+                        }
+                        Notice::Event { .. }
+                        | Notice::LockGranted { .. }
+                        | Notice::LockWaitEnded { .. } => {}
+                    }
+                }
+                if fail_over {
+                    self.cell_mut().stats.fail_overs += 1;
+                }
+                self.transition(c, t);
+                // The next long poll goes out at once (it carries the acknowledgement).
+                self.cell_mut().clients[c].next_ka_us = now;
+            }
+            Reply::Err(CallError::WrongEpoch { current }) => {
+                self.follow_epoch(c, current);
+                self.cell_mut().clients[c].next_ka_us = now;
+            }
+            Reply::Err(CallError::Refused(Refusal::SessionExpired)) => {
+                let t = self.cell_mut().clients[c]
+                    .sess
+                    .as_mut()
+                    .and_then(|s| s.lease.ended());
+                self.transition(c, t);
+            }
+            Reply::Err(CallError::NotMaster { master: Some(hint) }) => {
+                self.redirect(c, hint.id);
+                self.cell_mut().clients[c].next_ka_us = now + 10_000;
+            }
+            Reply::Ok(_) | Reply::Err(_) => {
+                self.next_replica(c);
+                self.cell_mut().clients[c].next_ka_us = now + 100_000;
+            }
+        }
+    }
+
+    fn follow_epoch(&mut self, c: usize, current: Ballot) {
+        if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+            if current > s.epoch {
+                s.epoch = current;
+                s.acked = 0;
+                s.deferred.clear();
+                s.cache.flush(current);
+            }
+        }
+    }
+
+    fn redirect(&mut self, c: usize, hint: NodeId) {
+        if let Some(i) = self.members.iter().position(|&m| m == hint) {
+            self.cell_mut().clients[c].target = i;
+        }
+    }
+
+    fn op_reply(&mut self, c: usize, reply: Reply) {
+        self.trace(|| format!("client {c} reply {reply:?}"));
+        let Some(op) = self.cell_mut().clients[c].op.take() else {
+            return;
+        };
+        let now = self.now_us;
+        let think = self.rng.between(1_000, 30_000);
+        self.cell_mut().clients[c].next_op_us = now + think;
+        let answer = match reply {
+            Reply::Ok(a) => a,
+            Reply::Err(e) => {
+                self.cell_mut().clients[c].op = Some(op);
+                self.op_error(c, e);
+                return;
+            }
+        };
+        self.cell_mut().stats.ops += 1;
+        match (op.kind, answer) {
+            (
+                OpKind::CreateSession,
+                Answer::Session {
+                    session,
+                    epoch,
+                    lease_ms,
+                },
+            ) => {
+                let grace = self.cell_mut().timing.grace_ms;
+                self.cell_mut().stats.sessions += 1;
+                self.cell_mut().checks.session_of.insert(session, c);
+                self.cell_mut().clients[c].sess = Some(Sess {
+                    id: session,
+                    epoch,
+                    acked: 0,
+                    lease: LeaseClock::new(op.sent_local, lease_ms, grace),
+                    lease_ms,
+                    cache: Cache::new(epoch),
+                    handles: BTreeMap::new(),
+                    holds: None,
+                    deferred: Vec::new(),
+                    seen: BTreeMap::new(),
+                });
+                self.cell_mut().clients[c].next_ka_us = now;
+            }
+            (OpKind::Open(path), Answer::Opened { handle, .. }) => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.handles.insert(path, handle);
+                }
+            }
+            (
+                OpKind::Get(path),
+                Answer::Contents {
+                    contents,
+                    stat,
+                    cache,
+                },
+            ) => {
+                let seen = ReadSeen {
+                    contents: contents.clone(),
+                    generation: stat.content_generation,
+                };
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    if s.cache.install_allowed(cache) {
+                        s.cache
+                            .install_contents(&path, cache, Arc::new(contents), stat.clone());
+                    }
+                }
+                if let Some(h) = op.hist {
+                    self.read_done(c, &path, h, seen);
+                }
+            }
+            (OpKind::Put(path, v) | OpKind::Cas(path, _, v), Answer::Written { stat }) => {
+                if let Some(h) = op.hist {
+                    self.cell_mut()
+                        .checks
+                        .write_done(h, now, stat.content_generation);
+                }
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.seen.insert(path, (stat.content_generation, v));
+                }
+            }
+            (OpKind::TryLock, Answer::Acquired { sequencer }) => {
+                self.cell_mut().stats.locks += 1;
+                let safe = self.cell_mut().clients[c]
+                    .sess
+                    .as_ref()
+                    .is_some_and(|s| s.lease.status() == SessionStatus::Safe);
+                if safe {
+                    let cell = self.cell.as_mut().expect("cell mode");
+                    let clients = &cell.clients;
+                    let acting = |d: usize| {
+                        clients[d].sess.as_ref().is_some_and(|s| {
+                            s.lease.status() == SessionStatus::Safe
+                                && clients[d].clock.true_time_of(Instant(s.lease.local_end())) > now
+                        })
+                    };
+                    let result =
+                        cell.checks
+                            .lock_belief_starts(c, sequencer.lock_generation, now, acting);
+                    self.fail(result);
+                    if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                        s.holds = Some(sequencer.lock_generation);
+                    }
+                }
+            }
+            (OpKind::Unlock, _) => {}
+            (kind, answer) => {
+                let v = super::super::checkers::violation(
+                    "client_protocol",
+                    format!("client {c}: answer {answer:?} to {kind:?}"),
+                );
+                self.fail(Err(v));
+            }
+        }
+    }
+
+    /// The operation in flight failed with `e`.
+    fn op_error(&mut self, c: usize, e: CallError) {
+        let now = self.now_us;
+        match e {
+            CallError::WrongEpoch { current } => {
+                self.follow_epoch(c, current);
+                self.op_failed(c, false);
+            }
+            CallError::NotMaster { master } => {
+                if let Some(h) = master {
+                    self.redirect(c, h.id);
+                } else {
+                    self.next_replica(c);
+                }
+                self.op_failed(c, false);
+            }
+            CallError::Unavailable(_) => {
+                // Refused before proposal, or the write was not applied (stale epoch).
+                self.next_replica(c);
+                self.op_failed(c, false);
+                self.cell_mut().clients[c].next_op_us = now + 50_000;
+            }
+            CallError::OutcomeUnknown(_) => self.op_failed(c, true),
+            CallError::Refused(Refusal::CasMismatch { .. }) => {
+                let Some(op) = self.cell_mut().clients[c].op.take() else {
+                    return;
+                };
+                self.cell_mut().stats.ops += 1;
+                if let Some(h) = op.hist {
+                    self.cell_mut().checks.cas_mismatch(h, now);
+                }
+            }
+            CallError::Refused(Refusal::SessionExpired) => {
+                self.op_failed(c, false);
+                let t = self.cell_mut().clients[c]
+                    .sess
+                    .as_mut()
+                    .and_then(|s| s.lease.ended());
+                self.transition(c, t);
+            }
+            CallError::Refused(_) => {
+                // Busy lock, a handle the cell no longer knows, ...: nothing was done.
+                let kind = self.cell_mut().clients[c]
+                    .op
+                    .as_ref()
+                    .map(|o| o.kind.clone());
+                self.op_failed(c, false);
+                if let (Some(OpKind::Unlock), Some(s)) =
+                    (kind, self.cell_mut().clients[c].sess.as_mut())
+                {
+                    s.holds = None;
+                }
+            }
+            CallError::BadRequest(_) => self.op_failed(c, false),
+        }
+    }
+
+    /// The operation in flight ends without a result: `unknown` if it may still have
+    /// happened.
+    fn op_failed(&mut self, c: usize, unknown: bool) {
+        let Some(op) = self.cell_mut().clients[c].op.take() else {
+            return;
+        };
+        if unknown {
+            self.cell_mut().stats.unknown += 1;
+        }
+        if let Some(h) = op.hist {
+            if unknown {
+                self.cell_mut().checks.unknown(h);
+            } else {
+                self.cell_mut().checks.failed(h);
+            }
+        }
+        // An unlock whose outcome is unknown: the client no longer acts on the lock.
+        if let OpKind::Unlock = op.kind {
+            if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                s.holds = None;
+            }
+        }
+        let now = self.now_us;
+        self.cell_mut().clients[c].next_op_us = now + 20_000;
+    }
+
+    fn read_done(&mut self, c: usize, path: &str, h: usize, seen: ReadSeen) {
+        let now = self.now_us;
+        if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+            s.seen
+                .insert(path.to_owned(), (seen.generation, seen.contents.clone()));
+        }
+        let result = self.cell_mut().checks.read_done(h, now, seen);
+        self.fail(result);
+    }
+
+    /// A message from a lock holder reaches the fenced resource.
+    pub(crate) fn resource(&mut self, c: usize, generation: Generation, sent: u64) {
+        self.trace(|| {
+            format!(
+                "resource <- client {c} generation {} sent {sent}us",
+                generation.0
+            )
+        });
+        let now = self.now_us;
+        let result = self.cell_mut().checks.resource(c, generation, sent, now);
+        self.fail(result);
+    }
+
+    /// The master proposes to expire `session`: its client's local lease must have ended.
+    pub(super) fn check_expiry(&mut self, session: SessionId) {
+        let now = self.now_us;
+        let Some(&c) = self.cell_mut().checks.session_of.get(&session) else {
+            return;
+        };
+        let client = &self.cell_mut().clients[c];
+        let Some(s) = client.sess.as_ref().filter(|s| s.id == session) else {
+            return;
+        };
+        if s.lease.status() == SessionStatus::Expired {
+            return;
+        }
+        let end = client.clock.true_time_of(Instant(s.lease.local_end()));
+        if end > now {
+            let detail = format!(
+                "the master expires session {} at {now}us but its client {c}'s local lease \
+                 runs until {end}us",
+                session.0
+            );
+            self.fail(Err(super::super::checkers::violation(
+                "expiry_after_client_lease",
+                detail,
+            )));
+        }
+    }
+}
