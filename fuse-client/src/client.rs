@@ -21,7 +21,7 @@
 //! fails the same way (the suffix-loss property of Chubby §2.8): create a new
 //! [`Client`] to start over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ use crate::session::{LeaseClock, SessionStatus, Transition, GRACE_MS_DEFAULT};
 
 /// Read handles kept open for cached reads (Chubby §2.7 handle caching).
 const CACHED_HANDLES_MAX: usize = 1024;
+/// How long [`Client::shutdown`] waits for the master to close the session.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed KeepAlive before the next try.
 const KEEPALIVE_RETRY: Duration = Duration::from_millis(100);
 
@@ -148,6 +150,8 @@ struct State {
     cache: Cache,
     /// Handles whose Acquire is queued at the master.
     lock_waiters: HashMap<HandleId, oneshot::Sender<Result<Sequencer, Refusal>>>,
+    /// Paths of the directory handles this client opened (for [`Client::open_at`]).
+    dirs: HashMap<HandleId, String>,
     /// Read handles kept for cached reads, by path, with the instance they were opened on.
     read_handles: HashMap<String, (HandleId, InstanceNumber)>,
     /// Handles dropped from `read_handles` that still need a Close.
@@ -161,6 +165,10 @@ struct Inner {
     state: Mutex<State>,
     status: watch::Sender<SessionStatus>,
     events: broadcast::Sender<ClientEvent>,
+    /// Handles poisoned and not yet closed.
+    poisoned: watch::Sender<HashSet<HandleId>>,
+    /// `shutdown` closes the session: its end is expected, not news.
+    closing: std::sync::atomic::AtomicBool,
     start: tokio::time::Instant,
 }
 
@@ -216,7 +224,11 @@ impl Inner {
                 for (_, w) in state.lock_waiters.drain() {
                     let _ = w.send(Err(Refusal::SessionExpired));
                 }
-                warn!(session = self.session.0, "session expired");
+                if self.closing.load(std::sync::atomic::Ordering::Relaxed) {
+                    debug!(session = self.session.0, "session closed");
+                } else {
+                    warn!(session = self.session.0, "session expired");
+                }
                 self.emit(ClientEvent::Expired);
             }
         }
@@ -398,18 +410,22 @@ impl Client {
             clock: LeaseClock::new(0, lease_ms, options.grace_ms),
             cache: Cache::new(epoch),
             lock_waiters: HashMap::new(),
+            dirs: HashMap::new(),
             read_handles: HashMap::new(),
             to_close: Vec::new(),
             lease_ms,
         };
         let (status, _) = watch::channel(SessionStatus::Safe);
         let (events, _) = broadcast::channel(4096);
+        let (poisoned, _) = watch::channel(HashSet::new());
         let inner = Arc::new(Inner {
             conn,
             session,
             state: Mutex::new(state),
             status,
             events,
+            poisoned,
+            closing: std::sync::atomic::AtomicBool::new(false),
             start,
         });
         info!(session = session.0, epoch = %epoch, lease_ms, "session started");
@@ -535,21 +551,110 @@ impl Client {
                 handle,
                 created,
                 stat,
-            } => Ok(Opened {
-                handle,
-                created,
-                stat,
-            }),
+            } => {
+                if stat.kind == NodeKind::Directory {
+                    lock(&self.inner.state).dirs.insert(handle, path.to_owned());
+                }
+                Ok(Opened {
+                    handle,
+                    created,
+                    stat,
+                })
+            }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Opens `name` relative to the directory handle `dir` (Chubby §2.6: names are given
+    /// relative to a directory handle). Directories never move (Rename moves files only),
+    /// so the name is resolved here against the path `dir` was opened on; the master
+    /// checks the result like any path (`..` and empty components are refused there).
+    ///
+    /// # Errors
+    /// `BadHandle` if `dir` is not a directory handle of this client, `InvalidPath` for an
+    /// empty or absolute `name`, [`ClientError::Poisoned`], or as [`Client::open`].
+    pub async fn open_at(
+        &self,
+        dir: HandleId,
+        name: &str,
+        o: OpenOptions,
+    ) -> Result<Opened, ClientError> {
+        if self.inner.poisoned.borrow().contains(&dir) {
+            return Err(ClientError::Poisoned { handle: dir.0 });
+        }
+        let base = lock(&self.inner.state).dirs.get(&dir).cloned();
+        let Some(base) = base else {
+            return Err(ClientError::Call(CallError::Refused(Refusal::BadHandle)));
+        };
+        if name.is_empty() || name.starts_with('/') {
+            return Err(ClientError::Call(CallError::Refused(Refusal::InvalidPath)));
+        }
+        let path = if base == "/" {
+            format!("/{name}")
+        } else {
+            format!("{base}/{name}")
+        };
+        self.open(&path, o).await
     }
 
     /// Closes a handle. Never fails (Chubby §2.6): a handle of an expired session, or one
     /// the master cannot be reached about, is simply forgotten.
     pub async fn close(&self, handle: HandleId) {
         let session = self.session();
+        lock(&self.inner.state).dirs.remove(&handle);
         if let Err(e) = self.call(Call::Close { session, handle }).await {
             debug!(handle = handle.0, error = %e, "close failed; handle forgotten");
+        }
+        self.inner.poisoned.send_modify(|p| {
+            p.remove(&handle);
+        });
+    }
+
+    /// Poisons `handle` (Chubby §2.6): every call on it that is outstanding or made later
+    /// fails with [`ClientError::Poisoned`] without closing it, so one task can cancel
+    /// another's calls; a queued Acquire is withdrawn. Only [`Client::close`] still works on
+    /// it. A write cut short this way may still have been applied.
+    pub fn poison(&self, handle: HandleId) {
+        self.inner.poisoned.send_modify(|p| {
+            p.insert(handle);
+        });
+        if lock(&self.inner.state)
+            .lock_waiters
+            .remove(&handle)
+            .is_some()
+        {
+            // Withdraw the queued request at the master, so the lock is not granted to a
+            // handle whose owner gave up on it.
+            let (inner, session) = (Arc::clone(&self.inner), self.session());
+            tokio::spawn(async move {
+                let epoch = lock(&inner.state).epoch;
+                let call = Call::Release { session, handle };
+                if let Err(e) = inner
+                    .conn
+                    .call_in(Some(epoch), call, Duration::from_secs(5))
+                    .await
+                {
+                    debug!(handle = handle.0, error = %e, "withdrawing a poisoned wait failed");
+                }
+            });
+        }
+    }
+
+    /// A call on `handle`: refused at once if the handle is poisoned, cut short if it is
+    /// poisoned while outstanding.
+    async fn handle_call(&self, handle: HandleId, call: Call) -> Result<Answer, ClientError> {
+        let mut poisoned = self.inner.poisoned.subscribe();
+        if poisoned.borrow_and_update().contains(&handle) {
+            return Err(ClientError::Poisoned { handle: handle.0 });
+        }
+        let poison = async {
+            if poisoned.wait_for(|p| p.contains(&handle)).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = self.call(call) => r,
+            () = poison => Err(ClientError::Poisoned { handle: handle.0 }),
         }
     }
 
@@ -560,7 +665,7 @@ impl Client {
     pub async fn read(&self, handle: HandleId) -> Result<(Vec<u8>, Stat), ClientError> {
         let session = self.session();
         match self
-            .call(Call::GetContentsAndStat { session, handle })
+            .handle_call(handle, Call::GetContentsAndStat { session, handle })
             .await?
         {
             Answer::Contents { contents, stat, .. } => Ok((contents, stat)),
@@ -746,7 +851,7 @@ impl Client {
             contents,
             expected,
         };
-        written(self.call(call).await?)
+        written(self.handle_call(handle, call).await?)
     }
 
     /// Creates directory `path`.
@@ -836,11 +941,14 @@ impl Client {
         lock(&self.inner.state).lock_waiters.insert(handle, tx);
         let session = self.session();
         let answer = self
-            .call(Call::Acquire {
-                session,
+            .handle_call(
                 handle,
-                mode,
-            })
+                Call::Acquire {
+                    session,
+                    handle,
+                    mode,
+                },
+            )
             .await;
         match answer {
             Ok(Answer::Acquired { sequencer }) => {
@@ -860,6 +968,10 @@ impl Client {
                     return match granted {
                         Ok(Ok(seq)) => Ok(seq),
                         Ok(Err(refusal)) => Err(ClientError::Call(CallError::Refused(refusal))),
+                        // The waiter was dropped: poisoned, or the session expired.
+                        Err(_) if self.inner.poisoned.borrow().contains(&handle) => {
+                            Err(ClientError::Poisoned { handle: handle.0 })
+                        }
                         Err(_) => Err(expired()),
                     };
                 }
@@ -901,11 +1013,14 @@ impl Client {
     ) -> Result<Sequencer, ClientError> {
         let session = self.session();
         match self
-            .call(Call::TryAcquire {
-                session,
+            .handle_call(
                 handle,
-                mode,
-            })
+                Call::TryAcquire {
+                    session,
+                    handle,
+                    mode,
+                },
+            )
             .await?
         {
             Answer::Acquired { sequencer } => Ok(sequencer),
@@ -919,7 +1034,7 @@ impl Client {
     /// `NotHeld`, or the session.
     pub async fn release(&self, handle: HandleId) -> Result<(), ClientError> {
         let session = self.session();
-        self.call(Call::Release { session, handle })
+        self.handle_call(handle, Call::Release { session, handle })
             .await
             .map(|_| ())
     }
@@ -930,7 +1045,10 @@ impl Client {
     /// The refusals of a handle call, or the session.
     pub async fn lock_state(&self, handle: HandleId) -> Result<LockState, ClientError> {
         let session = self.session();
-        match self.call(Call::GetSequencer { session, handle }).await? {
+        match self
+            .handle_call(handle, Call::GetSequencer { session, handle })
+            .await?
+        {
             Answer::Lock(state) => Ok(state),
             other => Err(unexpected(&other)),
         }
@@ -954,14 +1072,37 @@ impl Client {
     /// the KeepAlive task.
     pub async fn shutdown(self) {
         let session = self.session();
-        // First stop the KeepAlives: one answered after the close would report the session
-        // gone, which is no news to a closing client.
-        self.keepalive.abort();
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // The KeepAlives go on meanwhile: the close may wait for this session to acknowledge
+        // an invalidation of its own files. Not through `call`, which waits out a jeopardy:
+        // a client in jeopardy closes as far as it can and leaves the rest to expiry.
         if self.status() != SessionStatus::Expired {
-            if let Err(e) = self.call(Call::CloseSession { session }).await {
-                debug!(error = %e, "CloseSession failed; the session will expire");
+            let mut epoch = lock(&self.inner.state).epoch;
+            for _ in 0..2 {
+                let close = self.inner.conn.call_in(
+                    Some(epoch),
+                    Call::CloseSession { session },
+                    CLOSE_TIMEOUT,
+                );
+                match tokio::time::timeout(CLOSE_TIMEOUT, close).await {
+                    Ok(Err(ClientError::Call(CallError::WrongEpoch { current }))) => {
+                        epoch = current;
+                    }
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "CloseSession failed; the session will expire");
+                        break;
+                    }
+                    Err(_) => {
+                        debug!("CloseSession unanswered; the session will expire");
+                        break;
+                    }
+                }
             }
         }
+        self.keepalive.abort();
         self.inner.conn.close().await;
     }
 }

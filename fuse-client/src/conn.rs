@@ -51,6 +51,13 @@ pub enum ClientError {
     /// The replica answered with an error.
     #[error("{0}")]
     Call(#[from] CallError),
+    /// The handle was poisoned ([`crate::client::Client::poison`]): its operations fail until
+    /// it is closed; a write cut short this way may still have been applied.
+    #[error("handle {handle} is poisoned: its calls fail until it is closed")]
+    Poisoned {
+        /// The handle.
+        handle: u64,
+    },
     /// No replica could serve within the time allowed.
     #[error("no master could serve within {waited_ms} ms; last error: {last}")]
     NoMaster {

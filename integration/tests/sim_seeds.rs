@@ -53,3 +53,16 @@ fn cell_seeds_keep_every_property_and_exercise_clients() {
     assert!(total.histories >= 60, "{total:?}");
     assert_eq!(total.undecided, 0, "{total:?}");
 }
+
+#[test]
+fn a_cell_seed_replays_exactly() {
+    let options = || {
+        let mut o = SimOptions::new(4243);
+        o.cell = Some(chubby_integration::sim::cell::CellBugs::default());
+        o
+    };
+    let (a, b) = (run(&options()), run(&options()));
+    assert_eq!(format!("{:?}", a.stats), format!("{:?}", b.stats));
+    assert_eq!(a.violation, b.violation);
+    assert!(a.stats.cell.ops > 0);
+}

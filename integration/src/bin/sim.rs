@@ -154,6 +154,14 @@ fn main() -> ExitCode {
         seeds.len(),
         total.summary()
     );
+    if total.cell.undecided > 0 {
+        // A history the search gave up on is unverified: not a pass.
+        println!(
+            "UNDECIDED: {} file histories exceeded the linearizability search budget",
+            total.cell.undecided
+        );
+        return ExitCode::FAILURE;
+    }
     if violations == 0 {
         ExitCode::SUCCESS
     } else {

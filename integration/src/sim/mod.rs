@@ -263,6 +263,10 @@ enum Event {
         client: usize,
         gen: u64,
     },
+    ClientLost {
+        client: usize,
+        call: u64,
+    },
     Housekeep {
         node: usize,
         incarnation: u64,
@@ -579,6 +583,7 @@ impl Sim {
                 reply,
             } => self.client_reply(client, call, reply),
             Event::ClientWake { client, gen } => self.client_wake(client, gen),
+            Event::ClientLost { client, call } => self.client_lost(client, call),
             Event::Housekeep { node, incarnation } => self.housekeep(node, incarnation),
             Event::Resource {
                 client,
@@ -633,6 +638,8 @@ impl Sim {
         self.fail(result);
         if let Some(cell) = self.cell.as_mut() {
             let result = cell.finish();
+            self.fail(result);
+            let result = self.sessions_ended();
             self.fail(result);
         }
     }

@@ -352,6 +352,13 @@ impl Sim {
                         return;
                     }
                     self.persist(i, batch);
+                    // Like the real shell: stamps of values a new master re-proposes bound
+                    // the ones it gives.
+                    if let Some(app) = self.nodes[i].cell.as_mut() {
+                        for (_, entry) in &batch.entries {
+                            app.stamper.observe(&entry.value.commands);
+                        }
+                    }
                 }
                 Action::Send { to, msg } => self.send(id, *to, msg),
                 Action::Deliver { slot, value } => {

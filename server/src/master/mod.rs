@@ -435,7 +435,9 @@ impl Master {
         // A session told to drop one of these paths for an earlier write, and that has
         // not yet acknowledged, still holds the old data: this write waits for it too (it
         // is no longer among the cachers, and the earlier write may still be gated).
-        for (s, live) in &self.sessions {
+        // A session being ended is not waited for: its lease ended (its client's cache went
+        // with it), or it was idle with nothing to drop (see `tick`).
+        for (s, live) in self.sessions.iter().filter(|(_, l)| !l.ending) {
             for n in &live.outbox {
                 if let Notice::Invalidate { paths: dropped } = &n.notice {
                     if dropped.iter().any(|d| paths.iter().any(|p| **p == **d)) {
@@ -527,9 +529,11 @@ impl Master {
                 due.push(*id);
             } else if live.lease_until <= now {
                 ended.push(*id);
-            } else if live.parked.is_some() && now.plus_ms(before) >= live.lease_until {
-                due.push(*id);
             } else if live.caching == 0
+                && !live.outbox.iter().any(|n| {
+                    // It may still serve something from its cache until it acknowledges.
+                    matches!(n.notice, Notice::Invalidate { .. } | Notice::FailOver)
+                })
                 && now.ms_since(live.last_call) >= self.cfg.session_idle_ms
                 && !has_handles(*id)
             {

@@ -149,6 +149,46 @@ fn a_later_write_waits_for_an_earlier_unacknowledged_invalidation() {
     let _ = a;
 }
 
+/// Found in review: a session whose lease ended while it still owed an acknowledgement must
+/// not hold its own ExpireSession (which touches the paths it was told to drop) forever;
+/// and a session that owes one is not closed as idle while its lease may still serve it.
+#[test]
+fn an_ending_session_holds_no_write_and_an_owing_one_is_not_idle() {
+    let h = Harness::new();
+    let mut m = master(&h);
+    let s = SessionId(1);
+    m.session_created(s, Instant(0));
+    m.served_read(s, "/d").expect("cacheable");
+    let mut out = Vec::new();
+    assert!(!m.gate_write(100, path("/d"), Instant(1), &mut out));
+    m.write_applied(100);
+    // Long idle, but an invalidation is unacknowledged: not closed.
+    let idle_at = Instant(MasterConfig::default().session_idle_ms + 10);
+    let mut acts = Vec::new();
+    m.keepalive(s, 0, 1, idle_at, &mut acts);
+    acts.clear();
+    m.tick(idle_at, |_| false, &mut acts);
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, MasterAction::CloseIdle { .. })),
+        "{acts:?}"
+    );
+    // Its lease ends unacknowledged: it is expired, and the expiry's write does not wait
+    // for it.
+    let end = idle_at.plus_ms(LEASE + 1);
+    acts.clear();
+    m.tick(end, |_| false, &mut acts);
+    assert!(
+        acts.contains(&MasterAction::Expire { session: s }),
+        "{acts:?}"
+    );
+    assert!(
+        m.gate_write(101, path("/d"), end, &mut acts),
+        "the expiry is not held"
+    );
+}
+
 /// Chubby §2.7: a cacher that never acknowledges holds a write only until its lease ends.
 #[test]
 fn a_silent_cacher_holds_a_write_only_until_its_lease_ends() {

@@ -67,6 +67,8 @@ impl Core {
                 ServeAction::Propose { request, epoch, op } => {
                     self.submit_command_as(request, epoch, op);
                 }
+                // Logged by serving itself.
+                ServeAction::Expiring { .. } => {}
             }
         }
     }

@@ -59,6 +59,12 @@ pub enum ServeAction {
         /// Its reply.
         reply: Reply,
     },
+    /// The master decided that `session`'s lease ended and is expiring it (for observers:
+    /// the simulator checks the client's own lease had ended by now; nothing to execute).
+    Expiring {
+        /// The session.
+        session: SessionId,
+    },
     /// Stamp `op` under `epoch` and submit it to Paxos as this origin's `request`; its
     /// delivery comes back through [`Serve::applied`], its rejection through
     /// [`Serve::rejected`].
@@ -504,6 +510,7 @@ impl Serve {
                 }
                 MasterAction::Expire { session } => {
                     info!(session = session.0, "session lease ended: expiring it");
+                    out.push(ServeAction::Expiring { session });
                     let op = Op::ExpireSession { session };
                     self.write(v, db, now, op, None, "ExpireSession", out);
                 }

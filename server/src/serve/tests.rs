@@ -89,6 +89,7 @@ impl One {
                 ServeAction::Propose { request, epoch, op } => {
                     self.proposed.push_back((request, epoch, op));
                 }
+                ServeAction::Expiring { .. } => {}
             }
         }
     }

@@ -53,8 +53,8 @@ pub(crate) struct Checks {
     believers: BTreeMap<usize, Generation>,
     /// The highest lock generation the resource has seen, and from whom.
     resource_max: Option<(Generation, usize)>,
-    /// The last lock grant applied: its place in the log and its generation.
-    last_grant: Option<((chubby_protocol::Slot, usize), Generation)>,
+    /// Every lock grant applied, by its place in the log (slot, command): its generation.
+    grants: BTreeMap<(chubby_protocol::Slot, usize), Generation>,
     /// Histories checked for linearizability, and undecided ones.
     pub linearized: u64,
     pub undecided: u64,
@@ -128,27 +128,45 @@ impl Checks {
         self.ops[h].failed = true;
     }
 
-    /// A grant of the lock was applied at `at` (slot, command) on some replica: grants in
-    /// log order carry strictly increasing generations (replicas replaying the log repeat
-    /// earlier grants, which are skipped).
+    /// A grant of the lock was applied at `at` (slot, command) on some replica: every
+    /// replica that applies that command grants the same generation, and grants in log
+    /// order carry strictly increasing generations.
     pub fn lock_granted(
         &mut self,
         at: (chubby_protocol::Slot, usize),
         generation: Generation,
     ) -> Result<(), Violation> {
-        match self.last_grant {
-            Some((last_at, _)) if at <= last_at => Ok(()),
-            Some((last_at, last)) if generation <= last => Err(violation(
+        if let Some(&g) = self.grants.get(&at) {
+            if g != generation {
+                return Err(violation(
+                    "lock_generations",
+                    format!(
+                        "replicas applying the grant at {at:?} disagree: generation {} and {}",
+                        g.0, generation.0
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        let before = self.grants.range(..at).next_back().map(|(k, g)| (*k, *g));
+        let after = self.grants.range(at..).next().map(|(k, g)| (*k, *g));
+        self.grants.insert(at, generation);
+        match (before, after) {
+            (Some((k, g)), _) if g >= generation => Err(violation(
                 "lock_generations",
                 format!(
-                    "the grant at {:?} has generation {}, not above {} granted at {:?}",
-                    at, generation.0, last.0, last_at
+                    "the grant at {at:?} has generation {}, not above {} granted earlier at {k:?}",
+                    generation.0, g.0
                 ),
             )),
-            _ => {
-                self.last_grant = Some((at, generation));
-                Ok(())
-            }
+            (_, Some((k, g))) if g <= generation => Err(violation(
+                "lock_generations",
+                format!(
+                    "the grant at {at:?} has generation {}, not below {} granted later at {k:?}",
+                    generation.0, g.0
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 

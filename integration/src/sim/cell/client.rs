@@ -29,12 +29,20 @@ pub const PRINCIPAL: &str = "admin";
 pub const FILES: [&str; 2] = ["/f0", "/f1"];
 /// The lock file.
 pub const LOCK: &str = "/lock";
+/// The directory of the clients' ephemeral files (its metadata is cached by StatPath).
+pub const EPHEMERAL_DIR: &str = "/e";
+/// Ephemeral files a session keeps at most.
+const EPHEMERALS_MAX: usize = 2;
 /// How much shorter than the lock-delay the longest delay of a message to the fenced
 /// resource is: more than the replicas' wall-clock skew (up to 50 ms each way), so
 /// lock-delay alone keeps an expired holder's late messages ahead of the next holder's.
 pub const RESOURCE_DELAY_MARGIN_US: u64 = 200_000;
-/// How long a call waits for its reply (a KeepAlive waits a lease).
-const CALL_TIMEOUT_US: u64 = 3_000_000;
+/// How long after a message is lost its sender learns the connection broke (QUIC's idle
+/// timeout in the real client).
+pub const CONNECTION_LOST_US: u64 = 3_000_000;
+/// How long a call waits for its reply beyond a lease (the real client's `call`: a write
+/// may wait up to a lease for other caches).
+const CALL_SLACK_MS: u64 = 5_000;
 
 /// The network address of client `c` (beyond every replica's).
 #[must_use]
@@ -54,6 +62,12 @@ pub(crate) struct Sess {
     pub handles: BTreeMap<String, HandleId>,
     /// The lock generation it believes it holds (and may act on), if any.
     pub holds: Option<Generation>,
+    /// The master may still hold the lock for it (acquired or queued, not yet released).
+    pub maybe_holds: bool,
+    /// Its Acquire is queued at the master: a LockGranted notice will say when it holds.
+    pub waiting: bool,
+    /// Ephemeral files it created, by path.
+    pub ephemerals: Vec<String>,
     /// Invalidations acknowledged but not yet applied (the injected client bug).
     pub deferred: Vec<(u64, Vec<String>)>,
     /// Contents last seen per file, by generation (for CAS).
@@ -65,10 +79,16 @@ pub(crate) struct Sess {
 pub(crate) enum OpKind {
     CreateSession,
     Open(String),
+    OpenDir,
+    StatDir,
+    Ephemeral(String),
+    CloseEphemeral(String),
     Get(String),
     Put(String, Vec<u8>),
     Cas(String, Generation, Vec<u8>),
     TryLock,
+    /// A blocking Acquire: granted at once or queued.
+    Lock,
     Unlock,
 }
 
@@ -109,6 +129,8 @@ pub(crate) struct SimClient {
     pub last_resource_us: u64,
     /// It holds the lock and means to release it once its resource messages arrived.
     pub releasing: bool,
+    /// When it next uses the fenced resource while holding the lock.
+    pub next_resource_us: u64,
 }
 
 impl SimClient {
@@ -127,6 +149,7 @@ impl SimClient {
             writes: 0,
             last_resource_us: 0,
             releasing: false,
+            next_resource_us: 0,
         }
     }
 
@@ -228,6 +251,22 @@ impl Sim {
             return;
         }
         self.tick_lease(c);
+        // The application's work with the fenced resource, beside its Chubby calls, while
+        // it holds the lock (and means to keep it).
+        let client = &self.cell_mut().clients[c];
+        let using = client
+            .sess
+            .as_ref()
+            .filter(|s| s.lease.status() == SessionStatus::Safe)
+            .and_then(|s| s.holds)
+            .filter(|_| !client.releasing);
+        if let Some(generation) = using {
+            if client.next_resource_us <= now {
+                self.use_resource(c, generation);
+                let gap = self.rng.between(20_000, 200_000);
+                self.cell_mut().clients[c].next_resource_us = now + gap;
+            }
+        }
         // Calls whose reply never came.
         let client = &self.cell_mut().clients[c];
         if client.op.as_ref().is_some_and(|o| o.deadline_us <= now) {
@@ -255,6 +294,13 @@ impl Sim {
             at = at.min(o.deadline_us);
         } else {
             at = at.min(client.next_op_us);
+        }
+        if client
+            .sess
+            .as_ref()
+            .is_some_and(|s| s.holds.is_some() && !client.releasing)
+        {
+            at = at.min(client.next_resource_us);
         }
         if let Some(k) = &client.ka {
             at = at.min(k.deadline_us);
@@ -325,13 +371,13 @@ impl Sim {
     fn send_call(&mut self, c: usize, call: u64, request: Request) {
         let target = self.cell_mut().clients[c].target;
         let to = self.nodes[target].id;
-        if let Some(delay) = self
+        match self
             .net
             .transmit(&mut self.rng, net_id(c), to)
             .first()
             .copied()
         {
-            self.schedule(
+            Some(delay) => self.schedule(
                 self.now_us + delay,
                 Event::ClientCall {
                     node: target,
@@ -339,7 +385,11 @@ impl Sim {
                     call,
                     request,
                 },
-            );
+            ),
+            None => self.schedule(
+                self.now_us + CONNECTION_LOST_US,
+                Event::ClientLost { client: c, call },
+            ),
         }
     }
 
@@ -417,9 +467,9 @@ impl Sim {
             }
         }
         let call = self.new_call();
-        let (session, epoch) = match self.cell_mut().clients[c].sess.as_ref() {
-            Some(s) => (s.id, Some(s.epoch)),
-            None => (SessionId(0), None),
+        let (session, epoch, lease_ms) = match self.cell_mut().clients[c].sess.as_ref() {
+            Some(s) => (s.id, Some(s.epoch), s.lease_ms),
+            None => (SessionId(0), None, 0),
         };
         let handle = |this: &mut Sim, path: &str| -> HandleId {
             this.cell_mut().clients[c]
@@ -446,6 +496,38 @@ impl Sim {
                     events: EventMask::NONE,
                 })
             }
+            OpKind::OpenDir => Call::Open(OpenArgs {
+                session,
+                path: EPHEMERAL_DIR.to_owned(),
+                mode: OpenMode::READ,
+                creation: Creation::IfMissing,
+                kind: NodeKind::Directory,
+                ephemeral: false,
+                contents: Vec::new(),
+                acl: None,
+                lock_delay_ms: None,
+                events: EventMask::NONE,
+            }),
+            OpKind::StatDir => Call::StatPath {
+                session,
+                path: EPHEMERAL_DIR.to_owned(),
+            },
+            OpKind::Ephemeral(path) => Call::Open(OpenArgs {
+                session,
+                path: path.clone(),
+                mode: OpenMode::READ_WRITE,
+                creation: Creation::Must,
+                kind: NodeKind::File,
+                ephemeral: true,
+                contents: Vec::new(),
+                acl: None,
+                lock_delay_ms: None,
+                events: EventMask::NONE,
+            }),
+            OpKind::CloseEphemeral(path) => Call::Close {
+                session,
+                handle: handle(self, path),
+            },
             OpKind::Get(path) => {
                 hist = Some(self.cell_mut().checks.begin(c, path, Pending::Get, now));
                 Call::GetContentsAndStat {
@@ -494,6 +576,11 @@ impl Sim {
                 handle: handle(self, LOCK),
                 mode: LockMode::Exclusive,
             },
+            OpKind::Lock => Call::Acquire {
+                session,
+                handle: handle(self, LOCK),
+                mode: LockMode::Exclusive,
+            },
             OpKind::Unlock => Call::Release {
                 session,
                 handle: handle(self, LOCK),
@@ -505,7 +592,7 @@ impl Sim {
             call,
             kind,
             sent_local: now_local,
-            deadline_us: now + CALL_TIMEOUT_US,
+            deadline_us: now + (lease_ms + CALL_SLACK_MS) * 1000,
             hist,
         });
         self.send_call(
@@ -528,7 +615,20 @@ impl Sim {
                 return Some(OpKind::Open((*path).to_owned()));
             }
         }
+        if !s.handles.contains_key(EPHEMERAL_DIR) {
+            return Some(OpKind::OpenDir);
+        }
         let holds = s.holds;
+        let last = self.cell_mut().clients[c].last_resource_us;
+        let (maybe_holds, waiting) = self.cell_mut().clients[c]
+            .sess
+            .as_ref()
+            .map_or((false, false), |s| (s.maybe_holds, s.waiting));
+        if holds.is_none() && maybe_holds && !waiting && now >= last + self.resource_delay_max() {
+            // It stopped acting on the lock in jeopardy and is safe again: give it back
+            // (once its last resource messages have arrived).
+            return Some(OpKind::Unlock);
+        }
         if let Some(generation) = holds {
             // Release only once every message sent to the resource has arrived: lock-delay
             // covers an expired holder's messages, not a voluntary release. So a holder
@@ -539,7 +639,10 @@ impl Sim {
                 self.cell_mut().clients[c].releasing = true;
             }
             if !self.cell_mut().clients[c].releasing {
-                self.use_resource(c, generation);
+                // Its work with the resource goes on beside (`client_step`); it also works
+                // with the files.
+                let _ = generation;
+                return self.file_op(c);
             } else if now >= last + self.resource_delay_max() {
                 self.cell_mut().clients[c].releasing = false;
                 // It stops acting on the lock before asking to release it.
@@ -554,12 +657,45 @@ impl Sim {
             return None;
         }
         let roll = self.rng.between(0, 99);
+        if roll >= 90 && !maybe_holds {
+            return Some(if roll >= 95 {
+                OpKind::TryLock
+            } else {
+                OpKind::Lock
+            });
+        }
+        self.file_op(c)
+    }
+
+    /// A random operation on the files (not the lock).
+    fn file_op(&mut self, c: usize) -> Option<OpKind> {
+        let roll = self.rng.between(0, 89);
         let path = (*self.rng.pick(&FILES).expect("files")).to_owned();
+        let ephemerals = self.cell_mut().clients[c]
+            .sess
+            .as_ref()
+            .map_or(0, |s| s.ephemerals.len());
+        if roll < 6 {
+            return Some(OpKind::StatDir);
+        }
+        if roll < 9 && ephemerals < EPHEMERALS_MAX {
+            let client = &mut self.cell_mut().clients[c];
+            client.writes += 1;
+            let name = format!("{EPHEMERAL_DIR}/c{}-{}", client.id, client.writes);
+            return Some(OpKind::Ephemeral(name));
+        }
+        if roll < 11 && ephemerals > 0 {
+            let path = self.cell_mut().clients[c]
+                .sess
+                .as_ref()
+                .and_then(|s| s.ephemerals.first().cloned())?;
+            return Some(OpKind::CloseEphemeral(path));
+        }
         let kind = if roll < 45 {
             OpKind::Get(path)
         } else if roll < 75 {
             OpKind::Put(path, self.fresh_value(c))
-        } else if roll < 90 {
+        } else {
             let seen = self.cell_mut().clients[c]
                 .sess
                 .as_ref()
@@ -569,8 +705,6 @@ impl Sim {
                 Some(g) => OpKind::Cas(path, g, self.fresh_value(c)),
                 None => OpKind::Get(path),
             }
-        } else {
-            OpKind::TryLock
         };
         Some(kind)
     }
@@ -599,6 +733,27 @@ impl Sim {
                 sent,
             },
         );
+    }
+
+    /// Client `c` learns that the connection carrying `call` broke.
+    pub(crate) fn client_lost(&mut self, c: usize, call: u64) {
+        let now = self.now_us;
+        let client = &mut self.cell_mut().clients[c];
+        if client.paused_until > now {
+            let at = client.paused_until;
+            self.schedule(at, Event::ClientLost { client: c, call });
+            return;
+        }
+        if client.ka.as_ref().is_some_and(|k| k.call == call) {
+            client.ka = None;
+            client.next_ka_us = now + 100_000;
+            self.next_replica(c);
+        } else if client.op.as_ref().is_some_and(|o| o.call == call) {
+            // Sent, no answer: it may or may not have been applied.
+            self.op_failed(c, true);
+            self.next_replica(c);
+        }
+        self.client_step(c);
     }
 
     /// A reply reaches client `c`.
@@ -656,6 +811,8 @@ impl Sim {
                     s.cache.invalidate(seq, &paths);
                 }
                 let mut fail_over = false;
+                let mut granted = None;
+                let lock_handle = s.handles.get(LOCK).copied();
                 for n in r.notices {
                     if n.seq <= s.acked {
                         continue;
@@ -673,16 +830,31 @@ impl Sim {
                             let epoch = s.epoch;
                             s.cache.flush(epoch);
                             fail_over = true;
+                            // A grant may have been lost with the old master: stop waiting
+                            // (`maybe_holds` has it release, which also withdraws a wait).
+                            s.waiting = false;
                         }
-                        Notice::Event { .. }
-                        | Notice::LockGranted { .. }
-                        | Notice::LockWaitEnded { .. } => {}
+                        Notice::LockGranted { handle, sequencer } => {
+                            if s.waiting && Some(handle) == lock_handle {
+                                s.waiting = false;
+                                granted = Some(sequencer.lock_generation);
+                            }
+                        }
+                        Notice::LockWaitEnded { handle, .. } => {
+                            if Some(handle) == lock_handle {
+                                s.waiting = false;
+                            }
+                        }
+                        Notice::Event { .. } => {}
                     }
                 }
                 if fail_over {
                     self.cell_mut().stats.fail_overs += 1;
                 }
                 self.transition(c, t);
+                if let Some(generation) = granted {
+                    self.lock_acquired(c, generation);
+                }
                 // The next long poll goes out at once (it carries the acknowledgement).
                 self.cell_mut().clients[c].next_ka_us = now;
             }
@@ -763,6 +935,9 @@ impl Sim {
                     cache: Cache::new(epoch),
                     handles: BTreeMap::new(),
                     holds: None,
+                    maybe_holds: false,
+                    waiting: false,
+                    ephemerals: Vec::new(),
                     deferred: Vec::new(),
                     seen: BTreeMap::new(),
                 });
@@ -771,6 +946,30 @@ impl Sim {
             (OpKind::Open(path), Answer::Opened { handle, .. }) => {
                 if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
                     s.handles.insert(path, handle);
+                }
+            }
+            (OpKind::OpenDir, Answer::Opened { handle, .. }) => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.handles.insert(EPHEMERAL_DIR.to_owned(), handle);
+                }
+            }
+            (OpKind::Ephemeral(path), Answer::Opened { handle, .. }) => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.handles.insert(path.clone(), handle);
+                    s.ephemerals.push(path);
+                }
+            }
+            (OpKind::StatDir, Answer::Stat { stat, cache }) => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    if s.cache.install_allowed(cache) {
+                        s.cache.install_stat(EPHEMERAL_DIR, cache, stat);
+                    }
+                }
+            }
+            (OpKind::CloseEphemeral(path), Answer::Done) => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.handles.remove(&path);
+                    s.ephemerals.retain(|p| *p != path);
                 }
             }
             (
@@ -805,31 +1004,21 @@ impl Sim {
                     s.seen.insert(path, (stat.content_generation, v));
                 }
             }
-            (OpKind::TryLock, Answer::Acquired { sequencer }) => {
-                self.cell_mut().stats.locks += 1;
-                let safe = self.cell_mut().clients[c]
-                    .sess
-                    .as_ref()
-                    .is_some_and(|s| s.lease.status() == SessionStatus::Safe);
-                if safe {
-                    let cell = self.cell.as_mut().expect("cell mode");
-                    let clients = &cell.clients;
-                    let acting = |d: usize| {
-                        clients[d].sess.as_ref().is_some_and(|s| {
-                            s.lease.status() == SessionStatus::Safe
-                                && clients[d].clock.true_time_of(Instant(s.lease.local_end())) > now
-                        })
-                    };
-                    let result =
-                        cell.checks
-                            .lock_belief_starts(c, sequencer.lock_generation, now, acting);
-                    self.fail(result);
-                    if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
-                        s.holds = Some(sequencer.lock_generation);
-                    }
+            (OpKind::TryLock | OpKind::Lock, Answer::Acquired { sequencer }) => {
+                self.lock_acquired(c, sequencer.lock_generation);
+            }
+            (OpKind::Lock, Answer::Queued) => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.waiting = true;
+                    s.maybe_holds = true;
                 }
             }
-            (OpKind::Unlock, _) => {}
+            (OpKind::Unlock, _) => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.maybe_holds = false;
+                    s.waiting = false;
+                }
+            }
             (kind, answer) => {
                 let v = super::super::checkers::violation(
                     "client_protocol",
@@ -837,6 +1026,35 @@ impl Sim {
                 );
                 self.fail(Err(v));
             }
+        }
+    }
+
+    /// Client `c` learned it holds the lock at `generation`: it acts as holder if its
+    /// session is safe (checked against every other client acting as holder).
+    fn lock_acquired(&mut self, c: usize, generation: Generation) {
+        let now = self.now_us;
+        self.cell_mut().stats.locks += 1;
+        let safe = self.cell_mut().clients[c]
+            .sess
+            .as_ref()
+            .is_some_and(|s| s.lease.status() == SessionStatus::Safe);
+        if safe {
+            let cell = self.cell.as_mut().expect("cell mode");
+            let clients = &cell.clients;
+            let acting = |d: usize| {
+                clients[d].sess.as_ref().is_some_and(|s| {
+                    s.lease.status() == SessionStatus::Safe
+                        && clients[d].clock.true_time_of(Instant(s.lease.local_end())) > now
+                })
+            };
+            let result = cell.checks.lock_belief_starts(c, generation, now, acting);
+            self.fail(result);
+            if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                s.holds = Some(generation);
+            }
+        }
+        if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+            s.maybe_holds = true;
         }
     }
 
@@ -887,10 +1105,20 @@ impl Sim {
                     .as_ref()
                     .map(|o| o.kind.clone());
                 self.op_failed(c, false);
-                if let (Some(OpKind::Unlock), Some(s)) =
-                    (kind, self.cell_mut().clients[c].sess.as_mut())
-                {
-                    s.holds = None;
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    match kind {
+                        // Not held (any more): nothing to give back.
+                        Some(OpKind::Unlock) => {
+                            s.holds = None;
+                            s.maybe_holds = false;
+                        }
+                        // Gone already (e.g. deleted with an earlier session's end).
+                        Some(OpKind::CloseEphemeral(path)) => {
+                            s.handles.remove(&path);
+                            s.ephemerals.retain(|p| *p != path);
+                        }
+                        _ => {}
+                    }
                 }
             }
             CallError::BadRequest(_) => self.op_failed(c, false),

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use chubby_protocol::client_msg::{MasterHint, Reply, Request};
 use chubby_protocol::{Ballot, Instant, NodeId, Slot, Value};
-use chubby_server::db::{Command, Db, DbConfig, Op};
+use chubby_server::db::{Command, Db, DbConfig};
 use chubby_server::master::MasterConfig;
 use chubby_server::node::entry::{Entry, Stamper};
 use chubby_server::paxos::{Input, Rejection, RoleKind};
@@ -216,6 +216,34 @@ pub(super) fn setup(
     (nodes, cell)
 }
 
+impl Sim {
+    /// Liveness of sessions: clients stop 10 s before the end (their sessions' leases and
+    /// the slack of a parked KeepAlive are shorter), so by then the serving master must have
+    /// ended every session, freeing every lock and ephemeral file.
+    pub(super) fn sessions_ended(&self) -> Result<(), super::checkers::Violation> {
+        let serving = self.nodes.iter().find_map(|n| {
+            let app = n.cell.as_ref()?;
+            app.serve.serving_epoch().map(|_| (n.id, app))
+        });
+        let Some((id, app)) = serving else {
+            // The log's liveness checker reports a cell without a master.
+            return Ok(());
+        };
+        let left: Vec<u64> = app.db.sessions().map(|(s, _)| s.0).collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(super::checkers::violation(
+                "sessions_end",
+                format!(
+                    "at the end, long after every client stopped, master {id} still has \
+                     sessions {left:?}"
+                ),
+            ))
+        }
+    }
+}
+
 /// Housekeeping period of a replica (the real shell's is 50 ms).
 const HOUSEKEEPING_US: u64 = 50_000;
 
@@ -395,10 +423,8 @@ impl Sim {
                     };
                     self.send_to_client(self.nodes[i].id, client, call.0, reply);
                 }
+                ServeAction::Expiring { session } => self.check_expiry(session),
                 ServeAction::Propose { request, epoch, op } => {
-                    if let Op::ExpireSession { session } = &op {
-                        self.check_expiry(*session);
-                    }
                     let wall = self.wall(i);
                     let Some(app) = self.nodes[i].cell.as_mut() else {
                         continue;
@@ -462,16 +488,21 @@ impl Sim {
 
     fn send_to_client(&mut self, from: NodeId, client: usize, call: u64, reply: Reply) {
         let to = client::net_id(client);
-        // A stream transport: delayed or lost (the connection broke), never duplicated.
-        if let Some(delay) = self.net.transmit(&mut self.rng, from, to).first().copied() {
-            self.schedule(
+        // A stream transport: delayed or lost (the connection broke, which the client
+        // learns when QUIC's idle timeout fires), never duplicated.
+        match self.net.transmit(&mut self.rng, from, to).first().copied() {
+            Some(delay) => self.schedule(
                 self.now_us + delay,
                 Event::ClientReply {
                     client,
                     call,
                     reply,
                 },
-            );
+            ),
+            None => self.schedule(
+                self.now_us + client::CONNECTION_LOST_US,
+                Event::ClientLost { client, call },
+            ),
         }
     }
 }

@@ -113,7 +113,11 @@ pub fn check(initial: &[u8], history: &[HistoryOp]) -> Verdict {
             .filter_map(|k| ops[k].ret.as_ref().map(|(t, _)| *t))
             .min()
             .unwrap_or(u64::MAX);
-        for k in (0..n).filter(|&k| !is_done(k) && ops[k].call <= horizon) {
+        // Pushed last-first, so the earliest-called candidate is tried first.
+        for k in (0..n)
+            .rev()
+            .filter(|&k| !is_done(k) && ops[k].call <= horizon)
+        {
             let (next, result) = step(&state, &ops[k].op);
             let fits = match &ops[k].ret {
                 Some((_, r)) => *r == result,
