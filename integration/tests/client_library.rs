@@ -134,3 +134,32 @@ fn poison_fails_a_waiting_acquire_and_later_calls_and_withdraws_the_wait() {
         }
     });
 }
+
+/// Found in review: `shutdown` of a session in jeopardy (no replica answers) must not wait
+/// for the session to be safe again; it closes what it can and returns.
+#[test]
+fn shutdown_in_jeopardy_returns() {
+    let mut cell = RealCell::start_tuned(3, "session_lease_ms = 1000");
+    runtime().block_on(async {
+        cell.wait_master(&cell.connect(), ELECTION).await;
+        let c = client(&cell).await;
+        let mut events = c.subscribe();
+        for id in 1..=3 {
+            cell.kill9(id);
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(chubby_client::client::ClientEvent::Jeopardy) = events.recv().await {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("jeopardy once no replica answers");
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(20), c.shutdown())
+            .await
+            .expect("shutdown returns in jeopardy");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    });
+}
