@@ -370,6 +370,29 @@ async fn keepalive_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Releases `handle`'s lock or queued Acquire after a poison, following epoch changes, for
+/// a few attempts.
+async fn withdraw(inner: Arc<Inner>, session: SessionId, handle: HandleId) {
+    for _ in 0..3 {
+        let epoch = lock(&inner.state).epoch;
+        let call = Call::Release { session, handle };
+        match inner
+            .conn
+            .call_in(Some(epoch), call, Duration::from_secs(5))
+            .await
+        {
+            Ok(_) | Err(ClientError::Call(CallError::Refused(_))) => return,
+            Err(ClientError::Call(CallError::WrongEpoch { current })) => {
+                inner.new_epoch(current).await;
+            }
+            Err(e) => {
+                debug!(handle = handle.0, error = %e, "withdrawing a poisoned wait failed; retrying");
+                tokio::time::sleep(KEEPALIVE_RETRY).await;
+            }
+        }
+    }
+}
+
 /// Closes handles the cache no longer needs (best effort: a handle that cannot be closed
 /// goes with its session).
 async fn close_all(inner: Arc<Inner>, epoch: Ballot, handles: Vec<HandleId>) {
@@ -613,7 +636,8 @@ impl Client {
     /// Poisons `handle` (Chubby §2.6): every call on it that is outstanding or made later
     /// fails with [`ClientError::Poisoned`] without closing it, so one task can cancel
     /// another's calls; a queued Acquire is withdrawn. Only [`Client::close`] still works on
-    /// it. A write cut short this way may still have been applied.
+    /// it. A write cut short this way may still have been applied. The withdrawal of a
+    /// queued Acquire is best effort; closing the handle always gives up its lock and wait.
     pub fn poison(&self, handle: HandleId) {
         self.inner.poisoned.send_modify(|p| {
             p.insert(handle);
@@ -623,20 +647,13 @@ impl Client {
             .remove(&handle)
             .is_some()
         {
-            // Withdraw the queued request at the master, so the lock is not granted to a
-            // handle whose owner gave up on it.
+            // Withdraw the queued request (or release a grant racing the poison) at the
+            // master, so the lock is not held for a handle whose owner gave up on it. Best
+            // effort, and only inside a runtime: closing the handle always ends both.
             let (inner, session) = (Arc::clone(&self.inner), self.session());
-            tokio::spawn(async move {
-                let epoch = lock(&inner.state).epoch;
-                let call = Call::Release { session, handle };
-                if let Err(e) = inner
-                    .conn
-                    .call_in(Some(epoch), call, Duration::from_secs(5))
-                    .await
-                {
-                    debug!(handle = handle.0, error = %e, "withdrawing a poisoned wait failed");
-                }
-            });
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(withdraw(inner, session, handle));
+            }
         }
     }
 
@@ -653,8 +670,9 @@ impl Client {
             }
         };
         tokio::select! {
-            r = self.call(call) => r,
+            biased;
             () = poison => Err(ClientError::Poisoned { handle: handle.0 }),
+            r = self.call(call) => r,
         }
     }
 
@@ -952,7 +970,14 @@ impl Client {
             .await;
         match answer {
             Ok(Answer::Acquired { sequencer }) => {
-                lock(&self.inner.state).lock_waiters.remove(&handle);
+                let mine = lock(&self.inner.state)
+                    .lock_waiters
+                    .remove(&handle)
+                    .is_some();
+                if !mine && self.inner.poisoned.borrow().contains(&handle) {
+                    // Poisoned as the grant arrived: `poison` is releasing it.
+                    return Err(ClientError::Poisoned { handle: handle.0 });
+                }
                 return Ok(sequencer);
             }
             Ok(Answer::Queued) => {}
@@ -981,7 +1006,11 @@ impl Client {
                         match self.lock_state(handle).await {
                             Ok(LockState::Waiting) => {}
                             Ok(LockState::Held(seq)) => {
-                                lock(&self.inner.state).lock_waiters.remove(&handle);
+                                let mine =
+                                    lock(&self.inner.state).lock_waiters.remove(&handle).is_some();
+                                if !mine && self.inner.poisoned.borrow().contains(&handle) {
+                                    return Err(ClientError::Poisoned { handle: handle.0 });
+                                }
                                 return Ok(seq);
                             }
                             Ok(LockState::None) => {

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::client_port::ClientCall;
 use super::core::Core;
+use crate::paxos::Input;
 use crate::serve::{CallId, ReplicaView, ServeAction};
 
 impl Core {
@@ -69,6 +70,7 @@ impl Core {
                 }
                 // Logged by serving itself.
                 ServeAction::Expiring { .. } => {}
+                ServeAction::StepDown { epoch } => self.inputs.push(Input::StepDown { epoch }),
             }
         }
     }

@@ -65,7 +65,7 @@ pub(super) struct Core {
     pub(super) replies: BTreeMap<CallId, oneshot::Sender<Reply>>,
     pub(super) next_call: u64,
     start: tokio::time::Instant,
-    inputs: Vec<Input>,
+    pub(super) inputs: Vec<Input>,
     actions: Vec<Action>,
     checksums: BTreeMap<Slot, u64>,
     divergence: Option<String>,

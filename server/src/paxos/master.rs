@@ -433,6 +433,14 @@ impl Replica {
         }
     }
 
+    /// [`super::Input::StepDown`]: the application saw another master's epoch in the log.
+    pub(super) fn on_step_down(&mut self, now: Instant, epoch: Ballot, out: &mut Vec<Action>) {
+        if matches!(&self.role, Role::Master(m) if m.epoch == epoch) {
+            tracing::warn!(me = %self.cfg.me, %epoch, "another master's epoch was applied after ours began: stepping down");
+            self.step_down(now, out);
+        }
+    }
+
     /// Steps down if `ballot`, owned by another replica, is above ours.
     pub(super) fn step_down_for(&mut self, now: Instant, ballot: Ballot, out: &mut Vec<Action>) {
         if ballot.node == self.cfg.me {

@@ -87,6 +87,13 @@ pub enum Input {
     },
     /// The fetch asked for by [`Action::FetchSnapshot`] failed; catch-up starts over.
     SnapshotFetchFailed,
+    /// The application saw another master's epoch start in the log after this replica
+    /// became master in `epoch`: another replica led meanwhile, so this one's epoch is stale
+    /// (its commands would be refused) and it steps down, if it is still master in `epoch`.
+    StepDown {
+        /// The epoch the application knows this replica as master of.
+        epoch: Ballot,
+    },
 }
 
 /// Why a submitted command was not taken.
@@ -362,6 +369,7 @@ impl Replica {
             Input::SnapshotTaken { slot } => self.on_snapshot_taken(slot, out),
             Input::SnapshotInstalled { slot } => self.on_snapshot_installed(now, slot, out),
             Input::SnapshotFetchFailed => self.on_snapshot_fetch_failed(now),
+            Input::StepDown { epoch } => self.on_step_down(now, epoch, out),
         }
         self.advance_chosen(now, out);
         // Phase 1 may have waited for the member sets that this input completed.

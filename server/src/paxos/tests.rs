@@ -952,3 +952,31 @@ fn phase_one_waits_until_it_knows_every_change_inside_a_promisers_prefix() {
     }
     assert!(Replica::phase1_quorum(&caught_up, &p1));
 }
+
+/// `Input::StepDown { epoch }` (the application saw another master's epoch begin after
+/// ours): a master of that epoch steps down; one of another epoch, and followers, ignore it.
+#[test]
+fn the_application_can_depose_a_master_whose_epoch_went_stale() {
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master after five seconds");
+    let epoch = cell.replicas[m].epoch().expect("master epoch");
+    let other = Ballot {
+        round: epoch.round + 7,
+        node: epoch.node,
+    };
+    let out = cell.step(m, Input::StepDown { epoch: other });
+    assert_eq!(cell.replicas[m].role(), RoleKind::Master, "{out:?}");
+    let follower = (0..3).find(|&i| i != m).expect("a follower");
+    cell.step(follower, Input::StepDown { epoch });
+    assert_eq!(cell.replicas[follower].role(), RoleKind::Follower);
+    let out = cell.step(m, Input::StepDown { epoch });
+    assert_eq!(cell.replicas[m].role(), RoleKind::Follower);
+    assert!(out.contains(&Action::Role {
+        role: RoleKind::Follower,
+        epoch: None
+    }));
+    // The cell elects again and goes on.
+    cell.run_for(10_000);
+    assert!(cell.master().is_some());
+}

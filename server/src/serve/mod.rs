@@ -59,6 +59,13 @@ pub enum ServeAction {
         /// Its reply.
         reply: Reply,
     },
+    /// Another master's epoch started in the log after this replica became master in
+    /// `epoch`: its epoch is stale and every command it proposes would be refused. The
+    /// caller steps the Paxos replica down ([`crate::paxos::Input::StepDown`]).
+    StepDown {
+        /// This replica's (stale) master epoch.
+        epoch: Ballot,
+    },
     /// The master decided that `session`'s lease ended and is expiring it (for observers:
     /// the simulator checks the client's own lease had ended by now; nothing to execute).
     Expiring {
@@ -615,6 +622,15 @@ impl Serve {
         }
         self.master_actions(v, db, now, acts, out);
         if let (Op::NewEpoch, Ok(_)) = (&cmd.op, &applied.result) {
+            if let Some(mine) = self.master_epoch.filter(|m| *m != cmd.epoch) {
+                // Found by `sim cell`: a master that kept its role through a boost while
+                // another replica led and began an epoch would otherwise serve on with an
+                // epoch the database refuses, wedging the cell.
+                if cmd.epoch > mine {
+                    warn!(%mine, theirs = %cmd.epoch, "another master's epoch began after ours");
+                    out.push(ServeAction::StepDown { epoch: mine });
+                }
+            }
             if self.master_epoch == Some(cmd.epoch) {
                 self.serving = true;
                 let master = Master::new(self.cfg.master.clone(), cmd.epoch, now, db);

@@ -89,7 +89,7 @@ impl One {
                 ServeAction::Propose { request, epoch, op } => {
                     self.proposed.push_back((request, epoch, op));
                 }
-                ServeAction::Expiring { .. } => {}
+                ServeAction::Expiring { .. } | ServeAction::StepDown { .. } => {}
             }
         }
     }
@@ -341,4 +341,33 @@ fn losing_mastership_answers_parked_calls() {
         Some(Reply::Err(CallError::NotMaster { master: Some(_) }))
     ));
     assert_eq!(t.serve.serving_epoch(), None);
+}
+
+/// Found by `sim cell` (seed 553): a master that kept its role (by boosting) while another
+/// replica led and began a newer epoch must step down, or it serves on with an epoch the
+/// database refuses.
+#[test]
+fn a_newer_epoch_applied_under_a_master_deposes_it() {
+    let mut t = One::master();
+    let newer = Ballot {
+        round: 9,
+        node: NodeId(3),
+    };
+    t.slot = t.slot.next();
+    let cmd = Command {
+        epoch: newer,
+        now: t.now,
+        op: Op::NewEpoch,
+    };
+    let applied = t.db.apply(t.slot, &cmd);
+    assert!(applied.result.is_ok());
+    let mut out = Vec::new();
+    let v = t.view.clone();
+    t.serve
+        .applied(&v, &t.db, t.now, t.slot, None, &cmd, &applied, &mut out);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, ServeAction::StepDown { epoch } if *epoch == EPOCH)),
+        "{out:?}"
+    );
 }

@@ -54,7 +54,7 @@ pub(crate) struct Checks {
     /// The highest lock generation the resource has seen, and from whom.
     resource_max: Option<(Generation, usize)>,
     /// Every lock grant applied, by its place in the log (slot, command): its generation.
-    grants: BTreeMap<(chubby_protocol::Slot, usize), Generation>,
+    grants: BTreeMap<(chubby_protocol::Slot, usize, usize), Generation>,
     /// Histories checked for linearizability, and undecided ones.
     pub linearized: u64,
     pub undecided: u64,
@@ -128,12 +128,12 @@ impl Checks {
         self.ops[h].failed = true;
     }
 
-    /// A grant of the lock was applied at `at` (slot, command) on some replica: every
+    /// A grant of the lock was applied at `at` (slot, command, change) on some replica: every
     /// replica that applies that command grants the same generation, and grants in log
     /// order carry strictly increasing generations.
     pub fn lock_granted(
         &mut self,
-        at: (chubby_protocol::Slot, usize),
+        at: (chubby_protocol::Slot, usize, usize),
         generation: Generation,
     ) -> Result<(), Violation> {
         if let Some(&g) = self.grants.get(&at) {

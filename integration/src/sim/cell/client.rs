@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chubby_client::cache::Cache;
 use chubby_client::session::{LeaseClock, SessionStatus, Transition};
-use chubby_protocol::client_msg::{Answer, Call, CallError, Reply, Request};
+use chubby_protocol::client_msg::{Answer, Call, CallError, LockState, Reply, Request};
 use chubby_protocol::db::OpenArgs;
 use chubby_protocol::{
     Ballot, Creation, EventMask, Generation, HandleId, Instant, LockMode, NodeId, NodeKind, Notice,
@@ -66,6 +66,8 @@ pub(crate) struct Sess {
     pub maybe_holds: bool,
     /// Its Acquire is queued at the master: a LockGranted notice will say when it holds.
     pub waiting: bool,
+    /// A fail-over ended its wait: ask the master (GetSequencer) what became of it.
+    pub check_lock: bool,
     /// Ephemeral files it created, by path.
     pub ephemerals: Vec<String>,
     /// Invalidations acknowledged but not yet applied (the injected client bug).
@@ -89,6 +91,8 @@ pub(crate) enum OpKind {
     TryLock,
     /// A blocking Acquire: granted at once or queued.
     Lock,
+    /// GetSequencer on the lock handle: after a fail-over, what became of a wait.
+    LockState,
     Unlock,
 }
 
@@ -576,10 +580,22 @@ impl Sim {
                 handle: handle(self, LOCK),
                 mode: LockMode::Exclusive,
             },
-            OpKind::Lock => Call::Acquire {
+            OpKind::Lock => {
+                // Like the real client: the waiter is registered before the call goes out,
+                // so a grant notice that overtakes the answer is not lost.
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.waiting = true;
+                    s.maybe_holds = true;
+                }
+                Call::Acquire {
+                    session,
+                    handle: handle(self, LOCK),
+                    mode: LockMode::Exclusive,
+                }
+            }
+            OpKind::LockState => Call::GetSequencer {
                 session,
                 handle: handle(self, LOCK),
-                mode: LockMode::Exclusive,
             },
             OpKind::Unlock => Call::Release {
                 session,
@@ -617,6 +633,9 @@ impl Sim {
         }
         if !s.handles.contains_key(EPHEMERAL_DIR) {
             return Some(OpKind::OpenDir);
+        }
+        if s.check_lock {
+            return Some(OpKind::LockState);
         }
         let holds = s.holds;
         let last = self.cell_mut().clients[c].last_resource_us;
@@ -830,9 +849,12 @@ impl Sim {
                             let epoch = s.epoch;
                             s.cache.flush(epoch);
                             fail_over = true;
-                            // A grant may have been lost with the old master: stop waiting
-                            // (`maybe_holds` has it release, which also withdraws a wait).
-                            s.waiting = false;
+                            // A grant may have been lost with the old master: like the real
+                            // client, ask what became of the wait.
+                            if s.waiting {
+                                s.waiting = false;
+                                s.check_lock = true;
+                            }
                         }
                         Notice::LockGranted { handle, sequencer } => {
                             if s.waiting && Some(handle) == lock_handle {
@@ -937,6 +959,7 @@ impl Sim {
                     holds: None,
                     maybe_holds: false,
                     waiting: false,
+                    check_lock: false,
                     ephemerals: Vec::new(),
                     deferred: Vec::new(),
                     seen: BTreeMap::new(),
@@ -1007,10 +1030,19 @@ impl Sim {
             (OpKind::TryLock | OpKind::Lock, Answer::Acquired { sequencer }) => {
                 self.lock_acquired(c, sequencer.lock_generation);
             }
-            (OpKind::Lock, Answer::Queued) => {
+            (OpKind::Lock, Answer::Queued) => {}
+            (OpKind::LockState, Answer::Lock(state)) => {
+                let held = match state {
+                    LockState::Held(ref sequencer) => Some(sequencer.lock_generation),
+                    LockState::Waiting | LockState::None => None,
+                };
                 if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
-                    s.waiting = true;
-                    s.maybe_holds = true;
+                    s.check_lock = false;
+                    s.waiting = state == LockState::Waiting;
+                    s.maybe_holds = !matches!(state, LockState::None);
+                }
+                if let Some(generation) = held {
+                    self.lock_acquired(c, generation);
                 }
             }
             (OpKind::Unlock, _) => {
@@ -1141,10 +1173,21 @@ impl Sim {
                 self.cell_mut().checks.failed(h);
             }
         }
-        // An unlock whose outcome is unknown: the client no longer acts on the lock.
-        if let OpKind::Unlock = op.kind {
-            if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
-                s.holds = None;
+        if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+            match op.kind {
+                // An unlock whose outcome is unknown: the client no longer acts on the lock.
+                OpKind::Unlock => s.holds = None,
+                // A lock request that may have been granted or queued: give it back later.
+                OpKind::Lock | OpKind::TryLock if unknown => {
+                    s.waiting = false;
+                    s.maybe_holds = true;
+                }
+                // Refused or never sent: no wait at the master, nothing held.
+                OpKind::Lock => {
+                    s.waiting = false;
+                    s.maybe_holds = false;
+                }
+                _ => {}
             }
         }
         let now = self.now_us;

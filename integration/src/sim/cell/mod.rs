@@ -145,6 +145,8 @@ pub(super) struct CellApp {
     pub calls: BTreeMap<CallId, usize>,
     /// Commands to submit once the current step's actions are executed.
     pub queued: Vec<Vec<u8>>,
+    /// Serving asked the replica to step down from this epoch (done after the step).
+    pub step_down: Option<Ballot>,
 }
 
 impl CellApp {
@@ -167,6 +169,7 @@ impl CellApp {
             stamper: Stamper::default(),
             calls: BTreeMap::new(),
             queued: Vec::new(),
+            step_down: None,
         }
     }
 }
@@ -221,9 +224,15 @@ impl Sim {
     /// the slack of a parked KeepAlive are shorter), so by then the serving master must have
     /// ended every session, freeing every lock and ephemeral file.
     pub(super) fn sessions_ended(&self) -> Result<(), super::checkers::Violation> {
-        let serving = self.nodes.iter().find_map(|n| {
-            let app = n.cell.as_ref()?;
-            app.serve.serving_epoch().map(|_| (n.id, app))
+        // The master holding its lease now (a deposed one may still believe it serves).
+        let serving = (0..self.nodes.len()).find_map(|i| {
+            let view = self.view(i)?;
+            let app = self.nodes[i].cell.as_ref()?;
+            let current = view.role == RoleKind::Master && view.lease_held;
+            app.serve
+                .serving_epoch()
+                .filter(|_| current)
+                .map(|_| (self.nodes[i].id, app))
         });
         let Some((id, app)) = serving else {
             // The log's liveness checker reports a cell without a master.
@@ -321,7 +330,7 @@ impl Sim {
         }
         for (k, bytes) in value.commands.iter().enumerate() {
             let mut out = Vec::new();
-            let mut granted = None;
+            let mut granted = Vec::new();
             let Some(app) = self.nodes[i].cell.as_mut() else {
                 return;
             };
@@ -336,9 +345,11 @@ impl Sim {
                         cmd.now = app.db.now();
                     }
                     let applied = app.db.apply(slot, &cmd);
-                    if let Ok(chubby_server::db::Outcome::Acquired { sequencer }) = &applied.result
-                    {
-                        granted = Some(sequencer.lock_generation);
+                    // Every grant, immediate or handed to a waiter, is a LockAcquired change.
+                    for change in &applied.changes {
+                        if let chubby_server::db::Change::LockAcquired { sequencer, .. } = change {
+                            granted.push(sequencer.lock_generation);
+                        }
                     }
                     let own = (origin == app.serve.origin()).then_some(request);
                     app.serve
@@ -346,9 +357,11 @@ impl Sim {
                 }
                 Ok(Entry::DigestCheck { .. }) | Err(_) => app.db.advance_slot(slot),
             }
-            if let (Some(generation), Some(cell)) = (granted, self.cell.as_mut()) {
-                let result = cell.checks.lock_granted((slot, k), generation);
-                self.fail(result);
+            for (j, generation) in granted.into_iter().enumerate() {
+                if let Some(cell) = self.cell.as_mut() {
+                    let result = cell.checks.lock_granted((slot, k, j), generation);
+                    self.fail(result);
+                }
             }
             self.serve_actions(i, out);
         }
@@ -424,6 +437,11 @@ impl Sim {
                     self.send_to_client(self.nodes[i].id, client, call.0, reply);
                 }
                 ServeAction::Expiring { session } => self.check_expiry(session),
+                ServeAction::StepDown { epoch } => {
+                    if let Some(app) = self.nodes[i].cell.as_mut() {
+                        app.step_down = Some(epoch);
+                    }
+                }
                 ServeAction::Propose { request, epoch, op } => {
                     let wall = self.wall(i);
                     let Some(app) = self.nodes[i].cell.as_mut() else {
@@ -454,6 +472,10 @@ impl Sim {
             let Some(app) = self.nodes[i].cell.as_mut() else {
                 return;
             };
+            if let Some(epoch) = app.step_down.take() {
+                self.step(i, Input::StepDown { epoch });
+                continue;
+            }
             if app.queued.is_empty() {
                 return;
             }
