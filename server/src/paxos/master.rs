@@ -12,6 +12,7 @@ use super::{
 };
 
 /// How phase 1 ended for the ballot it ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase1Kind {
     Election,
     Boost,
@@ -181,6 +182,20 @@ impl Replica {
                 if better {
                     best.insert(e.slot, (e.chosen, e.ballot, e.value.clone()));
                 }
+            }
+        }
+        if let (Phase1Kind::Boost, Role::Master(m)) = (kind, &self.role) {
+            // A boost that finds values this master never proposed (chosen beyond the slots
+            // it assigned, or accepted under another replica's ballot above its own) proves
+            // another replica led meanwhile: this master's epoch is over, and leading on would
+            // serve reads under a lease without those values (found by `sim cell`).
+            let me = self.cfg.me;
+            let foreign = prefix >= m.next_slot
+                || best.values().any(|(_, b, _)| b.node != me && *b > m.ballot);
+            if foreign {
+                tracing::warn!(me = %me, epoch = %m.epoch, %prefix, "boost found another master's values: stepping down");
+                self.step_down(now, out);
+                return;
             }
         }
         let last = best
