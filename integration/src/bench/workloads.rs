@@ -452,8 +452,8 @@ pub async fn fail_over(cell: &mut RealCell, master: usize) -> Result<Vec<Figure>
         "fail-over gap",
         gap,
         format!(
-            "kill -9 of the master to the next completed write; {sessions} session(s) in \
-             the cell; session survived; {} client-visible errors{}",
+            "kill -9 of the master to the completion of the first write sent after it; {sessions} \
+             session(s) in the cell; session survived; {} client-visible errors{}",
             errors.len(),
             errors
                 .first()
