@@ -157,9 +157,11 @@ fn shutdown_in_jeopardy_returns() {
         .await
         .expect("jeopardy once no replica answers");
         let started = tokio::time::Instant::now();
-        tokio::time::timeout(Duration::from_secs(20), c.shutdown())
+        tokio::time::timeout(Duration::from_secs(60), c.shutdown())
             .await
             .expect("shutdown returns in jeopardy");
-        assert!(started.elapsed() < Duration::from_secs(20));
+        // Two CloseSession attempts of 5 s each at most, not the 45 s grace.
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
     });
 }
