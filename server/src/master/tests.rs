@@ -146,7 +146,6 @@ fn a_later_write_waits_for_an_earlier_unacknowledged_invalidation() {
     assert_eq!(proposed, vec![100, 101], "one acknowledgement opens both");
     // A path nobody was told to drop does not wait.
     assert!(m.gate_write(102, path("/g"), Instant(4), &mut out));
-    let _ = a;
 }
 
 /// Found in review: a session whose lease ended while it still owed an acknowledgement must

@@ -622,7 +622,7 @@ impl Sim {
     }
 
     /// What to do next with a safe session: open what is not open yet, else a random
-    /// operation. Also sends to the fenced resource while holding the lock.
+    /// operation.
     fn choose_op(&mut self, c: usize) -> Option<OpKind> {
         let now = self.now_us;
         let s = self.cell_mut().clients[c].sess.as_ref()?;
@@ -648,11 +648,10 @@ impl Sim {
             // (once its last resource messages have arrived).
             return Some(OpKind::Unlock);
         }
-        if let Some(generation) = holds {
+        if holds.is_some() {
             // Release only once every message sent to the resource has arrived: lock-delay
             // covers an expired holder's messages, not a voluntary release. So a holder
             // that means to release stops using the resource first.
-            let last = self.cell_mut().clients[c].last_resource_us;
             let releasing = self.cell_mut().clients[c].releasing;
             if !releasing && self.rng.chance(30_000) {
                 self.cell_mut().clients[c].releasing = true;
@@ -660,7 +659,6 @@ impl Sim {
             if !self.cell_mut().clients[c].releasing {
                 // Its work with the resource goes on beside (`client_step`); it also works
                 // with the files.
-                let _ = generation;
                 return self.file_op(c);
             } else if now >= last + self.resource_delay_max() {
                 self.cell_mut().clients[c].releasing = false;
