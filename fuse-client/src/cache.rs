@@ -128,13 +128,21 @@ impl Cache {
     }
 
     /// Installs a node's metadata, or its absence (`None`).
-    pub fn install_stat(&mut self, path: &str, token: Option<CacheToken>, stat: Option<Stat>) {
+    /// Returns true if it was installed.
+    pub fn install_stat(
+        &mut self,
+        path: &str,
+        token: Option<CacheToken>,
+        stat: Option<Stat>,
+    ) -> bool {
         if let Some(e) = self.entry(path, token) {
             if stat.is_none() {
                 e.contents = None;
             }
             e.stat = Some(stat);
+            return true;
         }
+        false
     }
 
     /// Cached contents and metadata of `path`.

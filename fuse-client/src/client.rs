@@ -53,14 +53,42 @@ const KEEPALIVE_RETRY: Duration = Duration::from_millis(100);
 pub struct ClientOptions {
     /// The grace period after the local lease ends (default 45 s).
     pub grace_ms: u64,
+    /// A second cache downstream of this one (the kernel's, for `chubby mount`), told of
+    /// every invalidation before it is acknowledged.
+    pub downstream: Option<Arc<dyn DownstreamCache>>,
 }
 
 impl Default for ClientOptions {
     fn default() -> ClientOptions {
         ClientOptions {
             grace_ms: GRACE_MS_DEFAULT,
+            downstream: None,
         }
     }
+}
+
+/// A cache fed from this client's cache (the kernel's page and attribute cache under a
+/// mount). The rule of [`crate::cache`] extends to it: the master counts a write done only
+/// once every session caching its paths acknowledged the invalidation, and this client
+/// acknowledges only after [`DownstreamCache::invalidate`] returned. Both methods run on
+/// a blocking thread and may block.
+pub trait DownstreamCache: Send + Sync + std::fmt::Debug + 'static {
+    /// Drop what is held for `paths`; returns once it is gone.
+    fn invalidate(&self, paths: &[String]);
+    /// Drop everything (fail-over, a new epoch, jeopardy, expiry). `urgent` calls (the
+    /// local lease ended) are not awaited by the KeepAlive task, which must go on to save
+    /// the session; the others are, like [`DownstreamCache::invalidate`].
+    fn invalidate_all(&self, urgent: bool);
+}
+
+/// What one KeepAlive reply's notices ask of the downstream cache, and the notice that
+/// may be acknowledged once it is done.
+#[derive(Debug)]
+struct Downstream {
+    epoch: Ballot,
+    seq: u64,
+    paths: Vec<String>,
+    all: bool,
 }
 
 /// What the application hears about (Chubby §2.5, §2.8).
@@ -146,6 +174,9 @@ struct State {
     epoch: Ballot,
     /// Highest notice number processed in this epoch.
     acked: u64,
+    /// Highest notice number that may be acknowledged: processed, and its downstream
+    /// work (if any) done.
+    ack_ready: u64,
     clock: LeaseClock,
     cache: Cache,
     /// Handles whose Acquire is queued at the master.
@@ -170,12 +201,19 @@ struct Inner {
     /// `shutdown` closes the session: its end is expected, not news.
     closing: std::sync::atomic::AtomicBool,
     start: tokio::time::Instant,
+    downstream: Option<Arc<dyn DownstreamCache>>,
+    /// Work for the downstream worker, in notice order.
+    downstream_jobs: Option<tokio::sync::mpsc::UnboundedSender<Downstream>>,
+    /// Signalled when `ack_ready` moved.
+    ack_moved: tokio::sync::Notify,
 }
 
 /// A session with a cell (see the module docs).
 pub struct Client {
     inner: Arc<Inner>,
     keepalive: JoinHandle<()>,
+    /// The downstream worker, if there is a downstream cache.
+    worker: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -206,6 +244,7 @@ impl Inner {
         match t {
             Transition::Jeopardy => {
                 state.cache.disable();
+                self.flush_downstream_now();
                 warn!(
                     session = self.session.0,
                     "session in jeopardy: cache disabled, calls wait"
@@ -219,6 +258,7 @@ impl Inner {
             }
             Transition::Expired => {
                 state.cache.disable();
+                self.flush_downstream_now();
                 state.read_handles.clear();
                 state.to_close.clear();
                 for (_, w) in state.lock_waiters.drain() {
@@ -235,6 +275,31 @@ impl Inner {
         let _ = self.status.send(state.clock.status());
     }
 
+    /// Starts dropping everything downstream without waiting (see
+    /// [`DownstreamCache::invalidate_all`]).
+    fn flush_downstream_now(&self) {
+        if let (Some(d), Ok(rt)) = (&self.downstream, tokio::runtime::Handle::try_current()) {
+            let d = Arc::clone(d);
+            rt.spawn_blocking(move || d.invalidate_all(true));
+        }
+    }
+
+    /// Queues a reply's downstream work; its notices become acknowledgeable when it is
+    /// done. Without a downstream cache they are at once.
+    fn queue_downstream(&self, state: &mut State, work: Downstream) {
+        if work.seq <= state.ack_ready && !work.all && work.paths.is_empty() {
+            return; // nothing new
+        }
+        match &self.downstream_jobs {
+            Some(jobs) => {
+                if jobs.send(work).is_err() {
+                    warn!("the downstream worker is gone: notices stay unacknowledged");
+                }
+            }
+            None => state.ack_ready = state.ack_ready.max(work.seq),
+        }
+    }
+
     /// A call carried an old epoch: a new master took over. If `current` is not newer than
     /// ours it is ignored (epochs only grow: a late answer from an older master must not
     /// move us back) after a short pause, so a deposed master still answering is not
@@ -246,20 +311,34 @@ impl Inner {
                 info!(session = self.session.0, epoch = %current, "new master epoch: cache flushed");
                 state.epoch = current;
                 state.acked = 0;
+                state.ack_ready = 0;
                 state.cache.flush(current);
+                self.flush_downstream_now();
                 return;
             }
         }
         tokio::time::sleep(KEEPALIVE_RETRY).await;
     }
 
-    /// Applies one KeepAlive reply's notices, in order, skipping those already seen.
-    fn apply_notices(&self, state: &mut State, notices: Vec<chubby_protocol::Numbered>) {
+    /// Applies one KeepAlive reply's notices, in order, skipping those already seen;
+    /// returns what the downstream cache must drop before they are acknowledged.
+    fn apply_notices(
+        &self,
+        state: &mut State,
+        notices: Vec<chubby_protocol::Numbered>,
+    ) -> Downstream {
+        let mut downstream = Downstream {
+            epoch: state.epoch,
+            seq: state.acked,
+            paths: Vec::new(),
+            all: false,
+        };
         for n in notices {
             if n.seq <= state.acked {
                 continue;
             }
             state.acked = n.seq;
+            downstream.seq = n.seq;
             match n.notice {
                 Notice::Invalidate { paths } => {
                     for p in &paths {
@@ -268,6 +347,7 @@ impl Inner {
                         }
                     }
                     state.cache.invalidate(n.seq, &paths);
+                    downstream.paths.extend(paths);
                 }
                 Notice::Event { handle, event } => {
                     self.emit(ClientEvent::Handle { handle, event });
@@ -293,9 +373,67 @@ impl Inner {
                     let dropped: Vec<HandleId> =
                         state.read_handles.drain().map(|(_, (h, _))| h).collect();
                     state.to_close.extend(dropped);
+                    downstream.all = true;
                     self.emit(ClientEvent::FailOver);
                 }
             }
+        }
+        downstream
+    }
+}
+
+/// The downstream worker: applies each KeepAlive reply's downstream work in order, and
+/// only then lets its notices be acknowledged.
+async fn downstream_worker(
+    inner: Arc<Inner>,
+    cache: Arc<dyn DownstreamCache>,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<Downstream>,
+) {
+    while let Some(job) = jobs.recv().await {
+        if job.all || !job.paths.is_empty() {
+            let cache = Arc::clone(&cache);
+            let (all, paths) = (job.all, job.paths);
+            let done = tokio::task::spawn_blocking(move || {
+                if all {
+                    cache.invalidate_all(false);
+                } else {
+                    cache.invalidate(&paths);
+                }
+            })
+            .await;
+            if let Err(e) = done {
+                warn!(error = %e, "the downstream cache's invalidation failed");
+            }
+        }
+        let mut state = lock(&inner.state);
+        if state.epoch == job.epoch {
+            state.ack_ready = state.ack_ready.max(job.seq);
+        }
+        drop(state);
+        inner.ack_moved.notify_one();
+    }
+}
+
+/// Waits until every processed notice may be acknowledged, or until the local lease is
+/// near its end: then the KeepAlive goes out with what may be acknowledged so far, to keep
+/// the session (the master answers it at once, since notices wait).
+async fn await_acknowledgeable(inner: &Inner) {
+    loop {
+        let (ready, deadline) = {
+            let state = lock(&inner.state);
+            let margin = state.lease_ms / 4;
+            (
+                state.ack_ready >= state.acked,
+                state.clock.local_end().saturating_sub(margin),
+            )
+        };
+        if ready || inner.now_ms() >= deadline {
+            return;
+        }
+        let at = inner.start + Duration::from_millis(deadline);
+        tokio::select! {
+            () = inner.ack_moved.notified() => {}
+            () = tokio::time::sleep_until(at) => return,
         }
     }
 }
@@ -303,12 +441,17 @@ impl Inner {
 /// The KeepAlive task: one long poll after another until the session expires.
 async fn keepalive_loop(inner: Arc<Inner>) {
     loop {
+        await_acknowledgeable(&inner).await;
         let (epoch, acked, lease_ms) = {
             let state = lock(&inner.state);
             if state.clock.status() == SessionStatus::Expired {
                 return;
             }
-            (state.epoch, state.acked, state.lease_ms)
+            (
+                state.epoch,
+                state.ack_ready.min(state.acked),
+                state.lease_ms,
+            )
         };
         let sent = inner.now_ms();
         let call = Call::KeepAlive {
@@ -338,16 +481,20 @@ async fn keepalive_loop(inner: Arc<Inner>) {
         };
         match result {
             Ok(Answer::KeepAlive(reply)) => {
-                let mut state = lock(&inner.state);
-                if state.epoch != epoch {
-                    continue; // answered by a master we no longer follow
-                }
-                state.lease_ms = reply.lease_ms;
-                let t = state.clock.renewed(sent, reply.lease_ms);
-                inner.apply_notices(&mut state, reply.notices);
-                inner.transition(&mut state, t);
-                let to_close = std::mem::take(&mut state.to_close);
-                drop(state);
+                let to_close = {
+                    let mut state = lock(&inner.state);
+                    if state.epoch != epoch {
+                        continue; // answered by a master we no longer follow
+                    }
+                    state.lease_ms = reply.lease_ms;
+                    let t = state.clock.renewed(sent, reply.lease_ms);
+                    let downstream = inner.apply_notices(&mut state, reply.notices);
+                    // The next KeepAlive acknowledges these notices only once the
+                    // downstream cache dropped what they name.
+                    inner.queue_downstream(&mut state, downstream);
+                    inner.transition(&mut state, t);
+                    std::mem::take(&mut state.to_close)
+                };
                 if !to_close.is_empty() {
                     tokio::spawn(close_all(Arc::clone(&inner), epoch, to_close));
                 }
@@ -430,6 +577,7 @@ impl Client {
         let state = State {
             epoch,
             acked: 0,
+            ack_ready: 0,
             clock: LeaseClock::new(0, lease_ms, options.grace_ms),
             cache: Cache::new(epoch),
             lock_waiters: HashMap::new(),
@@ -441,6 +589,7 @@ impl Client {
         let (status, _) = watch::channel(SessionStatus::Safe);
         let (events, _) = broadcast::channel(4096);
         let (poisoned, _) = watch::channel(HashSet::new());
+        let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             conn,
             session,
@@ -450,10 +599,24 @@ impl Client {
             poisoned,
             closing: std::sync::atomic::AtomicBool::new(false),
             start,
+            downstream_jobs: options.downstream.is_some().then_some(jobs_tx),
+            downstream: options.downstream,
+            ack_moved: tokio::sync::Notify::new(),
         });
         info!(session = session.0, epoch = %epoch, lease_ms, "session started");
         let keepalive = tokio::spawn(keepalive_loop(Arc::clone(&inner)));
-        Ok(Client { inner, keepalive })
+        let worker = inner.downstream.as_ref().map(|cache| {
+            tokio::spawn(downstream_worker(
+                Arc::clone(&inner),
+                Arc::clone(cache),
+                jobs_rx,
+            ))
+        });
+        Ok(Client {
+            inner,
+            keepalive,
+            worker,
+        })
     }
 
     /// The session's id.
@@ -523,7 +686,23 @@ impl Client {
     }
 
     /// Sends a session call to the master with the current epoch, following epoch changes.
+    /// A call whose repetition is harmless ([`retry_safe`]) is sent again when its outcome
+    /// is unknown (the master died with it in flight): a fail-over is a delay, not an error.
     async fn call(&self, call: Call) -> Result<Answer, ClientError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.call_once(call.clone()).await {
+                Err(e) if outcome_unknown(&e) && retry_safe(&call) => {
+                    debug!(error = %e, "outcome unknown; sending the call again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, call: Call) -> Result<Answer, ClientError> {
         loop {
             self.usable().await?;
             let (epoch, lease_ms) = {
@@ -696,11 +875,21 @@ impl Client {
     /// # Errors
     /// `NotFound`, `IsADirectory`, `PermissionDenied`, or the session.
     pub async fn get(&self, path: &str) -> Result<(Arc<Vec<u8>>, Stat), ClientError> {
+        self.get_covered(path).await.map(|(c, s, _)| (c, s))
+    }
+
+    /// As [`Client::get`], also saying whether the answer is covered by this session's
+    /// cache (it came from the cache or was installed there), so that the master will
+    /// invalidate it before it changes.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn get_covered(&self, path: &str) -> Result<(Arc<Vec<u8>>, Stat, bool), ClientError> {
         // A cache hit awaits nothing: spend cooperative budget so a loop of hits still lets
         // the runtime drive the connection and the KeepAlives.
         tokio::task::consume_budget().await;
-        if let Some(hit) = self.cached(|c| c.contents(path)) {
-            return Ok(hit);
+        if let Some((contents, stat)) = self.cached(|c| c.contents(path)) {
+            return Ok((contents, stat, true));
         }
         if self.cached(|c| c.stat(path)) == Some(None) {
             return Err(ClientError::Call(CallError::Refused(Refusal::NotFound)));
@@ -723,7 +912,7 @@ impl Client {
                     cache,
                 }) => {
                     let contents = Arc::new(contents);
-                    let keep = {
+                    let (keep, installed) = {
                         let mut state = lock(&self.inner.state);
                         let installed = state.cache.install_contents(
                             path,
@@ -743,12 +932,12 @@ impl Client {
                                 state.to_close.push(old);
                             }
                         }
-                        keep
+                        (keep, installed)
                     };
                     if !keep {
                         self.close(handle).await;
                     }
-                    return Ok((contents, stat));
+                    return Ok((contents, stat, installed));
                 }
                 Ok(other) => return Err(unexpected(&other)),
                 // The cached handle's node was deleted (and maybe re-created): reopen once.
@@ -781,11 +970,20 @@ impl Client {
     /// # Errors
     /// `NotFound` (no parent), `PermissionDenied`, or the session.
     pub async fn stat(&self, path: &str) -> Result<Option<Stat>, ClientError> {
+        self.stat_covered(path).await.map(|(s, _)| s)
+    }
+
+    /// As [`Client::stat`], also saying whether the answer is covered by this session's
+    /// cache (see [`Client::get_covered`]).
+    ///
+    /// # Errors
+    /// As [`Client::stat`].
+    pub async fn stat_covered(&self, path: &str) -> Result<(Option<Stat>, bool), ClientError> {
         tokio::task::consume_budget().await;
         if let Some(hit) = self.cached(|c| c.stat(path)) {
-            return Ok(hit);
+            return Ok((hit, true));
         }
-        self.stat_fresh(path).await
+        self.stat_fresh_covered(path).await
     }
 
     /// The metadata of `path` from the master (never the cache).
@@ -793,6 +991,10 @@ impl Client {
     /// # Errors
     /// As [`Client::stat`].
     pub async fn stat_fresh(&self, path: &str) -> Result<Option<Stat>, ClientError> {
+        self.stat_fresh_covered(path).await.map(|(s, _)| s)
+    }
+
+    async fn stat_fresh_covered(&self, path: &str) -> Result<(Option<Stat>, bool), ClientError> {
         let session = self.session();
         let path_s = path.to_owned();
         match self
@@ -803,10 +1005,11 @@ impl Client {
             .await?
         {
             Answer::Stat { stat, cache } => {
-                lock(&self.inner.state)
-                    .cache
-                    .install_stat(path, cache, stat.clone());
-                Ok(stat)
+                let installed =
+                    lock(&self.inner.state)
+                        .cache
+                        .install_stat(path, cache, stat.clone());
+                Ok((stat, installed))
             }
             other => Err(unexpected(&other)),
         }
@@ -1099,7 +1302,7 @@ impl Client {
 
     /// Ends the session (handles close, locks are released without lock-delay) and stops
     /// the KeepAlive task.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let session = self.session();
         self.inner
             .closing
@@ -1132,6 +1335,9 @@ impl Client {
             }
         }
         self.keepalive.abort();
+        if let Some(w) = &self.worker {
+            w.abort();
+        }
         self.inner.conn.close().await;
     }
 }
@@ -1139,6 +1345,38 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.keepalive.abort();
+        if let Some(w) = &self.worker {
+            w.abort();
+        }
+    }
+}
+
+/// True if `e` leaves the call's outcome unknown (the connection or the master went away
+/// with it in flight). Finding a master again is the connection's job, bounded by
+/// [`crate::conn::FIND_MASTER_TIMEOUT`].
+fn outcome_unknown(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Lost { .. } | ClientError::Call(CallError::OutcomeUnknown(_))
+    )
+}
+
+/// Calls that may be sent again after an unknown outcome: reads; a whole-file write
+/// without a generation check (the file ends the same); Open without exclusive creation
+/// (a second handle at worst, closed with the session); Close and Release (a repeat is
+/// refused harmlessly).
+fn retry_safe(call: &Call) -> bool {
+    match call {
+        Call::Open(args) => args.creation != Creation::Must,
+        Call::SetContents { expected, .. } => expected.is_none(),
+        Call::GetContentsAndStat { .. }
+        | Call::StatPath { .. }
+        | Call::ReadDir { .. }
+        | Call::GetSequencer { .. }
+        | Call::CheckSequencer { .. }
+        | Call::Close { .. }
+        | Call::Release { .. } => true,
+        _ => false,
     }
 }
 

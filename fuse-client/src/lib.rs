@@ -5,6 +5,7 @@
 //! - [`session`]: the session's local lease, jeopardy and grace (pure).
 //! - [`cache`]: the consistent cache of contents, metadata, listings and absence (pure).
 //! - [`client`]: the async library: a session with KeepAlives, the cache, events, calls.
+//! - [`fs`]: `chubby mount`, the namespace as a FUSE filesystem bound to the cache.
 //!
 //! The `chubby` command itself lives in `src/bin/chubby/` (`cell init`, `up`, `status`).
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@
 pub mod cache;
 pub mod client;
 pub mod conn;
+pub mod fs;
 pub mod session;
 
 pub use chubby_protocol as protocol;

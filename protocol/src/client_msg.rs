@@ -436,6 +436,9 @@ pub struct StatusReport {
     pub member_sets: Vec<(Slot, Vec<NodeId>)>,
     /// Sessions in its database.
     pub sessions: u64,
+    /// Client calls this replica answered since it started (KeepAlives and status calls
+    /// not counted): how a test sees that a read never reached the cell.
+    pub client_calls: u64,
 }
 
 #[cfg(test)]

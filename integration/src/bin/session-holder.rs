@@ -35,9 +35,15 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let result = async {
             let file = CellFile::load(std::path::Path::new(cell)).map_err(|e| e.to_string())?;
-            let client = Client::connect(&file, ClientOptions { grace_ms })
-                .await
-                .map_err(|e| e.to_string())?;
+            let client = Client::connect(
+                &file,
+                ClientOptions {
+                    grace_ms,
+                    downstream: None,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             let mut events = client.subscribe();
             let mut o = OpenOptions::write();
             o.ephemeral = true;

@@ -113,8 +113,8 @@ pub enum MasterAction {
 #[derive(Debug)]
 struct Live {
     lease_until: Instant,
-    /// The parked KeepAlive's token.
-    parked: Option<u64>,
+    /// The parked KeepAlive's token, and when it arrived.
+    parked: Option<(u64, Instant)>,
     /// The number of the last notice queued.
     last_seq: u64,
     /// Notices not yet acknowledged, in order.
@@ -285,9 +285,9 @@ impl Master {
             return;
         };
         live.outbox.retain(|n| n.seq > acked);
-        if let Some(old) = live.parked.replace(token) {
+        if let Some((old, arrived)) = live.parked.replace((token, now)) {
             // A newer call replaces it (the client gave up on the old one).
-            let reply = Self::reply_of(&self.cfg, live, now);
+            let reply = Self::reply_of(&self.cfg, live, now, arrived);
             out.push(MasterAction::ReplyKeepAlive { token: old, reply });
         }
         let has_notices = !live.outbox.is_empty();
@@ -339,21 +339,28 @@ impl Master {
         let Some(live) = self.sessions.get_mut(&id) else {
             return;
         };
-        if let Some(token) = live.parked.take() {
-            let reply = Self::reply_of(&self.cfg, live, now);
+        if let Some((token, arrived)) = live.parked.take() {
+            let reply = Self::reply_of(&self.cfg, live, now, arrived);
             out.push(MasterAction::ReplyKeepAlive { token, reply });
         }
     }
 
+    /// The reply to a KeepAlive that arrived at `arrived`. The lease granted is counted
+    /// from then, not from now: the client counts it from when it sent the call (which is
+    /// earlier still), so its local lease never outlasts this one; counted from now, a
+    /// KeepAlive parked for two thirds of a lease would leave the client only a third of
+    /// a lease before the next answer, which comes a full two thirds later (jeopardy
+    /// every cycle).
     fn reply_of(
         cfg: &MasterConfig,
         live: &mut Live,
         now: Instant,
+        arrived: Instant,
     ) -> Result<KeepAliveReply, Refusal> {
         // The lease only moves forward (Chubby §2.8).
         live.lease_until = live.lease_until.max(now.plus_ms(cfg.session_lease_ms));
         Ok(KeepAliveReply {
-            lease_ms: live.lease_until.ms_since(now),
+            lease_ms: live.lease_until.ms_since(arrived),
             notices: live.outbox.clone(),
         })
     }
@@ -498,7 +505,7 @@ impl Master {
     pub fn session_ended(&mut self, id: SessionId, out: &mut Vec<MasterAction>) {
         self.forget_waits(id, out);
         if let Some(live) = self.sessions.remove(&id) {
-            if let Some(token) = live.parked {
+            if let Some((token, _)) = live.parked {
                 out.push(MasterAction::ReplyKeepAlive {
                     token,
                     reply: Err(Refusal::SessionExpired),
@@ -559,7 +566,7 @@ impl Master {
         self.forget_waits(id, out);
         if let Some(live) = self.sessions.get_mut(&id) {
             live.ending = true;
-            if let Some(token) = live.parked.take() {
+            if let Some((token, _)) = live.parked.take() {
                 out.push(MasterAction::ReplyKeepAlive {
                     token,
                     reply: Err(Refusal::SessionExpired),

@@ -55,11 +55,24 @@ fn keepalive_is_held_until_a_third_of_a_lease_remains() {
             token: 7,
             reply: Ok(r),
         }] => {
-            assert_eq!(r.lease_ms, LEASE);
+            // Counted from the call's arrival (10), not from the answer (8000).
+            assert_eq!(r.lease_ms, 8_000 + LEASE - 10);
             assert!(r.notices.is_empty());
         }
         other => panic!("unexpected {other:?}"),
     }
+    // The client counts the lease from when it sent the call (at most 10), less its 1%
+    // drift bound; its next KeepAlive, sent at once, is answered before that ends, so an
+    // idle session is never in jeopardy.
+    let local_end = 10 + (8_000 + LEASE - 10) * 99 / 100;
+    out.clear();
+    m.keepalive(s, 0, 8, Instant(8_001), &mut out);
+    m.tick(Instant(16_000), |_| true, &mut out);
+    assert_eq!(replies(&out).len(), 1, "{out:?}");
+    assert!(
+        16_000 < local_end,
+        "answered at 16000, local lease ends {local_end}"
+    );
 }
 
 /// Chubby §2.8: a session whose lease ends unrenewed is expired by the master, and its

@@ -23,6 +23,9 @@ impl Core {
                 .change_members(&principal, add, remove)
                 .map(|()| Answer::Done),
             _ => {
+                if !matches!(request.call, Call::KeepAlive { .. }) {
+                    self.client_calls += 1;
+                }
                 let id = self.park_reply(reply);
                 let view = self.view();
                 let now = self.now();

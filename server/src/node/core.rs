@@ -64,6 +64,8 @@ pub(super) struct Core {
     /// Reply channels of calls serving has not answered yet.
     pub(super) replies: BTreeMap<CallId, oneshot::Sender<Reply>>,
     pub(super) next_call: u64,
+    /// Client calls served, KeepAlives and status calls not counted (StatusReport).
+    pub(super) client_calls: u64,
     start: tokio::time::Instant,
     pub(super) inputs: Vec<Input>,
     actions: Vec<Action>,
@@ -120,6 +122,7 @@ impl Core {
             ),
             replies: BTreeMap::new(),
             next_call: 0,
+            client_calls: 0,
             start: tokio::time::Instant::now(),
             inputs: Vec::new(),
             actions: Vec::new(),
@@ -683,6 +686,7 @@ impl Core {
             },
             member_sets: self.replica.membership().to_wire().sets,
             sessions: self.db.sessions().count() as u64,
+            client_calls: self.client_calls,
         }
     }
 }

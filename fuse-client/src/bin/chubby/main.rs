@@ -4,13 +4,15 @@
 //! issue-replica` (a replica to add to a running cell), `up` (run a local cell of child
 //! `chubby-server` processes), `status` (every replica's view), `admin add-replica` and
 //! `admin remove-replica` (membership changes), the node commands `ls`, `cat`, `put`,
-//! `rm`, `mkdir`, `mv`, `stat`, `acl`, `check-sequencer` (ops.rs), `watch` and `lock`. Every
+//! `rm`, `mkdir`, `mv`, `stat`, `acl`, `check-sequencer` (ops.rs), `watch`, `lock` and
+//! `mount` (the FUSE filesystem). Every
 //! command that talks to a cell takes `--cell DIR/cell.toml` or the `CHUBBY_CELL`
 //! environment variable.
 
 mod admin;
 mod cell;
 mod lock;
+mod mount;
 mod ops;
 mod status;
 mod up;
@@ -47,6 +49,8 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Run a command while holding a lock (exit 75: held, 124: timed out, 70: lost).
     Lock(lock::LockArgs),
+    /// Mount the cell's namespace as a filesystem (FUSE), held by one session.
+    Mount(mount::MountArgs),
     #[command(flatten)]
     Ops(ops::OpsCommand),
 }
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Admin(cmd) => admin::run(cmd),
         Command::Watch(args) => watch::run(args),
         Command::Lock(args) => lock::run(args),
+        Command::Mount(args) => mount::run(&args),
         Command::Ops(cmd) => ops::run(cmd),
     };
     match result {

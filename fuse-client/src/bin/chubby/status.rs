@@ -134,6 +134,7 @@ impl View {
                     "divergence": s.divergence,
                     "lease_remaining_ms": s.lease_remaining_ms,
                     "sessions": s.sessions,
+                    "client_calls": s.client_calls,
                     "master_hint": s.master.as_ref().map(|m| m.id.0),
                 }),
                 Err(e) => json!({

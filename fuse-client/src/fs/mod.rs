@@ -1,0 +1,1476 @@
+//! `chubby mount`: the cell's namespace as a FUSE filesystem (DESIGN §6, the mapping table
+//! is the contract; ../shared/STACK.md §1 for fuser's facts).
+//!
+//! ```text
+//!  kernel ─► fuser thread: ChubbyFs::<op> parses, hands (args, reply) to a tokio task
+//!                 └► Shared::<op> (async): the session's Client ─► reply
+//!  master ─► Invalidate ─► Client cache ─► KernelCache (inval_inode, own thread) ─► ack
+//! ```
+//!
+//! Handlers never block fuser's thread: every request, even one answered from the cache,
+//! is answered from a tokio task, so a lock wait or a slow master never stalls the mount.
+//!
+//! - **Reads** (`open` read-only): no Chubby handle of their own (the client's cached read
+//!   handles serve them, Chubby §2.7), `FOPEN_KEEP_CACHE`, contents from the session's
+//!   cache. What the kernel may cache and why it is never stale is in [`kernel`].
+//! - **Writes** (`open` for writing, `create`): a Chubby handle and a [`buffer`]; the
+//!   description is `FOPEN_DIRECT_IO`, so the page cache never holds uncommitted bytes;
+//!   `flush` (every `close`) and `fsync` send one SetContents, and its error is theirs.
+//! - **Locks**: see [`locks`]. **Extended attributes**: see [`xattr`].
+//! - **Sessions**: see [`sessions`]; a description dies with the session it was opened in.
+
+pub mod buffer;
+pub mod errno;
+pub mod inodes;
+pub mod kernel;
+pub mod locks;
+pub mod sessions;
+pub mod xattr;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use chubby_protocol::client_msg::CallError;
+use chubby_protocol::db::PATH_BYTES_MAX;
+use chubby_protocol::{Creation, HandleId, LockMode, NodeKind, OpenMode, Refusal, Stat};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+use self::buffer::{BufferError, WriteBuffer};
+use self::inodes::{child_path, parent_path, Inodes, ROOT};
+use self::kernel::KernelCache;
+use self::locks::{Lock, LockState, Locks, SIGNAL_POLL, WHOLE_FILE_END};
+use self::sessions::{Current, Sessions};
+use crate::client::{Client, ClientEvent, ClientOptions, OpenOptions};
+use crate::conn::ClientError;
+
+/// How long the kernel keeps attributes the session's cache covers (invalidation, not the
+/// TTL, is what keeps them fresh).
+pub const ATTR_TTL: Duration = Duration::from_secs(3600);
+/// Entries are never cached by the kernel (see [`kernel`]).
+const NO_TTL: Duration = Duration::ZERO;
+/// How long a READ waits for contents the session's cache can cover (a write to the file
+/// is in flight) before answering with uncovered contents and dropping them at once.
+const COVER_WAIT: Duration = Duration::from_secs(1);
+
+/// Settings of a mount.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// The session's settings (its downstream cache is set by [`ChubbyFs::new`]).
+    pub client: ClientOptions,
+    /// Owner shown for every node.
+    pub uid: u32,
+    /// Group shown for every node.
+    pub gid: u32,
+}
+
+/// What an open file description is.
+#[derive(Debug)]
+enum Desc {
+    /// Read-only: served from the session's cache. Ephemeral files get a handle, so the
+    /// reader counts as an opener.
+    Read {
+        handle: Option<HandleId>,
+        /// The contents last served (read on after the file went away).
+        snapshot: Option<Arc<Vec<u8>>>,
+    },
+    /// Opened for writing: a handle and the buffer.
+    Write { handle: HandleId, buf: WriteBuffer },
+}
+
+#[derive(Debug)]
+struct File {
+    path: String,
+    generation: u64,
+    desc: Desc,
+}
+
+type Entries = Vec<(u64, FileType, String)>;
+
+/// The state every request shares.
+#[derive(Debug)]
+struct Shared {
+    rt: Handle,
+    sessions: Sessions,
+    kernel: Arc<KernelCache>,
+    inodes: Arc<Mutex<Inodes>>,
+    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<File>>>>,
+    dirs: Mutex<HashMap<u64, Entries>>,
+    locks: Mutex<Locks>,
+    next_fh: AtomicU64,
+    /// `user.chubby.lock_delay` set on files of this mount, in milliseconds.
+    lock_delay: Mutex<HashMap<u64, u64>>,
+    /// Directories marked `user.chubby.ephemeral=1` on this mount.
+    ephemeral_dirs: Mutex<HashSet<String>>,
+    /// When this mount first saw each (inode, content generation): the times shown.
+    mtimes: Mutex<HashMap<(u64, u64), SystemTime>>,
+    uid: u32,
+    gid: u32,
+}
+
+/// The filesystem (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ChubbyFs(Arc<Shared>);
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn einval() -> Errno {
+    Errno::from_i32(libc::EINVAL)
+}
+
+fn eperm() -> Errno {
+    Errno::EPERM
+}
+
+fn ce(e: &ClientError) -> Errno {
+    errno::of(e)
+}
+
+fn is_refused(e: &ClientError, r: &Refusal) -> bool {
+    matches!(e, ClientError::Call(CallError::Refused(x)) if x == r)
+}
+
+impl ChubbyFs {
+    /// A filesystem over a cell; its first session starts with [`ChubbyFs::start`].
+    ///
+    /// # Errors
+    /// The invalidation thread could not be started.
+    pub fn new(
+        cell: chubby_protocol::cell::CellFile,
+        mut options: FsOptions,
+        rt: Handle,
+    ) -> std::io::Result<ChubbyFs> {
+        let inodes = Arc::new(Mutex::new(Inodes::new()));
+        let kernel = KernelCache::new(Arc::clone(&inodes))?;
+        options.client.downstream = Some(Arc::clone(&kernel) as _);
+        let shared = Arc::new(Shared {
+            rt,
+            sessions: Sessions::new(cell, options.client),
+            kernel,
+            inodes,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            locks: Mutex::new(Locks::default()),
+            next_fh: AtomicU64::new(1),
+            lock_delay: Mutex::new(HashMap::new()),
+            ephemeral_dirs: Mutex::new(HashSet::new()),
+            mtimes: Mutex::new(HashMap::new()),
+            uid: options.uid,
+            gid: options.gid,
+        });
+        let weak = Arc::downgrade(&shared);
+        shared.sessions.on_new(Box::new(move |c: &Current| {
+            if let Some(shared) = weak.upgrade() {
+                let rt = shared.rt.clone();
+                rt.spawn(watch_session(shared, c.clone()));
+            }
+        }));
+        Ok(ChubbyFs(shared))
+    }
+
+    /// Starts the first session (before mounting, so a cell that cannot be reached is
+    /// reported at once).
+    ///
+    /// # Errors
+    /// The cell could not be reached.
+    pub async fn start(&self) -> Result<Arc<Client>, ClientError> {
+        Ok(self.0.sessions.start().await?.client)
+    }
+
+    /// The kernel cache (to give it the notifier once mounted, and for its counters).
+    #[must_use]
+    pub fn kernel(&self) -> Arc<KernelCache> {
+        Arc::clone(&self.0.kernel)
+    }
+
+    /// Ends the session (after unmounting).
+    pub async fn shutdown(&self) {
+        self.0.sessions.shutdown().await;
+    }
+
+    fn spawn<F>(&self, f: impl FnOnce(Arc<Shared>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let fut = f(Arc::clone(&self.0));
+        self.0.rt.spawn(fut);
+    }
+}
+
+/// Logs what a session's end takes with it: the locks held in it.
+async fn watch_session(shared: Arc<Shared>, current: Current) {
+    let mut events = current.client.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(ClientEvent::Jeopardy) => {
+                warn!(
+                    generation = current.generation,
+                    "session in jeopardy: the mount's requests wait, its kernel cache was dropped"
+                );
+            }
+            Ok(ClientEvent::Safe) => info!(generation = current.generation, "session safe"),
+            Ok(ClientEvent::Expired) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                let lost = guard(&shared.locks).lose_session(current.generation);
+                for l in lost {
+                    let held = matches!(l.state, LockState::Held(_));
+                    warn!(
+                        pid = l.pid,
+                        path = %l.path,
+                        held,
+                        "process {} lost its lock on {}: the session expired; its file \
+                         descriptors now fail with EIO",
+                        l.pid,
+                        l.path
+                    );
+                }
+                return;
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+        }
+    }
+}
+
+impl Shared {
+    fn path(&self, ino: u64) -> Result<String, Errno> {
+        guard(&self.inodes).path(ino).ok_or(Errno::ENOENT)
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<String, Errno> {
+        let name = errno::check(name)?;
+        let path = child_path(&self.path(parent)?, name);
+        if path.len() > PATH_BYTES_MAX {
+            return Err(Errno::from_i32(libc::ENAMETOOLONG));
+        }
+        Ok(path)
+    }
+
+    fn mtime(&self, ino: u64, generation: u64) -> SystemTime {
+        let mut m = guard(&self.mtimes);
+        if m.len() > 100_000 {
+            m.clear();
+        }
+        *m.entry((ino, generation)).or_insert_with(SystemTime::now)
+    }
+
+    fn attr(&self, stat: &Stat) -> FileAttr {
+        let ino = stat.instance.0;
+        let t = self.mtime(ino, stat.content_generation.0);
+        let (kind, perm, nlink) = match stat.kind {
+            NodeKind::Directory => (FileType::Directory, 0o755, 2),
+            NodeKind::File => (FileType::RegularFile, 0o644, 1),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: stat.size_bytes,
+            blocks: stat.size_bytes.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn new_fh(&self, file: File) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        guard(&self.files).insert(fh, Arc::new(tokio::sync::Mutex::new(file)));
+        fh
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<tokio::sync::Mutex<File>>, Errno> {
+        guard(&self.files)
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::from_i32(libc::EBADF))
+    }
+
+    /// The stat of `path` if it is the node `ino`; `ENOENT` if the path is gone or names
+    /// another node now.
+    async fn stat_of(&self, client: &Client, ino: u64, path: &str) -> Result<(Stat, bool), Errno> {
+        let (stat, covered) = client.stat_covered(path).await.map_err(|e| ce(&e))?;
+        match stat {
+            Some(s) if s.instance.0 == ino => Ok((s, covered)),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    async fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let path = self.child(parent, name)?;
+        let cur = self.sessions.get().await?;
+        let stat = cur
+            .client
+            .stat(&path)
+            .await
+            .map_err(|e| ce(&e))?
+            .ok_or(Errno::ENOENT)?;
+        guard(&self.inodes).remember(stat.instance.0, &path);
+        Ok(self.attr(&stat))
+    }
+
+    async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<(FileAttr, Duration), Errno> {
+        if let Some(fh) = fh {
+            if let Ok(file) = self.file(fh) {
+                let file = file.lock().await;
+                if let Desc::Write { buf, .. } = &file.desc {
+                    if buf.is_dirty() {
+                        if let Some(data) = buf.contents() {
+                            let client = self.sessions.of(file.generation).await?;
+                            let (stat, _) = self.stat_of(&client, ino, &file.path).await?;
+                            let mut attr = self.attr(&stat);
+                            attr.size = data.len() as u64;
+                            attr.blocks = attr.size.div_ceil(512);
+                            return Ok((attr, NO_TTL));
+                        }
+                    }
+                }
+            }
+        }
+        let path = self.path(ino)?;
+        let cur = self.sessions.get().await?;
+        let (stat, covered) = self.stat_of(&cur.client, ino, &path).await?;
+        Ok((self.attr(&stat), if covered { ATTR_TTL } else { NO_TTL }))
+    }
+
+    async fn ensure_base(
+        client: &Client,
+        handle: HandleId,
+        buf: &mut WriteBuffer,
+    ) -> Result<(), Errno> {
+        if buf.needs_base() {
+            let (contents, _) = client.read(handle).await.map_err(|e| ce(&e))?;
+            buf.set_base(contents);
+        }
+        Ok(())
+    }
+
+    async fn truncate(&self, ino: u64, fh: Option<u64>, size: u64) -> Result<FileAttr, Errno> {
+        if let Some(fh) = fh {
+            let file = self.file(fh)?;
+            let mut file = file.lock().await;
+            let client = self.sessions.of(file.generation).await?;
+            let path = file.path.clone();
+            if let Desc::Write { handle, buf } = &mut file.desc {
+                if size > 0 {
+                    Self::ensure_base(&client, *handle, buf).await?;
+                }
+                buf.truncate(size).map_err(buffer_errno)?;
+                let (stat, _) = self.stat_of(&client, ino, &path).await?;
+                let mut attr = self.attr(&stat);
+                attr.size = size;
+                return Ok(attr);
+            }
+        }
+        // truncate(2) by path: read, cut, write back through a handle of our own.
+        let path = self.path(ino)?;
+        let cur = self.sessions.get().await?;
+        let mut o = OpenOptions::write();
+        o.creation = Creation::Never;
+        let opened = cur.client.open(&path, o).await.map_err(|e| ce(&e))?;
+        let handle = opened.handle;
+        let result = async {
+            if opened.stat.instance.0 != ino {
+                return Err(Errno::ENOENT);
+            }
+            if opened.stat.kind == NodeKind::Directory {
+                return Err(Errno::from_i32(libc::EISDIR));
+            }
+            let mut buf = WriteBuffer::new(false, false, false);
+            if size > 0 {
+                Self::ensure_base(&cur.client, handle, &mut buf).await?;
+            }
+            buf.truncate(size).map_err(buffer_errno)?;
+            let contents = buf.to_commit().map_err(buffer_errno)?.unwrap_or_default();
+            let stat = cur
+                .client
+                .set_contents(handle, contents, None)
+                .await
+                .map_err(|e| ce(&e))?;
+            Ok(self.attr(&stat))
+        }
+        .await;
+        cur.client.close(handle).await;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        fh: Option<u64>,
+    ) -> Result<FileAttr, Errno> {
+        if mode.is_some() || uid.is_some() || gid.is_some() {
+            return Err(eperm()); // ACLs are extended attributes
+        }
+        if let Some(size) = size {
+            return self.truncate(ino, fh, size).await;
+        }
+        // touch: times are the server's; accepted.
+        let (attr, _) = self.getattr(ino, fh).await?;
+        Ok(attr)
+    }
+
+    async fn open(&self, ino: u64, flags: i32) -> Result<(u64, FopenFlags), Errno> {
+        let path = self.path(ino)?;
+        let cur = self.sessions.get().await?;
+        let client = &cur.client;
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            let (stat, _) = self.stat_of(client, ino, &path).await?;
+            if stat.kind == NodeKind::Directory {
+                return Err(Errno::from_i32(libc::EISDIR));
+            }
+            let handle = if stat.ephemeral {
+                Some(
+                    client
+                        .open(&path, OpenOptions::read())
+                        .await
+                        .map_err(|e| ce(&e))?
+                        .handle,
+                )
+            } else {
+                None
+            };
+            let fh = self.new_fh(File {
+                path,
+                generation: cur.generation,
+                desc: Desc::Read {
+                    handle,
+                    snapshot: None,
+                },
+            });
+            return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
+        }
+        let mut o = OpenOptions::write();
+        o.creation = Creation::Never;
+        let opened = client.open(&path, o).await.map_err(|e| ce(&e))?;
+        if opened.stat.instance.0 != ino || opened.stat.kind == NodeKind::Directory {
+            client.close(opened.handle).await;
+            return Err(if opened.stat.kind == NodeKind::Directory {
+                Errno::from_i32(libc::EISDIR)
+            } else {
+                Errno::ENOENT
+            });
+        }
+        let buf = WriteBuffer::new(
+            flags & libc::O_APPEND != 0,
+            flags & libc::O_TRUNC != 0,
+            false,
+        );
+        let fh = self.new_fh(File {
+            path,
+            generation: cur.generation,
+            desc: Desc::Write {
+                handle: opened.handle,
+                buf,
+            },
+        });
+        Ok((fh, FopenFlags::FOPEN_DIRECT_IO))
+    }
+
+    fn ephemeral_dir(&self, dir: &str) -> bool {
+        guard(&self.ephemeral_dirs).contains(dir)
+    }
+
+    async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        flags: i32,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let path = self.child(parent, name)?;
+        let cur = self.sessions.get().await?;
+        let dir_ephemeral = self.ephemeral_dir(parent_path(&path))
+            || matches!(cur.client.stat(parent_path(&path)).await, Ok(Some(s)) if s.ephemeral);
+        let o = OpenOptions {
+            mode: OpenMode::READ_WRITE,
+            creation: if flags & libc::O_EXCL != 0 {
+                Creation::Must
+            } else {
+                Creation::IfMissing
+            },
+            kind: NodeKind::File,
+            ephemeral: dir_ephemeral,
+            ..OpenOptions::read()
+        };
+        let opened = cur.client.open(&path, o).await.map_err(|e| ce(&e))?;
+        if opened.stat.kind == NodeKind::Directory {
+            cur.client.close(opened.handle).await;
+            return Err(Errno::from_i32(libc::EISDIR));
+        }
+        let ino = opened.stat.instance.0;
+        guard(&self.inodes).remember(ino, &path);
+        let buf = WriteBuffer::new(
+            flags & libc::O_APPEND != 0,
+            !opened.created && flags & libc::O_TRUNC != 0,
+            opened.created,
+        );
+        if opened.created && dir_ephemeral {
+            debug!(path, "created ephemeral");
+        }
+        let attr = self.attr(&opened.stat);
+        let fh = self.new_fh(File {
+            path,
+            generation: cur.generation,
+            desc: Desc::Write {
+                handle: opened.handle,
+                buf,
+            },
+        });
+        Ok((attr, fh))
+    }
+
+    /// The current contents of a read-only description's file, covered by the session's
+    /// cache if that happens within [`COVER_WAIT`]; `false` if they are not covered.
+    async fn read_current(
+        &self,
+        client: &Client,
+        ino: u64,
+        path: &str,
+        snapshot: &mut Option<Arc<Vec<u8>>>,
+    ) -> Result<(Arc<Vec<u8>>, bool), Errno> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match client.get_covered(path).await {
+                Ok((contents, stat, covered)) if stat.instance.0 == ino => {
+                    *snapshot = Some(Arc::clone(&contents));
+                    if covered || started.elapsed() >= COVER_WAIT {
+                        return Ok((contents, covered));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // The file went away or was replaced: read on what this description saw,
+                // as a local file system does for an unlinked open file.
+                Ok(_) => return Ok((snapshot.clone().unwrap_or_default(), false)),
+                Err(e) if is_refused(&e, &Refusal::NotFound) => {
+                    return Ok((snapshot.clone().unwrap_or_default(), false))
+                }
+                Err(e) => return Err(ce(&e)),
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<(Vec<u8>, bool), Errno> {
+        let file = self.file(fh)?;
+        let mut file = file.lock().await;
+        let client = self.sessions.of(file.generation).await?;
+        let path = file.path.clone();
+        let (data, covered): (Arc<Vec<u8>>, bool) = match &mut file.desc {
+            Desc::Write { handle, buf } => {
+                Self::ensure_base(&client, *handle, buf).await?;
+                (Arc::new(buf.contents().unwrap_or_default().to_vec()), true)
+            }
+            Desc::Read { snapshot, .. } => self.read_current(&client, ino, &path, snapshot).await?,
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let end = start.saturating_add(size as usize).min(data.len());
+        Ok((data[start..end].to_vec(), covered))
+    }
+
+    async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let file = self.file(fh)?;
+        let mut file = file.lock().await;
+        let client = self.sessions.of(file.generation).await?;
+        match &mut file.desc {
+            Desc::Write { handle, buf } => {
+                if buf.needs_base() {
+                    Self::ensure_base(&client, *handle, buf).await?;
+                }
+                let n = buf.write(offset, data).map_err(buffer_errno)?;
+                u32::try_from(n).map_err(|_| einval())
+            }
+            Desc::Read { .. } => Err(Errno::from_i32(libc::EBADF)),
+        }
+    }
+
+    /// Sends a dirty buffer as one SetContents.
+    async fn commit(&self, fh: u64) -> Result<(), Errno> {
+        let file = self.file(fh)?;
+        let mut file = file.lock().await;
+        let generation = file.generation;
+        let path = file.path.clone();
+        let Desc::Write { handle, buf } = &mut file.desc else {
+            return Ok(());
+        };
+        let Some(contents) = buf.to_commit().map_err(buffer_errno)? else {
+            return Ok(());
+        };
+        let client = self.sessions.of(generation).await?;
+        let len = contents.len();
+        match client.set_contents(*handle, contents, None).await {
+            Ok(stat) => {
+                buf.committed();
+                debug!(path, len, generation = stat.content_generation.0, "written");
+                Ok(())
+            }
+            Err(e) => {
+                warn!(path, error = %e, "write failed");
+                Err(ce(&e))
+            }
+        }
+    }
+
+    async fn release(&self, ino: u64, fh: u64, flock_owner: Option<u64>) {
+        if let Some(owner) = flock_owner {
+            self.unlock(ino, owner).await;
+        }
+        let file = guard(&self.files).remove(&fh);
+        let Some(file) = file else { return };
+        let file = file.lock().await;
+        let handle = match &file.desc {
+            Desc::Write { handle, .. } => Some(*handle),
+            Desc::Read { handle, .. } => *handle,
+        };
+        if let Some(handle) = handle {
+            if let Ok(client) = self.sessions.of(file.generation).await {
+                client.close(handle).await;
+            }
+        }
+    }
+
+    async fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+        let path = self.path(ino)?;
+        let cur = self.sessions.get().await?;
+        let children = cur.client.list(&path).await.map_err(|e| ce(&e))?;
+        let parent_ino = if ino == ROOT {
+            ROOT
+        } else {
+            match cur.client.stat(parent_path(&path)).await {
+                Ok(Some(s)) => s.instance.0,
+                _ => ROOT,
+            }
+        };
+        let mut entries: Entries = vec![
+            (ino, FileType::Directory, ".".into()),
+            (parent_ino, FileType::Directory, "..".into()),
+        ];
+        for (name, stat) in children {
+            let kind = match stat.kind {
+                NodeKind::Directory => FileType::Directory,
+                NodeKind::File => FileType::RegularFile,
+            };
+            entries.push((stat.instance.0, kind, name));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        guard(&self.dirs).insert(fh, entries);
+        Ok(fh)
+    }
+
+    async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let path = self.child(parent, name)?;
+        let cur = self.sessions.get().await?;
+        let stat = cur.client.mkdir(&path, false).await.map_err(|e| ce(&e))?;
+        guard(&self.inodes).remember(stat.instance.0, &path);
+        Ok(self.attr(&stat))
+    }
+
+    async fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        let path = self.child(parent, name)?;
+        let cur = self.sessions.get().await?;
+        let stat = cur
+            .client
+            .stat_fresh(&path)
+            .await
+            .map_err(|e| ce(&e))?
+            .ok_or(Errno::ENOENT)?;
+        match (stat.kind, dir) {
+            (NodeKind::Directory, false) => return Err(Errno::from_i32(libc::EISDIR)),
+            (NodeKind::File, true) => return Err(Errno::from_i32(libc::ENOTDIR)),
+            _ => {}
+        }
+        cur.client.delete(&path).await.map_err(|e| ce(&e))?;
+        if dir {
+            guard(&self.ephemeral_dirs).remove(&path);
+        }
+        Ok(())
+    }
+
+    async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        if flags != 0 {
+            return Err(einval()); // RENAME_NOREPLACE / EXCHANGE / WHITEOUT
+        }
+        let from = self.child(parent, name)?;
+        let to = self.child(newparent, newname)?;
+        let cur = self.sessions.get().await?;
+        cur.client.rename(&from, &to).await.map_err(|e| ce(&e))?;
+        Ok(())
+    }
+
+    async fn getxattr(&self, ino: u64, name: &OsStr, pid: u32) -> Result<Vec<u8>, Errno> {
+        let no_data = Errno::NO_XATTR;
+        let Some(n) = name.to_str().and_then(xattr::Name::parse) else {
+            return Err(no_data);
+        };
+        let path = self.path(ino)?;
+        match n {
+            xattr::Name::LockDelay => {
+                return guard(&self.lock_delay)
+                    .get(&ino)
+                    .map(|ms| ms.to_string().into_bytes())
+                    .ok_or(no_data);
+            }
+            xattr::Name::Sequencer => {
+                return guard(&self.locks)
+                    .sequencer(ino, pid)
+                    .map(|s| s.to_token().into_bytes())
+                    .ok_or(no_data);
+            }
+            _ => {}
+        }
+        let cur = self.sessions.get().await?;
+        let stat = if n == xattr::Name::LockGeneration {
+            // Lock state is never cached (crate::cache): ask the master.
+            match cur.client.stat_fresh(&path).await.map_err(|e| ce(&e))? {
+                Some(s) if s.instance.0 == ino => s,
+                _ => return Err(Errno::ENOENT),
+            }
+        } else {
+            self.stat_of(&cur.client, ino, &path).await?.0
+        };
+        if n == xattr::Name::Ephemeral
+            && stat.kind == NodeKind::Directory
+            && self.ephemeral_dir(&path)
+        {
+            return Ok(b"1".to_vec());
+        }
+        xattr::value(n, &stat)
+            .map(String::into_bytes)
+            .ok_or(no_data)
+    }
+
+    async fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let path = self.path(ino)?;
+        let cur = self.sessions.get().await?;
+        let (stat, _) = self.stat_of(&cur.client, ino, &path).await?;
+        let has_seq = guard(&self.locks).sequencer(ino, 0).is_some();
+        let mut names = xattr::names(stat.kind, has_seq);
+        if !guard(&self.lock_delay).contains_key(&ino) {
+            names.retain(|n| *n != xattr::Name::LockDelay);
+        }
+        let mut out = Vec::new();
+        for n in names {
+            out.extend_from_slice(n.full().as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    async fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8]) -> Result<(), Errno> {
+        let Some(n) = name.to_str().and_then(xattr::Name::parse) else {
+            return Err(Errno::from_i32(libc::ENOTSUP));
+        };
+        let path = self.path(ino)?;
+        let cur = self.sessions.get().await?;
+        let (stat, _) = self.stat_of(&cur.client, ino, &path).await?;
+        match n {
+            xattr::Name::AclRead | xattr::Name::AclWrite | xattr::Name::AclChange => {
+                let v = std::str::from_utf8(value)
+                    .map_err(|_| einval())?
+                    .trim()
+                    .to_owned();
+                let mut acl = stat.acl.clone();
+                match n {
+                    xattr::Name::AclRead => acl.read = v,
+                    xattr::Name::AclWrite => acl.write = v,
+                    _ => acl.change_acl = v,
+                }
+                cur.client
+                    .set_acl(&path, acl, None)
+                    .await
+                    .map_err(|e| ce(&e))?;
+                Ok(())
+            }
+            xattr::Name::LockDelay if stat.kind == NodeKind::File => {
+                let ms = xattr::parse_lock_delay(value).map_err(|e| {
+                    warn!(path, error = %e, "bad user.chubby.lock_delay");
+                    einval()
+                })?;
+                guard(&self.lock_delay).insert(ino, ms);
+                Ok(())
+            }
+            xattr::Name::Ephemeral if stat.kind == NodeKind::Directory => {
+                let on = xattr::parse_flag(value).map_err(|_| einval())?;
+                let mut dirs = guard(&self.ephemeral_dirs);
+                if on {
+                    dirs.insert(path);
+                } else {
+                    dirs.remove(&path);
+                }
+                Ok(())
+            }
+            _ => Err(eperm()),
+        }
+    }
+
+    async fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+        let Some(n) = name.to_str().and_then(xattr::Name::parse) else {
+            return Err(Errno::NO_XATTR);
+        };
+        let path = self.path(ino)?;
+        match n {
+            xattr::Name::LockDelay => guard(&self.lock_delay)
+                .remove(&ino)
+                .map(|_| ())
+                .ok_or(Errno::NO_XATTR),
+            xattr::Name::Ephemeral if guard(&self.ephemeral_dirs).remove(&path) => Ok(()),
+            _ => Err(eperm()),
+        }
+    }
+
+    /// Releases (and closes the handle of) `owner`'s lock or wait on `ino`.
+    async fn unlock(&self, ino: u64, owner: u64) {
+        let lock = guard(&self.locks).remove(ino, owner);
+        if let Some(l) = lock {
+            if let Ok(client) = self.sessions.of(l.generation).await {
+                client.close(l.handle).await;
+            }
+            debug!(path = %l.path, pid = l.pid, "lock released");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setlk(
+        &self,
+        ino: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+    ) -> Result<(), Errno> {
+        if typ == libc::F_UNLCK {
+            self.unlock(ino, owner).await;
+            return Ok(());
+        }
+        if start != 0 || end != WHOLE_FILE_END {
+            return Err(Errno::from_i32(libc::ENOLCK)); // Chubby locks are whole-file
+        }
+        let mode = if typ == libc::F_RDLCK {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
+        let existing = guard(&self.locks).get(ino, owner).cloned();
+        if let Some(l) = existing {
+            match l.state {
+                LockState::Held(_) if l.mode == mode => return Ok(()),
+                // A conversion: like flock(2), not atomic.
+                LockState::Held(_) => self.unlock(ino, owner).await,
+                LockState::Waiting => return Err(Errno::from_i32(libc::EDEADLK)),
+            }
+        }
+        let path = self.path(ino)?;
+        let cur = self.sessions.get().await?;
+        let client = &cur.client;
+        let mut o = OpenOptions::write();
+        o.creation = Creation::Never;
+        o.lock_delay_ms = guard(&self.lock_delay).get(&ino).copied();
+        let opened = client.open(&path, o).await.map_err(|e| ce(&e))?;
+        let handle = opened.handle;
+        if opened.stat.instance.0 != ino {
+            client.close(handle).await;
+            return Err(Errno::ENOENT);
+        }
+        let lock = Lock {
+            handle,
+            generation: cur.generation,
+            mode,
+            pid,
+            path: path.clone(),
+            state: LockState::Waiting,
+        };
+        if !sleep {
+            return match client.try_acquire(handle, mode).await {
+                Ok(seq) => {
+                    let mut held = lock;
+                    held.state = LockState::Held(seq);
+                    guard(&self.locks).insert(ino, owner, held);
+                    Ok(())
+                }
+                Err(e) => {
+                    client.close(handle).await;
+                    Err(ce(&e))
+                }
+            };
+        }
+        guard(&self.locks).insert(ino, owner, lock);
+        let acquire = client.acquire(handle, mode);
+        tokio::pin!(acquire);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut acquire => break Some(r),
+                () = tokio::time::sleep(SIGNAL_POLL) => {
+                    if locks::signal_pending(pid) {
+                        break None;
+                    }
+                }
+            }
+        };
+        match outcome {
+            Some(Ok(seq)) => {
+                if guard(&self.locks).granted(ino, owner, handle, seq) {
+                    debug!(path, pid, "lock granted");
+                    Ok(())
+                } else {
+                    // Unlocked while waiting (the owner closed the file).
+                    client.close(handle).await;
+                    Err(Errno::from_i32(libc::ENOLCK))
+                }
+            }
+            Some(Err(e)) => {
+                guard(&self.locks).remove_if(ino, owner, handle);
+                client.close(handle).await;
+                warn!(path, pid, error = %e, "lock wait failed");
+                let n = ce(&e);
+                Err(if n == Errno::EIO {
+                    Errno::from_i32(libc::ENOLCK)
+                } else {
+                    n
+                })
+            }
+            None => {
+                // A signal: give up the wait (closing the handle also returns a grant
+                // that raced it), and let the caller see EINTR.
+                guard(&self.locks).remove_if(ino, owner, handle);
+                client.close(handle).await;
+                debug!(path, pid, "lock wait interrupted by a signal");
+                Err(Errno::from_i32(libc::EINTR))
+            }
+        }
+    }
+}
+
+fn buffer_errno(e: BufferError) -> Errno {
+    match e {
+        BufferError::TooLarge => Errno::from_i32(libc::EFBIG),
+        BufferError::NeedsBase => Errno::EIO,
+    }
+}
+
+impl fuser::Filesystem for ChubbyFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        config
+            // ATOMIC_O_TRUNC: O_TRUNC arrives with OPEN (the buffer starts empty) instead
+            // of as a SETATTR without a file handle, which would empty the file at once.
+            .add_capabilities(
+                InitFlags::FUSE_FLOCK_LOCKS
+                    | InitFlags::FUSE_POSIX_LOCKS
+                    | InitFlags::FUSE_ATOMIC_O_TRUNC,
+            )
+            .map_err(|missing| {
+                std::io::Error::other(format!("the kernel lacks FUSE lock support: {missing:?}"))
+            })?;
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_owned();
+        self.spawn(|s| async move {
+            match s.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry_with_ttls(&NO_TTL, &NO_TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        guard(&self.0.inodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(|s| async move {
+            match s.getattr(ino.0, fh.map(|f| f.0)).await {
+                Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        self.spawn(|s| async move {
+            match s
+                .setattr(ino.0, mode, uid, gid, size, fh.map(|f| f.0))
+                .await
+            {
+                Ok(attr) => reply.attr(&NO_TTL, &attr),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok(); // the master checks ACLs on every call; mode bits mean nothing here
+    }
+
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        reply.error(einval());
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(eperm());
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.to_owned();
+        self.spawn(|s| async move {
+            match s.mkdir(parent.0, &name).await {
+                Ok(attr) => reply.entry_with_ttls(&NO_TTL, &NO_TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|s| async move {
+            match s.remove(parent.0, &name, false).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|s| async move {
+            match s.remove(parent.0, &name, true).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(eperm());
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        let flags = flags.bits();
+        self.spawn(|s| async move {
+            match s
+                .rename(parent.0, &name, newparent.0, &newname, flags)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(eperm());
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(|s| async move {
+            match s.open(ino.0, flags.0).await {
+                Ok((fh, f)) => reply.opened(FileHandle(fh), f),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(|s| async move {
+            let reading = s.kernel.reading(ino.0);
+            match s.read(ino.0, fh.0, offset, size).await {
+                Ok((data, covered)) => {
+                    reply.data(&data);
+                    if !covered {
+                        // Pages the master does not know we cache: drop them at once.
+                        s.kernel.drop_soon(ino.0);
+                    }
+                }
+                Err(e) => reply.error(e),
+            }
+            drop(reading);
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(|s| async move {
+            match s.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|s| async move {
+            // fcntl locks go at any close by their process.
+            s.unlock(ino.0, lock_owner.0).await;
+            match s.commit(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|s| async move {
+            s.release(ino.0, fh.0, lock_owner.map(|o| o.0)).await;
+            reply.ok();
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|s| async move {
+            match s.commit(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(|s| async move {
+            match s.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dirs = guard(&self.0.dirs);
+        let Some(entries) = dirs.get(&fh.0) else {
+            drop(dirs);
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(skip) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        drop(dirs);
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        guard(&self.0.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok(); // every change is durable once its call returned
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let namelen = u32::try_from(chubby_protocol::db::NAME_BYTES_MAX).unwrap_or(255);
+        reply.statfs(0, 0, 0, 0, 0, 4096, namelen, 4096);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.spawn(|s| async move {
+            match s.setxattr(ino.0, &name, &value).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name.to_str().and_then(xattr::Name::parse).is_none() {
+            reply.error(Errno::NO_XATTR); // security.capability etc., at once
+            return;
+        }
+        let name = name.to_owned();
+        let pid = req.pid();
+        self.spawn(|s| async move {
+            match s.getxattr(ino.0, &name, pid).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(|s| async move {
+            match s.listxattr(ino.0).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|s| async move {
+            match s.removexattr(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name.to_owned();
+        self.spawn(|s| async move {
+            match s.create(parent.0, &name, flags).await {
+                Ok((attr, fh)) => reply.created(
+                    &NO_TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_DIRECT_IO,
+                ),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        // Only this mount's holders are known here (see the README's lock section).
+        let mode = if typ == libc::F_RDLCK {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
+        let locks = guard(&self.0.locks);
+        match locks.conflict(ino.0, lock_owner.0, mode) {
+            Some(l) => {
+                let t = if l.mode == LockMode::Shared {
+                    libc::F_RDLCK
+                } else {
+                    libc::F_WRLCK
+                };
+                let pid = l.pid;
+                drop(locks);
+                reply.locked(0, WHOLE_FILE_END, t, pid);
+            }
+            None => {
+                drop(locks);
+                reply.locked(0, 0, libc::F_UNLCK, 0);
+            }
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|s| async move {
+            match s
+                .setlk(ino.0, lock_owner.0, start, end, typ, pid, sleep)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    if size == 0 {
+        reply.size(len);
+    } else if size < len {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
+    }
+}

@@ -1,0 +1,158 @@
+//! The mount's session, and the next one after it expires (DESIGN §6: once expired,
+//! handles fail with `EIO` and a new session is started for new opens).
+//!
+//! Every open file description records the session it was opened in; its operations fail
+//! with `EIO` once that session is gone, while new lookups and opens start (or wait for)
+//! the next session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chubby_protocol::cell::CellFile;
+use fuser::Errno;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::client::{Client, ClientOptions};
+use crate::session::SessionStatus;
+
+/// How long an operation waits for a new session before failing with `EIO`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One session of the mount: its number (1, 2, ... in the mount's life) and client.
+#[derive(Clone, Debug)]
+pub struct Current {
+    /// Which of the mount's sessions this is.
+    pub generation: u64,
+    /// The session.
+    pub client: Arc<Client>,
+}
+
+/// Called with each new session.
+type OnNew = Box<dyn Fn(&Current) + Send + Sync>;
+
+/// The mount's sessions (see the module docs).
+pub struct Sessions {
+    cell: CellFile,
+    options: ClientOptions,
+    current: Mutex<Option<Current>>,
+    /// Called with each new session (to watch its events).
+    on_new: std::sync::Mutex<Option<OnNew>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// Sessions with the cell; the first starts with [`Sessions::start`].
+    #[must_use]
+    pub fn new(cell: CellFile, options: ClientOptions) -> Sessions {
+        Sessions {
+            cell,
+            options,
+            current: Mutex::new(None),
+            on_new: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Calls `f` with every new session.
+    pub fn on_new(&self, f: OnNew) {
+        *self
+            .on_new
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(f);
+    }
+
+    /// Starts the first session.
+    ///
+    /// # Errors
+    /// The cell could not be reached.
+    pub async fn start(&self) -> Result<Current, crate::conn::ClientError> {
+        let mut cur = self.current.lock().await;
+        let client = Client::connect(&self.cell, self.options.clone()).await?;
+        let c = Current {
+            generation: 1,
+            client: Arc::new(client),
+        };
+        self.announce(&c);
+        *cur = Some(c.clone());
+        Ok(c)
+    }
+
+    fn announce(&self, c: &Current) {
+        if let Some(f) = self
+            .on_new
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            f(c);
+        }
+    }
+
+    /// The session new operations use: the current one unless it expired, else a new one.
+    ///
+    /// # Errors
+    /// `EIO` if no new session could be started in time.
+    pub async fn get(&self) -> Result<Current, Errno> {
+        let mut cur = self.current.lock().await;
+        if let Some(c) = cur.as_ref() {
+            if c.client.status() != SessionStatus::Expired {
+                return Ok(c.clone());
+            }
+        }
+        let generation = cur.as_ref().map_or(1, |c| c.generation + 1);
+        let connect = Client::connect(&self.cell, self.options.clone());
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(client)) => {
+                info!(
+                    generation,
+                    session = client.session().0,
+                    "new session after the previous one expired"
+                );
+                let c = Current {
+                    generation,
+                    client: Arc::new(client),
+                };
+                self.announce(&c);
+                *cur = Some(c.clone());
+                Ok(c)
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot start a new session");
+                Err(Errno::EIO)
+            }
+            Err(_) => {
+                warn!("cannot start a new session: no answer in time");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// The session `generation`, if it is still the current one and not expired.
+    ///
+    /// # Errors
+    /// `EIO`: that session is gone (its handles and locks with it).
+    pub async fn of(&self, generation: u64) -> Result<Arc<Client>, Errno> {
+        let cur = self.current.lock().await;
+        match cur.as_ref() {
+            Some(c)
+                if c.generation == generation && c.client.status() != SessionStatus::Expired =>
+            {
+                Ok(Arc::clone(&c.client))
+            }
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// Ends the current session (unmount).
+    pub async fn shutdown(&self) {
+        let cur = self.current.lock().await.take();
+        if let Some(c) = cur {
+            c.client.shutdown().await;
+        }
+    }
+}

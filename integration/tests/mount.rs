@@ -1,0 +1,530 @@
+//! `chubby mount` on real cells with real tools (issue 6's acceptance): shell tools behave
+//! per the mapping table; a write through one mount is read at once through another while
+//! a third process reads in a tight loop; cached reads reach no replica; `flock` across
+//! mounts (`-n`, blocking, `-w`, Ctrl-C) and a leader election that never has two leaders;
+//! ephemeral files go with their holders and with a killed daemon's session; `kill -9` of
+//! the master is only a delay for read and write loops. Every mount and process a test
+//! starts is stopped when it ends, pass or fail (`Mount`'s and `RealCell`'s drops).
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chubby_integration::mount::{fuse_available, Mount};
+use chubby_integration::real_cell::RealCell;
+use chubby_integration::test_support::{runtime, ELECTION};
+
+/// Runs `script` with `sh` in directory `dir`.
+fn sh(dir: &Path, script: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Runs `script`, asserting success; returns its stdout.
+fn ok(dir: &Path, script: &str) -> String {
+    let out = sh(dir, script);
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `script`, asserting failure with `needle` in its stderr.
+fn fails(dir: &Path, script: &str, needle: &str) {
+    let out = sh(dir, script);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "`{script}` succeeded");
+    assert!(
+        err.contains(needle),
+        "`{script}`: expected {needle:?} in {err:?}"
+    );
+}
+
+/// A child killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Client calls answered by every replica (KeepAlives and status calls not counted).
+fn client_calls(cell: &RealCell) -> u64 {
+    let rt = runtime();
+    let _in_rt = rt.enter();
+    let conn = cell.connect();
+    rt.block_on(async {
+        cell.statuses(&conn)
+            .await
+            .into_iter()
+            .map(|s| s.map_or(0, |s| s.client_calls))
+            .sum()
+    })
+}
+
+#[test]
+fn shell_tools_behave_per_the_mapping_table() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let m = Mount::new(&cell, &[]);
+    let d = m.path();
+    ok(&d, "mkdir dir && echo hi > dir/f");
+    assert_eq!(ok(&d, "cat dir/f"), "hi\n");
+    let ls = ok(&d, "ls -l dir");
+    assert!(
+        ls.contains("-rw-r--r--") && ls.contains(" 3 ") && ls.contains(" f\n"),
+        "{ls}"
+    );
+    assert_eq!(ok(&d, "stat -c '%s %F' dir/f"), "3 regular file\n");
+    assert_eq!(ok(&d, "stat -c '%F' dir"), "directory\n");
+    // The inode number is the instance number.
+    let ino = ok(&d, "stat -c %i dir/f");
+    let inst = ok(&d, "getfattr --only-values -n user.chubby.instance dir/f");
+    assert_eq!(ino.trim(), inst.trim());
+    ok(&d, "echo more >> dir/f");
+    assert_eq!(ok(&d, "cat dir/f"), "hi\nmore\n");
+    ok(&d, "truncate -s 2 dir/f");
+    assert_eq!(ok(&d, "cat dir/f"), "hi");
+    ok(&d, "touch dir/f dir/new");
+    assert_eq!(ok(&d, "stat -c %s dir/new"), "0\n");
+    ok(&d, "mv dir/f dir/g");
+    assert_eq!(ok(&d, "ls dir"), "g\nnew\n");
+    assert_eq!(ok(&d, "cat dir/g"), "hi");
+    // Extended attributes.
+    let attrs = ok(&d, "getfattr -d dir/g");
+    for name in [
+        "user.chubby.instance=",
+        "user.chubby.content_generation=",
+        "user.chubby.lock_generation=",
+        "user.chubby.acl_generation=\"0\"",
+        "user.chubby.checksum=",
+        "user.chubby.ephemeral=\"0\"",
+        "user.chubby.acl.read=",
+        "user.chubby.acl.write=",
+        "user.chubby.acl.change=",
+    ] {
+        assert!(attrs.contains(name), "{name} missing from {attrs}");
+    }
+    ok(&d, "setfattr -n user.chubby.acl.read -v everyone dir/g");
+    assert_eq!(
+        ok(&d, "getfattr --only-values -n user.chubby.acl.read dir/g"),
+        "everyone"
+    );
+    assert_eq!(
+        ok(
+            &d,
+            "getfattr --only-values -n user.chubby.acl_generation dir/g"
+        ),
+        "1"
+    );
+    fails(
+        &d,
+        "setfattr -n user.chubby.instance -v 9 dir/g",
+        "not permitted",
+    );
+    // What a Chubby cell does not have.
+    fails(&d, "ln -s dir/g link", "Operation not permitted");
+    fails(&d, "ln dir/g hard", "Operation not permitted");
+    fails(&d, "chmod 600 dir/g", "Operation not permitted");
+    fails(&d, "mkfifo fifo", "Operation not permitted");
+    let long = "x".repeat(256);
+    fails(&d, &format!("touch {long}"), "File name too long");
+    // Too large: refused at write and close, the old contents intact. One descriptor
+    // (python's open): a shell redirect's own dup-and-close would first commit the
+    // O_TRUNC truncation, as a local file system truncates at open.
+    ok(&d, "echo old > big");
+    let out = sh(
+        &d,
+        "python3 -c \"open('big','wb').write(b'x' * 307200)\" 2>&1; echo rc=$?",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("File too large") && !text.contains("rc=0"),
+        "{text}"
+    );
+    assert_eq!(ok(&d, "cat big"), "old\n");
+    // Removal.
+    fails(&d, "rmdir dir", "Directory not empty");
+    fails(&d, "rm dir", "Is a directory");
+    ok(&d, "rm dir/g dir/new && rmdir dir");
+    fails(&d, "cat dir/g", "No such file or directory");
+    assert_eq!(ok(&d, "ls"), "acl\nbig\n");
+    assert!(ok(&d, "df -P .").contains("chubby"));
+}
+
+#[test]
+fn a_second_mount_on_a_busy_mount_point_fails_clearly_and_sigterm_unmounts() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let mut m = Mount::new(&cell, &[]);
+    let out = Command::new(chubby_integration::real_cell::binary("chubby"))
+        .arg("mount")
+        .arg(m.path())
+        .arg("--foreground")
+        .arg("--cell")
+        .arg(cell.cell_file())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("already a mount point"), "{err}");
+    m.signal("TERM");
+    let status = m.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", m.log());
+    assert!(!m.is_mounted(), "unmounted");
+    assert!(m.log().contains("unmounted; session closed"), "{}", m.log());
+}
+
+#[test]
+fn writes_through_one_mount_are_read_at_once_through_another() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("f"), "0").unwrap();
+    // A third process reads the file on B in a tight loop; values never go back.
+    let reader = Command::new("sh")
+        .arg("-c")
+        .arg("while :; do cat f || exit 1; echo; done")
+        .current_dir(b.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = Proc(reader);
+    let stdout = reader.0.stdout.take().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
+        std::thread::spawn(move || {
+            let mut last = 0u64;
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                let v: u64 = line
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad read {line:?}"));
+                assert!(v >= last, "the tight loop went back from {last} to {v}");
+                last = v;
+                seen.fetch_add(1, Ordering::Relaxed);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        })
+    };
+    for i in 1..=1000u64 {
+        std::fs::write(a.at("f"), i.to_string()).unwrap();
+        let got = std::fs::read_to_string(b.at("f")).unwrap();
+        assert_eq!(
+            got,
+            i.to_string(),
+            "stale read on B after write {i} closed on A"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = reader.0.kill();
+    watcher.join().unwrap();
+    let reads = seen.load(Ordering::Relaxed);
+    assert!(reads > 100, "the tight loop read only {reads} times");
+    eprintln!("1000 writes checked; the tight loop read {reads} times");
+}
+
+#[test]
+fn cached_reads_reach_no_replica_and_writes_are_still_seen() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("conf"), "v1").unwrap();
+    assert_eq!(std::fs::read_to_string(b.at("conf")).unwrap(), "v1");
+    let before = client_calls(&cell);
+    for _ in 0..10_000 {
+        assert_eq!(std::fs::read(b.at("conf")).unwrap(), b"v1");
+    }
+    let after = client_calls(&cell);
+    assert_eq!(
+        after,
+        before,
+        "10,000 cached reads made {} calls",
+        after - before
+    );
+    std::fs::write(a.at("conf"), "v2").unwrap();
+    assert_eq!(std::fs::read_to_string(b.at("conf")).unwrap(), "v2");
+    assert!(client_calls(&cell) > after, "the write reached the cell");
+}
+
+#[test]
+fn flock_across_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("lock"), "").unwrap();
+    // A holds until the file "go" appears.
+    let hold = |m: &Mount| {
+        Proc(
+            Command::new("flock")
+                .arg("lock")
+                .arg("-c")
+                .arg("touch held; while [ ! -e go ]; do sleep 0.05; done; rm go held")
+                .current_dir(m.path())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut holder = hold(&a);
+    wait_until("A's flock", Duration::from_secs(10), || {
+        a.at("held").exists()
+    });
+    fails(&b.path(), "flock -n lock -c true", "");
+    // flock -w 1 gives up after about a second.
+    let start = Instant::now();
+    let out = sh(&b.path(), "flock -w 1 lock -c true");
+    let waited = start.elapsed();
+    assert!(!out.status.success());
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "flock -w 1 took {waited:?}"
+    );
+    // Ctrl-C ends a blocked flock promptly and leaves no lock behind.
+    let start = Instant::now();
+    let out = sh(&b.path(), "timeout -s INT 1 flock lock -c 'echo BAD'");
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert!(start.elapsed() < Duration::from_secs(4));
+    // A blocked flock on B acquires when A's holder exits.
+    let waiter = Command::new("flock")
+        .arg("lock")
+        .arg("-c")
+        .arg("echo B-got-it")
+        .current_dir(b.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(a.at("go"), "").unwrap();
+    assert!(holder.0.wait().unwrap().success());
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "B-got-it\n");
+    // Nothing was left behind by the interrupted waiter: the lock is free on both mounts.
+    ok(&a.path(), "flock -n lock -c true");
+    ok(&b.path(), "flock -n lock -c true");
+    // fcntl byte ranges are refused; whole-file fcntl locks are the same Chubby lock.
+    holder = hold(&a);
+    wait_until("A's flock again", Duration::from_secs(10), || {
+        a.at("held").exists()
+    });
+    let out = sh(
+        &b.path(),
+        "python3 -c \"import fcntl,os; f=os.open('lock',os.O_RDWR); fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\"",
+    );
+    if out.status.code() != Some(127) {
+        assert!(
+            !out.status.success(),
+            "a whole-file fcntl lock while A holds"
+        );
+    }
+    std::fs::write(a.at("go"), "").unwrap();
+    assert!(holder.0.wait().unwrap().success());
+}
+
+#[test]
+fn a_flock_leader_election_never_has_two_leaders() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("leader"), "").unwrap();
+    let rounds = 100;
+    let script = format!(
+        "for i in $(seq {rounds}); do flock leader -c '\
+           echo $ID > leader-id; \
+           n=$(cat leader-id); [ \"$n\" = \"$ID\" ] || {{ echo \"TWO LEADERS: $ID saw $n\"; exit 3; }}; \
+           cat leader-id > /dev/null; \
+           n=$(cat leader-id); [ \"$n\" = \"$ID\" ] || {{ echo \"TWO LEADERS: $ID saw $n\"; exit 3; }}' || exit $?; \
+         done"
+    );
+    let procs: Vec<Proc> = [(&a, "a1"), (&a, "a2"), (&b, "b1")]
+        .into_iter()
+        .map(|(m, id)| {
+            Proc(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(&script)
+                    .env("ID", id)
+                    .current_dir(m.path())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for mut p in procs {
+        let status = p.0.wait().unwrap();
+        let mut out = String::new();
+        if let Some(mut s) = p.0.stdout.take() {
+            std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        }
+        assert!(status.success(), "{status}: {out}");
+    }
+}
+
+#[test]
+fn ephemeral_files_go_with_their_holders() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start_tuned(3, "session_lease_ms = 4000");
+    let mut a = Mount::new(&cell, &["--grace", "1"]);
+    let b = Mount::new(&cell, &[]);
+    ok(
+        &a.path(),
+        "mkdir members && setfattr -n user.chubby.ephemeral -v 1 members",
+    );
+    // Held open by a process: there while it lives, gone when it exits.
+    let holder = Proc(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 3> members/one; exec sleep 60")
+            .current_dir(a.path())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("members/one on B", Duration::from_secs(10), || {
+        b.at("members/one").exists()
+    });
+    assert_eq!(
+        ok(
+            &b.path(),
+            "getfattr --only-values -n user.chubby.ephemeral members/one"
+        ),
+        "1"
+    );
+    drop(holder);
+    wait_until("members/one to go", Duration::from_secs(10), || {
+        !b.at("members/one").exists()
+    });
+    // Held by a process whose mount daemon is killed: gone once the session lease ends.
+    let _holder = Proc(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 3> members/two; exec sleep 60")
+            .current_dir(a.path())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("members/two on B", Duration::from_secs(10), || {
+        b.at("members/two").exists()
+    });
+    let killed = Instant::now();
+    a.signal("KILL");
+    let _ = a.wait_exit(Duration::from_secs(10));
+    wait_until("members/two to go", ELECTION, || {
+        !b.at("members/two").exists()
+    });
+    eprintln!(
+        "members/two went {:?} after the daemon's kill -9",
+        killed.elapsed()
+    );
+    a.clear_stale();
+    // The permanent directory stays.
+    assert!(b.at("members").is_dir());
+}
+
+#[test]
+fn killing_the_master_is_only_a_delay_for_read_and_write_loops() {
+    if !fuse_available() {
+        return;
+    }
+    let mut cell = RealCell::start(3);
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("n"), "0").unwrap();
+    let rt = runtime();
+    let _in_rt = rt.enter();
+    let conn = cell.connect();
+    let master = rt.block_on(cell.wait_master(&conn, ELECTION));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written, path) = (Arc::clone(&stop), Arc::clone(&written), a.at("n"));
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                std::fs::write(&path, i.to_string())
+                    .unwrap_or_else(|e| panic!("write {i} failed: {e}"));
+                written.store(i, Ordering::Relaxed);
+            }
+        })
+    };
+    let reader = {
+        let (stop, written, path) = (Arc::clone(&stop), Arc::clone(&written), b.at("n"));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let floor = written.load(Ordering::Relaxed);
+                let v: u64 = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("read failed: {e}"))
+                    .parse()
+                    .unwrap();
+                assert!(v >= floor, "stale: read {v} after write {floor} completed");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    wait_until("writes before the kill", Duration::from_secs(20), || {
+        written.load(Ordering::Relaxed) >= 20
+    });
+    let at_kill = written.load(Ordering::Relaxed);
+    cell.kill9(usize::try_from(master).unwrap());
+    wait_until("writes after the kill", Duration::from_secs(60), || {
+        written.load(Ordering::Relaxed) >= at_kill + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let reads = reader.join().unwrap();
+    eprintln!(
+        "{} writes and {reads} reads across the kill of master {master}",
+        written.load(Ordering::Relaxed)
+    );
+}
