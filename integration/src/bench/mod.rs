@@ -2,9 +2,11 @@
 //! `chubby-server` processes on loopback through the client library, and the figures they
 //! print (DESIGN §8: speed is shown by benchmarks that print figures, never by timed tests).
 //!
-//! [`workloads`] holds the workloads; this module the measuring: latency samples with
+//! [`workloads`] holds the workloads through the library, [`mount`] those through a real
+//! `chubby mount`; this module the measuring: latency samples with
 //! percentiles, counted operations over a fixed span, and the table.
 
+pub mod mount;
 pub mod workloads;
 
 use std::time::Duration;

@@ -48,6 +48,9 @@ struct Cli {
     /// Skip the fail-over measurement (it kills the master).
     #[arg(long)]
     skip_failover: bool,
+    /// Skip the figures through a FUSE mount (they need /dev/fuse and root).
+    #[arg(long)]
+    skip_mount: bool,
     /// Print JSON lines ({"name","value","unit","detail"}) instead of a table.
     #[arg(long)]
     json: bool,
@@ -141,6 +144,25 @@ async fn run(cli: &Cli) -> Result<Vec<Figure>, String> {
     )?);
     figures.extend(step("reads", workloads::reads(&file, &settings).await)?);
     figures.extend(step("locks", workloads::locks(&file, &settings).await)?);
+    if !cli.skip_mount {
+        match chubby_integration::mount::fuse_missing() {
+            Some(why) => eprintln!("chubby-bench: no mount figures: {why}"),
+            None => {
+                find_binary("chubby")?;
+                let (cell_file, span) = (cell.cell_file().to_owned(), settings.span);
+                let figs = tokio::task::spawn_blocking(move || {
+                    chubby_integration::bench::mount::figures(&cell_file, span)
+                })
+                .await
+                .map_err(|e| format!("mount: {e}"))?
+                .map_err(|e| format!("mount: {e}"))?;
+                for fig in &figs {
+                    eprintln!("chubby-bench: {} = {:.2} {}", fig.name, fig.value, fig.unit);
+                }
+                figures.extend(figs);
+            }
+        }
+    }
     if !cli.skip_failover {
         // The master may have moved since the start; kill the current one.
         let master = wait_master(&cell, &conn).await?;
