@@ -799,6 +799,23 @@ impl Client {
         self.open(&path, o).await
     }
 
+    /// Closes `handle`, saying whether the master took the close (a refusal such as
+    /// `BadHandle` means the handle is gone already).
+    ///
+    /// # Errors
+    /// The close did not reach a master, or was refused.
+    pub async fn try_close(&self, handle: HandleId) -> Result<(), ClientError> {
+        let session = self.session();
+        let r = self.call(Call::Close { session, handle }).await;
+        if r.is_ok() || matches!(r, Err(ClientError::Call(CallError::Refused(_)))) {
+            lock(&self.inner.state).dirs.remove(&handle);
+            self.inner.poisoned.send_modify(|p| {
+                p.remove(&handle);
+            });
+        }
+        r.map(|_| ())
+    }
+
     /// Closes a handle. Never fails (Chubby §2.6): a handle of an expired session, or one
     /// the master cannot be reached about, is simply forgotten.
     pub async fn close(&self, handle: HandleId) {

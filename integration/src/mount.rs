@@ -211,18 +211,28 @@ impl Drop for Mount {
                 eprintln!("{line}");
             }
         }
+        // Signal first: `signal` finds the daemon through `self.child`.
+        self.signal("CONT");
+        self.signal("TERM");
         if let Some(mut child) = self.child.take() {
-            self.signal("CONT");
-            self.signal("TERM");
             let start = Instant::now();
+            let mut clean = false;
             while start.elapsed() < Duration::from_secs(15) {
-                if let Ok(Some(_)) = child.try_wait() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    clean = status.success();
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
             let _ = child.wait();
+            if !clean || std::env::var_os("CHUBBY_MOUNT_LOG").is_some() {
+                eprintln!(
+                    "---- mount {} (stopped clean: {clean}) log ----\n{}",
+                    self.path().display(),
+                    self.log()
+                );
+            }
         }
         if self.is_mounted() {
             self.clear_stale();

@@ -47,6 +47,8 @@ pub struct KernelCache {
     inodes: Arc<Mutex<Inodes>>,
     /// READs being answered, per inode.
     reads: Mutex<HashMap<u64, u32>>,
+    /// Inodes the notification thread is dropping now.
+    invalidating: Mutex<std::collections::HashSet<u64>>,
     jobs: Mutex<mpsc::Sender<Job>>,
     invalidations: AtomicU64,
     flushes: AtomicU64,
@@ -68,6 +70,7 @@ impl KernelCache {
             notifier: OnceLock::new(),
             inodes,
             reads: Mutex::new(HashMap::new()),
+            invalidating: Mutex::new(std::collections::HashSet::new()),
             jobs: Mutex::new(tx),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -78,8 +81,10 @@ impl KernelCache {
             .spawn(move || {
                 while let Ok((inos, done)) = rx.recv() {
                     if let Some(cache) = weak.upgrade() {
-                        for ino in inos {
-                            cache.drop_inode(ino);
+                        guard(&cache.invalidating).extend(inos.iter().copied());
+                        for ino in &inos {
+                            cache.drop_inode(*ino);
+                            guard(&cache.invalidating).remove(ino);
                         }
                     }
                     if let Some(done) = done {
@@ -102,6 +107,13 @@ impl KernelCache {
             inode_invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
         }
+    }
+
+    /// True while the notification thread is dropping `ino` (or has it queued in the job
+    /// it is running).
+    #[must_use]
+    pub fn is_invalidating(&self, ino: u64) -> bool {
+        guard(&self.invalidating).contains(&ino)
     }
 
     /// A READ of `ino` is being answered until the guard drops.

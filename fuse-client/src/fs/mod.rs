@@ -209,6 +209,26 @@ impl ChubbyFs {
     }
 }
 
+/// Closes `handle` for sure: a close that does not reach a master is tried again (with a
+/// growing pause) while the session lives, since a handle left open would keep its lock
+/// held, or its ephemeral file alive, for the rest of the session.
+async fn close_surely(client: &Client, handle: HandleId) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match client.try_close(handle).await {
+            Ok(()) | Err(ClientError::Call(CallError::Refused(_))) => return,
+            Err(e) => {
+                if client.status() == crate::session::SessionStatus::Expired {
+                    return; // the handle went with the session
+                }
+                warn!(handle = handle.0, error = %e, "close failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Logs what a session's end takes with it: the locks held in it.
 async fn watch_session(shared: Arc<Shared>, current: Current) {
     let mut events = current.client.subscribe();
@@ -441,6 +461,12 @@ impl Shared {
             if stat.kind == NodeKind::Directory {
                 return Err(Errno::from_i32(libc::EISDIR));
             }
+            // What this description reads if the file is replaced or removed under it
+            // (usually from the cache: the kernel's READs come next anyway).
+            let snapshot = match client.get(&path).await {
+                Ok((contents, s)) if s.instance.0 == ino => Some(contents),
+                _ => None,
+            };
             let handle = if stat.ephemeral {
                 Some(
                     client
@@ -455,10 +481,7 @@ impl Shared {
             let fh = self.new_fh(File {
                 path,
                 generation: cur.generation,
-                desc: Desc::Read {
-                    handle,
-                    snapshot: None,
-                },
+                desc: Desc::Read { handle, snapshot },
             });
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
@@ -555,7 +578,13 @@ impl Shared {
             match client.get_covered(path).await {
                 Ok((contents, stat, covered)) if stat.instance.0 == ino => {
                     *snapshot = Some(Arc::clone(&contents));
-                    if covered || started.elapsed() >= COVER_WAIT {
+                    // While this inode is being dropped from the kernel, coverage cannot
+                    // come (the write waits for that drop, which waits for this READ) and
+                    // the drop removes what we answer anyway.
+                    if covered
+                        || started.elapsed() >= COVER_WAIT
+                        || self.kernel.is_invalidating(ino)
+                    {
                         return Ok((contents, covered));
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -580,14 +609,32 @@ impl Shared {
     ) -> Result<(Vec<u8>, bool), Errno> {
         let file = self.file(fh)?;
         let mut file = file.lock().await;
-        let client = self.sessions.of(file.generation).await?;
         let path = file.path.clone();
+        let generation = file.generation;
         let (data, covered): (Arc<Vec<u8>>, bool) = match &mut file.desc {
             Desc::Write { handle, buf } => {
+                let client = self.sessions.of(generation).await?;
                 Self::ensure_base(&client, *handle, buf).await?;
-                (Arc::new(buf.contents().unwrap_or_default().to_vec()), true)
+                // Uncommitted bytes: never let the page cache keep them (an mmap of a
+                // writable descriptor reads through here).
+                (Arc::new(buf.contents().unwrap_or_default().to_vec()), false)
             }
-            Desc::Read { snapshot, .. } => self.read_current(&client, ino, &path, snapshot).await?,
+            Desc::Read { handle, snapshot } => {
+                // A handle-less reader is not tied to its session: any session serves it.
+                let client = match handle {
+                    Some(_) => self.sessions.of(generation).await?,
+                    None => self.sessions.get().await?.client,
+                };
+                // The kernel holds this READ's page locked, and an invalidation of the file
+                // waits for it: never wait for a session in jeopardy here.
+                let mut status = client.status_watch();
+                tokio::select! {
+                    r = self.read_current(&client, ino, &path, snapshot) => r?,
+                    _ = status.wait_for(|s| *s != crate::session::SessionStatus::Safe) => {
+                        return Err(Errno::EIO);
+                    }
+                }
+            }
         };
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
@@ -652,7 +699,7 @@ impl Shared {
         };
         if let Some(handle) = handle {
             if let Ok(client) = self.sessions.of(file.generation).await {
-                client.close(handle).await;
+                close_surely(&client, handle).await;
             }
         }
     }
@@ -858,7 +905,7 @@ impl Shared {
         let lock = guard(&self.locks).remove(ino, owner);
         if let Some(l) = lock {
             if let Ok(client) = self.sessions.of(l.generation).await {
-                client.close(l.handle).await;
+                close_surely(&client, l.handle).await;
             }
             debug!(path = %l.path, pid = l.pid, "lock released");
         }
@@ -1222,9 +1269,12 @@ impl fuser::Filesystem for ChubbyFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(|s| async move {
+            // Commit first: a process that writes under its fcntl lock and closes must not
+            // let the next holder in before its write landed.
+            let committed = s.commit(fh.0).await;
             // fcntl locks go at any close by their process.
             s.unlock(ino.0, lock_owner.0).await;
-            match s.commit(fh.0).await {
+            match committed {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }

@@ -28,6 +28,26 @@ pub struct Current {
     pub client: Arc<Client>,
 }
 
+/// After a failed start of a session, operations fail at once for this long instead of
+/// each trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Starts a session and opens the root directory in it: a session with no handle and no
+/// calls would be closed by the master as idle, which the mount would take for expiry
+/// (and its open read descriptors would fail). The handle goes with the session.
+async fn connect(
+    cell: &CellFile,
+    options: &ClientOptions,
+) -> Result<Client, crate::conn::ClientError> {
+    let client = Client::connect(cell, options.clone()).await?;
+    let mut root = crate::client::OpenOptions::read();
+    root.kind = chubby_protocol::NodeKind::Directory;
+    if let Err(e) = client.open("/", root).await {
+        warn!(error = %e, "cannot hold the root open: an idle mount's session may be closed");
+    }
+    Ok(client)
+}
+
 /// Called with each new session.
 type OnNew = Box<dyn Fn(&Current) + Send + Sync>;
 
@@ -36,6 +56,14 @@ pub struct Sessions {
     cell: CellFile,
     options: ClientOptions,
     current: Mutex<Option<Current>>,
+    /// A copy of `current` for [`Sessions::of`], which must not wait behind a start.
+    snapshot: std::sync::Mutex<Option<Current>>,
+    /// When the last start failed.
+    failed_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Set by [`Sessions::shutdown`]: no session is started after it (a request racing the
+    /// unmount would otherwise open one that nobody closes, and a new master would wait a
+    /// lease for it after a fail-over).
+    closed: std::sync::atomic::AtomicBool,
     /// Called with each new session (to watch its events).
     on_new: std::sync::Mutex<Option<OnNew>>,
 }
@@ -54,6 +82,9 @@ impl Sessions {
             cell,
             options,
             current: Mutex::new(None),
+            snapshot: std::sync::Mutex::new(None),
+            failed_at: std::sync::Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
             on_new: std::sync::Mutex::new(None),
         }
     }
@@ -72,14 +103,22 @@ impl Sessions {
     /// The cell could not be reached.
     pub async fn start(&self) -> Result<Current, crate::conn::ClientError> {
         let mut cur = self.current.lock().await;
-        let client = Client::connect(&self.cell, self.options.clone()).await?;
+        let client = connect(&self.cell, &self.options).await?;
         let c = Current {
             generation: 1,
             client: Arc::new(client),
         };
-        self.announce(&c);
-        *cur = Some(c.clone());
+        self.install(&mut cur, &c);
         Ok(c)
+    }
+
+    fn install(&self, cur: &mut Option<Current>, c: &Current) {
+        self.announce(c);
+        *cur = Some(c.clone());
+        *self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c.clone());
     }
 
     fn announce(&self, c: &Current) {
@@ -99,14 +138,33 @@ impl Sessions {
     /// `EIO` if no new session could be started in time.
     pub async fn get(&self) -> Result<Current, Errno> {
         let mut cur = self.current.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Errno::EIO);
+        }
         if let Some(c) = cur.as_ref() {
             if c.client.status() != SessionStatus::Expired {
                 return Ok(c.clone());
             }
         }
+        let recent_failure = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER);
+        if recent_failure {
+            return Err(Errno::EIO);
+        }
         let generation = cur.as_ref().map_or(1, |c| c.generation + 1);
-        let connect = Client::connect(&self.cell, self.options.clone());
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        let attempt = connect(&self.cell, &self.options);
+        let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
+        if !matches!(result, Ok(Ok(_))) {
+            *self
+                .failed_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(tokio::time::Instant::now());
+        }
+        match result {
             Ok(Ok(client)) => {
                 info!(
                     generation,
@@ -117,8 +175,7 @@ impl Sessions {
                     generation,
                     client: Arc::new(client),
                 };
-                self.announce(&c);
-                *cur = Some(c.clone());
+                self.install(&mut cur, &c);
                 Ok(c)
             }
             Ok(Err(e)) => {
@@ -137,7 +194,11 @@ impl Sessions {
     /// # Errors
     /// `EIO`: that session is gone (its handles and locks with it).
     pub async fn of(&self, generation: u64) -> Result<Arc<Client>, Errno> {
-        let cur = self.current.lock().await;
+        let cur = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         match cur.as_ref() {
             Some(c)
                 if c.generation == generation && c.client.status() != SessionStatus::Expired =>
@@ -150,7 +211,16 @@ impl Sessions {
 
     /// Ends the current session (unmount).
     pub async fn shutdown(&self) {
-        let cur = self.current.lock().await.take();
+        let cur = {
+            let mut cur = self.current.lock().await;
+            self.closed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            *self
+                .snapshot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            cur.take()
+        };
         if let Some(c) = cur {
             c.client.shutdown().await;
         }
