@@ -272,7 +272,9 @@ impl Inner {
                 self.emit(ClientEvent::Expired);
             }
         }
-        let _ = self.status.send(state.clock.status());
+        // `send_replace`, not `send`: `send` stores nothing while no receiver exists, and
+        // `status()` would go on reporting the old state.
+        self.status.send_replace(state.clock.status());
     }
 
     /// Starts dropping everything downstream without waiting (see

@@ -528,3 +528,81 @@ fn killing_the_master_is_only_a_delay_for_read_and_write_loops() {
         written.load(Ordering::Relaxed)
     );
 }
+
+/// Sessions in the master's database.
+fn master_sessions(cell: &RealCell) -> Option<u64> {
+    let rt = runtime();
+    let _in_rt = rt.enter();
+    let conn = cell.connect();
+    rt.block_on(async {
+        cell.statuses(&conn)
+            .await
+            .into_iter()
+            .flatten()
+            .find_map(|s| {
+                (s.role == chubby_client::protocol::client_msg::ReplicaRole::Master)
+                    .then_some(s.sessions)
+            })
+    })
+}
+
+#[test]
+fn a_lock_lost_with_its_session_fails_its_descriptor_with_eio() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start_tuned(3, "session_lease_ms = 3000");
+    let a = Mount::new(&cell, &["--grace", "1"]);
+    std::fs::write(a.at("lock"), "x").unwrap();
+    ok(&a.path(), "setfattr -n user.chubby.lock_delay -v 1s lock");
+    // A process takes the lock through a descriptor and keeps reading through it.
+    let script = [
+        "import fcntl, os, sys, time",
+        "f = open('lock', 'rb', buffering=0)",
+        "fcntl.flock(f, fcntl.LOCK_EX)",
+        "print('locked', flush=True)",
+        "while True:",
+        "    try:",
+        "        os.pread(f.fileno(), 10, 0)",
+        "    except OSError as e:",
+        "        print('error', e.errno, flush=True)",
+        "        sys.exit(0)",
+        "    time.sleep(0.05)",
+    ]
+    .join("\n");
+    let mut holder = Proc(
+        Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(a.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(holder.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "locked");
+    assert_eq!(master_sessions(&cell), Some(1));
+    // The daemon stops answering; the master expires its session (lease 3 s).
+    a.signal("STOP");
+    wait_until("the session to expire at the master", ELECTION, || {
+        master_sessions(&cell) == Some(0)
+    });
+    a.signal("CONT");
+    // The daemon learns its session is gone: the lock's descriptor fails with EIO...
+    let line = lines.next().unwrap().unwrap();
+    assert_eq!(line, format!("error {}", libc_eio()), "{}", a.log());
+    assert!(holder.0.wait().unwrap().success());
+    // ...the daemon says which process lost which lock...
+    wait_until("the log line", Duration::from_secs(10), || {
+        a.log().contains("lost its lock on /lock")
+    });
+    // ...and the mount goes on with a new session, where the lock is free once its
+    // lock-delay (1 s, set above) has passed.
+    std::fs::write(a.at("after"), "y").unwrap();
+    assert_eq!(std::fs::read_to_string(a.at("after")).unwrap(), "y");
+    ok(&a.path(), "flock -w 10 lock -c true");
+}
+
+fn libc_eio() -> i32 {
+    5 // EIO on Linux
+}

@@ -35,6 +35,9 @@ pub enum LockState {
 pub struct Lock {
     /// The Chubby handle opened for it.
     pub handle: HandleId,
+    /// The open file description (FUSE file handle) it was taken through: fails with
+    /// `EIO` once the lock is lost with its session.
+    pub fh: u64,
     /// The session it was taken in.
     pub generation: u64,
     /// Shared or exclusive.
@@ -167,6 +170,7 @@ mod tests {
     fn lock(handle: u64, mode: LockMode, held: bool) -> Lock {
         Lock {
             handle: HandleId(handle),
+            fh: handle,
             generation: 1,
             mode,
             pid: 10 + u32::try_from(handle).unwrap_or(0),

@@ -112,6 +112,8 @@ struct Shared {
     lock_delay: Mutex<HashMap<u64, u64>>,
     /// Directories marked `user.chubby.ephemeral=1` on this mount.
     ephemeral_dirs: Mutex<HashSet<String>>,
+    /// Open file descriptions whose lock was lost with its session: they fail with `EIO`.
+    lost: Mutex<HashSet<u64>>,
     /// When this mount first saw each (inode, content generation): the times shown.
     mtimes: Mutex<HashMap<(u64, u64), SystemTime>>,
     uid: u32,
@@ -135,7 +137,9 @@ fn eperm() -> Errno {
 }
 
 fn ce(e: &ClientError) -> Errno {
-    errno::of(e)
+    let n = errno::of(e);
+    debug!(error = %e, errno = ?n, "call failed");
+    n
 }
 
 fn is_refused(e: &ClientError, r: &Refusal) -> bool {
@@ -167,6 +171,7 @@ impl ChubbyFs {
             lock_delay: Mutex::new(HashMap::new()),
             ephemeral_dirs: Mutex::new(HashSet::new()),
             mtimes: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashSet::new()),
             uid: options.uid,
             gid: options.gid,
         });
@@ -243,6 +248,7 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
             Ok(ClientEvent::Safe) => info!(generation = current.generation, "session safe"),
             Ok(ClientEvent::Expired) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                 let lost = guard(&shared.locks).lose_session(current.generation);
+                guard(&shared.lost).extend(lost.iter().map(|l| l.fh));
                 for l in lost {
                     let held = matches!(l.state, LockState::Held(_));
                     warn!(
@@ -317,6 +323,9 @@ impl Shared {
     }
 
     fn file(&self, fh: u64) -> Result<Arc<tokio::sync::Mutex<File>>, Errno> {
+        if guard(&self.lost).contains(&fh) {
+            return Err(Errno::EIO); // its lock went with its session
+        }
         guard(&self.files)
             .get(&fh)
             .cloned()
@@ -690,6 +699,7 @@ impl Shared {
         if let Some(owner) = flock_owner {
             self.unlock(ino, owner).await;
         }
+        guard(&self.lost).remove(&fh);
         let file = guard(&self.files).remove(&fh);
         let Some(file) = file else { return };
         let file = file.lock().await;
@@ -915,6 +925,7 @@ impl Shared {
     async fn setlk(
         &self,
         ino: u64,
+        fh: u64,
         owner: u64,
         start: u64,
         end: u64,
@@ -925,6 +936,9 @@ impl Shared {
         if typ == libc::F_UNLCK {
             self.unlock(ino, owner).await;
             return Ok(());
+        }
+        if guard(&self.lost).contains(&fh) {
+            return Err(Errno::EIO);
         }
         if start != 0 || end != WHOLE_FILE_END {
             return Err(Errno::from_i32(libc::ENOLCK)); // Chubby locks are whole-file
@@ -957,6 +971,7 @@ impl Shared {
         }
         let lock = Lock {
             handle,
+            fh,
             generation: cur.generation,
             mode,
             pid,
@@ -1493,7 +1508,7 @@ impl fuser::Filesystem for ChubbyFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -1504,7 +1519,7 @@ impl fuser::Filesystem for ChubbyFs {
     ) {
         self.spawn(|s| async move {
             match s
-                .setlk(ino.0, lock_owner.0, start, end, typ, pid, sleep)
+                .setlk(ino.0, fh.0, lock_owner.0, start, end, typ, pid, sleep)
                 .await
             {
                 Ok(()) => reply.ok(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chubby_protocol::cell::CellFile;
 use fuser::Errno;
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::client::{Client, ClientOptions};
 use crate::session::SessionStatus;
@@ -152,6 +152,7 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_some_and(|t| t.elapsed() < RETRY_AFTER);
         if recent_failure {
+            debug!("no session: the last start failed moments ago");
             return Err(Errno::EIO);
         }
         let generation = cur.as_ref().map_or(1, |c| c.generation + 1);
