@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chubby_client::protocol::client_msg::{ReplicaRole, StatusReport};
 use chubby_integration::mount::{fuse_available, Mount};
 use chubby_integration::real_cell::RealCell;
 use chubby_integration::test_support::{runtime, ELECTION};
@@ -71,18 +72,28 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Client calls answered by every replica (KeepAlives and status calls not counted).
-fn client_calls(cell: &RealCell) -> u64 {
+/// Every replica's status report (`None` where unreachable).
+fn statuses(cell: &RealCell) -> Vec<Option<StatusReport>> {
     let rt = runtime();
     let _in_rt = rt.enter();
     let conn = cell.connect();
-    rt.block_on(async {
-        cell.statuses(&conn)
-            .await
-            .into_iter()
-            .map(|s| s.map_or(0, |s| s.client_calls))
-            .sum()
-    })
+    rt.block_on(cell.statuses(&conn))
+}
+
+/// Client calls answered by every replica (KeepAlives and status calls not counted).
+fn client_calls(cell: &RealCell) -> u64 {
+    statuses(cell)
+        .into_iter()
+        .map(|s| s.map_or(0, |s| s.client_calls))
+        .sum()
+}
+
+/// Sessions in the master's database.
+fn master_sessions(cell: &RealCell) -> Option<u64> {
+    statuses(cell)
+        .into_iter()
+        .flatten()
+        .find_map(|s| (s.role == ReplicaRole::Master).then_some(s.sessions))
 }
 
 #[test]
@@ -527,23 +538,6 @@ fn killing_the_master_is_only_a_delay_for_read_and_write_loops() {
         "{} writes and {reads} reads across the kill of master {master}",
         written.load(Ordering::Relaxed)
     );
-}
-
-/// Sessions in the master's database.
-fn master_sessions(cell: &RealCell) -> Option<u64> {
-    let rt = runtime();
-    let _in_rt = rt.enter();
-    let conn = cell.connect();
-    rt.block_on(async {
-        cell.statuses(&conn)
-            .await
-            .into_iter()
-            .flatten()
-            .find_map(|s| {
-                (s.role == chubby_client::protocol::client_msg::ReplicaRole::Master)
-                    .then_some(s.sessions)
-            })
-    })
 }
 
 #[test]
