@@ -600,3 +600,83 @@ fn a_lock_lost_with_its_session_fails_its_descriptor_with_eio() {
 fn libc_eio() -> i32 {
     5 // EIO on Linux
 }
+
+/// Stops a mount daemon found by its mount point, and clears the mount point.
+struct UnmountOnDrop(std::path::PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        let pattern = format!("mount {} --foreground", self.0.display());
+        let _ = Command::new("pkill")
+            .arg("-TERM")
+            .arg("-f")
+            .arg(&pattern)
+            .status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Six consecutive free UDP ports (a 3-replica cell's).
+fn free_ports() -> u16 {
+    let seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761);
+    for k in 0..500u64 {
+        let base = 40_000 + u16::try_from((seed + k * 97) % 8_000).unwrap();
+        if (0..6).all(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+#[test]
+fn chubby_up_mounts_the_cell_and_ctrl_c_unmounts_then_stops_it() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("chubby");
+    let up = Command::new(chubby_integration::real_cell::binary("chubby"))
+        .arg("up")
+        .arg("--dir")
+        .arg(tmp.path().join("cell"))
+        .arg("--base-port")
+        .arg(free_ports().to_string())
+        .arg("--mount")
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = Proc(up);
+    // If the test fails, the mount daemon (a child of `chubby up`) is stopped too.
+    let _cleanup = UnmountOnDrop(mnt.clone());
+    let mut out = BufReader::new(up.0.stdout.take().unwrap()).lines();
+    let mounted = loop {
+        let line = out.next().expect("chubby up ended").unwrap();
+        if line.starts_with("mounted the cell on") {
+            break line;
+        }
+    };
+    assert!(mounted.contains("chubby"), "{mounted}");
+    assert!(chubby_integration::mount::mounted(
+        &std::fs::canonicalize(&mnt).unwrap()
+    ));
+    ok(&mnt, "mkdir svc && echo 'port = 8080' > svc/config");
+    assert_eq!(ok(&mnt, "cat svc/config"), "port = 8080\n");
+    // Ctrl-C: the mount goes first (its session closed), then the replicas.
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(up.0.id().to_string())
+        .status();
+    let status = up.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!chubby_integration::mount::mounted(
+        &std::fs::canonicalize(&mnt).unwrap()
+    ));
+    let log = std::fs::read_to_string(tmp.path().join("cell/mount.log")).unwrap();
+    assert!(log.contains("unmounted; session closed"), "{log}");
+}

@@ -205,7 +205,7 @@ fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The file system type mounted exactly at `path`, if any (from /proc/self/mountinfo).
-fn mounted_at(path: &Path) -> Option<String> {
+pub(crate) fn mounted_at(path: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_str()?;
     info.lines().find_map(|line| {

@@ -1,7 +1,8 @@
 //! `chubby up`: a whole local cell for trying chubby out — initialised if needed, each
 //! replica a child `chubby-server` process logging to `DIR/replica-<n>/server.log`, all
 //! stopped cleanly on Ctrl-C (or when `chubby up` itself is killed: each child watches its
-//! stdin and stops when the pipe closes).
+//! stdin and stops when the pipe closes). With `--mount DIR` it also mounts the cell on DIR
+//! (a child `chubby mount --foreground`), unmounted first when the cell stops.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode, Stdio};
@@ -30,9 +31,18 @@ pub struct UpArgs {
     /// The chubby-server binary (default: the one beside this `chubby`, else from PATH).
     #[arg(long, value_name = "PATH")]
     server: Option<PathBuf>,
+    /// Also mount the cell's namespace on this directory (created if missing; needs
+    /// FUSE: /dev/fuse, and root or the fuse3 package).
+    #[arg(long, value_name = "DIR")]
+    mount: Option<PathBuf>,
 }
 
 pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.mount {
+        check_fuse()?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the mount point {}", dir.display()))?;
+    }
     let cell_file = args.dir.join("cell.toml");
     if cell_file.exists() {
         println!("using the cell in {}", args.dir.display());
@@ -72,12 +82,114 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         );
         children.push(child);
     }
-    let result = crate::runtime()?.block_on(supervise(&cell_file, &mut children));
+    let mut mount = None;
+    let result = crate::runtime()?.block_on(supervise(
+        &cell_file,
+        &mut children,
+        args.mount.as_deref(),
+        &mut mount,
+    ));
+    if let Some(m) = mount.as_mut() {
+        unmount(m);
+    }
     stop(&mut children);
     result
 }
 
-async fn supervise(cell_file: &Path, children: &mut [Child]) -> anyhow::Result<ExitCode> {
+/// Says what is missing for `--mount`, and how to get it.
+fn check_fuse() -> anyhow::Result<()> {
+    let hint = "install FUSE (Debian/Ubuntu: `apt-get install fuse3`); in a container, pass                 --device /dev/fuse --cap-add SYS_ADMIN; or run `chubby up` without --mount";
+    anyhow::ensure!(
+        Path::new("/dev/fuse").exists(),
+        "--mount needs FUSE, and /dev/fuse does not exist: {hint}"
+    );
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    let helper = ["/usr/bin/fusermount3", "/bin/fusermount3"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    anyhow::ensure!(
+        root || helper,
+        "--mount needs FUSE: /dev/fuse cannot be opened by this user and fusermount3 is not          installed: {hint}"
+    );
+    Ok(())
+}
+
+/// Starts `chubby mount DIR --foreground` for the cell and waits until it is mounted.
+fn start_mount(cell_file: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let log_path = cell_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("mount.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut child = std::process::Command::new(exe)
+        .arg("mount")
+        .arg(dir)
+        .arg("--foreground")
+        .arg("--cell")
+        .arg(cell_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting chubby mount")?;
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let start = std::time::Instant::now();
+    while crate::mount::mounted_at(&abs).is_none() {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "chubby mount exited ({status}) before mounting; see {}",
+                log_path.display()
+            );
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            anyhow::bail!(
+                "the mount did not come up in 30 s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "mounted the cell on {} (log {})",
+        abs.display(),
+        log_path.display()
+    );
+    Ok(child)
+}
+
+/// Asks the mount to unmount and close its session (SIGTERM), waiting up to 15 s.
+fn unmount(child: &mut Child) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn supervise(
+    cell_file: &Path,
+    children: &mut [Child],
+    mount_dir: Option<&Path>,
+    mount: &mut Option<Child>,
+) -> anyhow::Result<ExitCode> {
     let cell = CellFile::load(cell_file)?;
     let conn = CellConn::new(&cell)?;
     let waited = tokio::time::timeout(Duration::from_secs(30), async {
@@ -102,6 +214,9 @@ async fn supervise(cell_file: &Path, children: &mut [Child]) -> anyhow::Result<E
         Err(_) => println!("no master elected after 30 s; see the server.log files (Ctrl-C stops)"),
     }
     conn.close().await;
+    if let Some(dir) = mount_dir {
+        *mount = Some(start_mount(cell_file, dir)?);
+    }
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -110,6 +225,13 @@ async fn supervise(cell_file: &Path, children: &mut [Child]) -> anyhow::Result<E
                 return Ok(ExitCode::SUCCESS);
             }
             _ = poll.tick() => {
+                if let Some(m) = mount.as_mut() {
+                    if let Ok(Some(status)) = m.try_wait() {
+                        println!("the mount (pid {}) exited: {status}; stopping the cell", m.id());
+                        *mount = None;
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
                 for child in children.iter_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
                         println!("replica (pid {}) exited: {status}; stopping the cell", child.id());
