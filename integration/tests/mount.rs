@@ -264,7 +264,6 @@ fn writes_through_one_mount_are_read_at_once_through_another() {
         );
     }
     stop.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(100));
     let _ = reader.0.kill();
     watcher.join().unwrap();
     let reads = seen.load(Ordering::Relaxed);
@@ -347,7 +346,11 @@ fn flock_across_mounts() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Only once it is blocked in the kernel on its lock request does A's holder go.
+    let wchan = format!("/proc/{}/wchan", waiter.id());
+    wait_until("B's flock to block", Duration::from_secs(10), || {
+        std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("request_wait_answer"))
+    });
     std::fs::write(a.at("go"), "").unwrap();
     assert!(holder.0.wait().unwrap().success());
     let out = waiter.wait_with_output().unwrap();
