@@ -1214,20 +1214,14 @@ impl fuser::Filesystem for ChubbyFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
         self.spawn(|s| async move {
-            match s.remove(parent.0, &name, false).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            answer(reply, s.remove(parent.0, &name, false).await);
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
         self.spawn(|s| async move {
-            match s.remove(parent.0, &name, true).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            answer(reply, s.remove(parent.0, &name, true).await);
         });
     }
 
@@ -1255,13 +1249,11 @@ impl fuser::Filesystem for ChubbyFs {
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let flags = flags.bits();
         self.spawn(|s| async move {
-            match s
-                .rename(parent.0, &name, newparent.0, &newname, flags)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            answer(
+                reply,
+                s.rename(parent.0, &name, newparent.0, &newname, flags)
+                    .await,
+            );
         });
     }
 
@@ -1347,10 +1339,7 @@ impl fuser::Filesystem for ChubbyFs {
             let committed = s.commit(fh.0).await;
             // fcntl locks go at any close by their process.
             s.unlock(ino.0, lock_owner.0).await;
-            match committed {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            answer(reply, committed);
         });
     }
 
@@ -1379,10 +1368,7 @@ impl fuser::Filesystem for ChubbyFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(|s| async move {
-            match s.commit(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            answer(reply, s.commit(fh.0).await);
         });
     }
 
@@ -1459,10 +1445,7 @@ impl fuser::Filesystem for ChubbyFs {
     ) {
         let (name, value) = (name.to_owned(), value.to_vec());
         self.spawn(|s| async move {
-            match s.setxattr(ino.0, &name, &value).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            answer(reply, s.setxattr(ino.0, &name, &value).await);
         });
     }
 
@@ -1493,10 +1476,7 @@ impl fuser::Filesystem for ChubbyFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
         self.spawn(|s| async move {
-            match s.removexattr(ino.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            answer(reply, s.removexattr(ino.0, &name).await);
         });
     }
 
@@ -1576,14 +1556,20 @@ impl fuser::Filesystem for ChubbyFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(|s| async move {
-            match s
-                .setlk(ino.0, fh.0, lock_owner.0, start, end, typ, pid, sleep)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            answer(
+                reply,
+                s.setlk(ino.0, fh.0, lock_owner.0, start, end, typ, pid, sleep)
+                    .await,
+            );
         });
+    }
+}
+
+/// Answers an operation that returns nothing but success or an errno.
+fn answer(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 
