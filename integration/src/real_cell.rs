@@ -115,6 +115,32 @@ impl RealCell {
         let cell_dir = dir.path().join("cell");
         let base = free_port_range(2 * replicas);
         let layout = init_cell(&cell_dir, replicas, "127.0.0.1", base).expect("cell init");
+        RealCell::launch(dir, layout, tuning, log_filter)
+    }
+
+    /// A new cell founded from `backup` (`chubby cell restore`'s library call), started.
+    ///
+    /// # Panics
+    /// As [`RealCell::start`], or if the backup is refused.
+    #[must_use]
+    pub fn start_restored(replicas: usize, backup: &Path) -> RealCell {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cell_dir = dir.path().join("cell");
+        let base = free_port_range(2 * replicas);
+        let layout =
+            chubby_protocol::cell::restore_cell(&cell_dir, replicas, "127.0.0.1", base, backup)
+                .expect("cell restore");
+        let filter = std::env::var("CHUBBY_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
+        RealCell::launch(dir, layout, "", &filter)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        layout: chubby_protocol::cell::CellLayout,
+        tuning: &str,
+        log_filter: &str,
+    ) -> RealCell {
+        let replicas = layout.replica_configs.len();
         if !tuning.is_empty() {
             for path in &layout.replica_configs {
                 let mut text = std::fs::read_to_string(path).expect("read config");
@@ -132,6 +158,18 @@ impl RealCell {
             cell.spawn_logging(i, log_filter);
         }
         cell
+    }
+
+    /// Replica `id`'s metrics page (`GET /metrics` at the address in its config).
+    ///
+    /// # Panics
+    /// If the config names no metrics address or the page cannot be fetched.
+    #[must_use]
+    pub fn metrics(&self, id: usize) -> String {
+        let cfg = chubby_protocol::cell::ReplicaConfig::load(&self.configs[id - 1])
+            .expect("replica config");
+        let addr = cfg.metrics.expect("a metrics address in the config");
+        http_get(&addr, "/metrics")
     }
 
     /// Number of replicas.
@@ -415,7 +453,35 @@ impl Drop for RealCell {
     }
 }
 
-/// `count` consecutive UDP ports that are free right now (a race with other processes is
+/// The body of `GET path` from `addr` (HTTP/1.1, one request), or a panic saying why.
+///
+/// # Panics
+/// If the connection fails or the status is not 200.
+#[must_use]
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path} at {addr}: {head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the sample `name` (with its labels exactly as written, e.g.
+/// `x_total{a="b"}`) in a metrics page.
+#[must_use]
+pub fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `count` consecutive UDP ports (and TCP ports of the same numbers) that are free right now (a race with other processes is
 /// possible but unlikely in the high range).
 fn free_port_range(count: usize) -> u16 {
     let mut seed = u64::from(std::process::id())
@@ -432,7 +498,12 @@ fn free_port_range(count: usize) -> u16 {
             u16::try_from(k)
                 .ok()
                 .and_then(|k| base.checked_add(k))
-                .is_some_and(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
+                .is_some_and(|p| {
+                    // UDP for QUIC; TCP too, for the metrics served at the client port's
+                    // number.
+                    std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                        && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                })
         });
         if all_free {
             return base;

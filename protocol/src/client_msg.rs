@@ -201,7 +201,22 @@ pub enum Call {
         /// Its new path.
         to: String,
     },
+    /// Take a consistent backup of the database now (the `admin` principal only, at the
+    /// master): the master freezes its applied state and encodes it as a checksummed
+    /// snapshot, held until the next backup; answered with its size. Read it with
+    /// [`Call::BackupRead`].
+    Backup,
+    /// Up to [`BACKUP_CHUNK_BYTES`] of the backup taken at `slot`, from `offset`.
+    BackupRead {
+        /// The slot the backup covers (from [`Answer::Backup`]).
+        slot: Slot,
+        /// The first byte wanted.
+        offset: u64,
+    },
 }
+
+/// The most bytes one [`Call::BackupRead`] answers (well within a frame).
+pub const BACKUP_CHUNK_BYTES: usize = 512 * 1024;
 
 impl Call {
     /// A short name for logs.
@@ -229,6 +244,8 @@ impl Call {
             Call::SetSequencer { .. } => "SetSequencer",
             Call::CheckSequencer { .. } => "CheckSequencer",
             Call::Rename { .. } => "Rename",
+            Call::Backup => "Backup",
+            Call::BackupRead { .. } => "BackupRead",
         }
     }
 
@@ -241,6 +258,8 @@ impl Call {
                 | Call::CreateSession
                 | Call::CheckSequencer { .. }
                 | Call::ChangeMembers { .. }
+                | Call::Backup
+                | Call::BackupRead { .. }
         )
     }
 }
@@ -320,6 +339,15 @@ pub enum Answer {
     Lock(LockState),
     /// For [`Call::CheckSequencer`].
     SequencerValid(bool),
+    /// For [`Call::Backup`]: the backup taken.
+    Backup {
+        /// Every slot up to this one is in it.
+        slot: Slot,
+        /// Its length in bytes.
+        bytes: u64,
+    },
+    /// For [`Call::BackupRead`]: the bytes from the offset asked (empty past the end).
+    BackupBytes(Vec<u8>),
 }
 
 /// A handle's standing with its node's lock.

@@ -28,6 +28,8 @@ pub mod error;
 pub mod events;
 pub mod ids;
 #[cfg(feature = "net")]
+pub mod metrics;
+#[cfg(feature = "net")]
 pub mod net;
 pub mod peer_msg;
 pub mod time;

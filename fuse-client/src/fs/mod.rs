@@ -24,6 +24,7 @@ pub mod errno;
 pub mod inodes;
 pub mod kernel;
 pub mod locks;
+pub mod metrics;
 pub mod sessions;
 pub mod xattr;
 
@@ -31,6 +32,8 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::MountCounters;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -118,6 +121,7 @@ struct Shared {
     mtimes: Mutex<HashMap<(u64, u64), SystemTime>>,
     uid: u32,
     gid: u32,
+    counters: MountCounters,
 }
 
 /// The filesystem (see the module docs).
@@ -174,10 +178,12 @@ impl ChubbyFs {
             lost: Mutex::new(HashSet::new()),
             uid: options.uid,
             gid: options.gid,
+            counters: MountCounters::default(),
         });
         let weak = Arc::downgrade(&shared);
         shared.sessions.on_new(Box::new(move |c: &Current| {
             if let Some(shared) = weak.upgrade() {
+                metrics::bump(&shared.counters.sessions);
                 let rt = shared.rt.clone();
                 rt.spawn(watch_session(shared, c.clone()));
             }
@@ -198,6 +204,16 @@ impl ChubbyFs {
     #[must_use]
     pub fn kernel(&self) -> Arc<KernelCache> {
         Arc::clone(&self.0.kernel)
+    }
+
+    /// The mount's metrics page (Prometheus text).
+    pub async fn metrics_page(&self) -> String {
+        let state = match self.0.sessions.current().map(|c| c.client.status()) {
+            Some(crate::session::SessionStatus::Safe) => 0,
+            Some(crate::session::SessionStatus::Jeopardy) => 1,
+            _ => 2,
+        };
+        metrics::render(&self.0.counters, &self.0.kernel.stats(), state)
     }
 
     /// Ends the session (after unmounting).
@@ -240,6 +256,7 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
     loop {
         match events.recv().await {
             Ok(ClientEvent::Jeopardy) => {
+                metrics::bump(&shared.counters.jeopardy);
                 warn!(
                     generation = current.generation,
                     "session in jeopardy: the mount's requests wait, its kernel cache was dropped"
@@ -247,7 +264,12 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
             }
             Ok(ClientEvent::Safe) => info!(generation = current.generation, "session safe"),
             Ok(ClientEvent::Expired) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                metrics::bump(&shared.counters.expired);
                 let lost = guard(&shared.locks).lose_session(current.generation);
+                shared
+                    .counters
+                    .locks_lost
+                    .fetch_add(lost.len() as u64, Ordering::Relaxed);
                 guard(&shared.lost).extend(lost.iter().map(|l| l.fh));
                 for l in lost {
                     let held = matches!(l.state, LockState::Held(_));
@@ -376,6 +398,11 @@ impl Shared {
         let path = self.path(ino)?;
         let cur = self.sessions.get().await?;
         let (stat, covered) = self.stat_of(&cur.client, ino, &path).await?;
+        metrics::bump(if covered {
+            &self.counters.attrs_cached
+        } else {
+            &self.counters.attrs_uncached
+        });
         Ok((self.attr(&stat), if covered { ATTR_TTL } else { NO_TTL }))
     }
 
@@ -1293,6 +1320,11 @@ impl fuser::Filesystem for ChubbyFs {
             match s.read(ino.0, fh.0, offset, size).await {
                 Ok((data, covered)) => {
                     reply.data(&data);
+                    metrics::bump(if covered {
+                        &s.counters.reads_cached
+                    } else {
+                        &s.counters.reads_uncached
+                    });
                     if !covered {
                         // Pages the master does not know we cache: drop them at once.
                         s.kernel.drop_soon(ino.0);

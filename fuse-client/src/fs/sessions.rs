@@ -190,6 +190,15 @@ impl Sessions {
         }
     }
 
+    /// The latest session, whatever its state (none before the first start).
+    #[must_use]
+    pub fn current(&self) -> Option<Current> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The session `generation`, if it is still the current one and not expired.
     ///
     /// # Errors

@@ -96,6 +96,11 @@ pub struct ReplicaConfig {
     pub bind_host: String,
     /// The replica's durable state.
     pub data_dir: PathBuf,
+    /// Where Prometheus metrics are served over plain HTTP (`HOST:PORT`, TCP; absent: not
+    /// served). `chubby cell init` puts them on `127.0.0.1` at the client port's number.
+    /// No authentication: keep it on loopback or a private network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Its certificate, key and the cell CA.
     pub tls: TlsPaths,
     /// Every member of the cell, this replica included: the founding members, or (with

@@ -28,6 +28,9 @@ pub mod pki;
 
 /// The marker left in each founding replica's empty data directory (see [`init_cell`]).
 pub const NEW_CELL_MARKER: &str = "NEW-CELL";
+/// The backup a founding replica's cell is restored from (see [`restore_cell`]); consumed
+/// by its first start.
+pub const RESTORE_FILE: &str = "RESTORE";
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -39,6 +42,14 @@ pub use pki::{CellCa, PemPair, REPLICA_CN_PREFIX};
 /// Why a cell could not be created or its files loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
+    /// A backup file failed its checks (`chubby cell restore`).
+    #[error("{path}: not a usable chubby backup: {why}")]
+    Backup {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
     /// A file or directory operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -191,6 +202,68 @@ pub fn init_cell(
     })
 }
 
+/// Creates a new cell like [`init_cell`] whose founding replicas start from the backup in
+/// `backup` (written by `chubby admin backup`): the backup is checked (header and
+/// checksum; the replicas check its contents again before using it) and copied into each
+/// replica's data directory as [`RESTORE_FILE`].
+///
+/// # Errors
+/// [`CellError::Backup`] for a file that is not a whole, intact backup, and those of
+/// [`init_cell`]. Nothing is created when the backup is refused.
+pub fn restore_cell(
+    dir: &Path,
+    replicas: usize,
+    host: &str,
+    base_port: u16,
+    backup: &Path,
+) -> Result<CellLayout, CellError> {
+    let bytes = std::fs::read(backup).map_err(|source| CellError::Io {
+        path: backup.to_owned(),
+        source,
+    })?;
+    check_backup(&bytes).map_err(|why| CellError::Backup {
+        path: backup.to_owned(),
+        why,
+    })?;
+    let layout = init_cell(dir, replicas, host, base_port)?;
+    for cfg in &layout.replica_configs {
+        let data = cfg.parent().unwrap_or(dir).join("data");
+        write_new(&data.join(RESTORE_FILE), &bytes, 0o600)?;
+    }
+    Ok(layout)
+}
+
+/// The frame checks of a snapshot or backup: magic, format, length and CRC-32 of the body
+/// (the layout is in chubby-server's `db::snapshot`).
+///
+/// # Errors
+/// What is wrong, in words.
+pub fn check_backup(bytes: &[u8]) -> Result<(), String> {
+    const HEADER: usize = 8 + 1 + 8 + 4;
+    if bytes.len() < HEADER {
+        return Err(format!("{} bytes: shorter than a header", bytes.len()));
+    }
+    if &bytes[..8] != b"CHBYSNAP" {
+        return Err("not a chubby backup (no CHBYSNAP header)".into());
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[9..17]);
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[17..21]);
+    let body = &bytes[HEADER..];
+    if u64::from_le_bytes(len) != body.len() as u64 {
+        return Err(format!(
+            "truncated or padded: the header says {} body bytes, the file has {}",
+            u64::from_le_bytes(len),
+            body.len()
+        ));
+    }
+    if crc32fast::hash(body) != u32::from_le_bytes(crc) {
+        return Err("checksum mismatch: the file is corrupt".into());
+    }
+    Ok(())
+}
+
 /// Issues a client certificate for `principal` with the CA of the cell in `dir`, written to
 /// `DIR/clients/<principal>/{cert.pem,key.pem}`.
 ///
@@ -329,6 +402,10 @@ fn replica_config(id: u32, host: &str, members: Vec<Member>, join: bool) -> Repl
         id,
         bind_host: host.to_owned(),
         data_dir: PathBuf::from("data"),
+        metrics: members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| format!("127.0.0.1:{}", m.client_port)),
         tls: TlsPaths {
             ca: PathBuf::from("../ca.pem"),
             cert: PathBuf::from("cert.pem"),
@@ -406,16 +483,16 @@ fn write_pair(dir: &Path, pair: &PemPair) -> Result<(), CellError> {
 }
 
 fn write_public(path: &Path, text: &str) -> Result<(), CellError> {
-    write_new(path, text, 0o644)
+    write_new(path, text.as_bytes(), 0o644)
 }
 
 /// Keys are created 0600 from the start (not chmod-ed afterwards), so they are never
 /// readable by others, even briefly.
 fn write_secret(path: &Path, text: &str) -> Result<(), CellError> {
-    write_new(path, text, 0o600)
+    write_new(path, text.as_bytes(), 0o600)
 }
 
-fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CellError> {
+fn write_new(path: &Path, text: &[u8], mode: u32) -> Result<(), CellError> {
     let io = |source| CellError::Io {
         path: path.to_owned(),
         source,
@@ -426,7 +503,7 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CellError> {
         .mode(mode)
         .open(path)
         .map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
+    file.write_all(text).map_err(io)?;
     file.sync_all().map_err(io)
 }
 

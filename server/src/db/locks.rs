@@ -189,6 +189,12 @@ impl Locks {
         self.locks.get(&instance)
     }
 
+    /// How many locks are held, awaited or delayed.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.locks.len()
+    }
+
     /// Every active lock.
     pub fn iter(&self) -> impl Iterator<Item = (&InstanceNumber, &LockState)> {
         self.locks.iter()

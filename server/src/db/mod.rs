@@ -346,6 +346,19 @@ pub struct Applied {
     pub changes: Vec<Change>,
 }
 
+/// How big the database is ([`Db::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbCounts {
+    /// Files and directories, `/` included.
+    pub nodes: usize,
+    /// Live sessions.
+    pub sessions: usize,
+    /// Open handles.
+    pub handles: usize,
+    /// Locks held, awaited or in lock-delay.
+    pub locks: usize,
+}
+
 /// The state machine. Cloning it is cheap-ish (O(nodes) pointer copies): see
 /// [`Db::freeze`].
 #[derive(Clone, Debug, Encode, Decode)]
@@ -601,6 +614,19 @@ impl Db {
     #[must_use]
     pub fn session(&self, id: SessionId) -> Option<&sessions::Session> {
         self.sessions.session(id)
+    }
+
+    /// Sizes for metrics, each O(1): nodes, sessions, handles, and locks held, awaited or
+    /// delayed.
+    #[must_use]
+    pub fn counts(&self) -> DbCounts {
+        let (sessions, handles) = self.sessions.counts();
+        DbCounts {
+            nodes: self.ns.len(),
+            sessions,
+            handles,
+            locks: self.locks.count(),
+        }
     }
 
     /// Every session, with its principal and handles (to rebuild the master at fail-over).

@@ -163,6 +163,12 @@ impl Sessions {
         self.handles.get(&id)
     }
 
+    /// How many sessions and handles are live.
+    #[must_use]
+    pub fn counts(&self) -> (usize, usize) {
+        (self.sessions.len(), self.handles.len())
+    }
+
     /// Every handle.
     pub fn iter_handles(&self) -> impl Iterator<Item = (&HandleId, &Handle)> {
         self.handles.iter()

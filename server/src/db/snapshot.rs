@@ -162,6 +162,26 @@ impl Db {
     }
 }
 
+/// The database of a backup, made ready to found a new cell (`chubby cell restore`): its
+/// epoch goes back to zero, so the new cell's first master (whose ballots start afresh)
+/// can begin an epoch. Everything else is kept: nodes with their generation numbers and
+/// ACLs, and the sessions, handles and locks of the old cell. Those sessions get a fail-over
+/// notice and a new lease from the new master like after any fail-over; no old client can
+/// reach the new cell (another CA), so they expire one lease later and their ephemeral
+/// nodes and locks go with them.
+///
+/// Returns the database, what the backup said of itself, and the snapshot bytes to start
+/// from.
+///
+/// # Errors
+/// Every way the backup's bytes can be wrong (checked like any snapshot).
+pub fn founding_snapshot(backup: &[u8]) -> Result<(Db, SnapshotInfo, Vec<u8>), SnapshotError> {
+    let (mut db, info) = Db::restore(backup)?;
+    db.epoch = chubby_protocol::Ballot::ZERO;
+    let bytes = db.freeze().encode(&info.membership);
+    Ok((db, info, bytes))
+}
+
 fn check_header(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     if bytes.len() < HEADER_BYTES {
         return Err(SnapshotError::Truncated);

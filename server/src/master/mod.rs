@@ -133,6 +133,29 @@ struct Gate {
     waits: BTreeMap<SessionId, u64>,
 }
 
+/// What masters told sessions, for metrics (counted by each master; the serving layer sums
+/// them over this replica's masterships).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoticeCounts {
+    /// Invalidation notices queued, one per session per write.
+    pub invalidations_sent: u64,
+    /// Invalidation notices the sessions acknowledged.
+    pub invalidations_acked: u64,
+    /// Writes that had to wait for caches to be invalidated.
+    pub writes_gated: u64,
+}
+
+impl std::ops::Add for NoticeCounts {
+    type Output = NoticeCounts;
+    fn add(self, o: NoticeCounts) -> NoticeCounts {
+        NoticeCounts {
+            invalidations_sent: self.invalidations_sent + o.invalidations_sent,
+            invalidations_acked: self.invalidations_acked + o.invalidations_acked,
+            writes_gated: self.writes_gated + o.writes_gated,
+        }
+    }
+}
+
 /// The master's session state (see the module docs).
 #[derive(Debug)]
 pub struct Master {
@@ -148,6 +171,7 @@ pub struct Master {
     gates: BTreeMap<u64, Gate>,
     /// Sessions that have not acknowledged the fail-over notice (number 1).
     flushing: BTreeSet<SessionId>,
+    counts: NoticeCounts,
 }
 
 impl Master {
@@ -163,6 +187,7 @@ impl Master {
             writes: BTreeMap::new(),
             gates: BTreeMap::new(),
             flushing: BTreeSet::new(),
+            counts: NoticeCounts::default(),
         };
         let ids: Vec<SessionId> = db.sessions().map(|(id, _)| *id).collect();
         for id in ids {
@@ -183,6 +208,12 @@ impl Master {
     #[must_use]
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// What this master told sessions so far.
+    #[must_use]
+    pub fn counts(&self) -> NoticeCounts {
+        self.counts
     }
 
     /// Sessions that have not yet acknowledged the fail-over notice.
@@ -284,6 +315,12 @@ impl Master {
             });
             return;
         };
+        let invalidations = live
+            .outbox
+            .iter()
+            .filter(|n| n.seq <= acked && matches!(n.notice, Notice::Invalidate { .. }))
+            .count();
+        self.counts.invalidations_acked += invalidations as u64;
         live.outbox.retain(|n| n.seq > acked);
         if let Some((old, arrived)) = live.parked.replace((token, now)) {
             // A newer call replaces it (the client gave up on the old one).
@@ -406,6 +443,7 @@ impl Master {
         for (s, paths) in per_session {
             let seq = self.push_notice(s, Notice::Invalidate { paths });
             if seq != 0 {
+                self.counts.invalidations_sent += 1;
                 waits.insert(s, seq);
                 self.answer(s, now, out);
             }
@@ -459,6 +497,7 @@ impl Master {
             return true;
         }
         self.gates.insert(request, Gate { waits });
+        self.counts.writes_gated += 1;
         false
     }
 

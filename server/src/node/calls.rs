@@ -2,11 +2,11 @@
 //! every rule. This file keeps the reply channels by [`CallId`] and executes what serving
 //! asks for (send a reply; stamp and propose a command).
 
-use chubby_protocol::client_msg::{Answer, Call, Reply};
-use tokio::sync::oneshot;
+use chubby_protocol::client_msg::{Answer, Call, CallError, Reply, BACKUP_CHUNK_BYTES};
+use chubby_protocol::{Refusal, Slot};
 
 use super::client_port::ClientCall;
-use super::core::Core;
+use super::core::{Core, Parked};
 use crate::paxos::Input;
 use crate::serve::{CallId, ReplicaView, ServeAction};
 
@@ -17,8 +17,20 @@ impl Core {
             request,
             reply,
         } = call;
+        let name = request.call.name();
+        let since = std::time::Instant::now();
         let result = match request.call {
             Call::Status => Ok(Answer::Status(Box::new(self.status()))),
+            Call::Backup => {
+                let parked = Parked {
+                    tx: reply,
+                    call: name,
+                    since,
+                };
+                self.take_backup(&principal, parked);
+                return;
+            }
+            Call::BackupRead { slot, offset } => self.read_backup(&principal, slot, offset),
             Call::ChangeMembers { add, remove } => self
                 .change_members(&principal, add, remove)
                 .map(|()| Answer::Done),
@@ -26,7 +38,11 @@ impl Core {
                 if !matches!(request.call, Call::KeepAlive { .. }) {
                     self.client_calls += 1;
                 }
-                let id = self.park_reply(reply);
+                let id = self.park_reply(Parked {
+                    tx: reply,
+                    call: name,
+                    since,
+                });
                 let view = self.view();
                 let now = self.now();
                 let mut out = Vec::new();
@@ -36,13 +52,34 @@ impl Core {
                 return;
             }
         };
-        let _ = reply.send(match result {
+        let answer = match result {
             Ok(answer) => Reply::Ok(answer),
             Err(e) => Reply::Err(e),
-        });
+        };
+        self.metrics.answered(name, since, &answer);
+        let _ = reply.send(answer);
     }
 
-    fn park_reply(&mut self, reply: oneshot::Sender<Reply>) -> CallId {
+    /// Bytes of the backup this master holds, if it is the one taken at `slot`.
+    fn read_backup(&self, principal: &str, slot: Slot, offset: u64) -> Result<Answer, CallError> {
+        if principal != super::ADMIN_PRINCIPAL {
+            return Err(CallError::Refused(Refusal::PermissionDenied));
+        }
+        let Some((held, bytes)) = self.backup.as_ref().filter(|(s, _)| *s == slot) else {
+            return Err(CallError::BadRequest(format!(
+                "no backup at slot {slot} is held here (another backup replaced it, or \
+                 mastership moved): take it again"
+            )));
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let end = start.saturating_add(BACKUP_CHUNK_BYTES).min(bytes.len());
+        debug_assert_eq!(*held, slot);
+        Ok(Answer::BackupBytes(bytes[start..end].to_vec()))
+    }
+
+    fn park_reply(&mut self, reply: Parked) -> CallId {
         let id = CallId(self.next_call);
         self.next_call += 1;
         self.replies.insert(id, reply);
@@ -63,9 +100,10 @@ impl Core {
         for action in out {
             match action {
                 ServeAction::Reply { call, reply } => {
-                    if let Some(tx) = self.replies.remove(&call) {
+                    if let Some(parked) = self.replies.remove(&call) {
+                        self.metrics.answered(parked.call, parked.since, &reply);
                         // The caller may have gone: nothing to do then.
-                        let _ = tx.send(reply);
+                        let _ = parked.tx.send(reply);
                     }
                 }
                 ServeAction::Propose { request, epoch, op } => {

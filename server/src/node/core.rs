@@ -2,6 +2,7 @@
 //! runs every input through them in one task (see the module docs of [`super`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chubby_protocol::cell::ReplicaConfig;
@@ -12,6 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use super::client_port::ClientCall;
 use super::entry::{Entry, Stamper};
+use super::metrics::{Metrics, PageRequest};
 use super::snapshot_file::SnapshotFile;
 use super::NodeError;
 use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_FILE_BYTES_MAX};
@@ -41,8 +43,21 @@ pub(super) struct CoreParts {
     pub members: Vec<NodeId>,
 }
 
+/// A call whose reply is not sent yet: where to, and what to count it as.
+pub(super) struct Parked {
+    pub tx: oneshot::Sender<Reply>,
+    pub call: &'static str,
+    pub since: std::time::Instant,
+}
+
 /// Results of snapshot work done off the core task.
 enum SnapshotEvent {
+    /// A backup was encoded (`chubby admin backup`); hold it and answer the caller.
+    Backup {
+        slot: Slot,
+        bytes: Arc<Vec<u8>>,
+        reply: Parked,
+    },
     /// A snapshot of our own database was written (slot, bytes), found already covered by
     /// the file (`None`), or failed.
     Written(Result<Option<(Slot, usize)>, String>),
@@ -62,7 +77,11 @@ pub(super) struct Core {
     /// Client calls served (pure; see crate::serve).
     pub(super) serve: Serve,
     /// Reply channels of calls serving has not answered yet.
-    pub(super) replies: BTreeMap<CallId, oneshot::Sender<Reply>>,
+    pub(super) replies: BTreeMap<CallId, Parked>,
+    /// What the metrics endpoint shows.
+    pub(super) metrics: Metrics,
+    /// The last backup taken here, read in chunks by `chubby admin backup`.
+    pub(super) backup: Option<(Slot, Arc<Vec<u8>>)>,
     pub(super) next_call: u64,
     /// Client calls served, KeepAlives and status calls not counted (StatusReport).
     pub(super) client_calls: u64,
@@ -121,6 +140,8 @@ impl Core {
                 parts.origin,
             ),
             replies: BTreeMap::new(),
+            metrics: Metrics::default(),
+            backup: None,
             next_call: 0,
             client_calls: 0,
             start: tokio::time::Instant::now(),
@@ -158,6 +179,7 @@ impl Core {
         mut self,
         mut peer_rx: mpsc::Receiver<(NodeId, PaxosMsg)>,
         mut client_rx: mpsc::Receiver<ClientCall>,
+        mut pages_rx: mpsc::Receiver<PageRequest>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NodeError> {
         tokio::pin!(shutdown);
@@ -194,6 +216,9 @@ impl Core {
                     () = timer => self.inputs.push(Input::Tick),
                     Some(event) = snap_rx.recv() => self.on_snapshot_event(event),
                     _ = housekeeping.tick() => self.housekeeping(),
+                    Some(page) = pages_rx.recv() => {
+                        let _ = page.send(self.render_metrics());
+                    }
                 }
             }
             // Take whatever else is ready, so one sync covers it all.
@@ -329,15 +354,58 @@ impl Core {
         });
     }
 
+    /// `chubby admin backup`: freezes the applied database now and encodes it as a snapshot
+    /// off this task; the caller is answered once it is held ([`SnapshotEvent::Backup`]).
+    /// The applied state is one the database really passed through, and it includes every
+    /// write this master acknowledged. Sessions, handles and locks are in it too.
+    pub(super) fn take_backup(&mut self, principal: &str, reply: Parked) {
+        let refuse = |reply: Parked, e: CallError, m: &mut Metrics| {
+            let answer = Reply::Err(e);
+            m.answered(reply.call, reply.since, &answer);
+            let _ = reply.tx.send(answer);
+        };
+        if principal != super::ADMIN_PRINCIPAL {
+            return refuse(
+                reply,
+                CallError::Refused(Refusal::PermissionDenied),
+                &mut self.metrics,
+            );
+        }
+        if let Err(e) = self.serve.check_serving(&self.view()) {
+            return refuse(reply, e, &mut self.metrics);
+        }
+        let frozen = self.db.freeze();
+        let members = self.members.clone();
+        let tx = self.snap_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let slot = frozen.slot();
+            let bytes = Arc::new(frozen.encode(&members));
+            drop(frozen);
+            let _ = tx.send(SnapshotEvent::Backup { slot, bytes, reply });
+        });
+    }
+
     fn on_snapshot_event(&mut self, event: SnapshotEvent) {
         let every = self.cfg.tuning.snapshot_every_entries;
         match event {
+            SnapshotEvent::Backup { slot, bytes, reply } => {
+                info!(replica = self.me.0, %slot, bytes = bytes.len(), "backup taken");
+                self.metrics.backup_taken(bytes.len());
+                let answer = Reply::Ok(chubby_protocol::client_msg::Answer::Backup {
+                    slot,
+                    bytes: bytes.len() as u64,
+                });
+                self.backup = Some((slot, bytes));
+                self.metrics.answered(reply.call, reply.since, &answer);
+                let _ = reply.tx.send(answer);
+            }
             SnapshotEvent::Written(Ok(None)) => {
                 // A fetched snapshot at least as new landed first; it set the next due slot.
                 self.snapshotting = false;
             }
             SnapshotEvent::Written(Ok(Some((slot, bytes)))) => {
                 self.snapshotting = false;
+                self.metrics.snapshot_written(bytes);
                 self.snapshot_due = self.snapshot_due.max(Slot(slot.0 + every));
                 let through = Slot(slot.0.saturating_sub(self.cfg.tuning.log_keep_entries));
                 info!(replica = self.me.0, %slot, bytes, truncate_through = %through,
@@ -360,6 +428,7 @@ impl Core {
                     self.stamper.note(self.db.now());
                     self.checksums.clear();
                     self.snapshot_due = Slot(slot.0 + every);
+                    self.metrics.snapshot_installed();
                     info!(replica = self.me.0, %slot, digest = self.db.digest().0,
                         "installed a peer's snapshot");
                 }
@@ -408,6 +477,7 @@ impl Core {
             .storage
             .take()
             .ok_or_else(|| NodeError::Internal("store lost by an earlier failure".into()))?;
+        let since = std::time::Instant::now();
         let (storage, result) = tokio::task::spawn_blocking(move || {
             let result = storage.persist(&batch);
             (storage, result)
@@ -415,12 +485,14 @@ impl Core {
         .await
         .map_err(|e| NodeError::Internal(format!("storage thread: {e}")))?;
         self.storage = Some(storage);
+        self.metrics.synced(since);
         result.map_err(NodeError::Storage)
     }
 
     // ---- Deliveries: apply to the database, answer parked calls. ----
 
     fn deliver(&mut self, slot: Slot, value: &Value) {
+        self.metrics.chosen_value(value.commands.len());
         if value.commands.is_empty() {
             self.db.advance_slot(slot);
         }
@@ -456,6 +528,9 @@ impl Core {
         }
         let applied = self.db.apply(slot, &cmd);
         let own = (origin == self.origin).then_some(request);
+        if let Some(request) = own {
+            self.metrics.own_applied(request);
+        }
         let view = self.view();
         let now = self.now();
         let mut out = Vec::new();
@@ -528,6 +603,11 @@ impl Core {
         } else if self.serve.serving_epoch().is_some() {
             warn!(replica = self.me.0, ?role, "lost mastership");
         }
+        if role != RoleKind::Master {
+            self.metrics.forget_proposals();
+            // A backup is only read at the master that took it.
+            self.backup = None;
+        }
         let view = self.view();
         let mut out = Vec::new();
         self.serve.role_changed(&view, role, epoch, &mut out);
@@ -596,6 +676,7 @@ impl Core {
 
     /// Stamps `op` under `epoch` and queues it for proposal as request `request`.
     pub(super) fn submit_command_as(&mut self, request: u64, epoch: Ballot, op: Op) {
+        self.metrics.proposed(request);
         let cmd = Command {
             epoch,
             now: self.stamper.stamp(Self::wall()),

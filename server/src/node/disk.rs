@@ -29,12 +29,12 @@ use std::path::{Path, PathBuf};
 use chubby_protocol::ContentChecksum;
 
 use super::snapshot_file::SnapshotFile;
-use crate::db::snapshot::SnapshotInfo;
+use crate::db::snapshot::{founding_snapshot, SnapshotInfo};
 use crate::db::Db;
 use crate::paxos::{DurableState, PersistBatch};
 use crate::storage::{Loaded, Storage, StorageError, WalStorage};
 
-pub use crate::cell::NEW_CELL_MARKER;
+pub use crate::cell::{NEW_CELL_MARKER, RESTORE_FILE};
 /// The file naming the cell a data directory belongs to.
 pub const CELL_ID_FILE: &str = "cell-id";
 /// The acceptor store's subdirectory.
@@ -79,6 +79,14 @@ pub enum DiskError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The backup to found this replica's cell from (`chubby cell restore`) is unusable.
+    #[error("{path}: cannot restore from this backup: {reason}")]
+    Restore {
+        /// The backup file (DATA/RESTORE).
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
     },
     /// The store could not be opened or written.
     #[error("{path}: {source}")]
@@ -180,6 +188,39 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         snapshots.discard().map_err(io(&snapshots.path()))?;
         None
     };
+    // A founding member of a cell restored from a backup starts from it: the backup becomes
+    // its snapshot and its log starts after the backup's slot. Every founder holds the same
+    // backup, so they all start equal.
+    let restore = data_dir.join(RESTORE_FILE);
+    let mut snapshot = snapshot;
+    let mut founding = PersistBatch::default();
+    if kind == StartKind::Founded && restore.exists() {
+        let invalid = |reason: String| DiskError::Restore {
+            path: restore.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&restore).map_err(io(&restore))?;
+        let (db, info, snapshot_bytes) =
+            founding_snapshot(&bytes).map_err(|e| invalid(e.to_string()))?;
+        snapshots
+            .store(info.slot, &snapshot_bytes)
+            .map_err(|e| invalid(e.to_string()))?;
+        tracing::info!(backup = %restore.display(), slot = %info.slot,
+            nodes = db.counts().nodes, "founding this cell from a backup");
+        state.chosen_through = info.slot;
+        state.truncated_through = info.slot;
+        founding.chosen_through = Some(info.slot);
+        founding.truncate_through = Some(info.slot);
+        // No membership change is chosen in the new cell's log so far: the founding set
+        // (from the configs) governs, and that is known through the backup's slot.
+        let members = chubby_protocol::MemberSets {
+            complete_through: info.slot,
+            ..chubby_protocol::MemberSets::default()
+        };
+        state.members = members.clone();
+        founding.members = Some(members);
+        snapshot = Some((db, info));
+    }
     let applied = snapshot
         .as_ref()
         .map(|(_, info)| info.slot)
@@ -201,12 +242,17 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         // after does not turn a rebuilding replica into a voter on the next start.
         let batch = PersistBatch {
             voter: Some(state.voter),
-            ..PersistBatch::default()
+            ..founding
         };
         storage.persist(&batch).map_err(storage_err)?;
     }
     if kind == StartKind::Founded {
         std::fs::remove_file(&marker).map_err(io(&marker))?;
+    }
+    // Used (its contents are now the snapshot and the store says so), or left over from a
+    // start that got that far before a crash.
+    if restore.exists() {
+        std::fs::remove_file(&restore).map_err(io(&restore))?;
     }
     Ok(Opened {
         storage,

@@ -34,6 +34,7 @@ mod client_port;
 mod core;
 pub mod disk;
 pub mod entry;
+mod metrics;
 pub mod snapshot_file;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -164,6 +165,20 @@ pub async fn run(
     let prepared = prepare(cfg)?;
     let cfg = &prepared.cfg;
     let me = NodeId(cfg.id);
+    let metrics_listener = match &cfg.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .map_err(|e| {
+                    NodeError::Config(format!(
+                        "cannot serve metrics at {addr} (`metrics` in the config): {e}"
+                    ))
+                })?;
+            info!(replica = cfg.id, addr = %addr, "metrics at http://{addr}/metrics");
+            Some(listener)
+        }
+        None => None,
+    };
     let data_dir: PathBuf = cfg.data_dir.clone();
     // Blocking, once, before anything else runs on this runtime.
     let opened = disk::open(&data_dir, &prepared.cell_id)?;
@@ -260,7 +275,12 @@ pub async fn run(
         snapshots: opened.snapshots,
         members,
     });
-    let result = core.run(peer_rx, client_rx, shutdown).await;
+    let (pages_tx, pages_rx) = tokio::sync::mpsc::channel(8);
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, pages_tx)));
+    let result = core.run(peer_rx, client_rx, pages_rx, shutdown).await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     client_port.shutdown().await;
     info!(replica = cfg.id, "replica stopped");
     result

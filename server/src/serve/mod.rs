@@ -30,7 +30,7 @@ use chubby_protocol::{Ballot, CacheToken, Instant, Refusal, SessionId, Slot};
 use tracing::{debug, info, warn};
 
 use crate::db::{Applied, Change, Command, Db, Op, Outcome};
-use crate::master::{Master, MasterAction, MasterConfig};
+use crate::master::{Master, MasterAction, MasterConfig, NoticeCounts};
 use crate::paxos::{Rejection, RoleKind};
 use shape::{handle_path, op_of, op_session, session_of};
 
@@ -141,6 +141,8 @@ pub struct Serve {
     flying: BTreeMap<u64, Flying>,
     /// The lock-delay deadline a Noop was last proposed for.
     noop_for: Option<Instant>,
+    /// What earlier masterships of this replica told sessions.
+    retired: NoticeCounts,
 }
 
 impl Serve {
@@ -161,6 +163,7 @@ impl Serve {
             held: Vec::new(),
             flying: BTreeMap::new(),
             noop_for: None,
+            retired: NoticeCounts::default(),
         }
     }
 
@@ -174,6 +177,12 @@ impl Serve {
     #[must_use]
     pub fn serving_epoch(&self) -> Option<Ballot> {
         self.master_epoch.filter(|_| self.serving)
+    }
+
+    /// What this replica's masterships told sessions, in all.
+    #[must_use]
+    pub fn notice_counts(&self) -> NoticeCounts {
+        self.retired + self.master.as_ref().map(Master::counts).unwrap_or_default()
     }
 
     /// The session logic, while serving.
@@ -641,7 +650,9 @@ impl Serve {
                     "master is serving; sessions restored, each with a new lease and a \
                      fail-over notice"
                 );
-                self.master = Some(master);
+                if let Some(old) = self.master.replace(master) {
+                    self.retired = self.retired + old.counts();
+                }
             }
         }
         let Some(request) = own else { return };
@@ -726,9 +737,10 @@ impl Serve {
     /// Mastership ended: calls parked here can no longer be served. Gated writes were
     /// never proposed, so nothing of them happened.
     fn drop_master(&mut self, v: &ReplicaView, out: &mut Vec<ServeAction>) {
-        if self.master.take().is_none() {
+        let Some(old) = self.master.take() else {
             return;
-        }
+        };
+        self.retired = self.retired + old.counts();
         let not_master = || {
             Reply::Err(CallError::NotMaster {
                 master: v.hint.clone(),

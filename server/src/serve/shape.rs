@@ -76,7 +76,9 @@ pub(super) fn op_of(principal: &str, call: Call) -> Result<Op, CallError> {
         | Call::GetSequencer { .. }
         | Call::CheckSequencer { .. }
         | Call::Status
-        | Call::ChangeMembers { .. } => {
+        | Call::ChangeMembers { .. }
+        | Call::Backup
+        | Call::BackupRead { .. } => {
             return Err(CallError::BadRequest("not a session write".into()))
         }
     })
@@ -124,6 +126,8 @@ pub(super) fn session_of(call: &Call) -> Option<SessionId> {
         Call::Status
         | Call::CreateSession
         | Call::ChangeMembers { .. }
+        | Call::Backup
+        | Call::BackupRead { .. }
         | Call::CheckSequencer { .. } => None,
     }
 }

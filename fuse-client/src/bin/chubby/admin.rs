@@ -16,9 +16,12 @@ use chubby_client::protocol::{MemberAddr, NodeId, Slot};
 
 use crate::CellArg;
 
-/// Membership changes (the `admin` principal's certificate only).
+/// Membership changes and backups (the `admin` principal's certificate only).
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
+    /// Write a consistent, checksummed backup of the cell's database to FILE (taken by the
+    /// master now; restore it with `chubby cell restore --from FILE`).
+    Backup(crate::backup::BackupArgs),
     /// Add replica ID, listening at HOST:PORT (its peer port), to the running cell. Issue it
     /// first with `chubby cell issue-replica` and start it (`chubby-server --config ...`):
     /// it catches up while it waits. Returns once the new member set is in effect.
@@ -54,6 +57,7 @@ pub enum AdminCommand {
 
 pub fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
     let (cell, call, id, adding, timeout) = match cmd {
+        AdminCommand::Backup(args) => return crate::backup::run(args),
         AdminCommand::AddReplica {
             cell,
             id,

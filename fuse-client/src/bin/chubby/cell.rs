@@ -1,10 +1,12 @@
 //! `chubby cell init`: the CA, replica and admin certificates, replica configs and the
-//! client cell file.
+//! client cell file; `chubby cell restore`: the same, for a cell founded from a backup.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chubby_client::protocol::cell::{init_cell, issue_client_cert, issue_replica};
+use chubby_client::protocol::cell::{
+    init_cell, issue_client_cert, issue_replica, restore_cell, CellLayout,
+};
 
 /// Cell management.
 #[derive(Debug, clap::Subcommand)]
@@ -12,6 +14,16 @@ pub enum CellCommand {
     /// Create a new cell in DIR: CA, one certificate and config.toml per replica
     /// (DIR/replica-<n>/), an admin certificate and the client cell file DIR/cell.toml.
     Init(InitArgs),
+    /// Create a new cell in DIR (as `init` does) whose replicas start from the backup FILE
+    /// written by `chubby admin backup`: the same files, directories, contents, ACLs and
+    /// generation numbers. The new cell has its own CA: clients need its cell.toml.
+    Restore {
+        /// The backup file.
+        #[arg(long = "from", value_name = "FILE")]
+        from: PathBuf,
+        #[command(flatten)]
+        init: InitArgs,
+    },
     /// Issue a client certificate for PRINCIPAL with the cell's CA
     /// (written to DIR/clients/PRINCIPAL/).
     IssueClient {
@@ -66,17 +78,18 @@ pub fn run(cmd: CellCommand) -> anyhow::Result<ExitCode> {
                 args.replicas,
                 layout.dir.display()
             );
-            for cfg in &layout.replica_configs {
-                println!(
-                    "  start a replica:  chubby-server --config {}",
-                    cfg.display()
-                );
-            }
+            print_layout(&layout);
+        }
+        CellCommand::Restore { from, init: args } => {
+            let layout = restore_cell(&args.dir, args.replicas, &args.host, args.base_port, &from)?;
             println!(
-                "  use the cell:     export CHUBBY_CELL={}",
-                layout.cell_file.display()
+                "created a {}-replica cell in {} from the backup {}; its replicas start from \
+                 it (each checks it again before using it)",
+                args.replicas,
+                layout.dir.display(),
+                from.display()
             );
-            println!("keep {} offline in production", layout.ca_key.display());
+            print_layout(&layout);
         }
         CellCommand::IssueReplica {
             dir,
@@ -99,4 +112,18 @@ pub fn run(cmd: CellCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_layout(layout: &CellLayout) {
+    for cfg in &layout.replica_configs {
+        println!(
+            "  start a replica:  chubby-server --config {}",
+            cfg.display()
+        );
+    }
+    println!(
+        "  use the cell:     export CHUBBY_CELL={}",
+        layout.cell_file.display()
+    );
+    println!("keep {} offline in production", layout.ca_key.display());
 }

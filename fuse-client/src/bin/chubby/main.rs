@@ -10,6 +10,7 @@
 //! environment variable.
 
 mod admin;
+mod backup;
 mod cell;
 mod lock;
 mod mount;

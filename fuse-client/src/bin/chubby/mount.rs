@@ -45,6 +45,11 @@ pub struct MountArgs {
     /// lease ends; Chubby's grace period). Meanwhile requests on the mount wait.
     #[arg(long, value_name = "SECONDS", default_value_t = GRACE_MS_DEFAULT / 1000)]
     grace: u64,
+    /// Serve the mount's Prometheus metrics over HTTP at HOST:PORT (e.g. 127.0.0.1:9460):
+    /// cache hits, kernel invalidations, jeopardy and session counts. No authentication:
+    /// keep it on loopback.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
 }
 
 pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
@@ -75,6 +80,20 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start a session with the cell")?;
     info!(session = client.session().0, "session started");
     drop(client);
+    if let Some(addr) = &args.metrics {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr.as_str()))
+            .with_context(|| format!("cannot serve metrics at {addr}"))?;
+        let page_fs = fs.clone();
+        rt.spawn(chubby_client::protocol::metrics::serve(
+            listener,
+            move || {
+                let fs = page_fs.clone();
+                async move { Some(fs.metrics_page().await) }
+            },
+        ));
+        info!(addr = %addr, "metrics at http://{addr}/metrics");
+    }
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -267,6 +286,9 @@ fn start_in_background(args: &MountArgs, mountpoint: &Path) -> anyhow::Result<Ex
         .arg(args.grace.to_string());
     if let Some(cell) = &args.cell.cell {
         cmd.arg("--cell").arg(cell);
+    }
+    if let Some(addr) = &args.metrics {
+        cmd.arg("--metrics").arg(addr);
     }
     if args.allow_other {
         cmd.arg("--allow-other");
