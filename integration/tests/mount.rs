@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chubby_client::protocol::client_msg::{ReplicaRole, StatusReport};
 use chubby_integration::mount::{fuse_available, Mount};
-use chubby_integration::real_cell::RealCell;
+use chubby_integration::real_cell::{http_get, sample, RealCell};
 use chubby_integration::test_support::{runtime, ELECTION};
 
 /// Runs `script` with `sh` in directory `dir`.
@@ -278,7 +278,11 @@ fn cached_reads_reach_no_replica_and_writes_are_still_seen() {
     }
     let cell = RealCell::start(3);
     let a = Mount::new(&cell, &[]);
-    let b = Mount::new(&cell, &[]);
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let b = Mount::new(&cell, &["--metrics", &metrics]);
     std::fs::write(a.at("conf"), "v1").unwrap();
     assert_eq!(std::fs::read_to_string(b.at("conf")).unwrap(), "v1");
     let before = client_calls(&cell);
@@ -295,6 +299,16 @@ fn cached_reads_reach_no_replica_and_writes_are_still_seen() {
     std::fs::write(a.at("conf"), "v2").unwrap();
     assert_eq!(std::fs::read_to_string(b.at("conf")).unwrap(), "v2");
     assert!(client_calls(&cell) > after, "the write reached the cell");
+
+    // B's metrics: one safe session, its cache served reads, and A's write made it drop
+    // its kernel pages.
+    let page = http_get(&metrics, "/metrics");
+    let get = |name: &str| sample(&page, name).unwrap_or_else(|| panic!("{name}:\n{page}"));
+    assert_eq!(get("chubby_mount_sessions_total"), 1.0);
+    assert_eq!(get("chubby_mount_session_state"), 0.0);
+    assert!(get("chubby_mount_reads_total{source=\"cache\"}") >= 1.0, "{page}");
+    assert!(get("chubby_mount_kernel_invalidations_total") >= 1.0, "{page}");
+    assert_eq!(get("chubby_mount_jeopardy_total"), 0.0);
 }
 
 #[test]
