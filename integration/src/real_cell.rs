@@ -127,9 +127,13 @@ impl RealCell {
         let dir = tempfile::tempdir().expect("temp dir");
         let cell_dir = dir.path().join("cell");
         let base = free_port_range(2 * replicas);
-        let layout =
-            chubby_protocol::cell::restore_cell(&cell_dir, replicas, "127.0.0.1", base, backup)
-                .expect("cell restore");
+        let layout = chubby_protocol::cell::restore_cell(
+            &cell_dir,
+            &vec!["127.0.0.1".to_owned(); replicas],
+            base,
+            backup,
+        )
+        .expect("cell restore");
         let filter = std::env::var("CHUBBY_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
         RealCell::launch(dir, layout, "", &filter)
     }
@@ -278,6 +282,12 @@ impl RealCell {
             .as_ref()
             .map(std::process::Child::id)
             .expect("replica is running")
+    }
+
+    /// Replica `id`'s config file.
+    #[must_use]
+    pub fn config_path(&self, id: usize) -> &Path {
+        &self.configs[id - 1]
     }
 
     /// The first replica that is not `master`.

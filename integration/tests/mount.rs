@@ -306,8 +306,14 @@ fn cached_reads_reach_no_replica_and_writes_are_still_seen() {
     let get = |name: &str| sample(&page, name).unwrap_or_else(|| panic!("{name}:\n{page}"));
     assert_eq!(get("chubby_mount_sessions_total"), 1.0);
     assert_eq!(get("chubby_mount_session_state"), 0.0);
-    assert!(get("chubby_mount_reads_total{source=\"cache\"}") >= 1.0, "{page}");
-    assert!(get("chubby_mount_kernel_invalidations_total") >= 1.0, "{page}");
+    assert!(
+        get("chubby_mount_reads_total{source=\"cache\"}") >= 1.0,
+        "{page}"
+    );
+    assert!(
+        get("chubby_mount_kernel_invalidations_total") >= 1.0,
+        "{page}"
+    );
     assert_eq!(get("chubby_mount_jeopardy_total"), 0.0);
 }
 

@@ -3,11 +3,40 @@
 //! print (DESIGN §8: speed is shown by benchmarks that print figures, never by timed tests).
 //!
 //! [`workloads`] holds the workloads through the library, [`mount`] those through a real
-//! `chubby mount`; this module the measuring: latency samples with
-//! percentiles, counted operations over a fixed span, and the table.
+//! `chubby mount`; [`peers`] runs the etcd/ZooKeeper harness (and its Python `fs` backend on
+//! our mount) and [`compare`] makes the side-by-side table; this module the measuring:
+//! latency samples with percentiles, counted operations over a fixed span, and the table.
 
+pub mod compare;
 pub mod mount;
+pub mod peers;
 pub mod workloads;
+
+/// CPU time (user + system) process `pid` has used, in seconds (`/proc`, USER_HZ = 100).
+#[must_use]
+pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    #[allow(clippy::cast_precision_loss)]
+    Some(ticks as f64 / 100.0)
+}
+
+/// Resident memory of process `pid`, in MB (`/proc/PID/status` VmRSS).
+#[must_use]
+pub fn proc_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
 
 use std::time::Duration;
 

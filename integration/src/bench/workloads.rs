@@ -462,3 +462,85 @@ pub async fn fail_over(cell: &mut RealCell, master: usize) -> Result<Vec<Figure>
         ),
     )])
 }
+
+/// Session death as a lock holder's: a `session-holder` process takes an exclusive lock
+/// (lock-delay 1 s), a waiter queues behind it, the holder is killed with `kill -9`. The
+/// master releases the lock when the holder's session lease (12 s, from its last
+/// KeepAlive) ends, and grants it to the waiter when the lock-delay has passed.
+///
+/// # Errors
+/// The holder did not start, or the waiter was never granted the lock.
+pub async fn holder_expiry(cell_path: &std::path::Path) -> Result<Vec<Figure>, BenchError> {
+    use std::io::BufRead;
+    let file = CellFile::load(cell_path).map_err(|e| BenchError::Check(format!("{e}")))?;
+    let bin = crate::real_cell::find_binary("session-holder").map_err(BenchError::Check)?;
+    let waiter = Arc::new(session(&file).await?);
+    let lock_path = format!("{BENCH_DIR}/expiry-lock");
+    let mut holder = std::process::Command::new(bin)
+        .arg(cell_path)
+        .arg(format!("{BENCH_DIR}/expiry-holder"))
+        .arg(&lock_path)
+        .arg("1000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::Check(format!("session-holder: {e}")))?;
+    let stdout = holder.stdout.take();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        line
+    })
+    .await
+    .unwrap_or_default();
+    let kill = |h: &mut std::process::Child| {
+        let _ = h.kill();
+        let _ = h.wait();
+    };
+    if line.trim() != "holding" {
+        kill(&mut holder);
+        return Err(BenchError::Check(format!("session-holder said {line:?}")));
+    }
+    let handle = write_handle(&waiter, "expiry-lock").await?;
+    let acquire = {
+        let waiter = Arc::clone(&waiter);
+        tokio::spawn(async move { waiter.acquire(handle, LockMode::Exclusive).await })
+    };
+    // The waiter is queued at the master before the holder dies.
+    let queued = Instant::now();
+    loop {
+        match waiter.lock_state(handle).await {
+            Ok(chubby_protocol::client_msg::LockState::Waiting) => break,
+            _ if queued.elapsed() > Duration::from_secs(10) => {
+                kill(&mut holder);
+                return Err(BenchError::Check("the waiter never queued".into()));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let killed = Instant::now();
+    kill(&mut holder);
+    let granted = tokio::time::timeout(Duration::from_secs(60), acquire).await;
+    let took = killed.elapsed();
+    match granted {
+        Ok(Ok(Ok(_))) => {}
+        other => {
+            return Err(BenchError::Check(format!(
+                "the waiter was not granted the lock: {other:?}"
+            )))
+        }
+    }
+    if let Ok(w) = Arc::try_unwrap(waiter) {
+        w.shutdown().await;
+    }
+    Ok(vec![Figure::ms(
+        "holder kill -9 -> waiter acquires",
+        took,
+        "the dead holder's session ends when its lease lapses: the master answers its \
+         parked KeepAlive 8 s after it arrived with 12 s more, so up to 20 s after the kill; \
+         then its lock-delay of 1 s (default 15 s)"
+            .to_owned(),
+    )])
+}

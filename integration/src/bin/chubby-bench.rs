@@ -5,14 +5,23 @@
 //! ```text
 //! cargo build --release --bins && target/release/chubby-bench
 //! target/release/chubby-bench --seconds 10 --json     # longer spans, JSON lines
+//! bash ../shared/bench/peers/setup.sh                 # once: etcd, ZooKeeper, Python clients
+//! target/release/chubby-bench --peers ../shared/bench/peers   # side by side, in one run
 //! ```
+//!
+//! With `--peers`, the run is interleaved: etcd (the harness, fresh 3-member cluster), then
+//! chubby through its Rust client, then ZooKeeper, then chubby through its mount driven by
+//! the harness's own Python `fs` backend; the comparison table (Markdown) follows chubby's
+//! own figures on standard output.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use chubby_integration::bench::workloads::{self, BenchError, Settings};
-use chubby_integration::bench::{json_lines, table, Figure};
+use chubby_integration::bench::{
+    compare, json_lines, peers, proc_cpu_seconds, proc_rss_mb, table, Figure,
+};
 use chubby_integration::real_cell::{find_binary, RealCell};
 use chubby_protocol::cell::CellFile;
 use clap::Parser;
@@ -54,6 +63,15 @@ struct Cli {
     /// Print JSON lines ({"name","value","unit","detail"}) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure etcd and ZooKeeper with the peer harness in DIR
+    /// (../shared/bench/peers; run its setup.sh once), and chubby through its mount with the
+    /// harness's Python `fs` backend, and print the side-by-side table.
+    #[arg(long, value_name = "DIR")]
+    peers: Option<PathBuf>,
+    /// Scale of the peer harness's operation counts (1.0: its defaults, about 3 minutes
+    /// per system).
+    #[arg(long, default_value_t = 1.0)]
+    peer_scale: f64,
     /// Log filter of the replicas and this process (e.g. `info`).
     #[arg(long, default_value = "warn")]
     log: String,
@@ -77,6 +95,17 @@ fn main() -> ExitCode {
         eprintln!("chubby-bench: {why}");
         return ExitCode::from(2);
     }
+    if !(cli.peer_scale > 0.0 && cli.peer_scale <= 10.0) {
+        eprintln!("chubby-bench: --peer-scale must be above 0 and at most 10");
+        return ExitCode::from(2);
+    }
+    let harness = match cli.peers.as_deref().map(peers::Harness::locate).transpose() {
+        Ok(h) => h,
+        Err(why) => {
+            eprintln!("chubby-bench: {why}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,16 +118,20 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         tokio::select! {
-            r = run(&cli) => r,
+            r = run(&cli, harness.as_ref()) => r,
             _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
         }
     });
     match result {
-        Ok(figures) => {
+        Ok((figures, comparison)) => {
             if cli.json {
                 print!("{}", json_lines(&figures));
             } else {
                 print!("{}", table(&figures));
+            }
+            if let Some(text) = comparison {
+                println!();
+                print!("{text}");
             }
             ExitCode::SUCCESS
         }
@@ -109,7 +142,46 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: &Cli) -> Result<Vec<Figure>, String> {
+/// Runs the harness for `system` on a blocking thread.
+async fn harness_run(
+    h: &peers::Harness,
+    system: &'static str,
+    scale: f64,
+    env: Vec<(String, String)>,
+) -> Result<peers::PeerFigures, String> {
+    let h = h.clone();
+    eprintln!("chubby-bench: peer harness: {system} ...");
+    let json = tokio::task::spawn_blocking(move || h.run(system, "run1", scale, &env))
+        .await
+        .map_err(|e| format!("{system}: {e}"))??;
+    Ok(peers::PeerFigures::of(system, &json))
+}
+
+/// The machine, for the table's heading.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".to_owned(), |k| k.trim().to_owned());
+    format!("{cores} cores ({cpu}), Linux {kernel}")
+}
+
+async fn run(
+    cli: &Cli,
+    harness: Option<&peers::Harness>,
+) -> Result<(Vec<Figure>, Option<String>), String> {
+    let scale = cli.peer_scale;
+    let etcd = match harness {
+        Some(h) => Some(harness_run(h, "etcd", scale, Vec::new()).await?),
+        None => None,
+    };
     let settings = Settings {
         span: Duration::from_secs_f64(cli.seconds),
         samples: usize::try_from(cli.samples).unwrap_or(usize::MAX),
@@ -138,12 +210,45 @@ async fn run(cli: &Cli) -> Result<Vec<Figure>, String> {
         "write latency",
         workloads::write_latency(&file, &settings).await,
     )?);
-    figures.extend(step(
+    let pids: Vec<u32> = (1..=cell.len()).map(|id| cell.pid(id)).collect();
+    let cpu = |pids: &[u32]| -> f64 { pids.iter().filter_map(|p| proc_cpu_seconds(*p)).sum() };
+    let cpu_before = cpu(&pids);
+    let tput = step(
         "write throughput",
         workloads::write_throughput(&file, &settings).await,
-    )?);
+    )?;
+    let cpu_used = cpu(&pids) - cpu_before;
+    let rss = pids
+        .iter()
+        .filter_map(|p| proc_rss_mb(*p))
+        .fold(0.0, f64::max);
+    if let Some(w) = tput.first() {
+        let writes = w.value * settings.span.as_secs_f64();
+        if writes > 0.0 {
+            figures.push(Figure {
+                name: "replica CPU per write".to_owned(),
+                value: cpu_used / writes * 1000.0,
+                unit: "ms",
+                detail: format!(
+                    "user+system CPU of the 3 replicas during the {}-client writes, per write",
+                    settings.clients
+                ),
+            });
+        }
+    }
+    figures.push(Figure {
+        name: "replica RSS under writes".to_owned(),
+        value: rss,
+        unit: "MB",
+        detail: "largest replica, right after the many-client writes".to_owned(),
+    });
+    figures.extend(tput);
     figures.extend(step("reads", workloads::reads(&file, &settings).await)?);
     figures.extend(step("locks", workloads::locks(&file, &settings).await)?);
+    figures.extend(step(
+        "holder expiry",
+        workloads::holder_expiry(cell.cell_file()).await,
+    )?);
     if !cli.skip_mount {
         match chubby_integration::mount::fuse_missing() {
             Some(why) => eprintln!("chubby-bench: no mount figures: {why}"),
@@ -170,8 +275,100 @@ async fn run(cli: &Cli) -> Result<Vec<Figure>, String> {
             "fail-over",
             workloads::fail_over(&mut cell, master).await,
         )?);
+        // Back to three replicas for what follows.
+        cell.spawn(master);
+        let ids: Vec<usize> = (1..=cell.len()).collect();
+        let at = cell
+            .statuses(&conn)
+            .await
+            .into_iter()
+            .flatten()
+            .map(|s| s.applied)
+            .max();
+        cell.wait_converged(&conn, &ids, at.unwrap_or_default(), Duration::from_secs(60))
+            .await;
     }
-    Ok(figures)
+    let Some(h) = harness else {
+        return Ok((figures, None));
+    };
+    let zk = harness_run(h, "zk", scale, Vec::new()).await?;
+    let fs = fs_run(h, &cell, scale).await?;
+    let etcd = etcd.unwrap_or_default();
+    let rows = compare::rows(&etcd, &zk, &fs, &figures);
+    let violations: Vec<String> = [("etcd", &etcd), ("ZooKeeper", &zk), ("chubby mount", &fs)]
+        .iter()
+        .filter(|(_, f)| f.violations.is_some_and(|v| v > 0.0))
+        .map(|(n, f)| format!("{n}: {:?}", f.violations))
+        .collect();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut text = format!(
+        "Side by side, measured in one run on {date}, {}: etcd 3.4 and ZooKeeper 3.8 (3 \
+         members each, fresh, fsync on) driven by the peer harness's Python clients; chubby \
+         (3 replicas, fsync on) through its FUSE mount driven by the same harness code \
+         (`fs` backend) and through its Rust client. Session lease 12 s; the Rust client's \
+         expiry figure uses lock-delay 1 s. Harness JSON: {}\n\n",
+        machine(),
+        h.results().display()
+    );
+    text.push_str(&compare::markdown(&rows));
+    if !violations.is_empty() {
+        text.push_str(&format!(
+            "\nMUTUAL-EXCLUSION VIOLATIONS: {}\n",
+            violations.join(", ")
+        ));
+    }
+    Ok((figures, Some(text)))
+}
+
+/// The harness's `fs` backend on a mount of `cell`, with its hooks (replica pids, the
+/// master's pid, restarting a killed replica). Restarted replicas are stopped afterwards.
+async fn fs_run(
+    h: &peers::Harness,
+    cell: &RealCell,
+    scale: f64,
+) -> Result<peers::PeerFigures, String> {
+    let work = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let configs: Vec<PathBuf> = (1..=cell.len())
+        .map(|id| cell.config_path(id).to_owned())
+        .collect();
+    let pids: Vec<u32> = (1..=cell.len()).map(|id| cell.pid(id)).collect();
+    let hooks = peers::FsHooks::new(
+        work.path(),
+        &find_binary("chubby")?,
+        &find_binary("chubby-server")?,
+        cell.cell_file(),
+        &configs,
+        &pids,
+    )?;
+    let cell_file = cell.cell_file().to_owned();
+    let h = h.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mount = chubby_integration::mount::Mount::of_cell_file(&cell_file, &[]);
+        let root = mount.at("peerbench");
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        eprintln!("chubby-bench: peer harness: fs on the chubby mount ...");
+        let json = h.run("fs", "run1", scale, &hooks.env(&root));
+        // Replicas the harness restarted are not the cell's children: stop them here.
+        for pid in hooks.pids() {
+            if !pids.contains(&pid) && pid != 0 {
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+        drop(mount);
+        json.map(|j| peers::PeerFigures::of("fs", &j))
+    })
+    .await
+    .map_err(|e| format!("fs: {e}"))?;
+    drop(work);
+    result
 }
 
 async fn wait_master(

@@ -141,8 +141,19 @@ pub fn init_cell(
     host: &str,
     base_port: u16,
 ) -> Result<CellLayout, CellError> {
+    init_cell_on(dir, &vec![host.to_owned(); replicas], base_port)
+}
+
+/// Like [`init_cell`], replica `n` on `hosts[n-1]` (a cell spread over several machines):
+/// its certificate names that host, and the others reach it there. Ports are assigned as
+/// for one host.
+///
+/// # Errors
+/// As [`init_cell`].
+pub fn init_cell_on(dir: &Path, hosts: &[String], base_port: u16) -> Result<CellLayout, CellError> {
+    let replicas = hosts.len();
     config::validate_replica_count(replicas)?;
-    let members = plan_members(replicas, host, base_port)?;
+    let members = plan_members(hosts, base_port)?;
     ensure_empty_dir(dir)?;
 
     let cell_name = dir
@@ -166,9 +177,9 @@ pub fn init_cell(
             &rdir.join("data").join(NEW_CELL_MARKER),
             "founding member of a new cell: the first start formats the store as a voter\n",
         )?;
-        let pair = ca.issue_replica(m.id, host)?;
+        let pair = ca.issue_replica(m.id, &m.host)?;
         write_pair(&rdir, &pair)?;
-        let cfg = replica_config(m.id, host, members.clone(), false);
+        let cfg = replica_config(m.id, &m.host, members.clone(), false);
         let path = rdir.join("config.toml");
         write_public(&path, &to_toml(&cfg)?)?;
         replica_configs.push(path);
@@ -212,8 +223,7 @@ pub fn init_cell(
 /// [`init_cell`]. Nothing is created when the backup is refused.
 pub fn restore_cell(
     dir: &Path,
-    replicas: usize,
-    host: &str,
+    hosts: &[String],
     base_port: u16,
     backup: &Path,
 ) -> Result<CellLayout, CellError> {
@@ -225,7 +235,7 @@ pub fn restore_cell(
         path: backup.to_owned(),
         why,
     })?;
-    let layout = init_cell(dir, replicas, host, base_port)?;
+    let layout = init_cell_on(dir, hosts, base_port)?;
     for cfg in &layout.replica_configs {
         let data = cfg.parent().unwrap_or(dir).join("data");
         write_new(&data.join(RESTORE_FILE), &bytes, 0o600)?;
@@ -417,7 +427,8 @@ fn replica_config(id: u32, host: &str, members: Vec<Member>, join: bool) -> Repl
     }
 }
 
-fn plan_members(replicas: usize, host: &str, base_port: u16) -> Result<Vec<Member>, CellError> {
+fn plan_members(hosts: &[String], base_port: u16) -> Result<Vec<Member>, CellError> {
+    let replicas = hosts.len();
     let ports_err = CellError::Ports {
         base: base_port,
         replicas,
@@ -426,7 +437,7 @@ fn plan_members(replicas: usize, host: &str, base_port: u16) -> Result<Vec<Membe
         return Err(ports_err);
     }
     let mut members = Vec::with_capacity(replicas);
-    for n in 0..replicas {
+    for (n, host) in hosts.iter().enumerate() {
         let offset = u16::try_from(2 * n).map_err(|_| CellError::Ports {
             base: base_port,
             replicas,
@@ -439,7 +450,7 @@ fn plan_members(replicas: usize, host: &str, base_port: u16) -> Result<Vec<Membe
         let id = u32::try_from(n + 1).map_err(|_| CellError::ReplicaCount(replicas))?;
         members.push(Member {
             id,
-            host: host.to_owned(),
+            host: host.clone(),
             peer_port,
             client_port,
         });

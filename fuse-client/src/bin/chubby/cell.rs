@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chubby_client::protocol::cell::{
-    init_cell, issue_client_cert, issue_replica, restore_cell, CellLayout,
+    init_cell_on, issue_client_cert, issue_replica, restore_cell, CellLayout,
 };
 
 /// Cell management.
@@ -62,30 +62,47 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,
     /// Host (name or IP) the replicas listen on and are reached at.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", conflicts_with = "hosts")]
     pub host: String,
+    /// One host per replica, comma-separated (a cell on several machines: replica n on the
+    /// n-th host; its certificate names it). Sets the number of replicas.
+    #[arg(long, value_delimiter = ',', value_name = "HOST,HOST,...")]
+    pub hosts: Vec<String>,
     /// First UDP port; replica n uses base+2(n-1) for peers and the next one for clients.
     #[arg(long, default_value_t = 7100)]
     pub base_port: u16,
 }
 
+impl InitArgs {
+    /// Each replica's host.
+    fn hosts(&self) -> Vec<String> {
+        if self.hosts.is_empty() {
+            vec![self.host.clone(); self.replicas]
+        } else {
+            self.hosts.clone()
+        }
+    }
+}
+
 pub fn run(cmd: CellCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CellCommand::Init(args) => {
-            let layout = init_cell(&args.dir, args.replicas, &args.host, args.base_port)?;
+            let hosts = args.hosts();
+            let layout = init_cell_on(&args.dir, &hosts, args.base_port)?;
             println!(
                 "created a {}-replica cell in {}",
-                args.replicas,
+                hosts.len(),
                 layout.dir.display()
             );
             print_layout(&layout);
         }
         CellCommand::Restore { from, init: args } => {
-            let layout = restore_cell(&args.dir, args.replicas, &args.host, args.base_port, &from)?;
+            let hosts = args.hosts();
+            let layout = restore_cell(&args.dir, &hosts, args.base_port, &from)?;
             println!(
                 "created a {}-replica cell in {} from the backup {}; its replicas start from \
                  it (each checks it again before using it)",
-                args.replicas,
+                hosts.len(),
                 layout.dir.display(),
                 from.display()
             );

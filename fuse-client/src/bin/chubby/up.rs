@@ -205,17 +205,54 @@ async fn supervise(
         }
     })
     .await;
-    match waited {
-        Ok(id) => println!(
-            "cell is up: master is replica {}. In another shell:\n  export CHUBBY_CELL={}\n  chubby status\nCtrl-C stops the cell.",
-            id.0,
-            cell_file.display()
-        ),
-        Err(_) => println!("no master elected after 30 s; see the server.log files (Ctrl-C stops)"),
-    }
+    let master = match waited {
+        Ok(id) => format!("master is replica {}", id.0),
+        Err(_) => "no master elected after 30 s: see the server.log files".to_owned(),
+    };
     conn.close().await;
+    let mut mounted = None;
     if let Some(dir) = mount_dir {
         *mount = Some(start_mount(cell_file, dir)?);
+        mounted = Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()));
+    }
+    let cell_abs = std::fs::canonicalize(cell_file).unwrap_or_else(|_| cell_file.to_owned());
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .map_or_else(String::new, |d| d.display().to_string());
+    println!("\nchubby is up: {} replicas, {master}", children.len());
+    println!("  cell file:  {}", cell_abs.display());
+    if let Some(m) = &mounted {
+        println!(
+            "  mounted on: {}   (try: ls {} ; echo hi > {}/hello)",
+            m.display(),
+            m.display(),
+            m.display()
+        );
+    }
+    let metrics: Vec<String> = cell_file
+        .parent()
+        .and_then(|dir| replica_configs(dir).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| chubby_client::protocol::cell::ReplicaConfig::load(c).ok())
+        .filter_map(|c| c.metrics.map(|a| format!("http://{a}/metrics")))
+        .collect();
+    if !metrics.is_empty() {
+        println!("  metrics:    {}", metrics.join(" "));
+    }
+    println!("  in another shell:");
+    println!(
+        "    export PATH={bin}:$PATH CHUBBY_CELL={}",
+        cell_abs.display()
+    );
+    println!("    chubby status");
+    if mounted.is_some() {
+        println!(
+            "  stop:       Ctrl-C here: unmounts (closing the session), then stops the replicas"
+        );
+    } else {
+        println!("  stop:       Ctrl-C here: stops the replicas");
     }
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     loop {
