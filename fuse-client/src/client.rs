@@ -670,6 +670,22 @@ impl Client {
         f(&mut state.cache)
     }
 
+    /// `path`'s metadata if this session's cache holds it now (`Some(None)`: cached as
+    /// absent), without waiting for anything; `None` on a miss or outside a safe lease.
+    /// For callers with a fast path of their own (the mount answers from it on fuser's
+    /// thread); [`Client::stat_covered`] gives the same answer on a hit.
+    #[must_use]
+    pub fn cached_stat(&self, path: &str) -> Option<Option<Stat>> {
+        self.cached(|c| c.stat(path))
+    }
+
+    /// `path`'s contents and metadata if this session's cache holds them now; as
+    /// [`Client::cached_stat`].
+    #[must_use]
+    pub fn cached_contents(&self, path: &str) -> Option<(Arc<Vec<u8>>, Stat)> {
+        self.cached(|c| c.contents(path))
+    }
+
     /// Waits while the session is in jeopardy; fails once it expired.
     async fn usable(&self) -> Result<(), ClientError> {
         let mut rx = self.inner.status.subscribe();

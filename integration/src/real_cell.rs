@@ -134,8 +134,8 @@ impl RealCell {
             backup,
         )
         .expect("cell restore");
-        let filter = std::env::var("CHUBBY_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
-        RealCell::launch(dir, layout, "", &filter)
+        // At info: the restore is logged, and tests look for it.
+        RealCell::launch(dir, layout, "", "info")
     }
 
     fn launch(

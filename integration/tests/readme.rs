@@ -110,6 +110,15 @@ fn the_quick_start_and_every_example_work_as_written() {
     );
     let blocks = tested_blocks(&text);
     assert!(blocks.len() >= 6, "{} tested blocks", blocks.len());
+    // The quick start uses `chubby up`'s default ports, as a newcomer would.
+    let busy: Vec<u16> = (7100..7106)
+        .filter(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).is_err())
+        .collect();
+    assert!(
+        busy.is_empty(),
+        "UDP ports {busy:?} are in use: the README's quick start needs 7100-7105 (is a \
+         `chubby up` running?)"
+    );
 
     // The clone's directory: `chubby up --mount ./chubby` as the quick start says.
     let clone = tempfile::tempdir().unwrap();
@@ -170,7 +179,7 @@ fn the_quick_start_and_every_example_work_as_written() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut script = String::from("set -e\n");
+    let mut script = String::from("set -eo pipefail\n");
     for (i, block) in blocks.iter().enumerate() {
         script.push_str(&format!("echo '@@block {i}@@'\n"));
         for line in block {
@@ -179,13 +188,32 @@ fn the_quick_start_and_every_example_work_as_written() {
         }
     }
     script.push_str("echo '@@end@@'\n");
-    let out = Command::new("timeout")
-        .args(["300", "setsid", "bash", "-c", &script])
+    // `setsid` makes bash the leader of a process group of its own (it execs in place), so
+    // whatever a failed block left running in the background is stopped with the group.
+    let shell = Command::new("setsid")
+        .args(["bash", "-c", &script])
         .current_dir(clone.path())
         .env("PATH", path)
         .env_remove("CHUBBY_CELL")
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let group = shell.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(shell.wait_with_output());
+    });
+    let finished = done_rx.recv_timeout(Duration::from_secs(300));
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{group}")])
+        .stderr(Stdio::null())
+        .status();
+    let out = match finished {
+        Ok(out) => out.unwrap(),
+        Err(_) => panic!("the README's examples did not finish within 300 s"),
+    };
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(

@@ -30,6 +30,14 @@ pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
 /// local name space").
 pub const ACL_DIR: &str = "/acl";
 
+/// Start of every database snapshot and backup (the layout is in chubby-server's
+/// `db::snapshot`; `chubby cell restore` checks the frame before creating anything).
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHBYSNAP";
+/// The snapshot format this build writes and reads.
+pub const SNAPSHOT_FORMAT: u8 = 2;
+/// The largest snapshot body accepted.
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 31;
+
 const _: () = assert!(LOCK_DELAY_MS_DEFAULT <= LOCK_DELAY_MS_MAX);
 // A maximal path plus a maximal file must fit in one frame with room for the rest.
 const _: () = assert!(PATH_BYTES_MAX + FILE_BYTES_MAX < crate::codec::FRAME_BYTES_MAX / 2);

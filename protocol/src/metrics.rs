@@ -9,8 +9,11 @@
 //!
 //! The endpoint speaks just enough HTTP/1.1 for Prometheus, `curl` and `wget`: one request
 //! per connection, `GET /metrics` (or `/`) answered with `text/plain; version=0.0.4`,
-//! anything else 404 or 405, a request head over 8 KiB or slower than 5 s dropped. It has
-//! no authentication: bind it to loopback (the default everywhere) or a private network.
+//! anything else 404 or 405. It cannot be used to starve its process: at most
+//! [`CONNECTIONS_MAX`] connections are served at once (more are closed at once), and a
+//! connection that has not sent its request head (8 KiB at most) within 2 s, or not taken
+//! its answer within 10 s, is dropped. It has no authentication: bind it to loopback (the
+//! default everywhere) or a private network.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -240,7 +243,10 @@ fn proc_cpu_seconds() -> Option<f64> {
 }
 
 const HEAD_BYTES_MAX: usize = 8 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; a scraper needs one.
+pub const CONNECTIONS_MAX: usize = 16;
 
 /// Serves `GET /metrics` on `listener` until the task is dropped; `render` produces the page
 /// for each request (`None`: the process is shutting down, answered 503).
@@ -250,15 +256,21 @@ where
     Fut: Future<Output = Option<String>> + Send,
 {
     let render = std::sync::Arc::new(render);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors or similar: back off rather than spin.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        // Over the limit: closed at once (dropping the stream), costing nothing more.
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            continue;
+        };
         let render = std::sync::Arc::clone(&render);
         tokio::spawn(async move {
-            let _ = answer(stream, render.as_ref()).await;
+            let _ = tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, render.as_ref())).await;
+            drop(slot);
         });
     }
 }
@@ -400,6 +412,40 @@ mod tests {
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         let post = ask("POST /metrics HTTP/1.1\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_cannot_exhaust_the_endpoint() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(serve(listener, || async { Some("up 1\n".to_owned()) }));
+        // CONNECTIONS_MAX clients that never send a request hold every slot...
+        let mut idle = Vec::new();
+        for _ in 0..CONNECTIONS_MAX {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // ...so one more is closed at once, without an answer.
+        let mut extra = TcpStream::connect(addr).await.expect("connect");
+        let mut out = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut out))
+            .await
+            .expect("closed, not left hanging")
+            .expect("read");
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&out));
+        // The idle ones are dropped after the head timeout; then scrapes work again.
+        for mut s in idle {
+            let mut buf = Vec::new();
+            let n = s.read_to_end(&mut buf).await.expect("read");
+            assert_eq!(n, 0, "an idle connection gets no answer");
+        }
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut page = String::new();
+        s.read_to_string(&mut page).await.expect("read");
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
         task.abort();
     }
 }

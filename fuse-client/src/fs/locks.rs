@@ -84,6 +84,12 @@ impl Locks {
         self.by_key.remove(&(ino, owner))
     }
 
+    /// True if `owner` holds (or is taking) a lock on `ino` through this table.
+    #[must_use]
+    pub fn holds(&self, ino: u64, owner: u64) -> bool {
+        self.by_key.contains_key(&(ino, owner))
+    }
+
     /// Removes the entry only if it still is the one with `handle`.
     pub fn remove_if(&mut self, ino: u64, owner: u64, handle: HandleId) -> Option<Lock> {
         if self

@@ -21,6 +21,7 @@
 
 pub mod buffer;
 pub mod errno;
+mod fast;
 pub mod inodes;
 pub mod kernel;
 pub mod locks;
@@ -263,13 +264,17 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
                 );
             }
             Ok(ClientEvent::Safe) => info!(generation = current.generation, "session safe"),
-            Ok(ClientEvent::Expired) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                metrics::bump(&shared.counters.expired);
+            ev @ (Ok(ClientEvent::Expired)
+            | Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
                 let lost = guard(&shared.locks).lose_session(current.generation);
-                shared
-                    .counters
-                    .locks_lost
-                    .fetch_add(lost.len() as u64, Ordering::Relaxed);
+                // Closed: the session was shut down (unmount), not lost.
+                if matches!(ev, Ok(ClientEvent::Expired)) {
+                    metrics::bump(&shared.counters.expired);
+                    shared
+                        .counters
+                        .locks_lost
+                        .fetch_add(lost.len() as u64, Ordering::Relaxed);
+                }
                 guard(&shared.lost).extend(lost.iter().map(|l| l.fh));
                 for l in lost {
                     let held = matches!(l.state, LockState::Held(_));
@@ -1090,6 +1095,10 @@ impl fuser::Filesystem for ChubbyFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(attr) = self.0.fast_lookup(parent.0, name) {
+            reply.entry_with_ttls(&NO_TTL, &NO_TTL, &attr, Generation(0));
+            return;
+        }
         let name = name.to_owned();
         self.spawn(|s| async move {
             match s.lookup(parent.0, &name).await {
@@ -1104,6 +1113,10 @@ impl fuser::Filesystem for ChubbyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(attr) = self.0.fast_getattr(ino.0, fh.map(|f| f.0)) {
+            reply.attr(&ATTR_TTL, &attr);
+            return;
+        }
         self.spawn(|s| async move {
             match s.getattr(ino.0, fh.map(|f| f.0)).await {
                 Ok((attr, ttl)) => reply.attr(&ttl, &attr),
@@ -1296,6 +1309,10 @@ impl fuser::Filesystem for ChubbyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Some((fh, f)) = self.0.fast_open(ino.0, flags.0) {
+            reply.opened(FileHandle(fh), f);
+            return;
+        }
         self.spawn(|s| async move {
             match s.open(ino.0, flags.0).await {
                 Ok((fh, f)) => reply.opened(FileHandle(fh), f),
@@ -1365,6 +1382,10 @@ impl fuser::Filesystem for ChubbyFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if self.0.fast_flush(ino.0, fh.0, lock_owner.0) {
+            reply.ok();
+            return;
+        }
         self.spawn(|s| async move {
             // Commit first: a process that writes under its fcntl lock and closes must not
             // let the next holder in before its write landed.
@@ -1385,6 +1406,10 @@ impl fuser::Filesystem for ChubbyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.0.fast_release(ino.0, fh.0, lock_owner.map(|o| o.0)) {
+            reply.ok();
+            return;
+        }
         self.spawn(|s| async move {
             s.release(ino.0, fh.0, lock_owner.map(|o| o.0)).await;
             reply.ok();

@@ -159,10 +159,10 @@ impl FsHooks {
             let f = pid_dir.join((i + 1).to_string());
             std::fs::write(&f, format!("{pid}\n")).map_err(|e| io(&f, e))?;
         }
-        let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
         let leader = format!(
-            "#!/bin/sh\n# Prints the pid of the cell's master (waits up to 30 s for one).\n\
-             for i in $(seq 300); do\n\
+            "#!/bin/sh\n# Prints the pid of the cell's master (waits up to 25 s for one: the \
+             harness gives it 30).\n\
+             for i in $(seq 250); do\n\
              m=$({chubby} status --json --cell {cell} 2>/dev/null | python3 -c \
              'import json,sys; m=json.load(sys.stdin).get(\"master\"); print(m if m else \"\")' \
              2>/dev/null)\n\
@@ -211,11 +211,11 @@ impl FsHooks {
             ("PEERBENCH_FS_PIDS".into(), labels.join(",")),
             (
                 "PEERBENCH_FS_LEADER_PID_CMD".into(),
-                format!("sh '{}'", self.dir.join("leader.sh").display()),
+                format!("sh {}", q(&self.dir.join("leader.sh"))),
             ),
             (
                 "PEERBENCH_FS_RESTORE_CMD".into(),
-                format!("sh '{}' \"$1\"", self.dir.join("restore.sh").display()),
+                format!("sh {} \"$1\"", q(&self.dir.join("restore.sh"))),
             ),
         ]
     }
@@ -233,6 +233,11 @@ impl FsHooks {
         }
         out
     }
+}
+
+/// `p` quoted for `sh`.
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
 /// A path into a JSON value (`None` if any step is missing or not a number at the end).

@@ -236,12 +236,30 @@ pub fn restore_cell(
         why,
     })?;
     let layout = init_cell_on(dir, hosts, base_port)?;
+    // The marker names the backup, so a founder whose copy went missing refuses to start
+    // instead of founding an empty database (two such founders would be a majority).
+    let crc = u32::from_le_bytes([bytes[17], bytes[18], bytes[19], bytes[20]]);
     for cfg in &layout.replica_configs {
         let data = cfg.parent().unwrap_or(dir).join("data");
         write_new(&data.join(RESTORE_FILE), &bytes, 0o600)?;
+        let marker = data.join(NEW_CELL_MARKER);
+        std::fs::write(&marker, restore_marker(crc)).map_err(|source| CellError::Io {
+            path: marker.clone(),
+            source,
+        })?;
     }
     Ok(layout)
 }
+
+/// The new-cell marker of a founder that must start from the backup with header CRC
+/// `crc` (see [`restore_cell`]).
+#[must_use]
+pub fn restore_marker(crc: u32) -> String {
+    format!("founding member of a cell restored from a backup\n{RESTORE_MARKER_KEY} {crc:08x}\n")
+}
+
+/// The key of the marker line naming the backup's CRC.
+pub const RESTORE_MARKER_KEY: &str = "restore-crc32";
 
 /// The frame checks of a snapshot or backup: magic, format, length and CRC-32 of the body
 /// (the layout is in chubby-server's `db::snapshot`).
@@ -249,12 +267,22 @@ pub fn restore_cell(
 /// # Errors
 /// What is wrong, in words.
 pub fn check_backup(bytes: &[u8]) -> Result<(), String> {
+    use crate::db::{SNAPSHOT_BYTES_MAX, SNAPSHOT_FORMAT, SNAPSHOT_MAGIC};
     const HEADER: usize = 8 + 1 + 8 + 4;
     if bytes.len() < HEADER {
         return Err(format!("{} bytes: shorter than a header", bytes.len()));
     }
-    if &bytes[..8] != b"CHBYSNAP" {
+    if bytes[..8] != SNAPSHOT_MAGIC {
         return Err("not a chubby backup (no CHBYSNAP header)".into());
+    }
+    if bytes[8] != SNAPSHOT_FORMAT {
+        return Err(format!(
+            "snapshot format {} (this build reads format {SNAPSHOT_FORMAT})",
+            bytes[8]
+        ));
+    }
+    if bytes.len() - HEADER > SNAPSHOT_BYTES_MAX {
+        return Err("larger than any snapshot this build reads".into());
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&bytes[9..17]);

@@ -41,12 +41,7 @@ use chubby_protocol::{NodeId, Slot};
 use super::cow_map::FieldHasher;
 use super::{Db, Digest};
 
-/// Start of every snapshot.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHBYSNAP";
-/// The format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 2;
-/// The largest snapshot body accepted (and the decoder's allocation limit).
-pub const SNAPSHOT_BYTES_MAX: usize = 1 << 31;
+pub use chubby_protocol::db::{SNAPSHOT_BYTES_MAX, SNAPSHOT_FORMAT, SNAPSHOT_MAGIC};
 const HEADER_BYTES: usize = 8 + 1 + 8 + 4;
 /// The largest whole snapshot (header and body) worth reading or fetching.
 pub const SNAPSHOT_FILE_BYTES_MAX: usize = HEADER_BYTES + SNAPSHOT_BYTES_MAX;

@@ -60,23 +60,32 @@ impl Core {
         let _ = reply.send(answer);
     }
 
-    /// Bytes of the backup this master holds, if it is the one taken at `slot`.
-    fn read_backup(&self, principal: &str, slot: Slot, offset: u64) -> Result<Answer, CallError> {
+    /// Bytes of the backup this master holds, if it is the one taken at `slot`. Once its
+    /// last byte is read the backup is dropped (a backup can be large).
+    fn read_backup(
+        &mut self,
+        principal: &str,
+        slot: Slot,
+        offset: u64,
+    ) -> Result<Answer, CallError> {
         if principal != super::ADMIN_PRINCIPAL {
             return Err(CallError::Refused(Refusal::PermissionDenied));
         }
-        let Some((held, bytes)) = self.backup.as_ref().filter(|(s, _)| *s == slot) else {
+        let Some((_, bytes)) = self.backup.as_ref().filter(|(s, _)| *s == slot) else {
             return Err(CallError::BadRequest(format!(
-                "no backup at slot {slot} is held here (another backup replaced it, or \
-                 mastership moved): take it again"
+                "no backup at slot {slot} is held here (another backup replaced it, it was \
+                 read to its end, or mastership moved): take it again"
             )));
         };
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(bytes.len());
         let end = start.saturating_add(BACKUP_CHUNK_BYTES).min(bytes.len());
-        debug_assert_eq!(*held, slot);
-        Ok(Answer::BackupBytes(bytes[start..end].to_vec()))
+        let chunk = bytes[start..end].to_vec();
+        if end == bytes.len() {
+            self.backup = None;
+        }
+        Ok(Answer::BackupBytes(chunk))
     }
 
     fn park_reply(&mut self, reply: Parked) -> CallId {

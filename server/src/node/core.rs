@@ -57,6 +57,8 @@ enum SnapshotEvent {
         slot: Slot,
         bytes: Arc<Vec<u8>>,
         reply: Parked,
+        /// The epoch this replica served as master when the backup was taken.
+        epoch: Option<Ballot>,
     },
     /// A snapshot of our own database was written (slot, bytes), found already covered by
     /// the file (`None`), or failed.
@@ -377,18 +379,38 @@ impl Core {
         let frozen = self.db.freeze();
         let members = self.members.clone();
         let tx = self.snap_tx.clone();
+        let epoch = self.serve.serving_epoch();
         tokio::task::spawn_blocking(move || {
             let slot = frozen.slot();
             let bytes = Arc::new(frozen.encode(&members));
             drop(frozen);
-            let _ = tx.send(SnapshotEvent::Backup { slot, bytes, reply });
+            let _ = tx.send(SnapshotEvent::Backup {
+                slot,
+                bytes,
+                reply,
+                epoch,
+            });
         });
     }
 
     fn on_snapshot_event(&mut self, event: SnapshotEvent) {
         let every = self.cfg.tuning.snapshot_every_entries;
         match event {
-            SnapshotEvent::Backup { slot, bytes, reply } => {
+            SnapshotEvent::Backup {
+                slot,
+                bytes,
+                reply,
+                epoch,
+            } => {
+                if epoch.is_none() || self.serve.serving_epoch() != epoch {
+                    // Mastership moved while it was encoded: only the master holds one.
+                    let answer = Reply::Err(CallError::Unavailable(
+                        "mastership changed while the backup was taken: take it again".into(),
+                    ));
+                    self.metrics.answered(reply.call, reply.since, &answer);
+                    let _ = reply.tx.send(answer);
+                    return;
+                }
                 info!(replica = self.me.0, %slot, bytes = bytes.len(), "backup taken");
                 self.metrics.backup_taken(bytes.len());
                 let answer = Reply::Ok(chubby_protocol::client_msg::Answer::Backup {
@@ -585,6 +607,7 @@ impl Core {
         if origin != self.origin {
             return;
         }
+        self.metrics.forget(request);
         let view = self.view();
         let now = self.now();
         let mut out = Vec::new();

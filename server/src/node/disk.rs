@@ -34,7 +34,7 @@ use crate::db::Db;
 use crate::paxos::{DurableState, PersistBatch};
 use crate::storage::{Loaded, Storage, StorageError, WalStorage};
 
-pub use crate::cell::{NEW_CELL_MARKER, RESTORE_FILE};
+pub use crate::cell::{NEW_CELL_MARKER, RESTORE_FILE, RESTORE_MARKER_KEY};
 /// The file naming the cell a data directory belongs to.
 pub const CELL_ID_FILE: &str = "cell-id";
 /// The acceptor store's subdirectory.
@@ -194,12 +194,38 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
     let restore = data_dir.join(RESTORE_FILE);
     let mut snapshot = snapshot;
     let mut founding = PersistBatch::default();
-    if kind == StartKind::Founded && restore.exists() {
+    let named_crc = if kind == StartKind::Founded {
+        restore_named_by(&marker).map_err(io(&marker))?
+    } else {
+        None
+    };
+    if kind == StartKind::Founded && (restore.exists() || named_crc.is_some()) {
         let invalid = |reason: String| DiskError::Restore {
             path: restore.clone(),
             reason,
         };
-        let bytes = std::fs::read(&restore).map_err(io(&restore))?;
+        let bytes = match std::fs::read(&restore) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(invalid(
+                    "missing: this founding replica's NEW-CELL marker says its cell is \
+                     restored from a backup; put the same backup file there (the one given to \
+                     `chubby cell restore`) and start it again"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(io(&restore)(e)),
+        };
+        let crc = bytes
+            .get(17..21)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if let Some(named) = named_crc.filter(|n| Some(*n) != crc) {
+            return Err(invalid(format!(
+                "not the backup this cell was restored from (its checksum is {}, the marker \
+                 names {named:08x})",
+                crc.map_or_else(|| "unreadable".to_owned(), |c| format!("{c:08x}"))
+            )));
+        }
         let (db, info, snapshot_bytes) =
             founding_snapshot(&bytes).map_err(|e| invalid(e.to_string()))?;
         snapshots
@@ -246,12 +272,20 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         };
         storage.persist(&batch).map_err(storage_err)?;
     }
-    if kind == StartKind::Founded {
+    // Consumed by a founding start; left over by a crash right after one (the store holds
+    // state now, so it means nothing, but if the store were wiped later it would make the
+    // replica a founding voter again).
+    if kind == StartKind::Founded || (kind == StartKind::Resumed && marker.exists()) {
         std::fs::remove_file(&marker).map_err(io(&marker))?;
     }
     // Used (its contents are now the snapshot and the store says so), or left over from a
     // start that got that far before a crash.
     if restore.exists() {
+        if kind != StartKind::Founded {
+            tracing::warn!(file = %restore.display(),
+                "removing a backup left in the data directory: this replica's store already \
+                 holds its state, so it was not used");
+        }
         std::fs::remove_file(&restore).map_err(io(&restore))?;
     }
     Ok(Opened {
@@ -261,6 +295,15 @@ pub fn open(data_dir: &Path, cell: &str) -> Result<Opened, DiskError> {
         snapshots,
         snapshot,
     })
+}
+
+/// The backup CRC a new-cell marker names (`chubby cell restore`), if any.
+fn restore_named_by(marker: &Path) -> std::io::Result<Option<u32>> {
+    let text = std::fs::read_to_string(marker)?;
+    Ok(text.lines().find_map(|l| {
+        let hex = l.strip_prefix(RESTORE_MARKER_KEY)?.trim();
+        u32::from_str_radix(hex, 16).ok()
+    }))
 }
 
 fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
@@ -312,6 +355,66 @@ mod tests {
         let restarted = open(&data, "abc").unwrap();
         assert_eq!(restarted.kind, StartKind::Resumed);
         assert!(!restarted.state.voter);
+    }
+
+    /// A backup of a database that applied slots 1..=5.
+    fn backup() -> Vec<u8> {
+        let mut db = Db::new(DbConfig::new("admin")).unwrap();
+        db.advance_slot(Slot(5));
+        db.freeze().encode(&[])
+    }
+
+    fn restoring_dir(tmp: &Path, name: &str, bytes: Option<&[u8]>, crc_of: &[u8]) -> PathBuf {
+        let data = tmp.join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let crc = u32::from_le_bytes(crc_of[17..21].try_into().unwrap());
+        std::fs::write(data.join(NEW_CELL_MARKER), crate::cell::restore_marker(crc)).unwrap();
+        if let Some(b) = bytes {
+            std::fs::write(data.join(RESTORE_FILE), b).unwrap();
+        }
+        data
+    }
+
+    #[test]
+    fn a_restored_founder_starts_from_its_backup_and_only_from_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = backup();
+        let data = restoring_dir(tmp.path(), "ok", Some(&bytes), &bytes);
+        let first = open(&data, "abc").unwrap();
+        assert_eq!(first.kind, StartKind::Founded);
+        assert!(first.state.voter);
+        assert_eq!(first.state.chosen_through, Slot(5));
+        assert_eq!(first.state.truncated_through, Slot(5));
+        assert_eq!(first.state.members.complete_through, Slot(5));
+        let (db, info) = first.snapshot.as_ref().expect("the backup is the snapshot");
+        assert_eq!(info.slot, Slot(5));
+        assert_eq!(db.epoch(), Ballot::ZERO);
+        assert!(!data.join(NEW_CELL_MARKER).exists());
+        assert!(!data.join(RESTORE_FILE).exists(), "consumed");
+        drop(first);
+        // The next start resumes from what the first made durable.
+        let again = open(&data, "abc").unwrap();
+        assert_eq!(again.kind, StartKind::Resumed);
+        assert_eq!(again.state.truncated_through, Slot(5));
+        assert_eq!(again.snapshot.as_ref().map(|(_, i)| i.slot), Some(Slot(5)));
+        drop(again);
+
+        // The marker names a backup that is missing, or another one: refused, nothing made.
+        let missing = restoring_dir(tmp.path(), "missing", None, &bytes);
+        let err = open(&missing, "abc").unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        let mut other = backup();
+        other[17] ^= 1; // another checksum in the header
+        let wrong = restoring_dir(tmp.path(), "wrong", Some(&bytes), &other);
+        let err = open(&wrong, "abc").unwrap_err();
+        assert!(err.to_string().contains("not the backup"), "{err}");
+        // A damaged backup is refused by its checksum.
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        let bad = restoring_dir(tmp.path(), "damaged", Some(&damaged), &damaged);
+        let err = open(&bad, "abc").unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
     }
 
     #[test]

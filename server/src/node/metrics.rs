@@ -3,7 +3,8 @@
 //! Figures are kept and rendered on the core task, which owns everything they describe:
 //! nothing is shared between threads and nothing is counted twice. The HTTP endpoint
 //! (`chubby_protocol::metrics::serve`) asks the core for a page through a channel, so a
-//! scrape costs the core one render (tens of microseconds) and never blocks it.
+//! scrape costs the core one render (tens of microseconds, no I/O: the `process_*` figures
+//! are read from `/proc` on the HTTP task), and at most 16 scrapes are served at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant as WallInstant;
@@ -95,11 +96,16 @@ impl Metrics {
         }
     }
 
-    /// An own command was applied (or will never be: `None` drops the timing).
+    /// An own command was applied.
     pub(super) fn own_applied(&mut self, request: u64) {
         if let Some(at) = self.proposed.remove(&request) {
             self.instance_seconds.observe(at.elapsed().as_secs_f64());
         }
+    }
+
+    /// An own command that will never be applied (rejected): not timed.
+    pub(super) fn forget(&mut self, request: u64) {
+        self.proposed.remove(&request);
     }
 
     /// Forgets timings of proposals that were lost with a mastership.
@@ -307,9 +313,15 @@ impl Core {
             &[],
             m.backup_bytes as f64,
         );
-        e.process();
         e.finish()
     }
+}
+
+/// The `process_*` figures, read from `/proc` on the HTTP task (not the core's).
+fn process_page() -> String {
+    let mut e = Exposition::new();
+    e.process();
+    e.finish()
 }
 
 /// Serves the replica's metrics on `listener` by asking the core through `pages`.
@@ -319,7 +331,9 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, pages: mpsc::Sender
         async move {
             let (tx, rx) = oneshot::channel();
             pages.send(tx).await.ok()?;
-            rx.await.ok()
+            let mut page = rx.await.ok()?;
+            page.push_str(&process_page());
+            Some(page)
         }
     })
     .await;
