@@ -30,6 +30,8 @@ const INPUTS_PER_ROUND: usize = 1024;
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 /// Digests remembered for comparison with the master's.
 const CHECKSUMS_KEPT: usize = 64;
+/// How long a batch that only raises the chosen watermark may wait for the next sync.
+const CHOSEN_LAG_MAX: Duration = Duration::from_millis(100);
 
 /// What [`Core::new`] needs.
 pub(super) struct CoreParts {
@@ -103,6 +105,9 @@ pub(super) struct Core {
     snap_rx: Option<mpsc::UnboundedReceiver<SnapshotEvent>>,
     /// The addresses learned from membership changes that the transport was given.
     peer_addrs: BTreeMap<NodeId, MemberAddr>,
+    /// A batch raising only the chosen watermark, not yet synced, and since when (see
+    /// `round`): it is written with the next batch, or after [`CHOSEN_LAG_MAX`].
+    lazy: Option<(PersistBatch, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for Core {
@@ -159,6 +164,7 @@ impl Core {
             snap_tx,
             snap_rx: Some(snap_rx),
             peer_addrs: BTreeMap::new(),
+            lazy: None,
             cfg: parts.cfg,
         }
     }
@@ -240,6 +246,13 @@ impl Core {
         if let Err(e) = &result {
             error!(replica = self.me.0, error = %e, "replica stopping on a fatal error");
         }
+        if let Some((batch, _)) = self.lazy.take() {
+            if result.is_ok() {
+                if let Err(e) = self.persist(batch).await {
+                    warn!(replica = self.me.0, error = %e, "cannot record the chosen watermark at stop");
+                }
+            }
+        }
         let mut out = Vec::new();
         let view = self.view();
         self.serve.stop(&view, &mut out);
@@ -262,9 +275,18 @@ impl Core {
         let actions = std::mem::take(&mut self.actions);
         let mut batch: Option<PersistBatch> = None;
         let mut rest = Vec::with_capacity(actions.len());
+        // Sends that come before any Persist holding a vote go before the sync: the core
+        // orders a Persist before every Send that depends on it (a master's Accept precedes
+        // its own acceptance, so the two replicas' syncs overlap).
+        let mut barrier = false;
         for action in actions {
             match action {
+                Action::Send { to, msg } if !barrier => {
+                    // Loss is tolerated by Paxos; the transport logs drops.
+                    let _ = self.transport.send(to, msg);
+                }
                 Action::Persist(b) => {
+                    barrier |= !b.raises_only_chosen();
                     // Values re-proposed by a new master pass through here before they
                     // are delivered: their stamps bound the ones it gives (entry.rs).
                     for (_, entry) in &b.entries {
@@ -278,8 +300,24 @@ impl Core {
                 other => rest.push(other),
             }
         }
-        if let Some(batch) = batch {
-            self.persist(batch).await?;
+        let batch = match (self.lazy.take(), batch) {
+            (Some((mut held, since)), Some(b)) => {
+                held.merge(b);
+                Some((held, Some(since)))
+            }
+            (Some((held, since)), None) => Some((held, Some(since))),
+            (None, b) => b.map(|b| (b, None)),
+        };
+        if let Some((batch, since)) = batch {
+            let since = since.unwrap_or_else(std::time::Instant::now);
+            if batch.raises_only_chosen() && since.elapsed() < CHOSEN_LAG_MAX {
+                // Nothing in it is a vote or an entry: what it says (these slots are chosen)
+                // stays true whether or not it is on disk, so it need not delay the
+                // deliveries and replies behind it. It goes to disk with the next batch.
+                self.lazy = Some((batch, since));
+            } else {
+                self.persist(batch).await?;
+            }
         }
         for action in rest {
             match action {

@@ -165,6 +165,11 @@ pub async fn run(
     let prepared = prepare(cfg)?;
     let cfg = &prepared.cfg;
     let me = NodeId(cfg.id);
+    let data_dir: PathBuf = cfg.data_dir.clone();
+    // Blocking, once, before anything else runs on this runtime.
+    let opened = disk::open(&data_dir, &prepared.cell_id)?;
+    // After the store: a second start of a running replica is told its data directory is in
+    // use, not that its metrics port is.
     let metrics_listener = match &cfg.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr.as_str())
@@ -179,9 +184,6 @@ pub async fn run(
         }
         None => None,
     };
-    let data_dir: PathBuf = cfg.data_dir.clone();
-    // Blocking, once, before anything else runs on this runtime.
-    let opened = disk::open(&data_dir, &prepared.cell_id)?;
     match &opened.kind {
         StartKind::Resumed => info!(
             replica = cfg.id,

@@ -156,6 +156,14 @@ impl PersistBatch {
         self.members = later.members.or(self.members.take());
     }
 
+    /// True when the batch only raises `chosen_through`: no vote (promise, accepted entry,
+    /// voter flag), no truncation, no member sets. What it records stays true whether or not
+    /// it reaches the disk, so a shell may write it lazily.
+    #[must_use]
+    pub fn raises_only_chosen(&self) -> bool {
+        self.chosen_through.is_some() && self.record_count() == 1
+    }
+
     /// Number of records the batch writes.
     #[must_use]
     pub fn record_count(&self) -> usize {
@@ -165,5 +173,35 @@ impl PersistBatch {
             + usize::from(self.truncate_through.is_some())
             + usize::from(self.members.is_some())
             + self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bare_chosen_raise_may_be_written_lazily() {
+        let chosen = PersistBatch {
+            chosen_through: Some(Slot(7)),
+            ..PersistBatch::default()
+        };
+        assert!(chosen.raises_only_chosen());
+        assert!(!PersistBatch::default().raises_only_chosen());
+        let with_vote = PersistBatch {
+            promised: Some(Ballot::ZERO),
+            ..chosen.clone()
+        };
+        assert!(!with_vote.raises_only_chosen());
+        let with_truncation = PersistBatch {
+            truncate_through: Some(Slot(3)),
+            ..chosen.clone()
+        };
+        assert!(!with_truncation.raises_only_chosen());
+        let with_voter = PersistBatch {
+            voter: Some(true),
+            ..chosen
+        };
+        assert!(!with_voter.raises_only_chosen());
     }
 }

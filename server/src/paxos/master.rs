@@ -265,8 +265,13 @@ impl Replica {
         self.election_at = None;
     }
 
-    /// Phase 2a for one slot: accept it ourselves (durably, before the Accept leaves: the
-    /// disk-loss rule relies on a master's own accept being durable), then ask the peers.
+    /// Phase 2a for one slot: ask the peers, and accept it ourselves. The Accept goes out
+    /// *before* our own acceptance is persisted, so the two syncs (ours and a follower's)
+    /// overlap instead of adding up: an Accept is a proposal, not a vote, and depends on
+    /// nothing this step writes. Our own acceptance is counted at once, but no reply can be
+    /// counted with it before it is durable: the shell completes this step's Persist before
+    /// it steps any later input (a crash in between loses an uncounted vote; the simulator
+    /// crashes there too).
     fn propose(&mut self, now: Instant, slot: Slot, value: Value, out: &mut Vec<Action>) {
         let Role::Master(m) = &mut self.role else {
             unreachable!("propose needs a master")
@@ -279,13 +284,6 @@ impl Replica {
             value: value.clone(),
         };
         self.log.insert(slot, entry.clone());
-        Self::persist(
-            out,
-            PersistBatch {
-                entries: vec![(slot, entry)],
-                ..PersistBatch::default()
-            },
-        );
         let lease_seq = m.lease.begin_round(now, self.cfg.me);
         let msg = PaxosMsg::Accept {
             ballot,
@@ -308,6 +306,13 @@ impl Replica {
         m.next_slot = m.next_slot.max(slot.next());
         self.grant_lease(now, ballot);
         self.broadcast(out, &msg);
+        Self::persist(
+            out,
+            PersistBatch {
+                entries: vec![(slot, entry)],
+                ..PersistBatch::default()
+            },
+        );
         self.check_chosen(slot);
     }
 
