@@ -374,7 +374,10 @@ impl Core {
     /// freeze is O(1)-ish (copy-on-write); encoding, writing and dropping the copy happen
     /// on a blocking thread.
     fn maybe_snapshot(&mut self) {
-        if self.snapshotting || self.db.applied_slot() < self.snapshot_due {
+        // Not while a chosen watermark waits to be written: a snapshot ahead of the durable
+        // watermark would make the next start adopt its slot as chosen without the member
+        // map's completeness for it (it is written with the next batch, in 100 ms at most).
+        if self.snapshotting || self.db.applied_slot() < self.snapshot_due || self.lazy.is_some() {
             return;
         }
         self.snapshotting = true;

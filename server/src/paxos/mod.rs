@@ -779,7 +779,13 @@ impl Replica {
         members: &chubby_protocol::MemberSets,
         out: &mut Vec<Action>,
     ) {
-        if !self.membership.merge(members) {
+        let learned = self.membership.merge(members);
+        // The map may now be complete just below chosen slots we delivered while it was
+        // not (after a snapshot install skipped values): judge them now, from the log, as
+        // delivery would have. Left for later, they could be truncated away, leaving every
+        // replica's map short of its chosen prefix and no replica able to campaign.
+        let observed = self.observe_logged_chosen();
+        if !learned && !observed {
             return;
         }
         tracing::info!(me = %self.cfg.me, %from, newest = ?self.membership.newest(),
@@ -792,6 +798,26 @@ impl Replica {
                 ..PersistBatch::default()
             },
         );
+    }
+
+    /// Extends the member map over chosen slots still in the log, in slot order. Returns
+    /// whether a set changed (a raised completeness alone is recomputed from the log at the
+    /// next start, so it need not be stored).
+    fn observe_logged_chosen(&mut self) -> bool {
+        let mut changed = false;
+        loop {
+            let next = self.membership.complete_through().next();
+            if next > self.chosen_through {
+                return changed;
+            }
+            let Some(entry) = self.log.get(&next) else {
+                return changed;
+            };
+            changed |= self.membership.observe(next, entry.value.change.as_ref());
+            if self.membership.complete_through() < next {
+                return changed;
+            }
+        }
     }
 
     /// Members of every set from the next unchosen slot on, and of the newest set.
