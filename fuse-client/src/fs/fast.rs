@@ -25,20 +25,15 @@ impl Shared {
             .filter(|c| c.client.status() == SessionStatus::Safe)
     }
 
-    /// The cached metadata of `path` if it is node `ino`.
-    fn fast_stat_of(&self, path: &str, ino: u64) -> Option<chubby_protocol::Stat> {
-        let cur = self.fast_client()?;
-        cur.client
-            .cached_stat(path)
-            .flatten()
-            .filter(|s| s.instance.0 == ino)
+    /// The cached metadata of `path`, if a node is there.
+    fn fast_stat(&self, path: &str) -> Option<chubby_protocol::Stat> {
+        self.fast_client()?.client.cached_stat(path).flatten()
     }
 
     /// LOOKUP of a name whose node the cache holds.
     pub(super) fn fast_lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Option<FileAttr> {
         let path = self.child(parent, name).ok()?;
-        let cur = self.fast_client()?;
-        let stat = cur.client.cached_stat(&path).flatten()?;
+        let stat = self.fast_stat(&path)?;
         guard(&self.inodes).remember(stat.instance.0, &path);
         Some(self.attr(&stat))
     }
@@ -54,7 +49,7 @@ impl Shared {
             }
         }
         let path = self.path(ino).ok()?;
-        let stat = self.fast_stat_of(&path, ino)?;
+        let stat = self.fast_stat(&path).filter(|s| s.instance.0 == ino)?;
         metrics::bump(&self.counters.attrs_cached);
         Some(self.attr(&stat))
     }
@@ -84,41 +79,32 @@ impl Shared {
     /// FLUSH of a read-only description by an owner that holds no fcntl lock on the file:
     /// nothing to commit, nothing to release.
     pub(super) fn fast_flush(&self, ino: u64, fh: u64, owner: u64) -> bool {
-        self.read_only_idle(fh) && !guard(&self.locks).holds(ino, owner)
+        self.idle_read(fh).is_some() && !guard(&self.locks).holds(ino, owner)
     }
 
     /// RELEASE of a read-only description without a handle, whose flock owner (if any)
     /// holds no lock on the file.
     pub(super) fn fast_release(&self, ino: u64, fh: u64, flock_owner: Option<u64>) -> bool {
-        if !self.read_only_idle(fh) {
+        if self.idle_read(fh) != Some(false)
+            || flock_owner.is_some_and(|o| guard(&self.locks).holds(ino, o))
+        {
             return false;
         }
-        if flock_owner.is_some_and(|o| guard(&self.locks).holds(ino, o)) {
-            return false;
-        }
-        let no_handle = guard(&self.files).get(&fh).is_some_and(|f| {
-            f.try_lock()
-                .is_ok_and(|f| matches!(f.desc, Desc::Read { handle: None, .. }))
-        });
-        if !no_handle {
-            return false;
-        }
-        guard(&self.lost).remove(&fh);
         guard(&self.files).remove(&fh);
         true
     }
 
-    /// The description is read-only and nobody is using it right now.
-    fn read_only_idle(&self, fh: u64) -> bool {
+    /// For a read-only description nobody is using right now and that did not lose its
+    /// lock: whether it holds a handle. `None` otherwise.
+    fn idle_read(&self, fh: u64) -> Option<bool> {
         if guard(&self.lost).contains(&fh) {
-            return false;
+            return None;
         }
-        let Some(file) = guard(&self.files).get(&fh).cloned() else {
-            return false;
-        };
-        let ok = file
-            .try_lock()
-            .is_ok_and(|f| matches!(f.desc, Desc::Read { .. }));
-        ok
+        let file = guard(&self.files).get(&fh).cloned()?;
+        let file = file.try_lock().ok()?;
+        match &file.desc {
+            Desc::Read { handle, .. } => Some(handle.is_some()),
+            Desc::Write { .. } => None,
+        }
     }
 }

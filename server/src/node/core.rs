@@ -301,15 +301,15 @@ impl Core {
             }
         }
         let batch = match (self.lazy.take(), batch) {
-            (Some((mut held, since)), Some(b)) => {
-                held.merge(b);
-                Some((held, Some(since)))
+            (Some((mut held, since)), b) => {
+                if let Some(b) = b {
+                    held.merge(b);
+                }
+                Some((held, since))
             }
-            (Some((held, since)), None) => Some((held, Some(since))),
-            (None, b) => b.map(|b| (b, None)),
+            (None, b) => b.map(|b| (b, std::time::Instant::now())),
         };
         if let Some((batch, since)) = batch {
-            let since = since.unwrap_or_else(std::time::Instant::now);
             if batch.raises_only_chosen() && since.elapsed() < CHOSEN_LAG_MAX {
                 // Nothing in it is a vote or an entry: what it says (these slots are chosen)
                 // stays true whether or not it is on disk, so it need not delay the
@@ -381,19 +381,28 @@ impl Core {
             return;
         }
         self.snapshotting = true;
+        let file = self.snapshots.clone();
+        self.encode_off_task(move |slot, bytes| {
+            let result = file
+                .store(slot, &bytes)
+                .map(|written| written.then_some((slot, bytes.len())))
+                .map_err(|e| e.to_string());
+            SnapshotEvent::Written(result)
+        });
+    }
+
+    /// Freezes the applied database (copy-on-write, O(1)-ish here) and encodes it as a
+    /// snapshot on a blocking thread; `then` runs there too, and what it returns comes back
+    /// to this task ([`Core::on_snapshot_event`]). The frozen copy is dropped there as well.
+    fn encode_off_task(&self, then: impl FnOnce(Slot, Vec<u8>) -> SnapshotEvent + Send + 'static) {
         let frozen = self.db.freeze();
         let members = self.members.clone();
-        let file = self.snapshots.clone();
         let tx = self.snap_tx.clone();
         tokio::task::spawn_blocking(move || {
             let slot = frozen.slot();
             let bytes = frozen.encode(&members);
             drop(frozen);
-            let result = file
-                .store(slot, &bytes)
-                .map(|written| written.then_some((slot, bytes.len())))
-                .map_err(|e| e.to_string());
-            let _ = tx.send(SnapshotEvent::Written(result));
+            let _ = tx.send(then(slot, bytes));
         });
     }
 
@@ -417,20 +426,12 @@ impl Core {
         if let Err(e) = self.serve.check_serving(&self.view()) {
             return refuse(reply, e, &mut self.metrics);
         }
-        let frozen = self.db.freeze();
-        let members = self.members.clone();
-        let tx = self.snap_tx.clone();
         let epoch = self.serve.serving_epoch();
-        tokio::task::spawn_blocking(move || {
-            let slot = frozen.slot();
-            let bytes = Arc::new(frozen.encode(&members));
-            drop(frozen);
-            let _ = tx.send(SnapshotEvent::Backup {
-                slot,
-                bytes,
-                reply,
-                epoch,
-            });
+        self.encode_off_task(move |slot, bytes| SnapshotEvent::Backup {
+            slot,
+            bytes: Arc::new(bytes),
+            reply,
+            epoch,
         });
     }
 
