@@ -271,14 +271,27 @@ impl Namespace {
             .is_some()
     }
 
-    /// The children of `dir`, in name order: each child, then a jump past its subtree.
+    /// The children of `dir`, in name order.
+    ///
+    /// A child's subtree `[child + "/", child + "0")` does not follow the child at once:
+    /// siblings whose names extend the child's with a byte below `/` (`a-b`, `a.txt`,
+    /// `a b` after `a`) sort between them. So the scan steps to the next key; a key that
+    /// is a child is listed, and a key deeper down (in some child's subtree) makes it jump
+    /// past that whole subtree with one lookup.
     #[must_use]
     pub fn children(&self, dir: &str) -> Vec<(Arc<str>, Arc<Node>)> {
         let (mut lo, hi) = subtree(dir);
+        let prefix = if dir == "/" { 1 } else { dir.len() + 1 };
         let mut out = Vec::new();
         while let Some((k, v)) = self.first_in(lo.as_ref().map(String::as_str), &hi) {
-            out.push((Arc::clone(k), Arc::clone(v)));
-            lo = Bound::Included(format!("{k}0"));
+            match k.get(prefix..).and_then(|rest| rest.find('/')) {
+                // `k` lies in the subtree of the child `k[..prefix + slash]`.
+                Some(slash) => lo = Bound::Included(format!("{}0", &k[..prefix + slash])),
+                None => {
+                    out.push((Arc::clone(k), Arc::clone(v)));
+                    lo = Bound::Excluded(k.to_string());
+                }
+            }
         }
         out
     }
@@ -375,6 +388,12 @@ mod tests {
             ("/a/y", NodeKind::File),
             ("/a0", NodeKind::File),
             ("/ab", NodeKind::File),
+            // Names extending a sibling's with a byte below `/` sort before its subtree.
+            ("/a/x-b", NodeKind::File),
+            ("/a/x.txt", NodeKind::Directory),
+            ("/a/x.txt/in", NodeKind::File),
+            ("/a/x b", NodeKind::File),
+            ("/a-b", NodeKind::File),
         ] {
             let i = ns.allocate_instance();
             ns.insert(p, Node::new(kind, i, Instant(0), AclNames::all("admin")));
@@ -384,16 +403,70 @@ mod tests {
             .iter()
             .map(|(k, _)| k.to_string())
             .collect();
-        assert_eq!(names, vec!["/a/x", "/a/y"]);
+        assert_eq!(names, vec!["/a/x", "/a/x b", "/a/x-b", "/a/x.txt", "/a/y"]);
         let top: Vec<String> = ns
             .children("/")
             .iter()
             .map(|(k, _)| k.to_string())
             .collect();
-        assert_eq!(top, vec!["/a", "/a0", "/ab"]);
+        assert_eq!(top, vec!["/a", "/a-b", "/a0", "/ab"]);
         assert!(ns.has_children("/a/x"));
         assert!(!ns.has_children("/a/y"));
         ns.validate().unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 300, ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Listings are complete for any names: every directory's children equal a plain
+        /// model's (the direct children among all inserted paths), whatever bytes the names
+        /// use (`-`, `.`, space, `!`, `+`, digits, non-ASCII sort around `/` and `0`).
+        #[test]
+        fn children_agree_with_a_model(
+            picks in proptest::collection::vec(
+                (0usize..64, proptest::sample::select(vec![
+                    "a", "a-b", "a.txt", "a b", "a!", "a+", "a0", "a/", "ab", "-", ".x", "é",
+                    "a\u{7f}", "~", "a.", "0", "b", "a-", "ä.b", "a,b",
+                ]), proptest::bool::ANY),
+                1..60,
+            )
+        ) {
+            let mut ns = Namespace::new(Instant(0), AclNames::all("admin"));
+            let mut dirs = vec!["/".to_owned()];
+            let mut all = std::collections::BTreeSet::new();
+            for (parent, name, is_dir) in picks {
+                let name = name.trim_end_matches('/');
+                let parent = dirs[parent % dirs.len()].clone();
+                let path = if parent == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{parent}/{name}")
+                };
+                if ns.get(&path).is_some() {
+                    continue;
+                }
+                let kind = if is_dir { NodeKind::Directory } else { NodeKind::File };
+                let i = ns.allocate_instance();
+                ns.insert(&path, Node::new(kind, i, Instant(0), AclNames::all("admin")));
+                all.insert(path.clone());
+                if is_dir {
+                    dirs.push(path);
+                }
+            }
+            for dir in &dirs {
+                let got: Vec<String> =
+                    ns.children(dir).iter().map(|(k, _)| k.to_string()).collect();
+                let want: Vec<String> = all
+                    .iter()
+                    .filter(|p| parent(p) == dir.as_str())
+                    .cloned()
+                    .collect();
+                proptest::prop_assert_eq!(got, want, "children of {}", dir);
+                proptest::prop_assert_eq!(ns.has_children(dir), all.iter().any(|p| parent(p) == dir.as_str()));
+            }
+        }
     }
 
     #[test]
