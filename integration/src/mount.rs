@@ -7,7 +7,7 @@
 //! it) makes the skip a failure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::real_cell::{binary, RealCell};
@@ -238,4 +238,48 @@ impl Drop for Mount {
             self.clear_stale();
         }
     }
+}
+
+/// Runs `script` with `sh` in directory `dir` (a mount, usually).
+///
+/// # Panics
+/// If `sh` cannot be run.
+#[must_use]
+pub fn sh(dir: &Path, script: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("run sh")
+}
+
+/// Runs `script`, asserting success; returns its stdout.
+///
+/// # Panics
+/// If it fails (with its output).
+pub fn ok(dir: &Path, script: &str) -> String {
+    let out = sh(dir, script);
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `script`, asserting failure with `needle` in its stderr.
+///
+/// # Panics
+/// If it succeeds, or says something else.
+pub fn fails(dir: &Path, script: &str, needle: &str) {
+    let out = sh(dir, script);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "`{script}` succeeded");
+    assert!(
+        err.contains(needle),
+        "`{script}`: expected {needle:?} in {err:?}"
+    );
 }

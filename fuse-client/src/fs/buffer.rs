@@ -1,9 +1,20 @@
 //! The write buffer of an open file description (pure).
 //!
 //! Chubby writes whole files atomically (DESIGN §6): `write(2)` edits a per-description
-//! buffer that starts from the file's contents (or empty under `O_TRUNC`), and `close(2)`
-//! or `fsync(2)` sends the whole buffer as one SetContents. A buffer that ever grew past
-//! the file size limit is refused whole at commit, so the old contents stay intact.
+//! buffer that starts from the file's contents (or empty under `O_TRUNC`), and the whole
+//! buffer is sent as one SetContents. A buffer that ever grew past the file size limit is
+//! refused whole at commit, so the old contents stay intact.
+//!
+//! # Which close commits
+//! Every `close(2)` of a descriptor sends the daemon a FLUSH, including closes that do
+//! not end the write: a shell redirect (`cmd > f`) dups the descriptor and closes the
+//! original before `cmd` writes a byte, and a writer that forks and execs closes its
+//! close-on-exec copy in the child. Committing at each would publish the truncation, or
+//! half the bytes, as versions of their own. So a FLUSH commits only what the closing
+//! process (its lock owner, the kernel's name for its file table) wrote itself since the
+//! last commit ([`WriteBuffer::commits_at_flush`]); what is left (a truncation nobody
+//! wrote after, bytes written by a process that is still running) is committed by that
+//! process's own close, or at the release of the description, after its last close.
 
 use chubby_protocol::db::FILE_BYTES_MAX;
 
@@ -25,6 +36,10 @@ pub struct WriteBuffer {
     dirty: bool,
     too_large: bool,
     append: bool,
+    /// Lock owners (processes' file tables) that wrote since the last commit.
+    writers: Vec<u64>,
+    /// Something was changed by a caller the kernel did not name (`ftruncate`).
+    any_writer: bool,
 }
 
 impl WriteBuffer {
@@ -37,6 +52,8 @@ impl WriteBuffer {
             dirty: truncated,
             too_large: false,
             append,
+            writers: Vec::new(),
+            any_writer: false,
         }
     }
 
@@ -65,12 +82,18 @@ impl WriteBuffer {
         self.dirty || self.too_large
     }
 
-    /// Writes `bytes` at `offset` (at the end under `O_APPEND`); returns the count written.
+    /// Writes `bytes` at `offset` (at the end under `O_APPEND`) for the lock owner `owner`
+    /// (`None`: unnamed); returns the count written.
     ///
     /// # Errors
     /// [`BufferError::TooLarge`] (and the buffer is refused at commit), or
     /// [`BufferError::NeedsBase`].
-    pub fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<usize, BufferError> {
+    pub fn write(
+        &mut self,
+        offset: u64,
+        bytes: &[u8],
+        owner: Option<u64>,
+    ) -> Result<usize, BufferError> {
         let data = self.data.as_mut().ok_or(BufferError::NeedsBase)?;
         let start = if self.append {
             data.len()
@@ -89,10 +112,27 @@ impl WriteBuffer {
         }
         data[start..end].copy_from_slice(bytes);
         self.dirty = true;
+        self.wrote(owner);
         Ok(bytes.len())
     }
 
-    /// Sets the length to `size` (zero-filling when growing).
+    fn wrote(&mut self, owner: Option<u64>) {
+        match owner {
+            Some(o) if !self.writers.contains(&o) => self.writers.push(o),
+            Some(_) => {}
+            None => self.any_writer = true,
+        }
+    }
+
+    /// True if a FLUSH by `owner` (a `close(2)` in that process) should commit: something is
+    /// to be sent (or refused) and `owner` wrote it (see the module docs).
+    #[must_use]
+    pub fn commits_at_flush(&self, owner: u64) -> bool {
+        self.is_dirty() && (self.any_writer || self.writers.contains(&owner))
+    }
+
+    /// Sets the length to `size` (zero-filling when growing), for a caller the kernel does
+    /// not name (`ftruncate`): the next FLUSH commits it.
     ///
     /// # Errors
     /// As [`WriteBuffer::write`]; truncating to zero never needs the base.
@@ -100,6 +140,7 @@ impl WriteBuffer {
         if size == 0 {
             self.data = Some(Vec::new());
             self.dirty = true;
+            self.wrote(None);
             return Ok(());
         }
         let size = usize::try_from(size).map_err(|_| BufferError::TooLarge)?;
@@ -110,6 +151,7 @@ impl WriteBuffer {
         let data = self.data.as_mut().ok_or(BufferError::NeedsBase)?;
         data.resize(size, 0);
         self.dirty = true;
+        self.wrote(None);
         Ok(())
     }
 
@@ -130,6 +172,8 @@ impl WriteBuffer {
     /// The commit succeeded: nothing is dirty any more.
     pub fn committed(&mut self) {
         self.dirty = false;
+        self.writers.clear();
+        self.any_writer = false;
     }
 }
 
@@ -141,10 +185,10 @@ mod tests {
     fn writes_edit_the_base_and_commit_whole() {
         let mut b = WriteBuffer::new(false, false, false);
         assert!(b.needs_base());
-        assert_eq!(b.write(0, b"x"), Err(BufferError::NeedsBase));
+        assert_eq!(b.write(0, b"x", Some(1)), Err(BufferError::NeedsBase));
         b.set_base(b"hello world".to_vec());
         assert_eq!(b.to_commit(), Ok(None), "clean until written");
-        assert_eq!(b.write(6, b"chubby"), Ok(6));
+        assert_eq!(b.write(6, b"chubby", Some(1)), Ok(6));
         assert_eq!(b.to_commit(), Ok(Some(b"hello chubby".to_vec())));
         b.committed();
         assert_eq!(b.to_commit(), Ok(None));
@@ -154,10 +198,10 @@ mod tests {
     fn append_ignores_the_offset_and_gaps_are_zero_filled() {
         let mut b = WriteBuffer::new(true, false, false);
         b.set_base(b"ab".to_vec());
-        assert_eq!(b.write(0, b"cd"), Ok(2));
+        assert_eq!(b.write(0, b"cd", Some(1)), Ok(2));
         assert_eq!(b.contents(), Some(&b"abcd"[..]));
         let mut b = WriteBuffer::new(false, true, false);
-        assert_eq!(b.write(2, b"z"), Ok(1));
+        assert_eq!(b.write(2, b"z", Some(1)), Ok(1));
         assert_eq!(b.contents(), Some(&b"\0\0z"[..]));
     }
 
@@ -178,13 +222,45 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_commits_only_what_its_own_process_wrote() {
+        // `cmd > f`: the shell's close of the original descriptor comes before any write.
+        let mut b = WriteBuffer::new(false, true, false);
+        assert!(b.is_dirty());
+        assert!(!b.commits_at_flush(7), "the truncation alone waits");
+        assert_eq!(b.write(0, b"out", Some(9)), Ok(3));
+        assert!(
+            !b.commits_at_flush(7),
+            "a forked child's close (exec) waits"
+        );
+        assert!(b.commits_at_flush(9), "the writer's own close commits");
+        b.committed();
+        assert!(!b.commits_at_flush(9), "nothing new");
+        // ftruncate names no owner: any close commits it.
+        assert_eq!(b.truncate(0), Ok(()));
+        assert!(b.commits_at_flush(7));
+        b.committed();
+        // An oversized write is reported at its writer's close.
+        let chunk = vec![1u8; FILE_BYTES_MAX];
+        assert_eq!(b.write(0, &chunk, Some(9)), Ok(FILE_BYTES_MAX));
+        assert_eq!(
+            b.write(FILE_BYTES_MAX as u64, b"x", Some(9)),
+            Err(BufferError::TooLarge)
+        );
+        assert!(b.commits_at_flush(9));
+        assert_eq!(b.to_commit(), Err(BufferError::TooLarge));
+    }
+
+    #[test]
     fn going_past_the_limit_refuses_the_whole_commit() {
         let mut b = WriteBuffer::new(false, true, false);
         let chunk = vec![7u8; 64 * 1024];
         for i in 0..4 {
-            assert_eq!(b.write(i * 65536, &chunk), Ok(chunk.len()));
+            assert_eq!(b.write(i * 65536, &chunk, Some(1)), Ok(chunk.len()));
         }
-        assert_eq!(b.write(4 * 65536, &chunk), Err(BufferError::TooLarge));
+        assert_eq!(
+            b.write(4 * 65536, &chunk, Some(1)),
+            Err(BufferError::TooLarge)
+        );
         assert!(b.is_dirty());
         assert_eq!(b.to_commit(), Err(BufferError::TooLarge), "nothing is sent");
         let mut b = WriteBuffer::new(false, true, false);
@@ -192,6 +268,6 @@ mod tests {
             b.truncate(FILE_BYTES_MAX as u64 + 1),
             Err(BufferError::TooLarge)
         );
-        assert_eq!(b.write(u64::MAX, b"x"), Err(BufferError::TooLarge));
+        assert_eq!(b.write(u64::MAX, b"x", Some(1)), Err(BufferError::TooLarge));
     }
 }

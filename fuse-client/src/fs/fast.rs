@@ -1,8 +1,8 @@
 //! Answers on fuser's own thread for requests the session's cache settles: no task, no
 //! hop to the runtime.
 //!
-//! Why: a cached `cat` costs the daemon five requests (LOOKUP, OPEN, GETATTR, FLUSH,
-//! RELEASE) and no round trip to the cell. Sent through the runtime each cost about 40 µs
+//! Why: a cached `cat` costs the daemon four requests (LOOKUP, OPEN, FLUSH, RELEASE; its
+//! pages and attributes stay in the kernel) and no round trip to the cell. Sent through the runtime each cost about 40 µs
 //! (a task spawned and woken on another thread), which capped cached open+read+close at
 //! about 4.7 k/s. Answered here they cost the lookup in the cache and the reply.
 //!
@@ -14,8 +14,10 @@
 use chubby_protocol::NodeKind;
 use fuser::{FileAttr, FopenFlags};
 
-use super::{guard, metrics, Desc, File, Shared};
+use super::inodes::Share;
+use super::{guard, metrics, slice, Desc, File, Shared, ATTR_TTL, NO_TTL};
 use crate::session::SessionStatus;
+use std::time::Duration;
 
 impl Shared {
     /// The current session's client, if it is safe now.
@@ -25,73 +27,121 @@ impl Shared {
             .filter(|c| c.client.status() == SessionStatus::Safe)
     }
 
-    /// The cached metadata of `path`, if a node is there.
-    fn fast_stat(&self, path: &str) -> Option<chubby_protocol::Stat> {
-        self.fast_client()?.client.cached_stat(path).flatten()
-    }
-
-    /// LOOKUP of a name whose node the cache holds.
-    pub(super) fn fast_lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Option<FileAttr> {
+    /// LOOKUP of a name whose node the cache holds (and that no open owes a retry for, and
+    /// no writer's release is committing).
+    pub(super) fn fast_lookup(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        pid: u32,
+    ) -> Option<(FileAttr, Duration)> {
         let path = self.child(parent, name).ok()?;
-        let stat = self.fast_stat(&path)?;
-        guard(&self.inodes).remember(stat.instance.0, &path);
-        Some(self.attr(&stat))
+        if self.releasing.busy(&path) || self.retry_of(pid, &path).is_some() {
+            return None;
+        }
+        let client = self.fast_client()?.client;
+        let stat = client.cached_stat(&path).flatten()?;
+        let contents = match stat.kind {
+            NodeKind::File => client
+                .cached_contents(&path)
+                .filter(|(_, s)| {
+                    s.instance == stat.instance && s.content_generation == stat.content_generation
+                })
+                .map(|(c, _)| c),
+            NodeKind::Directory => None,
+        };
+        Some(self.entry(&path, &stat, contents))
     }
 
-    /// GETATTR of a node the cache holds, unless the description is a write with unsaved
-    /// bytes (its size is the buffer's).
-    pub(super) fn fast_getattr(&self, ino: u64, fh: Option<u64>) -> Option<FileAttr> {
-        if let Some(fh) = fh {
-            let file = guard(&self.files).get(&fh).cloned()?;
-            let file = file.try_lock().ok()?;
-            if matches!(&file.desc, Desc::Write { buf, .. } if buf.is_dirty()) {
-                return None;
-            }
+    /// GETATTR of a file version (its attributes never change) or of a directory the
+    /// cache holds; a writer's own inode takes the async path (its size is the buffer's).
+    pub(super) fn fast_getattr(&self, ino: u64) -> Option<(FileAttr, Duration)> {
+        let file = guard(&self.inodes).file(ino);
+        if let Some(f) = file {
+            return match f.share {
+                Share::Current | Share::Old => Some((self.attr(ino, &f.stat), ATTR_TTL)),
+                Share::Private(None) => Some((self.attr(ino, &f.stat), NO_TTL)),
+                Share::Private(Some(_)) => None,
+            };
         }
         let path = self.path(ino).ok()?;
-        let stat = self.fast_stat(&path).filter(|s| s.instance.0 == ino)?;
+        let stat = self
+            .fast_client()?
+            .client
+            .cached_stat(&path)
+            .flatten()
+            .filter(|s| s.instance.0 == ino)?;
         metrics::bump(&self.counters.attrs_cached);
-        Some(self.attr(&stat))
+        Some((self.attr(ino, &stat), ATTR_TTL))
     }
 
-    /// A read-only OPEN of a cached file that needs no handle (not ephemeral).
-    pub(super) fn fast_open(&self, ino: u64, flags: i32) -> Option<(u64, FopenFlags)> {
+    /// A read-only OPEN of a version whose contents the inode holds, that needs no handle
+    /// (not ephemeral). No session is needed: the version is the one the lookup found
+    /// current.
+    pub(super) fn fast_open(&self, ino: u64, flags: i32, pid: u32) -> Option<(u64, FopenFlags)> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return None;
         }
-        let path = self.path(ino).ok()?;
-        let cur = self.fast_client()?;
-        let (contents, stat) = cur.client.cached_contents(&path)?;
-        if stat.instance.0 != ino || stat.kind == NodeKind::Directory || stat.ephemeral {
-            return None;
-        }
+        let (path, contents) = {
+            let mut inodes = guard(&self.inodes);
+            let f = inodes.file(ino)?;
+            if f.stat.ephemeral {
+                return None;
+            }
+            let contents = inodes.open_read(ino).ok()??;
+            (f.path, contents)
+        };
+        self.retried(pid);
         let fh = self.new_fh(File {
             path,
-            generation: cur.generation,
+            ino,
+            generation: self.session_generation(),
             desc: Desc::Read {
                 handle: None,
-                snapshot: Some(contents),
+                contents,
             },
         });
         Some((fh, FopenFlags::FOPEN_KEEP_CACHE))
     }
 
+    /// READ of a read-only description: its version's bytes.
+    pub(super) fn fast_read(&self, fh: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
+        if guard(&self.lost).contains(&fh) {
+            return None;
+        }
+        let slot = guard(&self.files).get(&fh).cloned()?;
+        let file = slot.file.try_lock().ok()?;
+        match &file.desc {
+            Desc::Read { contents, .. } => Some(slice(contents, offset, size).to_vec()),
+            Desc::Write { .. } => None,
+        }
+    }
+
     /// FLUSH of a read-only description by an owner that holds no fcntl lock on the file:
     /// nothing to commit, nothing to release.
     pub(super) fn fast_flush(&self, ino: u64, fh: u64, owner: u64) -> bool {
-        self.idle_read(fh).is_some() && !guard(&self.locks).holds(ino, owner)
+        self.idle_read(fh).is_some() && !self.holds_lock(ino, owner)
     }
 
     /// RELEASE of a read-only description without a handle, whose flock owner (if any)
     /// holds no lock on the file.
     pub(super) fn fast_release(&self, ino: u64, fh: u64, flock_owner: Option<u64>) -> bool {
-        if self.idle_read(fh) != Some(false)
-            || flock_owner.is_some_and(|o| guard(&self.locks).holds(ino, o))
+        if self.idle_read(fh) != Some(false) || flock_owner.is_some_and(|o| self.holds_lock(ino, o))
         {
             return false;
         }
-        guard(&self.files).remove(&fh);
+        if guard(&self.files).remove(&fh).is_some() {
+            guard(&self.inodes).closed(ino);
+        }
         true
+    }
+
+    /// True if `owner` holds (or is taking) a lock on the file of `ino` on this mount.
+    fn holds_lock(&self, ino: u64, owner: u64) -> bool {
+        let Some(key) = guard(&self.inodes).instance(ino) else {
+            return false;
+        };
+        guard(&self.locks).holds(key, owner)
     }
 
     /// For a read-only description nobody is using right now and that did not lose its
@@ -100,8 +150,8 @@ impl Shared {
         if guard(&self.lost).contains(&fh) {
             return None;
         }
-        let file = guard(&self.files).get(&fh).cloned()?;
-        let file = file.try_lock().ok()?;
+        let slot = guard(&self.files).get(&fh).cloned()?;
+        let file = slot.file.try_lock().ok()?;
         match &file.desc {
             Desc::Read { handle, .. } => Some(handle.is_some()),
             Desc::Write { .. } => None,

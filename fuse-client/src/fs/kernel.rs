@@ -2,23 +2,26 @@
 //! §1b): what the master invalidates leaves the kernel before the session acknowledges it.
 //!
 //! What the kernel may hold, and why it is never stale:
-//! - **pages** of files opened for reading (`FOPEN_KEEP_CACHE`) and **attributes** with a
-//!   long TTL, each filled only from data the session's cache covers (so the master will
-//!   invalidate it before it changes), and dropped here with `inval_inode` before the
-//!   invalidation is acknowledged. A reply racing an invalidation is safe: a READ in flight
-//!   holds its page locked, which `inval_inode` waits for; a GETATTR in flight is ignored by
-//!   the kernel once the inode's attributes were invalidated after it was sent.
+//! - **pages and attributes of file versions** ([`super::inodes`]): an inode stands for
+//!   one version, whose contents and attributes never change, so nothing it holds can go
+//!   stale; what keeps a later `open` from reading an old version is that the name is
+//!   looked up again (below), and the lookup hands out the current version's inode from
+//!   the session's cache, which the master invalidates before any write completes. Their
+//!   pages are still dropped here when their path changes, to give back the memory.
+//! - **attributes of directories** with a long TTL, filled only from data the session's
+//!   cache covers, and dropped here with `inval_inode` before the invalidation is
+//!   acknowledged (a GETATTR in flight is ignored by the kernel once the inode's
+//!   attributes were invalidated after it was sent).
 //! - **no dentries**: entry TTLs are zero, so every path walk asks the daemon, which
 //!   answers from the session's cache without a round trip. `inval_entry` would take the
 //!   parent directory's lock, which the kernel holds during our own create, unlink or
 //!   rename, while the master waits for this very acknowledgement: a deadlock.
 //!
 //! Notifications go out from one dedicated thread, never from a FUSE request's path
-//! (that deadlocks on the request's own page). An urgent flush (the local lease ended)
-//! drops idle inodes there and each inode with a READ in flight on its own thread, since
-//! that READ may be waiting for the session to be safe again.
+//! (that deadlocks on the request's own page). Nothing a notification waits for waits for
+//! the session: a READ holds its page locked until answered, and READs are answered from
+//! the description's pinned version at once.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
@@ -45,10 +48,6 @@ pub struct KernelStats {
 pub struct KernelCache {
     notifier: OnceLock<Notifier>,
     inodes: Arc<Mutex<Inodes>>,
-    /// READs being answered, per inode.
-    reads: Mutex<HashMap<u64, u32>>,
-    /// Inodes the notification thread is dropping now.
-    invalidating: Mutex<std::collections::HashSet<u64>>,
     jobs: Mutex<mpsc::Sender<Job>>,
     invalidations: AtomicU64,
     flushes: AtomicU64,
@@ -69,8 +68,6 @@ impl KernelCache {
         let cache = Arc::new(KernelCache {
             notifier: OnceLock::new(),
             inodes,
-            reads: Mutex::new(HashMap::new()),
-            invalidating: Mutex::new(std::collections::HashSet::new()),
             jobs: Mutex::new(tx),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -81,10 +78,8 @@ impl KernelCache {
             .spawn(move || {
                 while let Ok((inos, done)) = rx.recv() {
                     if let Some(cache) = weak.upgrade() {
-                        guard(&cache.invalidating).extend(inos.iter().copied());
                         for ino in &inos {
                             cache.drop_inode(*ino);
-                            guard(&cache.invalidating).remove(ino);
                         }
                     }
                     if let Some(done) = done {
@@ -107,28 +102,6 @@ impl KernelCache {
             inode_invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
         }
-    }
-
-    /// True while the notification thread is dropping `ino` (or has it queued in the job
-    /// it is running).
-    #[must_use]
-    pub fn is_invalidating(&self, ino: u64) -> bool {
-        guard(&self.invalidating).contains(&ino)
-    }
-
-    /// A READ of `ino` is being answered until the guard drops.
-    pub fn reading(self: &Arc<KernelCache>, ino: u64) -> ReadGuard {
-        *guard(&self.reads).entry(ino).or_default() += 1;
-        ReadGuard {
-            cache: Arc::clone(self),
-            ino,
-        }
-    }
-
-    /// Drops `ino`'s pages and attributes soon, without waiting (data handed to the kernel
-    /// that the session's cache does not cover).
-    pub fn drop_soon(&self, ino: u64) {
-        let _ = guard(&self.jobs).send((vec![ino], None));
     }
 
     fn drop_inode(&self, ino: u64) {
@@ -171,61 +144,10 @@ impl DownstreamCache for KernelCache {
     fn invalidate_all(&self, urgent: bool) {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         let all = guard(&self.inodes).all();
-        let busy: Vec<u64> = {
-            let reads = guard(&self.reads);
-            all.iter()
-                .copied()
-                .filter(|i| reads.contains_key(i))
-                .collect()
-        };
-        let idle: Vec<u64> = all.into_iter().filter(|i| !busy.contains(i)).collect();
         debug!(
-            idle = idle.len(),
-            busy = busy.len(),
-            urgent,
-            "dropping everything from the kernel cache"
+            inodes = all.len(),
+            urgent, "dropping everything from the kernel cache"
         );
-        let mut threads = Vec::new();
-        if self.notifier.get().is_some() {
-            for ino in busy {
-                let notifier = self.notifier.get().cloned();
-                let t = std::thread::Builder::new()
-                    .name("chubby-inval-busy".into())
-                    .spawn(move || {
-                        if let Some(n) = notifier {
-                            let _ = n.inval_inode(INodeNo(ino), 0, 0);
-                        }
-                    });
-                match t {
-                    Ok(t) => threads.push(t),
-                    Err(e) => warn!(ino, error = %e, "cannot start an invalidation thread"),
-                }
-            }
-        }
-        self.run(idle, !urgent);
-        if !urgent {
-            for t in threads {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-/// See [`KernelCache::reading`].
-#[derive(Debug)]
-pub struct ReadGuard {
-    cache: Arc<KernelCache>,
-    ino: u64,
-}
-
-impl Drop for ReadGuard {
-    fn drop(&mut self) {
-        let mut reads = guard(&self.cache.reads);
-        if let Some(n) = reads.get_mut(&self.ino) {
-            *n -= 1;
-            if *n == 0 {
-                reads.remove(&self.ino);
-            }
-        }
+        self.run(all, !urgent);
     }
 }

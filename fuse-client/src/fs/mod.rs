@@ -7,15 +7,19 @@
 //!  master ─► Invalidate ─► Client cache ─► KernelCache (inval_inode, own thread) ─► ack
 //! ```
 //!
-//! Handlers never block fuser's thread: every request, even one answered from the cache,
-//! is answered from a tokio task, so a lock wait or a slow master never stalls the mount.
+//! Handlers never block fuser's thread on anything that waits: a request the session's
+//! cache or the inode table settles at once is answered there ([`fast`]); any other is
+//! answered from a tokio task, so a lock wait or a slow master never stalls the mount.
 //!
-//! - **Reads** (`open` read-only): no Chubby handle of their own (the client's cached read
-//!   handles serve them, Chubby §2.7), `FOPEN_KEEP_CACHE`, contents from the session's
-//!   cache. What the kernel may cache and why it is never stale is in [`kernel`].
-//! - **Writes** (`open` for writing, `create`): a Chubby handle and a [`buffer`]; the
-//!   description is `FOPEN_DIRECT_IO`, so the page cache never holds uncommitted bytes;
-//!   `flush` (every `close`) and `fsync` send one SetContents, and its error is theirs.
+//! - **Inodes**: one per version of a file, one per writer ([`inodes`] says why: it is
+//!   what keeps every read whole).
+//! - **Reads** (`open` read-only): the description reads the version its inode stands for,
+//!   pinned at open, through the page cache (`FOPEN_KEEP_CACHE`); no Chubby handle of its
+//!   own (the client's cached read handles serve it, Chubby §2.7).
+//! - **Writes** (`open` for writing, `create`): a private inode, a Chubby handle and a
+//!   [`buffer`]; the description is `FOPEN_DIRECT_IO`, so the page cache never holds
+//!   uncommitted bytes; a `close` commits what its process wrote and `fsync` everything,
+//!   as one SetContents whose error is theirs; the rest is committed at release.
 //! - **Locks**: see [`locks`]. **Extended attributes**: see [`xattr`].
 //! - **Sessions**: see [`sessions`]; a description dies with the session it was opened in.
 
@@ -51,21 +55,21 @@ use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
 use self::buffer::{BufferError, WriteBuffer};
-use self::inodes::{child_path, parent_path, Inodes, ROOT};
+use self::inodes::{child_path, parent_path, Inodes, Share, ROOT};
 use self::kernel::KernelCache;
 use self::locks::{Lock, LockState, Locks, SIGNAL_POLL, WHOLE_FILE_END};
 use self::sessions::{Current, Sessions};
 use crate::client::{Client, ClientEvent, ClientOptions, OpenOptions};
 use crate::conn::ClientError;
 
-/// How long the kernel keeps attributes the session's cache covers (invalidation, not the
-/// TTL, is what keeps them fresh).
+/// How long the kernel keeps the attributes of a file version (they never change) or of a
+/// directory the session's cache covers (invalidation, not the TTL, keeps those fresh).
 pub const ATTR_TTL: Duration = Duration::from_secs(3600);
 /// Entries are never cached by the kernel (see [`kernel`]).
 const NO_TTL: Duration = Duration::ZERO;
-/// How long a READ waits for contents the session's cache can cover (a write to the file
-/// is in flight) before answering with uncovered contents and dropping them at once.
-const COVER_WAIT: Duration = Duration::from_secs(1);
+/// How long a process's refused open is remembered, so that the kernel's retry of it (a
+/// new lookup of the name right after `ESTALE`) gets what it needs.
+const RETRY_TTL: Duration = Duration::from_secs(5);
 
 /// Settings of a mount.
 #[derive(Clone, Debug)]
@@ -81,12 +85,11 @@ pub struct FsOptions {
 /// What an open file description is.
 #[derive(Debug)]
 enum Desc {
-    /// Read-only: served from the session's cache. Ephemeral files get a handle, so the
+    /// Read-only: the version of its inode, whole. Ephemeral files get a handle, so the
     /// reader counts as an opener.
     Read {
         handle: Option<HandleId>,
-        /// The contents last served (read on after the file went away).
-        snapshot: Option<Arc<Vec<u8>>>,
+        contents: Arc<Vec<u8>>,
     },
     /// Opened for writing: a handle and the buffer.
     Write { handle: HandleId, buf: WriteBuffer },
@@ -95,8 +98,79 @@ enum Desc {
 #[derive(Debug)]
 struct File {
     path: String,
+    /// The inode it is open on.
+    ino: u64,
     generation: u64,
     desc: Desc,
+}
+
+/// An open description as the table holds it: what fuser's thread may know without
+/// taking the description's lock.
+#[derive(Debug, Clone)]
+struct Slot {
+    writer: bool,
+    path: Arc<str>,
+    file: Arc<tokio::sync::Mutex<File>>,
+}
+
+/// A process's open that was refused with `ESTALE`, for the kernel's retry.
+#[derive(Debug)]
+struct Retry {
+    path: String,
+    /// A writable open (its retry gets a private inode) or a read (its retry gets the
+    /// contents pinned at lookup).
+    write: bool,
+    at: std::time::Instant,
+}
+
+/// Paths with a writer's release being committed: a lookup or open of one waits for it,
+/// so a process that closed its writer and then opens the file on this mount sees what it
+/// wrote. (The kernel queues the RELEASE before `close(2)` returns; fuser reads requests
+/// in order, and the release's handler registers here before any later request runs.)
+#[derive(Debug, Default)]
+struct Releasing(Mutex<HashMap<Arc<str>, Releases>>);
+
+/// How many releases of one path are committing, and how their waiters are woken.
+type Releases = (usize, Arc<tokio::sync::Notify>);
+
+impl Releasing {
+    fn begin(&self, path: &Arc<str>) {
+        guard(&self.0)
+            .entry(Arc::clone(path))
+            .or_insert_with(|| (0, Arc::new(tokio::sync::Notify::new())))
+            .0 += 1;
+    }
+
+    fn end(&self, path: &str) {
+        let mut m = guard(&self.0);
+        if let Some((n, notify)) = m.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                notify.notify_waiters();
+                m.remove(path);
+            }
+        }
+    }
+
+    fn busy(&self, path: &str) -> bool {
+        let m = guard(&self.0);
+        !m.is_empty() && m.contains_key(path)
+    }
+
+    async fn wait(&self, path: &str) {
+        loop {
+            let Some(notify) = guard(&self.0).get(path).map(|(_, n)| Arc::clone(n)) else {
+                return;
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.busy(path) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 type Entries = Vec<(u64, FileType, String)>;
@@ -108,17 +182,20 @@ struct Shared {
     sessions: Sessions,
     kernel: Arc<KernelCache>,
     inodes: Arc<Mutex<Inodes>>,
-    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<File>>>>,
+    files: Mutex<HashMap<u64, Slot>>,
+    releasing: Releasing,
+    /// Refused opens by thread id, for the kernel's retry.
+    retries: Mutex<HashMap<u32, Retry>>,
     dirs: Mutex<HashMap<u64, Entries>>,
     locks: Mutex<Locks>,
     next_fh: AtomicU64,
-    /// `user.chubby.lock_delay` set on files of this mount, in milliseconds.
+    /// `user.chubby.lock_delay` set on files of this mount, in milliseconds, by instance.
     lock_delay: Mutex<HashMap<u64, u64>>,
     /// Directories marked `user.chubby.ephemeral=1` on this mount.
     ephemeral_dirs: Mutex<HashSet<String>>,
     /// Open file descriptions whose lock was lost with its session: they fail with `EIO`.
     lost: Mutex<HashSet<u64>>,
-    /// When this mount first saw each (inode, content generation): the times shown.
+    /// When this mount first saw each (instance, content generation): the times shown.
     mtimes: Mutex<HashMap<(u64, u64), SystemTime>>,
     uid: u32,
     gid: u32,
@@ -170,6 +247,8 @@ impl ChubbyFs {
             kernel,
             inodes,
             files: Mutex::new(HashMap::new()),
+            releasing: Releasing::default(),
+            retries: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             locks: Mutex::new(Locks::default()),
             next_fh: AtomicU64::new(1),
@@ -300,6 +379,12 @@ impl Shared {
         guard(&self.inodes).path(ino).ok_or(Errno::ENOENT)
     }
 
+    /// The instance `ino` stands for: what locks and per-file settings are keyed by, the
+    /// same for every version's inode.
+    fn instance_of(&self, ino: u64) -> Result<u64, Errno> {
+        guard(&self.inodes).instance(ino).ok_or(Errno::ENOENT)
+    }
+
     fn child(&self, parent: u64, name: &OsStr) -> Result<String, Errno> {
         let name = errno::check(name)?;
         let path = child_path(&self.path(parent)?, name);
@@ -309,17 +394,17 @@ impl Shared {
         Ok(path)
     }
 
-    fn mtime(&self, ino: u64, generation: u64) -> SystemTime {
+    fn mtime(&self, stat: &Stat) -> SystemTime {
         let mut m = guard(&self.mtimes);
         if m.len() > 100_000 {
             m.clear();
         }
-        *m.entry((ino, generation)).or_insert_with(SystemTime::now)
+        *m.entry((stat.instance.0, stat.content_generation.0))
+            .or_insert_with(SystemTime::now)
     }
 
-    fn attr(&self, stat: &Stat) -> FileAttr {
-        let ino = stat.instance.0;
-        let t = self.mtime(ino, stat.content_generation.0);
+    fn attr(&self, ino: u64, stat: &Stat) -> FileAttr {
+        let t = self.mtime(stat);
         let (kind, perm, nlink) = match stat.kind {
             NodeKind::Directory => (FileType::Directory, 0o755, 2),
             NodeKind::File => (FileType::RegularFile, 0o644, 1),
@@ -343,9 +428,60 @@ impl Shared {
         }
     }
 
+    /// Hands the kernel the inode for `stat` at `path` (a directory's, or the current
+    /// version's, keeping `contents` of that very version if given): its attributes and
+    /// their TTL.
+    fn entry(
+        &self,
+        path: &str,
+        stat: &Stat,
+        contents: Option<Arc<Vec<u8>>>,
+    ) -> (FileAttr, Duration) {
+        match stat.kind {
+            NodeKind::Directory => {
+                let ino = guard(&self.inodes).lookup_dir(stat.instance.0, path);
+                (self.attr(ino, stat), NO_TTL)
+            }
+            NodeKind::File => {
+                let ino = guard(&self.inodes).lookup_file(path, stat, contents);
+                (self.attr(ino, stat), ATTR_TTL)
+            }
+        }
+    }
+
+    fn insert_file(&self, fh: u64, file: File) {
+        let slot = Slot {
+            writer: matches!(file.desc, Desc::Write { .. }),
+            path: Arc::from(file.path.as_str()),
+            file: Arc::new(tokio::sync::Mutex::new(file)),
+        };
+        guard(&self.files).insert(fh, slot);
+    }
+
+    fn insert_writer(
+        &self,
+        fh: u64,
+        path: String,
+        ino: u64,
+        generation: u64,
+        handle: HandleId,
+        buf: WriteBuffer,
+    ) {
+        let desc = Desc::Write { handle, buf };
+        self.insert_file(
+            fh,
+            File {
+                path,
+                ino,
+                generation,
+                desc,
+            },
+        );
+    }
+
     fn new_fh(&self, file: File) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        guard(&self.files).insert(fh, Arc::new(tokio::sync::Mutex::new(file)));
+        self.insert_file(fh, file);
         fh
     }
 
@@ -355,22 +491,68 @@ impl Shared {
         }
         guard(&self.files)
             .get(&fh)
-            .cloned()
+            .map(|s| Arc::clone(&s.file))
             .ok_or(Errno::from_i32(libc::EBADF))
     }
 
-    /// The stat of `path` if it is the node `ino`; `ENOENT` if the path is gone or names
-    /// another node now.
+    /// Remembers that `pid`'s open of `path` was refused with `ESTALE`, and returns that
+    /// error: the kernel looks the name up again and retries once.
+    fn stale(&self, pid: u32, path: &str, write: bool) -> Errno {
+        let mut r = guard(&self.retries);
+        r.retain(|_, x| x.at.elapsed() < RETRY_TTL);
+        r.insert(
+            pid,
+            Retry {
+                path: path.to_owned(),
+                write,
+                at: std::time::Instant::now(),
+            },
+        );
+        debug!(
+            pid,
+            path, write, "open refused with ESTALE: the kernel retries it"
+        );
+        Errno::from_i32(libc::ESTALE)
+    }
+
+    /// The retry `pid` owes for `path`: `Some(true)` a writer's, `Some(false)` a reader's.
+    fn retry_of(&self, pid: u32, path: &str) -> Option<bool> {
+        let r = guard(&self.retries);
+        if r.is_empty() {
+            return None;
+        }
+        r.get(&pid)
+            .filter(|x| x.path == path && x.at.elapsed() < RETRY_TTL)
+            .map(|x| x.write)
+    }
+
+    /// `pid` opens something: any retry it owed is done.
+    fn retried(&self, pid: u32) {
+        let mut r = guard(&self.retries);
+        if !r.is_empty() {
+            r.remove(&pid);
+        }
+    }
+
+    /// The stat of `path` if it is the node `ino` stands for; `ENOENT` if the path is gone
+    /// or names another node now.
     async fn stat_of(&self, client: &Client, ino: u64, path: &str) -> Result<(Stat, bool), Errno> {
+        let want = self.instance_of(ino)?;
         let (stat, covered) = client.stat_covered(path).await.map_err(|e| ce(&e))?;
         match stat {
-            Some(s) if s.instance.0 == ino => Ok((s, covered)),
+            Some(s) if s.instance.0 == want => Ok((s, covered)),
             _ => Err(Errno::ENOENT),
         }
     }
 
-    async fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+    async fn lookup(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        pid: u32,
+    ) -> Result<(FileAttr, Duration), Errno> {
         let path = self.child(parent, name)?;
+        self.releasing.wait(&path).await;
         let cur = self.sessions.get().await?;
         let stat = cur
             .client
@@ -378,27 +560,43 @@ impl Shared {
             .await
             .map_err(|e| ce(&e))?
             .ok_or(Errno::ENOENT)?;
-        guard(&self.inodes).remember(stat.instance.0, &path);
-        Ok(self.attr(&stat))
+        if stat.kind == NodeKind::File {
+            match self.retry_of(pid, &path) {
+                // A writer whose open was refused: an inode of its own.
+                Some(true) => {
+                    let ino = guard(&self.inodes).lookup_private(&path, &stat);
+                    return Ok((self.attr(ino, &stat), NO_TTL));
+                }
+                // A reader whose open was refused (the file changed under it): an inode
+                // of its own holding the current version, so that its open cannot miss
+                // it again.
+                Some(false) => {
+                    let (contents, stat) = cur.client.get(&path).await.map_err(|e| ce(&e))?;
+                    let ino = guard(&self.inodes).lookup_pinned(&path, &stat, contents);
+                    return Ok((self.attr(ino, &stat), ATTR_TTL));
+                }
+                None => {}
+            }
+        }
+        let contents = cur
+            .client
+            .cached_contents(&path)
+            .filter(|(_, s)| {
+                s.instance == stat.instance && s.content_generation == stat.content_generation
+            })
+            .map(|(c, _)| c);
+        Ok(self.entry(&path, &stat, contents))
     }
 
-    async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<(FileAttr, Duration), Errno> {
-        if let Some(fh) = fh {
-            if let Ok(file) = self.file(fh) {
-                let file = file.lock().await;
-                if let Desc::Write { buf, .. } = &file.desc {
-                    if buf.is_dirty() {
-                        if let Some(data) = buf.contents() {
-                            let client = self.sessions.of(file.generation).await?;
-                            let (stat, _) = self.stat_of(&client, ino, &file.path).await?;
-                            let mut attr = self.attr(&stat);
-                            attr.size = data.len() as u64;
-                            attr.blocks = attr.size.div_ceil(512);
-                            return Ok((attr, NO_TTL));
-                        }
-                    }
-                }
-            }
+    async fn getattr(&self, ino: u64) -> Result<(FileAttr, Duration), Errno> {
+        let file = guard(&self.inodes).file(ino);
+        if let Some(f) = file {
+            return Ok(match f.share {
+                Share::Private(Some(fh)) => (self.writer_attr(ino, fh, &f.stat).await, NO_TTL),
+                Share::Private(None) => (self.attr(ino, &f.stat), NO_TTL),
+                // A version never changes.
+                Share::Current | Share::Old => (self.attr(ino, &f.stat), ATTR_TTL),
+            });
         }
         let path = self.path(ino)?;
         let cur = self.sessions.get().await?;
@@ -408,7 +606,25 @@ impl Shared {
         } else {
             &self.counters.attrs_uncached
         });
-        Ok((self.attr(&stat), if covered { ATTR_TTL } else { NO_TTL }))
+        Ok((
+            self.attr(ino, &stat),
+            if covered { ATTR_TTL } else { NO_TTL },
+        ))
+    }
+
+    /// A writer's inode as its writer sees it: the buffer's size once it has one.
+    async fn writer_attr(&self, ino: u64, fh: u64, stat: &Stat) -> FileAttr {
+        let mut attr = self.attr(ino, stat);
+        if let Ok(file) = self.file(fh) {
+            let file = file.lock().await;
+            if let Desc::Write { buf, .. } = &file.desc {
+                if let Some(data) = buf.contents() {
+                    attr.size = data.len() as u64;
+                    attr.blocks = attr.size.div_ceil(512);
+                }
+            }
+        }
+        attr
     }
 
     async fn ensure_base(
@@ -428,31 +644,38 @@ impl Shared {
             let file = self.file(fh)?;
             let mut file = file.lock().await;
             let client = self.sessions.of(file.generation).await?;
-            let path = file.path.clone();
             if let Desc::Write { handle, buf } = &mut file.desc {
                 if size > 0 {
                     Self::ensure_base(&client, *handle, buf).await?;
                 }
                 buf.truncate(size).map_err(buffer_errno)?;
-                let (stat, _) = self.stat_of(&client, ino, &path).await?;
-                let mut attr = self.attr(&stat);
+                // The writer's own inode: its size is the buffer's.
+                let stat = guard(&self.inodes).file(ino).map(|f| f.stat);
+                let Some(stat) = stat else {
+                    return Err(Errno::ENOENT);
+                };
+                let mut attr = self.attr(ino, &stat);
                 attr.size = size;
+                attr.blocks = size.div_ceil(512);
                 return Ok(attr);
             }
         }
         // truncate(2) by path: read, cut, write back through a handle of our own.
-        let path = self.path(ino)?;
+        let Some(node) = guard(&self.inodes).file(ino) else {
+            return Err(if self.path(ino).is_ok() {
+                Errno::from_i32(libc::EISDIR)
+            } else {
+                Errno::ENOENT
+            });
+        };
         let cur = self.sessions.get().await?;
         let mut o = OpenOptions::write();
         o.creation = Creation::Never;
-        let opened = cur.client.open(&path, o).await.map_err(|e| ce(&e))?;
+        let opened = cur.client.open(&node.path, o).await.map_err(|e| ce(&e))?;
         let handle = opened.handle;
         let result = async {
-            if opened.stat.instance.0 != ino {
+            if opened.stat.instance != node.stat.instance {
                 return Err(Errno::ENOENT);
-            }
-            if opened.stat.kind == NodeKind::Directory {
-                return Err(Errno::from_i32(libc::EISDIR));
             }
             let mut buf = WriteBuffer::new(false, false, false);
             if size > 0 {
@@ -460,12 +683,13 @@ impl Shared {
             }
             buf.truncate(size).map_err(buffer_errno)?;
             let contents = buf.to_commit().map_err(buffer_errno)?.unwrap_or_default();
-            let stat = cur
-                .client
+            cur.client
                 .set_contents(handle, contents, None)
                 .await
                 .map_err(|e| ce(&e))?;
-            Ok(self.attr(&stat))
+            // The new version has an inode of its own, which the next lookup hands out;
+            // this one keeps its version's size (readers share it).
+            Ok(self.attr(ino, &node.stat))
         }
         .await;
         cur.client.close(handle).await;
@@ -489,47 +713,35 @@ impl Shared {
             return self.truncate(ino, fh, size).await;
         }
         // touch: times are the server's; accepted.
-        let (attr, _) = self.getattr(ino, fh).await?;
+        let (attr, _) = self.getattr(ino).await?;
         Ok(attr)
     }
 
-    async fn open(&self, ino: u64, flags: i32) -> Result<(u64, FopenFlags), Errno> {
+    /// The generation of the current session, if there is one (a reader without a handle
+    /// needs none).
+    fn session_generation(&self) -> u64 {
+        self.sessions.current().map_or(0, |c| c.generation)
+    }
+
+    async fn open(&self, ino: u64, flags: i32, pid: u32) -> Result<(u64, FopenFlags), Errno> {
         let path = self.path(ino)?;
+        self.retried(pid);
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return self.open_read(ino, path, pid).await;
+        }
+        let Some(node) = guard(&self.inodes).file(ino) else {
+            return Err(Errno::from_i32(libc::EISDIR));
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if guard(&self.inodes).claimable(ino).is_err() {
+            return Err(self.stale(pid, &path, true));
+        }
         let cur = self.sessions.get().await?;
         let client = &cur.client;
-        if flags & libc::O_ACCMODE == libc::O_RDONLY {
-            let (stat, _) = self.stat_of(client, ino, &path).await?;
-            if stat.kind == NodeKind::Directory {
-                return Err(Errno::from_i32(libc::EISDIR));
-            }
-            // What this description reads if the file is replaced or removed under it
-            // (usually from the cache: the kernel's READs come next anyway).
-            let snapshot = match client.get(&path).await {
-                Ok((contents, s)) if s.instance.0 == ino => Some(contents),
-                _ => None,
-            };
-            let handle = if stat.ephemeral {
-                Some(
-                    client
-                        .open(&path, OpenOptions::read())
-                        .await
-                        .map_err(|e| ce(&e))?
-                        .handle,
-                )
-            } else {
-                None
-            };
-            let fh = self.new_fh(File {
-                path,
-                generation: cur.generation,
-                desc: Desc::Read { handle, snapshot },
-            });
-            return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
-        }
         let mut o = OpenOptions::write();
         o.creation = Creation::Never;
         let opened = client.open(&path, o).await.map_err(|e| ce(&e))?;
-        if opened.stat.instance.0 != ino || opened.stat.kind == NodeKind::Directory {
+        if opened.stat.instance != node.stat.instance || opened.stat.kind == NodeKind::Directory {
             client.close(opened.handle).await;
             return Err(if opened.stat.kind == NodeKind::Directory {
                 Errno::from_i32(libc::EISDIR)
@@ -537,20 +749,86 @@ impl Shared {
                 Errno::ENOENT
             });
         }
+        if guard(&self.inodes).claim(ino, fh).is_err() {
+            client.close(opened.handle).await;
+            return Err(self.stale(pid, &path, true));
+        }
         let buf = WriteBuffer::new(
             flags & libc::O_APPEND != 0,
             flags & libc::O_TRUNC != 0,
             false,
         );
+        self.insert_writer(fh, path, ino, cur.generation, opened.handle, buf);
+        Ok((fh, FopenFlags::FOPEN_DIRECT_IO))
+    }
+
+    /// A read-only open: the version `ino` stands for, pinned for the description.
+    async fn open_read(
+        &self,
+        ino: u64,
+        path: String,
+        pid: u32,
+    ) -> Result<(u64, FopenFlags), Errno> {
+        let opened = guard(&self.inodes).open_read(ino);
+        let contents = match opened {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                let cur = self.sessions.get().await?;
+                let (contents, stat) = match cur.client.get(&path).await {
+                    Ok(x) => x,
+                    // Gone since the lookup: the retry's lookup says so.
+                    Err(e) if is_refused(&e, &Refusal::NotFound) => {
+                        return Err(self.stale(pid, &path, false))
+                    }
+                    Err(e) => return Err(ce(&e)),
+                };
+                metrics::bump(&self.counters.reads_uncached);
+                let pinned = guard(&self.inodes).pin_and_open(ino, &contents, &stat);
+                match pinned {
+                    Ok(c) => c,
+                    Err(inodes::Refused::IsDir) => return Err(Errno::from_i32(libc::EISDIR)),
+                    Err(inodes::Refused::Unknown) => return Err(Errno::ENOENT),
+                    // A newer version than the inode's: the retry gets its inode.
+                    Err(inodes::Refused::Stale) => return Err(self.stale(pid, &path, false)),
+                }
+            }
+            Err(inodes::Refused::IsDir) => return Err(Errno::from_i32(libc::EISDIR)),
+            Err(inodes::Refused::Unknown) => return Err(Errno::ENOENT),
+            // A writer's inode (its dentry was stale): the retry gets the current version.
+            Err(inodes::Refused::Stale) => return Err(self.stale(pid, &path, false)),
+        };
+        let ephemeral = guard(&self.inodes)
+            .file(ino)
+            .is_some_and(|f| f.stat.ephemeral);
+        let (handle, generation) = if ephemeral {
+            // The reader must count as an opener of an ephemeral file.
+            let opened = async {
+                let cur = self.sessions.get().await?;
+                let h = cur
+                    .client
+                    .open(&path, OpenOptions::read())
+                    .await
+                    .map_err(|e| ce(&e))?;
+                Ok::<_, Errno>((Some(h.handle), cur.generation))
+            }
+            .await;
+            match opened {
+                Ok(x) => x,
+                Err(e) => {
+                    guard(&self.inodes).closed(ino);
+                    return Err(e);
+                }
+            }
+        } else {
+            (None, self.session_generation())
+        };
         let fh = self.new_fh(File {
             path,
-            generation: cur.generation,
-            desc: Desc::Write {
-                handle: opened.handle,
-                buf,
-            },
+            ino,
+            generation,
+            desc: Desc::Read { handle, contents },
         });
-        Ok((fh, FopenFlags::FOPEN_DIRECT_IO))
+        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
     }
 
     fn ephemeral_dir(&self, dir: &str) -> bool {
@@ -583,8 +861,8 @@ impl Shared {
             cur.client.close(opened.handle).await;
             return Err(Errno::from_i32(libc::EISDIR));
         }
-        let ino = opened.stat.instance.0;
-        guard(&self.inodes).remember(ino, &path);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let ino = guard(&self.inodes).created(&path, &opened.stat, fh);
         let buf = WriteBuffer::new(
             flags & libc::O_APPEND != 0,
             !opened.created && flags & libc::O_TRUNC != 0,
@@ -593,98 +871,37 @@ impl Shared {
         if opened.created && dir_ephemeral {
             debug!(path, "created ephemeral");
         }
-        let attr = self.attr(&opened.stat);
-        let fh = self.new_fh(File {
-            path,
-            generation: cur.generation,
-            desc: Desc::Write {
-                handle: opened.handle,
-                buf,
-            },
-        });
+        let mut attr = self.attr(ino, &opened.stat);
+        if !opened.created && flags & libc::O_TRUNC != 0 {
+            attr.size = 0;
+            attr.blocks = 0;
+        }
+        self.insert_writer(fh, path, ino, cur.generation, opened.handle, buf);
         Ok((attr, fh))
     }
 
-    /// The current contents of a read-only description's file, covered by the session's
-    /// cache if that happens within [`COVER_WAIT`]; `false` if they are not covered.
-    async fn read_current(
-        &self,
-        client: &Client,
-        ino: u64,
-        path: &str,
-        snapshot: &mut Option<Arc<Vec<u8>>>,
-    ) -> Result<(Arc<Vec<u8>>, bool), Errno> {
-        let started = tokio::time::Instant::now();
-        loop {
-            match client.get_covered(path).await {
-                Ok((contents, stat, covered)) if stat.instance.0 == ino => {
-                    *snapshot = Some(Arc::clone(&contents));
-                    // While this inode is being dropped from the kernel, coverage cannot
-                    // come (the write waits for that drop, which waits for this READ) and
-                    // the drop removes what we answer anyway.
-                    if covered
-                        || started.elapsed() >= COVER_WAIT
-                        || self.kernel.is_invalidating(ino)
-                    {
-                        return Ok((contents, covered));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                // The file went away or was replaced: read on what this description saw,
-                // as a local file system does for an unlinked open file.
-                Ok(_) => return Ok((snapshot.clone().unwrap_or_default(), false)),
-                Err(e) if is_refused(&e, &Refusal::NotFound) => {
-                    return Ok((snapshot.clone().unwrap_or_default(), false))
-                }
-                Err(e) => return Err(ce(&e)),
-            }
-        }
-    }
-
-    async fn read(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<(Vec<u8>, bool), Errno> {
+    async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let file = self.file(fh)?;
         let mut file = file.lock().await;
-        let path = file.path.clone();
         let generation = file.generation;
-        let (data, covered): (Arc<Vec<u8>>, bool) = match &mut file.desc {
+        match &mut file.desc {
             Desc::Write { handle, buf } => {
                 let client = self.sessions.of(generation).await?;
                 Self::ensure_base(&client, *handle, buf).await?;
-                // Uncommitted bytes: never let the page cache keep them (an mmap of a
-                // writable descriptor reads through here).
-                (Arc::new(buf.contents().unwrap_or_default().to_vec()), false)
+                // Uncommitted bytes: direct I/O, never in the page cache.
+                Ok(slice(buf.contents().unwrap_or_default(), offset, size).to_vec())
             }
-            Desc::Read { handle, snapshot } => {
-                // A handle-less reader is not tied to its session: any session serves it.
-                let client = match handle {
-                    Some(_) => self.sessions.of(generation).await?,
-                    None => self.sessions.get().await?.client,
-                };
-                // The kernel holds this READ's page locked, and an invalidation of the file
-                // waits for it: never wait for a session in jeopardy here.
-                let mut status = client.status_watch();
-                tokio::select! {
-                    r = self.read_current(&client, ino, &path, snapshot) => r?,
-                    _ = status.wait_for(|s| *s != crate::session::SessionStatus::Safe) => {
-                        return Err(Errno::EIO);
-                    }
-                }
-            }
-        };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let end = start.saturating_add(size as usize).min(data.len());
-        Ok((data[start..end].to_vec(), covered))
+            Desc::Read { contents, .. } => Ok(slice(contents, offset, size).to_vec()),
+        }
     }
 
-    async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+    async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        owner: Option<u64>,
+    ) -> Result<u32, Errno> {
         let file = self.file(fh)?;
         let mut file = file.lock().await;
         let client = self.sessions.of(file.generation).await?;
@@ -693,22 +910,28 @@ impl Shared {
                 if buf.needs_base() {
                     Self::ensure_base(&client, *handle, buf).await?;
                 }
-                let n = buf.write(offset, data).map_err(buffer_errno)?;
+                let n = buf.write(offset, data, owner).map_err(buffer_errno)?;
                 u32::try_from(n).map_err(|_| einval())
             }
             Desc::Read { .. } => Err(Errno::from_i32(libc::EBADF)),
         }
     }
 
-    /// Sends a dirty buffer as one SetContents.
-    async fn commit(&self, fh: u64) -> Result<(), Errno> {
+    /// Sends a dirty buffer as one SetContents: at a FLUSH by `owner` only what that
+    /// process wrote ([`WriteBuffer::commits_at_flush`]); with `None` (fsync, release)
+    /// whatever is dirty.
+    async fn commit(&self, fh: u64, owner: Option<u64>) -> Result<(), Errno> {
         let file = self.file(fh)?;
         let mut file = file.lock().await;
         let generation = file.generation;
         let path = file.path.clone();
+        let ino = file.ino;
         let Desc::Write { handle, buf } = &mut file.desc else {
             return Ok(());
         };
+        if owner.is_some_and(|o| !buf.commits_at_flush(o)) {
+            return Ok(());
+        }
         let Some(contents) = buf.to_commit().map_err(buffer_errno)? else {
             return Ok(());
         };
@@ -717,7 +940,15 @@ impl Shared {
         match client.set_contents(*handle, contents, None).await {
             Ok(stat) => {
                 buf.committed();
+                guard(&self.inodes).committed(ino, &stat);
                 debug!(path, len, generation = stat.content_generation.0, "written");
+                Ok(())
+            }
+            // The file was deleted while open: as on a local file system, its bytes go
+            // nowhere and the writer is not told.
+            Err(e) if is_refused(&e, &Refusal::NotFound) => {
+                buf.committed();
+                debug!(path, len, "written to a deleted file: dropped");
                 Ok(())
             }
             Err(e) => {
@@ -728,13 +959,30 @@ impl Shared {
     }
 
     async fn release(&self, ino: u64, fh: u64, flock_owner: Option<u64>) {
+        let slot = guard(&self.files).get(&fh).cloned();
+        if slot.as_ref().is_some_and(|s| s.writer) && !guard(&self.lost).contains(&fh) {
+            // What no close committed (a truncation nobody wrote after, bytes a process
+            // wrote and left to its children) goes now, after the last close, and before
+            // the description's flock goes.
+            match self.commit(fh, None).await {
+                Ok(()) => {}
+                // Reported to the writer already (at its write); the file is unchanged.
+                Err(e) if e == Errno::from_i32(libc::EFBIG) => {
+                    debug!(path = ?slot.as_ref().map(|s| &s.path), "oversized write dropped");
+                }
+                Err(e) => {
+                    let path = slot.as_ref().map(|s| Arc::clone(&s.path));
+                    warn!(?path, errno = ?e, "the write left at release failed");
+                }
+            }
+        }
         if let Some(owner) = flock_owner {
             self.unlock(ino, owner).await;
         }
         guard(&self.lost).remove(&fh);
-        let file = guard(&self.files).remove(&fh);
-        let Some(file) = file else { return };
-        let file = file.lock().await;
+        let Some(slot) = slot else { return };
+        guard(&self.files).remove(&fh);
+        let file = slot.file.lock().await;
         let handle = match &file.desc {
             Desc::Write { handle, .. } => Some(*handle),
             Desc::Read { handle, .. } => *handle,
@@ -744,6 +992,7 @@ impl Shared {
                 close_surely(&client, handle).await;
             }
         }
+        guard(&self.inodes).closed(file.ino);
     }
 
     async fn opendir(&self, ino: u64) -> Result<u64, Errno> {
@@ -762,13 +1011,15 @@ impl Shared {
             (ino, FileType::Directory, ".".into()),
             (parent_ino, FileType::Directory, "..".into()),
         ];
+        let inodes = guard(&self.inodes);
         for (name, stat) in children {
             let kind = match stat.kind {
                 NodeKind::Directory => FileType::Directory,
                 NodeKind::File => FileType::RegularFile,
             };
-            entries.push((stat.instance.0, kind, name));
+            entries.push((inodes.listed(&stat), kind, name));
         }
+        drop(inodes);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         guard(&self.dirs).insert(fh, entries);
         Ok(fh)
@@ -778,8 +1029,7 @@ impl Shared {
         let path = self.child(parent, name)?;
         let cur = self.sessions.get().await?;
         let stat = cur.client.mkdir(&path, false).await.map_err(|e| ce(&e))?;
-        guard(&self.inodes).remember(stat.instance.0, &path);
-        Ok(self.attr(&stat))
+        Ok(self.entry(&path, &stat, None).0)
     }
 
     async fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
@@ -829,14 +1079,16 @@ impl Shared {
         let path = self.path(ino)?;
         match n {
             xattr::Name::LockDelay => {
+                let key = self.instance_of(ino)?;
                 return guard(&self.lock_delay)
-                    .get(&ino)
+                    .get(&key)
                     .map(|ms| ms.to_string().into_bytes())
                     .ok_or(no_data);
             }
             xattr::Name::Sequencer => {
+                let key = self.instance_of(ino)?;
                 return guard(&self.locks)
-                    .sequencer(ino, pid)
+                    .sequencer(key, pid)
                     .map(|s| s.to_token().into_bytes())
                     .ok_or(no_data);
             }
@@ -845,8 +1097,9 @@ impl Shared {
         let cur = self.sessions.get().await?;
         let stat = if n == xattr::Name::LockGeneration {
             // Lock state is never cached (crate::cache): ask the master.
+            let want = self.instance_of(ino)?;
             match cur.client.stat_fresh(&path).await.map_err(|e| ce(&e))? {
-                Some(s) if s.instance.0 == ino => s,
+                Some(s) if s.instance.0 == want => s,
                 _ => return Err(Errno::ENOENT),
             }
         } else {
@@ -867,9 +1120,10 @@ impl Shared {
         let path = self.path(ino)?;
         let cur = self.sessions.get().await?;
         let (stat, _) = self.stat_of(&cur.client, ino, &path).await?;
-        let has_seq = guard(&self.locks).sequencer(ino, 0).is_some();
+        let key = stat.instance.0;
+        let has_seq = guard(&self.locks).sequencer(key, 0).is_some();
         let mut names = xattr::names(stat.kind, has_seq);
-        if !guard(&self.lock_delay).contains_key(&ino) {
+        if !guard(&self.lock_delay).contains_key(&key) {
             names.retain(|n| *n != xattr::Name::LockDelay);
         }
         let mut out = Vec::new();
@@ -910,7 +1164,7 @@ impl Shared {
                     warn!(path, error = %e, "bad user.chubby.lock_delay");
                     einval()
                 })?;
-                guard(&self.lock_delay).insert(ino, ms);
+                guard(&self.lock_delay).insert(stat.instance.0, ms);
                 Ok(())
             }
             xattr::Name::Ephemeral if stat.kind == NodeKind::Directory => {
@@ -934,7 +1188,7 @@ impl Shared {
         let path = self.path(ino)?;
         match n {
             xattr::Name::LockDelay => guard(&self.lock_delay)
-                .remove(&ino)
+                .remove(&self.instance_of(ino)?)
                 .map(|_| ())
                 .ok_or(Errno::NO_XATTR),
             xattr::Name::Ephemeral if guard(&self.ephemeral_dirs).remove(&path) => Ok(()),
@@ -942,9 +1196,12 @@ impl Shared {
         }
     }
 
-    /// Releases (and closes the handle of) `owner`'s lock or wait on `ino`.
+    /// Releases (and closes the handle of) `owner`'s lock or wait on the file of `ino`.
     async fn unlock(&self, ino: u64, owner: u64) {
-        let lock = guard(&self.locks).remove(ino, owner);
+        let Ok(key) = self.instance_of(ino) else {
+            return;
+        };
+        let lock = guard(&self.locks).remove(key, owner);
         if let Some(l) = lock {
             if let Ok(client) = self.sessions.of(l.generation).await {
                 close_surely(&client, l.handle).await;
@@ -975,12 +1232,14 @@ impl Shared {
         if start != 0 || end != WHOLE_FILE_END {
             return Err(Errno::from_i32(libc::ENOLCK)); // Chubby locks are whole-file
         }
+        // Locks are the file's, whichever version's inode they are taken through.
+        let instance = self.instance_of(ino)?;
         let mode = if typ == libc::F_RDLCK {
             LockMode::Shared
         } else {
             LockMode::Exclusive
         };
-        let existing = guard(&self.locks).get(ino, owner).cloned();
+        let existing = guard(&self.locks).get(instance, owner).cloned();
         if let Some(l) = existing {
             match l.state {
                 LockState::Held(_) if l.mode == mode => return Ok(()),
@@ -994,10 +1253,10 @@ impl Shared {
         let client = &cur.client;
         let mut o = OpenOptions::write();
         o.creation = Creation::Never;
-        o.lock_delay_ms = guard(&self.lock_delay).get(&ino).copied();
+        o.lock_delay_ms = guard(&self.lock_delay).get(&instance).copied();
         let opened = client.open(&path, o).await.map_err(|e| ce(&e))?;
         let handle = opened.handle;
-        if opened.stat.instance.0 != ino {
+        if opened.stat.instance.0 != instance {
             client.close(handle).await;
             return Err(Errno::ENOENT);
         }
@@ -1015,7 +1274,7 @@ impl Shared {
                 Ok(seq) => {
                     let mut held = lock;
                     held.state = LockState::Held(seq);
-                    guard(&self.locks).insert(ino, owner, held);
+                    guard(&self.locks).insert(instance, owner, held);
                     Ok(())
                 }
                 Err(e) => {
@@ -1024,7 +1283,7 @@ impl Shared {
                 }
             };
         }
-        guard(&self.locks).insert(ino, owner, lock);
+        guard(&self.locks).insert(instance, owner, lock);
         let acquire = client.acquire(handle, mode);
         tokio::pin!(acquire);
         let outcome = loop {
@@ -1039,7 +1298,7 @@ impl Shared {
         };
         match outcome {
             Some(Ok(seq)) => {
-                if guard(&self.locks).granted(ino, owner, handle, seq) {
+                if guard(&self.locks).granted(instance, owner, handle, seq) {
                     debug!(path, pid, "lock granted");
                     Ok(())
                 } else {
@@ -1049,7 +1308,7 @@ impl Shared {
                 }
             }
             Some(Err(e)) => {
-                guard(&self.locks).remove_if(ino, owner, handle);
+                guard(&self.locks).remove_if(instance, owner, handle);
                 client.close(handle).await;
                 warn!(path, pid, error = %e, "lock wait failed");
                 let n = ce(&e);
@@ -1062,13 +1321,22 @@ impl Shared {
             None => {
                 // A signal: give up the wait (closing the handle also returns a grant
                 // that raced it), and let the caller see EINTR.
-                guard(&self.locks).remove_if(ino, owner, handle);
+                guard(&self.locks).remove_if(instance, owner, handle);
                 client.close(handle).await;
                 debug!(path, pid, "lock wait interrupted by a signal");
                 Err(Errno::from_i32(libc::EINTR))
             }
         }
     }
+}
+
+/// `data[offset..offset + size]`, clipped to `data`.
+fn slice(data: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    &data[start..end]
 }
 
 fn buffer_errno(e: BufferError) -> Errno {
@@ -1094,15 +1362,16 @@ impl fuser::Filesystem for ChubbyFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if let Some(attr) = self.0.fast_lookup(parent.0, name) {
-            reply.entry_with_ttls(&NO_TTL, &NO_TTL, &attr, Generation(0));
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let pid = req.pid();
+        if let Some((attr, ttl)) = self.0.fast_lookup(parent.0, name, pid) {
+            reply.entry_with_ttls(&ttl, &NO_TTL, &attr, Generation(0));
             return;
         }
         let name = name.to_owned();
         self.spawn(|s| async move {
-            match s.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry_with_ttls(&NO_TTL, &NO_TTL, &attr, Generation(0)),
+            match s.lookup(parent.0, &name, pid).await {
+                Ok((attr, ttl)) => reply.entry_with_ttls(&ttl, &NO_TTL, &attr, Generation(0)),
                 Err(e) => reply.error(e),
             }
         });
@@ -1112,13 +1381,13 @@ impl fuser::Filesystem for ChubbyFs {
         guard(&self.0.inodes).forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        if let Some(attr) = self.0.fast_getattr(ino.0, fh.map(|f| f.0)) {
-            reply.attr(&ATTR_TTL, &attr);
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some((attr, ttl)) = self.0.fast_getattr(ino.0) {
+            reply.attr(&ttl, &attr);
             return;
         }
         self.spawn(|s| async move {
-            match s.getattr(ino.0, fh.map(|f| f.0)).await {
+            match s.getattr(ino.0).await {
                 Ok((attr, ttl)) => reply.attr(&ttl, &attr),
                 Err(e) => reply.error(e),
             }
@@ -1308,13 +1577,14 @@ impl fuser::Filesystem for ChubbyFs {
         reply.error(eperm());
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if let Some((fh, f)) = self.0.fast_open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let pid = req.pid();
+        if let Some((fh, f)) = self.0.fast_open(ino.0, flags.0, pid) {
             reply.opened(FileHandle(fh), f);
             return;
         }
         self.spawn(|s| async move {
-            match s.open(ino.0, flags.0).await {
+            match s.open(ino.0, flags.0, pid).await {
                 Ok((fh, f)) => reply.opened(FileHandle(fh), f),
                 Err(e) => reply.error(e),
             }
@@ -1332,24 +1602,17 @@ impl fuser::Filesystem for ChubbyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _ = ino;
+        if let Some(data) = self.0.fast_read(fh.0, offset, size) {
+            metrics::bump(&self.0.counters.reads_cached);
+            reply.data(&data);
+            return;
+        }
         self.spawn(|s| async move {
-            let reading = s.kernel.reading(ino.0);
-            match s.read(ino.0, fh.0, offset, size).await {
-                Ok((data, covered)) => {
-                    reply.data(&data);
-                    metrics::bump(if covered {
-                        &s.counters.reads_cached
-                    } else {
-                        &s.counters.reads_uncached
-                    });
-                    if !covered {
-                        // Pages the master does not know we cache: drop them at once.
-                        s.kernel.drop_soon(ino.0);
-                    }
-                }
+            match s.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
                 Err(e) => reply.error(e),
             }
-            drop(reading);
         });
     }
 
@@ -1362,12 +1625,13 @@ impl fuser::Filesystem for ChubbyFs {
         data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        let owner = lock_owner.map(|o| o.0);
         self.spawn(|s| async move {
-            match s.write(fh.0, offset, &data).await {
+            match s.write(fh.0, offset, &data, owner).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
             }
@@ -1387,9 +1651,10 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         self.spawn(|s| async move {
-            // Commit first: a process that writes under its fcntl lock and closes must not
-            // let the next holder in before its write landed.
-            let committed = s.commit(fh.0).await;
+            // Commit first (what this process wrote): a process that writes under its
+            // fcntl lock and closes must not let the next holder in before its write
+            // landed.
+            let committed = s.commit(fh.0, Some(lock_owner.0)).await;
             // fcntl locks go at any close by their process.
             s.unlock(ino.0, lock_owner.0).await;
             answer(reply, committed);
@@ -1410,8 +1675,20 @@ impl fuser::Filesystem for ChubbyFs {
             reply.ok();
             return;
         }
+        // A writer's release may commit: lookups of its path wait for it from now on
+        // (requests after this one are handled after this registration).
+        let writing = guard(&self.0.files)
+            .get(&fh.0)
+            .filter(|s| s.writer)
+            .map(|s| Arc::clone(&s.path));
+        if let Some(path) = &writing {
+            self.0.releasing.begin(path);
+        }
         self.spawn(|s| async move {
             s.release(ino.0, fh.0, lock_owner.map(|o| o.0)).await;
+            if let Some(path) = writing {
+                s.releasing.end(&path);
+            }
             reply.ok();
         });
     }
@@ -1425,7 +1702,7 @@ impl fuser::Filesystem for ChubbyFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(|s| async move {
-            answer(reply, s.commit(fh.0).await);
+            answer(reply, s.commit(fh.0, None).await);
         });
     }
 
@@ -1580,8 +1857,9 @@ impl fuser::Filesystem for ChubbyFs {
         } else {
             LockMode::Exclusive
         };
+        let key = guard(&self.0.inodes).instance(ino.0).unwrap_or(ino.0);
         let locks = guard(&self.0.locks);
-        match locks.conflict(ino.0, lock_owner.0, mode) {
+        match locks.conflict(key, lock_owner.0, mode) {
             Some(l) => {
                 let t = if l.mode == LockMode::Shared {
                     libc::F_RDLCK
