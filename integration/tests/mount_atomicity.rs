@@ -319,6 +319,34 @@ print('ok')
     std::fs::write(d.join("check.py"), script).unwrap();
     assert_eq!(ok(&d, "python3 check.py"), "ok\n");
 
+    // Opens that reach a writer's inode without a lookup (`/dev/stderr`, `/proc/self/fd`)
+    // are never refused: they share the writer's file, as on a local file system.
+    ok(&d, "sh -c 'echo err > /dev/stderr; echo out' 2> f");
+    assert_eq!(ok(&d, "cat f"), "err\n");
+    let script = r#"
+import os
+fd = os.open('g', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+os.write(fd, b'hello')
+r = os.open('/proc/self/fd/%d' % fd, os.O_RDONLY)
+os.read(r, 100)
+os.close(r)
+w = os.open('/proc/self/fd/%d' % fd, os.O_WRONLY | os.O_APPEND)
+os.write(w, b'+more')
+os.close(w)
+os.close(fd)
+assert open('g', 'rb').read() == b'hello+more', open('g', 'rb').read()
+# O_TRUNC truncates, read-only or not.
+os.close(os.open('g', os.O_RDONLY | os.O_TRUNC))
+assert open('g', 'rb').read() == b''
+print('ok')
+"#;
+    std::fs::write(d.join("reopen.py"), script).unwrap();
+    assert_eq!(ok(&d, "python3 reopen.py"), "ok\n");
+    // An unchanged file keeps its inode number from one process to the next.
+    let first = ok(&d, "stat -c %i src");
+    assert_eq!(ok(&d, "cat src >/dev/null; stat -c %i src"), first);
+    assert_eq!(ok(&d, "stat -c %i src"), first);
+
     // A write over the size limit fails and leaves the file as it was.
     ok(&d, "echo keep > f");
     let big = tempfile::NamedTempFile::new().unwrap();

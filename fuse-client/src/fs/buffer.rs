@@ -169,6 +169,14 @@ impl WriteBuffer {
         Ok(Some(self.data.clone().unwrap_or_default()))
     }
 
+    /// The commit failed and the caller was told: what is buffered is not sent again unless
+    /// written again (an oversized buffer still refuses every commit).
+    pub fn abandon(&mut self) {
+        self.dirty = false;
+        self.writers.clear();
+        self.any_writer = false;
+    }
+
     /// The commit succeeded: nothing is dirty any more.
     pub fn committed(&mut self) {
         self.dirty = false;

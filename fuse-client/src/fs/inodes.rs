@@ -22,7 +22,11 @@
 //!
 //! The table keeps a node while the kernel holds lookup references to it (FUSE `forget`
 //! counts them down) or a description is open on it, and answers which inodes the kernel
-//! holds for a path, for invalidation.
+//! holds for a path, for invalidation. Entries are never cached, so the kernel drops a
+//! file's dentry at its last use and its inode with it (FORGET): the number of the current
+//! version is remembered beyond that and handed out again at the next lookup, so that
+//! `stat` shows the same inode number for as long as the file is unchanged. (Reusing a
+//! number after FORGET is what FUSE allows: lookups and forgets add up per number.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,13 +97,25 @@ pub struct FileNode {
     pub share: Share,
 }
 
+/// The current version of an instance.
+#[derive(Debug)]
+struct Current {
+    generation: u64,
+    path: String,
+    ino: u64,
+}
+
+/// How many instances' current numbers are remembered at most (then they start afresh).
+const CURRENT_MAX: usize = 100_000;
+
 /// The table (see the module docs).
 #[derive(Debug)]
 pub struct Inodes {
     by_ino: HashMap<u64, Node>,
     by_path: HashMap<String, Vec<u64>>,
-    /// The current version inode of each instance.
-    current: HashMap<u64, u64>,
+    /// The current version of each instance: its content generation, path and inode
+    /// number (kept after the kernel forgot the inode, see the module docs).
+    current: HashMap<u64, Current>,
     next_file: u64,
 }
 
@@ -202,27 +218,56 @@ impl Inodes {
     /// more; `contents` (of exactly that version) are kept if it has none yet.
     pub fn lookup_file(&mut self, path: &str, stat: &Stat, contents: Option<Arc<Vec<u8>>>) -> u64 {
         let key = stat.instance.0;
-        if let Some(&ino) = self.current.get(&key) {
-            if let Some(n) = self.by_ino.get_mut(&ino) {
-                if let Kind::File {
-                    stat: s,
-                    contents: c,
+        let known = self
+            .current
+            .get(&key)
+            .filter(|c| c.generation == stat.content_generation.0 && c.path == path)
+            .map(|c| c.ino);
+        if let Some(ino) = known {
+            match self.by_ino.get_mut(&ino) {
+                Some(Node {
+                    kind:
+                        Kind::File {
+                            contents: c,
+                            share: Share::Current,
+                            ..
+                        },
+                    lookups,
                     ..
-                } = &mut n.kind
-                {
-                    if n.path == path && s.content_generation == stat.content_generation {
-                        n.lookups = n.lookups.saturating_add(1);
-                        if c.is_none() {
-                            *c = contents;
-                        }
-                        return ino;
+                }) => {
+                    *lookups = lookups.saturating_add(1);
+                    if c.is_none() {
+                        *c = contents;
                     }
+                    return ino;
                 }
+                // Forgotten by the kernel: the same number again.
+                None => {
+                    self.insert(
+                        ino,
+                        path,
+                        Kind::File {
+                            stat: stat.clone(),
+                            contents,
+                            share: Share::Current,
+                        },
+                    );
+                    return ino;
+                }
+                Some(_) => {}
             }
         }
         let ino = self.new_file(path, stat, contents, Share::Current);
-        if let Some(old) = self.current.insert(key, ino) {
-            self.set_old(old);
+        if self.current.len() >= CURRENT_MAX {
+            self.current.clear();
+        }
+        let now = Current {
+            generation: stat.content_generation.0,
+            path: path.to_owned(),
+            ino,
+        };
+        if let Some(old) = self.current.insert(key, now) {
+            self.set_old(old.ino);
         }
         ino
     }
@@ -236,6 +281,27 @@ impl Inodes {
             if *share == Share::Current {
                 *share = Share::Old;
             }
+        }
+        self.unpin_if_unused(ino);
+    }
+
+    /// An old version nobody has open gives back its bytes: only a descriptor already
+    /// open may still read it (a later open of it is refused, and its retry finds the
+    /// current version), so the daemon holds the bytes of current versions and open
+    /// descriptors only, however many inodes the kernel keeps.
+    fn unpin_if_unused(&mut self, ino: u64) {
+        if let Some(Node {
+            kind:
+                Kind::File {
+                    share: Share::Old,
+                    contents,
+                    ..
+                },
+            opens: 0,
+            ..
+        }) = self.by_ino.get_mut(&ino)
+        {
+            *contents = None;
         }
     }
 
@@ -335,7 +401,7 @@ impl Inodes {
         {
             if *share == Share::Current {
                 let key = stat.instance.0;
-                if self.current.get(&key) == Some(&ino) {
+                if self.current.get(&key).is_some_and(|c| c.ino == ino) {
                     self.current.remove(&key);
                 }
             }
@@ -364,6 +430,42 @@ impl Inodes {
         }
     }
 
+    /// As [`Inodes::claim`], for an open that reached `ino` without a lookup (a reopen
+    /// through `/proc/self/fd`, `/dev/stderr`, a bind mount), whose refusal the kernel's
+    /// retry could not mend: a writer's inode is shared with this description; any other
+    /// file inode becomes its own. The open is counted.
+    ///
+    /// # Errors
+    /// [`Refused::IsDir`]; [`Refused::Unknown`].
+    pub fn force_claim(&mut self, ino: u64, fh: u64) -> Result<(), Refused> {
+        let n = self.by_ino.get_mut(&ino).ok_or(Refused::Unknown)?;
+        let Kind::File {
+            stat,
+            share,
+            contents,
+        } = &mut n.kind
+        else {
+            return Err(Refused::IsDir);
+        };
+        if !matches!(share, Share::Private(Some(_))) {
+            let key = stat.instance.0;
+            if self.current.get(&key).is_some_and(|c| c.ino == ino) {
+                self.current.remove(&key);
+            }
+            *share = Share::Private(Some(fh));
+            *contents = None;
+        }
+        n.opens = n.opens.saturating_add(1);
+        Ok(())
+    }
+
+    /// Counts an open of `ino` that reads bytes of its own (not the inode's version).
+    pub fn opened(&mut self, ino: u64) {
+        if let Some(n) = self.by_ino.get_mut(&ino) {
+            n.opens = n.opens.saturating_add(1);
+        }
+    }
+
     /// A private inode's writer committed `stat`: it shows that from now on.
     pub fn committed(&mut self, ino: u64, new: &Stat) {
         if let Some(Node {
@@ -385,10 +487,13 @@ impl Inodes {
         };
         n.opens = n.opens.saturating_sub(1);
         if let Kind::File { share, .. } = &mut n.kind {
-            if matches!(share, Share::Private(Some(_))) {
+            // The writer's, once no description is left on it (readers and writers that
+            // reopened it without a lookup may share it).
+            if n.opens == 0 && matches!(share, Share::Private(Some(_))) {
                 *share = Share::Old;
             }
         }
+        self.unpin_if_unused(ino);
         self.drop_if_unused(ino);
     }
 
@@ -413,15 +518,10 @@ impl Inodes {
         {
             return;
         }
+        // The current version's number stays remembered (see the module docs).
         let Some(e) = self.by_ino.remove(&ino) else {
             return;
         };
-        if let Kind::File { stat, .. } = &e.kind {
-            let key = stat.instance.0;
-            if self.current.get(&key) == Some(&ino) {
-                self.current.remove(&key);
-            }
-        }
         if let Some(inos) = self.by_path.get_mut(&e.path) {
             inos.retain(|&i| i != ino);
             if inos.is_empty() {
@@ -430,18 +530,14 @@ impl Inodes {
         }
     }
 
-    /// The inode a directory listing shows for `stat`: the current version's if the
-    /// kernel holds one, else the instance (a listing hands the kernel no inode).
+    /// The inode a directory listing shows for `stat`: the current version's number if
+    /// one was handed out, else the instance (a listing hands the kernel no inode).
     #[must_use]
     pub fn listed(&self, stat: &Stat) -> u64 {
         self.current
             .get(&stat.instance.0)
-            .filter(|&&ino| {
-                matches!(self.by_ino.get(&ino), Some(Node { kind: Kind::File { stat: s, .. }, .. })
-                    if s.content_generation == stat.content_generation)
-            })
-            .copied()
-            .unwrap_or(stat.instance.0)
+            .filter(|c| c.generation == stat.content_generation.0)
+            .map_or(stat.instance.0, |c| c.ino)
     }
 
     /// Every inode the kernel holds for one of `paths`.
@@ -584,6 +680,50 @@ mod tests {
     }
 
     #[test]
+    fn an_open_without_a_lookup_is_never_refused_twice() {
+        let mut t = Inodes::new();
+        let v = t.lookup_file("/f", &stat(7, 1, 2), Some(bytes(b"v1")));
+        assert_eq!(t.claim(v, 1), Ok(()));
+        // `echo err > /dev/stderr` into the writer's file: it shares the writer's inode,
+        // and so may a reader reopening it; their closes leave it the writer's.
+        assert_eq!(t.force_claim(v, 2), Ok(()));
+        t.opened(v);
+        assert_eq!(t.file(v).unwrap().share, Share::Private(Some(1)));
+        t.closed(v);
+        t.closed(v);
+        assert_eq!(t.file(v).unwrap().share, Share::Private(Some(1)));
+        t.closed(v);
+        assert_eq!(t.file(v).unwrap().share, Share::Old);
+        // An old version reopened through a bind mount becomes the writer's own.
+        let old = t.lookup_file("/g", &stat(8, 1, 2), None);
+        t.lookup_file("/g", &stat(8, 2, 2), None);
+        assert_eq!(t.claim(old, 3), Err(Refused::Stale));
+        assert_eq!(t.force_claim(old, 3), Ok(()));
+        assert_eq!(t.file(old).unwrap().share, Share::Private(Some(3)));
+        assert_eq!(t.force_claim(ROOT, 4), Err(Refused::IsDir));
+    }
+
+    #[test]
+    fn old_versions_keep_their_bytes_only_while_open() {
+        let mut t = Inodes::new();
+        let v1 = t.lookup_file("/f", &stat(7, 1, 2), Some(bytes(b"v1")));
+        let v1b = t.lookup_file("/g", &stat(8, 1, 2), Some(bytes(b"g1")));
+        assert!(t.open_read(v1b).unwrap().is_some());
+        t.lookup_file("/f", &stat(7, 2, 2), None);
+        t.lookup_file("/g", &stat(8, 2, 2), None);
+        assert_eq!(
+            t.open_read(v1),
+            Ok(None),
+            "unpinned: an open must fetch (and fail)"
+        );
+        // The open one keeps them until closed.
+        assert_eq!(t.open_read(v1b).unwrap().as_deref(), Some(&b"g1".to_vec()));
+        t.closed(v1b);
+        t.closed(v1b);
+        assert_eq!(t.open_read(v1b), Ok(None));
+    }
+
+    #[test]
     fn a_retrying_reader_gets_a_pinned_inode_no_writer_can_take() {
         let mut t = Inodes::new();
         let v = t.lookup_file("/f", &stat(7, 1, 2), Some(bytes(b"v1")));
@@ -610,10 +750,15 @@ mod tests {
         t.closed(v);
         assert_eq!(t.path(v), None);
         assert!(t.inos_of(&["/a".into()]).is_empty());
-        // A new lookup of the same version gets a new inode.
+        // A new lookup of the same version gets the same number, as a new node.
         let again = t.lookup_file("/a", &stat(7, 1, 2), None);
-        assert_ne!(again, v);
+        assert_eq!(again, v);
+        assert_eq!(t.open_read(again), Ok(None), "its bytes are fetched again");
         assert_eq!(t.listed(&stat(7, 1, 2)), again);
+        t.forget(again, 1);
+        // A newer version, or the same at another path, gets another.
+        assert_ne!(t.lookup_file("/a", &stat(7, 2, 2), None), v);
+        assert_ne!(t.lookup_file("/b", &stat(7, 2, 2), None), v);
         assert_eq!(t.listed(&stat(8, 1, 2)), 8);
     }
 

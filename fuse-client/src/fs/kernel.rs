@@ -104,6 +104,12 @@ impl KernelCache {
         }
     }
 
+    /// Drops `ino`'s attributes and pages soon, without waiting (a writer's inode whose
+    /// base turned out newer than the version the kernel was shown).
+    pub fn drop_soon(&self, ino: u64) {
+        let _ = guard(&self.jobs).send((vec![ino], None));
+    }
+
     fn drop_inode(&self, ino: u64) {
         let Some(n) = self.notifier.get() else { return };
         self.invalidations.fetch_add(1, Ordering::Relaxed);

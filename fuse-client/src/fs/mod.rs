@@ -104,6 +104,13 @@ struct File {
     desc: Desc,
 }
 
+impl File {
+    /// True if it holds bytes not yet committed (or refused).
+    fn dirty(&self) -> bool {
+        matches!(&self.desc, Desc::Write { buf, .. } if buf.is_dirty())
+    }
+}
+
 /// An open description as the table holds it: what fuser's thread may know without
 /// taking the description's lock.
 #[derive(Debug, Clone)]
@@ -111,6 +118,9 @@ struct Slot {
     writer: bool,
     path: Arc<str>,
     file: Arc<tokio::sync::Mutex<File>>,
+    /// Kernel descriptions answered with this handle: more than one when a writer's file
+    /// was reopened without a lookup (`/dev/stderr`), see [`Shared::open`].
+    refs: u32,
 }
 
 /// A process's open that was refused with `ESTALE`, for the kernel's retry.
@@ -121,6 +131,10 @@ struct Retry {
     /// contents pinned at lookup).
     write: bool,
     at: std::time::Instant,
+    /// Its lookup came. An open refused again without it reached the inode without a
+    /// lookup (`/proc/self/fd/N`, `/dev/stderr`, a bind mount): refusing once more would
+    /// show the caller `ESTALE`, so it is let through ([`Shared::second_refusal`]).
+    looked_up: bool,
 }
 
 /// Paths with a writer's release being committed: a lookup or open of one waits for it,
@@ -454,6 +468,7 @@ impl Shared {
             writer: matches!(file.desc, Desc::Write { .. }),
             path: Arc::from(file.path.as_str()),
             file: Arc::new(tokio::sync::Mutex::new(file)),
+            refs: 1,
         };
         guard(&self.files).insert(fh, slot);
     }
@@ -500,14 +515,19 @@ impl Shared {
     fn stale(&self, pid: u32, path: &str, write: bool) -> Errno {
         let mut r = guard(&self.retries);
         r.retain(|_, x| x.at.elapsed() < RETRY_TTL);
-        r.insert(
-            pid,
-            Retry {
-                path: path.to_owned(),
-                write,
-                at: std::time::Instant::now(),
-            },
-        );
+        // Callers outside the daemon's pid namespace all arrive as pid 0: no record, and
+        // their retry's lookup gets the ordinary answer.
+        if pid != 0 {
+            r.insert(
+                pid,
+                Retry {
+                    path: path.to_owned(),
+                    write,
+                    at: std::time::Instant::now(),
+                    looked_up: false,
+                },
+            );
+        }
         debug!(
             pid,
             path, write, "open refused with ESTALE: the kernel retries it"
@@ -524,6 +544,22 @@ impl Shared {
         r.get(&pid)
             .filter(|x| x.path == path && x.at.elapsed() < RETRY_TTL)
             .map(|x| x.write)
+    }
+
+    /// The retry's lookup for `pid` came.
+    fn looked_up(&self, pid: u32) {
+        if let Some(x) = guard(&self.retries).get_mut(&pid) {
+            x.looked_up = true;
+        }
+    }
+
+    /// True if `pid`'s open of `path` was refused just before and no lookup came since:
+    /// this is the kernel's retry of an open that reached its inode without a lookup.
+    fn second_refusal(&self, pid: u32, path: &str) -> bool {
+        let r = guard(&self.retries);
+        !r.is_empty()
+            && r.get(&pid)
+                .is_some_and(|x| x.path == path && !x.looked_up && x.at.elapsed() < RETRY_TTL)
     }
 
     /// `pid` opens something: any retry it owed is done.
@@ -561,7 +597,11 @@ impl Shared {
             .map_err(|e| ce(&e))?
             .ok_or(Errno::ENOENT)?;
         if stat.kind == NodeKind::File {
-            match self.retry_of(pid, &path) {
+            let retry = self.retry_of(pid, &path);
+            if retry.is_some() {
+                self.looked_up(pid);
+            }
+            match retry {
                 // A writer whose open was refused: an inode of its own.
                 Some(true) => {
                     let ino = guard(&self.inodes).lookup_private(&path, &stat);
@@ -627,14 +667,25 @@ impl Shared {
         attr
     }
 
+    /// Gives a writer's buffer the file's current contents if it needs them. If they are
+    /// newer than the version the writer's inode was shown with, its attributes are
+    /// dropped from the kernel, so that `fstat` asks again (the buffer's size).
     async fn ensure_base(
+        &self,
         client: &Client,
         handle: HandleId,
         buf: &mut WriteBuffer,
+        ino: Option<u64>,
     ) -> Result<(), Errno> {
         if buf.needs_base() {
-            let (contents, _) = client.read(handle).await.map_err(|e| ce(&e))?;
+            let (contents, stat) = client.read(handle).await.map_err(|e| ce(&e))?;
             buf.set_base(contents);
+            if let Some(ino) = ino {
+                let shown = guard(&self.inodes).file(ino).map(|f| f.stat);
+                if shown.is_some_and(|s| s.content_generation != stat.content_generation) {
+                    self.kernel.drop_soon(ino);
+                }
+            }
         }
         Ok(())
     }
@@ -646,7 +697,7 @@ impl Shared {
             let client = self.sessions.of(file.generation).await?;
             if let Desc::Write { handle, buf } = &mut file.desc {
                 if size > 0 {
-                    Self::ensure_base(&client, *handle, buf).await?;
+                    self.ensure_base(&client, *handle, buf, Some(ino)).await?;
                 }
                 buf.truncate(size).map_err(buffer_errno)?;
                 // The writer's own inode: its size is the buffer's.
@@ -679,7 +730,8 @@ impl Shared {
             }
             let mut buf = WriteBuffer::new(false, false, false);
             if size > 0 {
-                Self::ensure_base(&cur.client, handle, &mut buf).await?;
+                self.ensure_base(&cur.client, handle, &mut buf, None)
+                    .await?;
             }
             buf.truncate(size).map_err(buffer_errno)?;
             let contents = buf.to_commit().map_err(buffer_errno)?.unwrap_or_default();
@@ -725,15 +777,22 @@ impl Shared {
 
     async fn open(&self, ino: u64, flags: i32, pid: u32) -> Result<(u64, FopenFlags), Errno> {
         let path = self.path(ino)?;
+        let second = self.second_refusal(pid, &path);
         self.retried(pid);
-        if flags & libc::O_ACCMODE == libc::O_RDONLY {
-            return self.open_read(ino, path, pid).await;
+        // `O_TRUNC` truncates the kernel's inode even read-only: a writer's open.
+        if flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0 {
+            return self.open_read(ino, path, pid, second).await;
         }
         let Some(node) = guard(&self.inodes).file(ino) else {
             return Err(Errno::from_i32(libc::EISDIR));
         };
+        if second {
+            if let Some(shared) = self.share_writer(ino, flags).await {
+                return Ok((shared, FopenFlags::FOPEN_DIRECT_IO));
+            }
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if guard(&self.inodes).claimable(ino).is_err() {
+        if !second && guard(&self.inodes).claimable(ino).is_err() {
             return Err(self.stale(pid, &path, true));
         }
         let cur = self.sessions.get().await?;
@@ -741,15 +800,25 @@ impl Shared {
         let mut o = OpenOptions::write();
         o.creation = Creation::Never;
         let opened = client.open(&path, o).await.map_err(|e| ce(&e))?;
-        if opened.stat.instance != node.stat.instance || opened.stat.kind == NodeKind::Directory {
+        if opened.stat.kind == NodeKind::Directory {
             client.close(opened.handle).await;
-            return Err(if opened.stat.kind == NodeKind::Directory {
-                Errno::from_i32(libc::EISDIR)
-            } else {
+            return Err(Errno::from_i32(libc::EISDIR));
+        }
+        if opened.stat.instance != node.stat.instance {
+            // Replaced since the lookup: the retry looks the name up again.
+            client.close(opened.handle).await;
+            return Err(if second {
                 Errno::ENOENT
+            } else {
+                self.stale(pid, &path, true)
             });
         }
-        if guard(&self.inodes).claim(ino, fh).is_err() {
+        let claimed = if second {
+            guard(&self.inodes).force_claim(ino, fh)
+        } else {
+            guard(&self.inodes).claim(ino, fh)
+        };
+        if claimed.is_err() {
             client.close(opened.handle).await;
             return Err(self.stale(pid, &path, true));
         }
@@ -762,13 +831,45 @@ impl Shared {
         Ok((fh, FopenFlags::FOPEN_DIRECT_IO))
     }
 
+    /// A writable reopen of a writer's inode without a lookup (`echo err > /dev/stderr`
+    /// into the writer's file): the new description writes the writer's buffer, as two
+    /// descriptions of one file do on a local file system, through the writer's handle.
+    /// `None` if `ino` is not a writer's.
+    async fn share_writer(&self, ino: u64, flags: i32) -> Option<u64> {
+        let Some(Share::Private(Some(owner))) = guard(&self.inodes).file(ino).map(|f| f.share)
+        else {
+            return None;
+        };
+        let file = {
+            let mut files = guard(&self.files);
+            let slot = files.get_mut(&owner).filter(|s| s.writer)?;
+            slot.refs += 1;
+            Arc::clone(&slot.file)
+        };
+        guard(&self.inodes).opened(ino);
+        if flags & libc::O_TRUNC != 0 {
+            if let Desc::Write { buf, .. } = &mut file.lock().await.desc {
+                let _ = buf.truncate(0);
+            }
+        }
+        debug!(
+            ino,
+            owner, "a writer's file reopened: the description shares its buffer"
+        );
+        Some(owner)
+    }
+
     /// A read-only open: the version `ino` stands for, pinned for the description.
     async fn open_read(
         &self,
         ino: u64,
         path: String,
         pid: u32,
+        second: bool,
     ) -> Result<(u64, FopenFlags), Errno> {
+        if second {
+            return self.open_read_current(ino, path).await;
+        }
         let opened = guard(&self.inodes).open_read(ino);
         let contents = match opened {
             Ok(Some(c)) => c,
@@ -831,6 +932,25 @@ impl Shared {
         Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
     }
 
+    /// A read-only open that reached an inode without a lookup and was refused once (see
+    /// [`Retry::looked_up`]): it reads the current version, whole, with direct I/O, since
+    /// the inode's pages and size may be another version's or a writer's.
+    async fn open_read_current(&self, ino: u64, path: String) -> Result<(u64, FopenFlags), Errno> {
+        let cur = self.sessions.get().await?;
+        let (contents, _) = cur.client.get(&path).await.map_err(|e| ce(&e))?;
+        guard(&self.inodes).opened(ino);
+        let fh = self.new_fh(File {
+            path,
+            ino,
+            generation: cur.generation,
+            desc: Desc::Read {
+                handle: None,
+                contents,
+            },
+        });
+        Ok((fh, FopenFlags::FOPEN_DIRECT_IO))
+    }
+
     fn ephemeral_dir(&self, dir: &str) -> bool {
         guard(&self.ephemeral_dirs).contains(dir)
     }
@@ -840,8 +960,10 @@ impl Shared {
         parent: u64,
         name: &OsStr,
         flags: i32,
+        pid: u32,
     ) -> Result<(FileAttr, u64), Errno> {
         let path = self.child(parent, name)?;
+        self.retried(pid);
         let cur = self.sessions.get().await?;
         let dir_ephemeral = self.ephemeral_dir(parent_path(&path))
             || matches!(cur.client.stat(parent_path(&path)).await, Ok(Some(s)) if s.ephemeral);
@@ -883,11 +1005,11 @@ impl Shared {
     async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let file = self.file(fh)?;
         let mut file = file.lock().await;
-        let generation = file.generation;
+        let (generation, ino) = (file.generation, file.ino);
         match &mut file.desc {
             Desc::Write { handle, buf } => {
                 let client = self.sessions.of(generation).await?;
-                Self::ensure_base(&client, *handle, buf).await?;
+                self.ensure_base(&client, *handle, buf, Some(ino)).await?;
                 // Uncommitted bytes: direct I/O, never in the page cache.
                 Ok(slice(buf.contents().unwrap_or_default(), offset, size).to_vec())
             }
@@ -905,10 +1027,11 @@ impl Shared {
         let file = self.file(fh)?;
         let mut file = file.lock().await;
         let client = self.sessions.of(file.generation).await?;
+        let ino = file.ino;
         match &mut file.desc {
             Desc::Write { handle, buf } => {
                 if buf.needs_base() {
-                    Self::ensure_base(&client, *handle, buf).await?;
+                    self.ensure_base(&client, *handle, buf, Some(ino)).await?;
                 }
                 let n = buf.write(offset, data, owner).map_err(buffer_errno)?;
                 u32::try_from(n).map_err(|_| einval())
@@ -945,20 +1068,33 @@ impl Shared {
                 Ok(())
             }
             // The file was deleted while open: as on a local file system, its bytes go
-            // nowhere and the writer is not told.
-            Err(e) if is_refused(&e, &Refusal::NotFound) => {
+            // nowhere and the writer is not told. (Renamed is another matter: reported.)
+            Err(e)
+                if is_refused(&e, &Refusal::NotFound)
+                    && matches!(client.stat_fresh(&path).await, Ok(None)) =>
+            {
                 buf.committed();
                 debug!(path, len, "written to a deleted file: dropped");
                 Ok(())
             }
             Err(e) => {
+                // Reported to this caller: not sent again at release.
+                buf.abandon();
                 warn!(path, error = %e, "write failed");
                 Err(ce(&e))
             }
         }
     }
 
-    async fn release(&self, ino: u64, fh: u64, flock_owner: Option<u64>) {
+    /// Releases a description; `barrier` is the path whose lookups wait for its commit
+    /// (see [`Releasing`]), lifted as soon as that is done.
+    async fn release(
+        &self,
+        ino: u64,
+        fh: u64,
+        flock_owner: Option<u64>,
+        barrier: Option<Arc<str>>,
+    ) {
         let slot = guard(&self.files).get(&fh).cloned();
         if slot.as_ref().is_some_and(|s| s.writer) && !guard(&self.lost).contains(&fh) {
             // What no close committed (a truncation nobody wrote after, bytes a process
@@ -975,6 +1111,9 @@ impl Shared {
                     warn!(?path, errno = ?e, "the write left at release failed");
                 }
             }
+        }
+        if let Some(path) = barrier {
+            self.releasing.end(&path);
         }
         if let Some(owner) = flock_owner {
             self.unlock(ino, owner).await;
@@ -1359,6 +1498,10 @@ impl fuser::Filesystem for ChubbyFs {
             .map_err(|missing| {
                 std::io::Error::other(format!("the kernel lacks FUSE lock support: {missing:?}"))
             })?;
+        // RELEASEs (and readahead READs) are background requests: past this many in flight
+        // the kernel holds them back, and a later lookup could overtake a release whose
+        // commit it must wait for (see `Releasing`). Releases are answered at once.
+        let _ = config.set_max_background(256);
         Ok(())
     }
 
@@ -1651,10 +1794,11 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         self.spawn(|s| async move {
-            // Commit first (what this process wrote): a process that writes under its
-            // fcntl lock and closes must not let the next holder in before its write
-            // landed.
-            let committed = s.commit(fh.0, Some(lock_owner.0)).await;
+            // Commit first (what this process wrote; everything, if it holds an fcntl lock
+            // on the file): a process that writes under its fcntl lock and closes must
+            // not let the next holder in before its write landed.
+            let owner = (!s.holds_lock(ino.0, lock_owner.0)).then_some(lock_owner.0);
+            let committed = s.commit(fh.0, owner).await;
             // fcntl locks go at any close by their process.
             s.unlock(ino.0, lock_owner.0).await;
             answer(reply, committed);
@@ -1675,21 +1819,35 @@ impl fuser::Filesystem for ChubbyFs {
             reply.ok();
             return;
         }
-        // A writer's release may commit: lookups of its path wait for it from now on
-        // (requests after this one are handled after this registration).
-        let writing = guard(&self.0.files)
+        // A description sharing another's handle: only the last one releases it.
+        {
+            let mut files = guard(&self.0.files);
+            if let Some(slot) = files.get_mut(&fh.0).filter(|s| s.refs > 1) {
+                slot.refs -= 1;
+                drop(files);
+                guard(&self.0.inodes).closed(ino.0);
+                reply.ok();
+                if let Some(owner) = lock_owner.map(|o| o.0) {
+                    self.spawn(|s| async move { s.unlock(ino.0, owner).await });
+                }
+                return;
+            }
+        }
+        // A writer's release that may commit: lookups of its path wait for the commit from
+        // now on (requests after this one are handled after this registration).
+        let barrier = guard(&self.0.files)
             .get(&fh.0)
-            .filter(|s| s.writer)
+            .filter(|s| s.writer && s.file.try_lock().map_or(true, |f| f.dirty()))
             .map(|s| Arc::clone(&s.path));
-        if let Some(path) = &writing {
+        if let Some(path) = &barrier {
             self.0.releasing.begin(path);
         }
+        // Answered at once: the kernel does not wait for it, and a RELEASE held open would
+        // hold back later background requests (readahead READs among them).
+        reply.ok();
         self.spawn(|s| async move {
-            s.release(ino.0, fh.0, lock_owner.map(|o| o.0)).await;
-            if let Some(path) = writing {
-                s.releasing.end(&path);
-            }
-            reply.ok();
+            s.release(ino.0, fh.0, lock_owner.map(|o| o.0), barrier)
+                .await;
         });
     }
 
@@ -1816,7 +1974,7 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -1825,8 +1983,9 @@ impl fuser::Filesystem for ChubbyFs {
         reply: ReplyCreate,
     ) {
         let name = name.to_owned();
+        let pid = req.pid();
         self.spawn(|s| async move {
-            match s.create(parent.0, &name, flags).await {
+            match s.create(parent.0, &name, flags, pid).await {
                 Ok((attr, fh)) => reply.created(
                     &NO_TTL,
                     &attr,
