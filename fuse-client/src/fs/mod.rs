@@ -144,6 +144,9 @@ struct Retry {
 #[derive(Debug, Default)]
 struct Releasing(Mutex<HashMap<Arc<str>, Releases>>);
 
+/// The gate of one (instance, owner)'s lock calls.
+type Gate = Arc<tokio::sync::Mutex<()>>;
+
 /// How many releases of one path are committing, and how their waiters are woken.
 type Releases = (usize, Arc<tokio::sync::Notify>);
 
@@ -202,6 +205,9 @@ struct Shared {
     retries: Mutex<HashMap<u32, Retry>>,
     dirs: Mutex<HashMap<u64, Entries>>,
     locks: Mutex<Locks>,
+    /// One call at a time changes the lock of one (instance, owner): processes sharing an
+    /// open file description share its `flock`, and their calls must not interleave.
+    lock_gates: Mutex<HashMap<(u64, u64), Gate>>,
     next_fh: AtomicU64,
     /// `user.chubby.lock_delay` set on files of this mount, in milliseconds, by instance.
     lock_delay: Mutex<HashMap<u64, u64>>,
@@ -265,6 +271,7 @@ impl ChubbyFs {
             retries: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             locks: Mutex::new(Locks::default()),
+            lock_gates: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             lock_delay: Mutex::new(HashMap::new()),
             ephemeral_dirs: Mutex::new(HashSet::new()),
@@ -1116,7 +1123,7 @@ impl Shared {
             self.releasing.end(&path);
         }
         if let Some(owner) = flock_owner {
-            self.unlock(ino, owner).await;
+            self.unlock(ino, owner, true).await;
         }
         guard(&self.lost).remove(&fh);
         let Some(slot) = slot else { return };
@@ -1335,12 +1342,56 @@ impl Shared {
         }
     }
 
-    /// Releases (and closes the handle of) `owner`'s lock or wait on the file of `ino`.
-    async fn unlock(&self, ino: u64, owner: u64) {
-        let Ok(key) = self.instance_of(ino) else {
+    /// The gate of `owner`'s lock on `instance` (see `lock_gates`).
+    fn lock_gate(&self, instance: u64, owner: u64) -> Gate {
+        Arc::clone(
+            guard(&self.lock_gates)
+                .entry((instance, owner))
+                .or_default(),
+        )
+    }
+
+    /// Forgets a gate nobody uses and no lock needs any more.
+    fn lock_gate_done(&self, instance: u64, owner: u64, gate: Gate) {
+        drop(gate);
+        let mut gates = guard(&self.lock_gates);
+        if gates
+            .get(&(instance, owner))
+            .is_some_and(|g| Arc::strong_count(g) == 1)
+            && !guard(&self.locks).holds(instance, owner)
+        {
+            gates.remove(&(instance, owner));
+        }
+    }
+
+    /// Releases `owner`'s lock on the file of `ino`. A wait in progress (another process
+    /// of the same open file description is blocked taking the lock) goes on, unless
+    /// `cancel`: the description or the process is closing the file.
+    async fn unlock(&self, ino: u64, owner: u64, cancel: bool) {
+        let Ok(instance) = self.instance_of(ino) else {
             return;
         };
-        let lock = guard(&self.locks).remove(key, owner);
+        let state = guard(&self.locks)
+            .get(instance, owner)
+            .map(|l| l.state.clone());
+        match state {
+            None => {}
+            // Nothing is held yet; the waiter holds the gate.
+            Some(LockState::Waiting) if !cancel => {}
+            Some(LockState::Waiting) => self.drop_lock(instance, owner).await,
+            Some(LockState::Held(_)) => {
+                let gate = self.lock_gate(instance, owner);
+                let held = gate.lock().await;
+                self.drop_lock(instance, owner).await;
+                drop(held);
+                self.lock_gate_done(instance, owner, gate);
+            }
+        }
+    }
+
+    /// Removes `owner`'s lock (or wait) on `instance` and closes its handle.
+    async fn drop_lock(&self, instance: u64, owner: u64) {
+        let lock = guard(&self.locks).remove(instance, owner);
         if let Some(l) = lock {
             if let Ok(client) = self.sessions.of(l.generation).await {
                 close_surely(&client, l.handle).await;
@@ -1362,7 +1413,7 @@ impl Shared {
         sleep: bool,
     ) -> Result<(), Errno> {
         if typ == libc::F_UNLCK {
-            self.unlock(ino, owner).await;
+            self.unlock(ino, owner, false).await;
             return Ok(());
         }
         if guard(&self.lost).contains(&fh) {
@@ -1378,13 +1429,61 @@ impl Shared {
         } else {
             LockMode::Exclusive
         };
+        let waiting = matches!(
+            guard(&self.locks).get(instance, owner).map(|l| &l.state),
+            Some(LockState::Waiting)
+        );
+        if waiting && !sleep {
+            // Another process of this description waits for the lock: it is held elsewhere.
+            return Err(Errno::from_i32(libc::EWOULDBLOCK));
+        }
+        let gate = self.lock_gate(instance, owner);
+        let result = async {
+            let _turn = if sleep {
+                let turn = gate.lock();
+                tokio::pin!(turn);
+                loop {
+                    tokio::select! {
+                        g = &mut turn => break g,
+                        () = tokio::time::sleep(SIGNAL_POLL) => {
+                            if locks::signal_pending(pid) {
+                                return Err(Errno::from_i32(libc::EINTR));
+                            }
+                        }
+                    }
+                }
+            } else {
+                gate.lock().await
+            };
+            self.take_lock(ino, instance, fh, owner, mode, pid, sleep)
+                .await
+        }
+        .await;
+        self.lock_gate_done(instance, owner, gate);
+        result
+    }
+
+    /// Takes `owner`'s lock on `instance` (through the inode `ino`), its gate held.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_lock(
+        &self,
+        ino: u64,
+        instance: u64,
+        fh: u64,
+        owner: u64,
+        mode: LockMode,
+        pid: u32,
+        sleep: bool,
+    ) -> Result<(), Errno> {
         let existing = guard(&self.locks).get(instance, owner).cloned();
         if let Some(l) = existing {
             match l.state {
+                // Held by this description (or process) already, maybe through another
+                // process sharing it.
                 LockState::Held(_) if l.mode == mode => return Ok(()),
-                // A conversion: like flock(2), not atomic.
-                LockState::Held(_) => self.unlock(ino, owner).await,
-                LockState::Waiting => return Err(Errno::from_i32(libc::EDEADLK)),
+                // A conversion: like flock(2), not atomic. (A wait left over cannot be
+                // here: its caller held the gate.)
+                LockState::Held(_) | LockState::Waiting => self.drop_lock(instance, owner).await,
             }
         }
         let path = self.path(ino)?;
@@ -1800,7 +1899,7 @@ impl fuser::Filesystem for ChubbyFs {
             let owner = (!s.holds_lock(ino.0, lock_owner.0)).then_some(lock_owner.0);
             let committed = s.commit(fh.0, owner).await;
             // fcntl locks go at any close by their process.
-            s.unlock(ino.0, lock_owner.0).await;
+            s.unlock(ino.0, lock_owner.0, true).await;
             answer(reply, committed);
         });
     }
@@ -1828,7 +1927,7 @@ impl fuser::Filesystem for ChubbyFs {
                 guard(&self.0.inodes).closed(ino.0);
                 reply.ok();
                 if let Some(owner) = lock_owner.map(|o| o.0) {
-                    self.spawn(|s| async move { s.unlock(ino.0, owner).await });
+                    self.spawn(|s| async move { s.unlock(ino.0, owner, true).await });
                 }
                 return;
             }
