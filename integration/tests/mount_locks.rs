@@ -155,3 +155,162 @@ fn stress_ng_flock_runs_clean() {
         &w[..w.len().min(5)]
     );
 }
+
+/// Sessions in the master's database.
+fn master_sessions(cell: &RealCell) -> Option<u64> {
+    use chubby_client::protocol::client_msg::ReplicaRole;
+    let rt = chubby_integration::test_support::runtime();
+    let _in_rt = rt.enter();
+    let conn = cell.connect();
+    rt.block_on(cell.statuses(&conn))
+        .into_iter()
+        .flatten()
+        .find_map(|s| (s.role == ReplicaRole::Master).then_some(s.sessions))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The minimal form, with the client machine's partition played by stopping its
+/// mount daemon past the session lease and grace: B holds `flock elect/L` around a late
+/// write; B's session is lost and A takes the lock and writes; when B's command then
+/// writes, it is fenced (EIO, the command fails) and A reads its own data back.
+#[test]
+fn a_holder_that_lost_its_lock_is_fenced_and_never_writes_after_the_new_holder() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let cell = RealCell::start_tuned(3, "session_lease_ms = 3000");
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &["--grace", "1"]);
+    std::fs::create_dir(a.at("elect")).unwrap();
+    std::fs::write(a.at("elect/data"), "none\n").unwrap();
+    std::fs::write(a.at("elect/L"), "").unwrap();
+    let out = chubby_integration::mount::sh(
+        &b.path(),
+        "setfattr -n user.chubby.lock_delay -v 1s elect/L",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mut b_holder = Command::new("flock")
+        .args([
+            "elect/L",
+            "sh",
+            "-c",
+            "echo started; read go; echo B-late > elect/data",
+        ])
+        .current_dir(b.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut b_out = BufReader::new(b_holder.stdout.take().unwrap()).lines();
+    assert_eq!(b_out.next().unwrap().unwrap(), "started");
+    assert_eq!(master_sessions(&cell), Some(2));
+    // B is cut off: the master expires its session; A takes the lock.
+    b.signal("STOP");
+    let cut = Instant::now();
+    wait_until("B's session to expire", Duration::from_secs(30), || {
+        master_sessions(&cell) == Some(1)
+    });
+    let mut a_holder = Command::new("flock")
+        .args([
+            "-w",
+            "60",
+            "elect/L",
+            "sh",
+            "-c",
+            "echo A > elect/data; echo acquired; read go; cat elect/data",
+        ])
+        .current_dir(a.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut a_out = BufReader::new(a_holder.stdout.take().unwrap()).lines();
+    assert_eq!(a_out.next().unwrap().unwrap(), "acquired");
+    let takeover = cut.elapsed();
+    // B comes back, learns its session is gone, and fences the holder.
+    b.signal("CONT");
+    wait_until(
+        "B to learn its lock is lost",
+        Duration::from_secs(30),
+        || b.log().contains("lost its lock on /elect/L"),
+    );
+    writeln!(b_holder.stdin.take().unwrap()).unwrap();
+    let b_status = b_holder.wait().unwrap();
+    let mut b_err = String::new();
+    std::io::Read::read_to_string(&mut b_holder.stderr.take().unwrap(), &mut b_err).unwrap();
+    assert!(!b_status.success(), "B's late command succeeded");
+    assert!(b_err.contains("Input/output error"), "{b_err}");
+    writeln!(a_holder.stdin.take().unwrap()).unwrap();
+    assert_eq!(
+        a_out.next().unwrap().unwrap(),
+        "A",
+        "B wrote after A took the lock"
+    );
+    assert!(a_holder.wait().unwrap().success());
+    // Other processes on B go on with a new session.
+    assert_eq!(std::fs::read_to_string(b.at("elect/data")).unwrap(), "A\n");
+    eprintln!(
+        "B cut off; A took the lock {:.1} s later; B's late write failed: {}",
+        takeover.as_secs_f64(),
+        b_err.trim()
+    );
+}
+
+/// `--on-lock-loss signal`: a holder whose lock went with its session is sent SIGTERM (its
+/// process group), as `consul lock` does.
+#[test]
+fn on_lock_loss_signal_terminates_the_holders_process_group() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let cell = RealCell::start_tuned(3, "session_lease_ms = 3000");
+    let b = Mount::new(&cell, &["--grace", "1", "--on-lock-loss", "signal"]);
+    std::fs::write(b.at("L"), "").unwrap();
+    // Its own process group: the signal must not reach this test.
+    let mut holder = Command::new("flock")
+        .args(["L", "sh", "-c", "echo started; exec sleep 600"])
+        .current_dir(b.path())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert_eq!(out.next().unwrap().unwrap(), "started");
+    b.signal("STOP");
+    wait_until("B's session to expire", Duration::from_secs(30), || {
+        master_sessions(&cell) == Some(0)
+    });
+    b.signal("CONT");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = holder.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the holder still runs: {}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.signal() == Some(libc_sigterm()) || status.code().is_some_and(|c| c != 0),
+        "the holder was not terminated: {status:?}"
+    );
+    assert!(b.log().contains("SIGTERM"), "{}", b.log());
+}
+
+fn libc_sigterm() -> i32 {
+    15 // SIGTERM on Linux
+}

@@ -26,6 +26,7 @@
 pub mod buffer;
 pub mod errno;
 mod fast;
+pub mod fence;
 pub mod inodes;
 pub mod kernel;
 pub mod locks;
@@ -80,7 +81,27 @@ pub struct FsOptions {
     pub uid: u32,
     /// Group shown for every node.
     pub gid: u32,
+    /// Where the mount is (to find the processes holding a lock file open when its lock
+    /// is lost); `None`: only the process that took the lock is fenced.
+    pub mountpoint: Option<std::path::PathBuf>,
+    /// What happens to the processes that held a lock their session lost.
+    pub on_lock_loss: OnLockLoss,
 }
+
+/// What the mount does to the processes that held a lock their session lost (see
+/// [`fence`]; docs/mount.md "Locks").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnLockLoss {
+    /// Fence them: every later request of theirs on the mount fails with `EIO`.
+    #[default]
+    Eio,
+    /// Fence them and send their process groups SIGTERM, then SIGKILL after
+    /// [`SIGKILL_AFTER`] (as `consul lock` does).
+    Signal,
+}
+
+/// How long a signalled lock holder has to exit before SIGKILL.
+pub const SIGKILL_AFTER: Duration = Duration::from_secs(5);
 
 /// What an open file description is.
 #[derive(Debug)]
@@ -220,6 +241,9 @@ struct Shared {
     uid: u32,
     gid: u32,
     counters: MountCounters,
+    fence: fence::Fence,
+    mountpoint: Option<std::path::PathBuf>,
+    on_lock_loss: OnLockLoss,
 }
 
 /// The filesystem (see the module docs).
@@ -280,6 +304,9 @@ impl ChubbyFs {
             uid: options.uid,
             gid: options.gid,
             counters: MountCounters::default(),
+            fence: fence::Fence::default(),
+            mountpoint: options.mountpoint,
+            on_lock_loss: options.on_lock_loss,
         });
         let weak = Arc::downgrade(&shared);
         shared.sessions.on_new(Box::new(move |c: &Current| {
@@ -326,8 +353,18 @@ impl ChubbyFs {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        // The session the request arrived under: it never completes under another.
+        let arrival = self.0.sessions.arrival();
         let fut = f(Arc::clone(&self.0));
-        self.0.rt.spawn(fut);
+        self.0.rt.spawn(sessions::ARRIVAL.scope(arrival, fut));
+    }
+
+    /// True (and the request is to fail with `EIO`) if the caller is fenced.
+    fn fenced(&self, req: &Request, ino: u64) -> bool {
+        self.0.fence.active()
+            && self.0.fence.is_fenced(req.pid(), || {
+                guard(&self.0.inodes).path(ino).unwrap_or_default()
+            })
     }
 }
 
@@ -376,6 +413,18 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
                         .fetch_add(lost.len() as u64, Ordering::Relaxed);
                 }
                 guard(&shared.lost).extend(lost.iter().map(|l| l.fh));
+                if matches!(ev, Ok(ClientEvent::Expired)) {
+                    let held: Vec<(u32, String)> = lost
+                        .iter()
+                        .filter(|l| matches!(l.state, LockState::Held(_)))
+                        .map(|l| (l.pid, l.path.clone()))
+                        .collect();
+                    if !held.is_empty() {
+                        let s = Arc::clone(&shared);
+                        // /proc is read off the runtime.
+                        let _ = tokio::task::spawn_blocking(move || s.fence_holders(&held)).await;
+                    }
+                }
                 for l in lost {
                     let held = matches!(l.state, LockState::Held(_));
                     warn!(
@@ -396,6 +445,27 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
 }
 
 impl Shared {
+    /// Fences the processes that held the locks `held` (taker's thread id, path), and
+    /// signals them if so configured (see [`fence`]).
+    fn fence_holders(&self, held: &[(u32, String)]) {
+        let mut tids: Vec<u32> = held.iter().map(|(pid, _)| *pid).collect();
+        if let Some(mnt) = &self.mountpoint {
+            for (_, path) in held {
+                tids.extend(fence::openers_of(&mnt.join(path.trim_start_matches('/'))));
+            }
+        }
+        let fenced = self.fence.fence(&tids);
+        for p in &fenced {
+            warn!(
+                pid = p.pid,
+                "fencing process {}: it held a lock its session lost", p.pid
+            );
+        }
+        if self.on_lock_loss == OnLockLoss::Signal {
+            signal_groups(&fenced);
+        }
+    }
+
     fn path(&self, ino: u64) -> Result<String, Errno> {
         guard(&self.inodes).path(ino).ok_or(Errno::ENOENT)
     }
@@ -1101,9 +1171,10 @@ impl Shared {
         fh: u64,
         flock_owner: Option<u64>,
         barrier: Option<Arc<str>>,
+        fenced: bool,
     ) {
         let slot = guard(&self.files).get(&fh).cloned();
-        if slot.as_ref().is_some_and(|s| s.writer) && !guard(&self.lost).contains(&fh) {
+        if slot.as_ref().is_some_and(|s| s.writer) && !fenced && !guard(&self.lost).contains(&fh) {
             // What no close committed (a truncation nobody wrote after, bytes a process
             // wrote and left to its children) goes now, after the last close, and before
             // the description's flock goes.
@@ -1605,6 +1676,10 @@ impl fuser::Filesystem for ChubbyFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if self.fenced(req, parent.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let pid = req.pid();
         if let Some((attr, ttl)) = self.0.fast_lookup(parent.0, name, pid) {
             reply.entry_with_ttls(&ttl, &NO_TTL, &attr, Generation(0));
@@ -1623,7 +1698,11 @@ impl fuser::Filesystem for ChubbyFs {
         guard(&self.0.inodes).forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         if let Some((attr, ttl)) = self.0.fast_getattr(ino.0) {
             reply.attr(&ttl, &attr);
             return;
@@ -1638,7 +1717,7 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -1654,6 +1733,10 @@ impl fuser::Filesystem for ChubbyFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         self.spawn(|s| async move {
             match s
                 .setattr(ino.0, mode, uid, gid, size, fh.map(|f| f.0))
@@ -1723,7 +1806,11 @@ impl fuser::Filesystem for ChubbyFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         reply.ok(); // the master checks ACLs on every call; mode bits mean nothing here
     }
 
@@ -1746,13 +1833,17 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        if self.fenced(req, parent.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let name = name.to_owned();
         self.spawn(|s| async move {
             match s.mkdir(parent.0, &name).await {
@@ -1762,14 +1853,22 @@ impl fuser::Filesystem for ChubbyFs {
         });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.fenced(req, parent.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let name = name.to_owned();
         self.spawn(|s| async move {
             answer(reply, s.remove(parent.0, &name, false).await);
         });
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.fenced(req, parent.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let name = name.to_owned();
         self.spawn(|s| async move {
             answer(reply, s.remove(parent.0, &name, true).await);
@@ -1789,7 +1888,7 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -1797,6 +1896,10 @@ impl fuser::Filesystem for ChubbyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if self.fenced(req, parent.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let flags = flags.bits();
         self.spawn(|s| async move {
@@ -1820,6 +1923,10 @@ impl fuser::Filesystem for ChubbyFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let pid = req.pid();
         if let Some((fh, f)) = self.0.fast_open(ino.0, flags.0, pid) {
             reply.opened(FileHandle(fh), f);
@@ -1835,7 +1942,7 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1844,6 +1951,10 @@ impl fuser::Filesystem for ChubbyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let _ = ino;
         if let Some(data) = self.0.fast_read(fh.0, offset, size) {
             metrics::bump(&self.0.counters.reads_cached);
@@ -1860,8 +1971,8 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -1870,6 +1981,10 @@ impl fuser::Filesystem for ChubbyFs {
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let data = data.to_vec();
         let owner = lock_owner.map(|o| o.0);
         self.spawn(|s| async move {
@@ -1882,12 +1997,16 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         if self.0.fast_flush(ino.0, fh.0, lock_owner.0) {
             reply.ok();
             return;
@@ -1906,7 +2025,7 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -1932,6 +2051,8 @@ impl fuser::Filesystem for ChubbyFs {
                 return;
             }
         }
+        // A fenced process's bytes are never committed.
+        let fenced = self.fenced(req, ino.0);
         // A writer's release that may commit: lookups of its path wait for the commit from
         // now on (requests after this one are handled after this registration).
         let barrier = guard(&self.0.files)
@@ -1945,25 +2066,33 @@ impl fuser::Filesystem for ChubbyFs {
         // hold back later background requests (readahead READs among them).
         reply.ok();
         self.spawn(|s| async move {
-            s.release(ino.0, fh.0, lock_owner.map(|o| o.0), barrier)
+            s.release(ino.0, fh.0, lock_owner.map(|o| o.0), barrier, fenced)
                 .await;
         });
     }
 
     fn fsync(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         self.spawn(|s| async move {
             answer(reply, s.commit(fh.0, None).await);
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         self.spawn(|s| async move {
             match s.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -1974,12 +2103,16 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let dirs = guard(&self.0.dirs);
         let Some(entries) = dirs.get(&fh.0) else {
             drop(dirs);
@@ -2026,7 +2159,7 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -2034,6 +2167,10 @@ impl fuser::Filesystem for ChubbyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let (name, value) = (name.to_owned(), value.to_vec());
         self.spawn(|s| async move {
             answer(reply, s.setxattr(ino.0, &name, &value).await);
@@ -2041,6 +2178,10 @@ impl fuser::Filesystem for ChubbyFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         if name.to_str().and_then(xattr::Name::parse).is_none() {
             reply.error(Errno::NO_XATTR); // security.capability etc., at once
             return;
@@ -2055,7 +2196,11 @@ impl fuser::Filesystem for ChubbyFs {
         });
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         self.spawn(|s| async move {
             match s.listxattr(ino.0).await {
                 Ok(v) => reply_xattr(reply, size, &v),
@@ -2064,7 +2209,11 @@ impl fuser::Filesystem for ChubbyFs {
         });
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let name = name.to_owned();
         self.spawn(|s| async move {
             answer(reply, s.removexattr(ino.0, &name).await);
@@ -2081,6 +2230,10 @@ impl fuser::Filesystem for ChubbyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if self.fenced(req, parent.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         let name = name.to_owned();
         let pid = req.pid();
         self.spawn(|s| async move {
@@ -2099,7 +2252,7 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn getlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         lock_owner: LockOwner,
@@ -2109,6 +2262,10 @@ impl fuser::Filesystem for ChubbyFs {
         _pid: u32,
         reply: ReplyLock,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         // Only this mount's holders are known here (see the README's lock section).
         let mode = if typ == libc::F_RDLCK {
             LockMode::Shared
@@ -2137,7 +2294,7 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -2148,6 +2305,10 @@ impl fuser::Filesystem for ChubbyFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         self.spawn(|s| async move {
             answer(
                 reply,
@@ -2155,6 +2316,54 @@ impl fuser::Filesystem for ChubbyFs {
                     .await,
             );
         });
+    }
+}
+
+/// Sends SIGTERM to the process groups of `procs` (never the mount's own), and SIGKILL
+/// [`SIGKILL_AFTER`] later to those still there. (Through kill(1): this crate has no
+/// unsafe code.)
+fn signal_groups(procs: &[fence::Proc]) {
+    let own = fence::group_of(std::process::id());
+    let mut groups = Vec::new();
+    for p in procs {
+        let Some(pgid) = fence::group_of(p.pid) else {
+            continue;
+        };
+        if pgid > 1 && Some(pgid) != own && !groups.contains(&pgid) {
+            groups.push(pgid);
+            warn!(
+                pgid,
+                pid = p.pid,
+                "sending SIGTERM to the lock holder's process group"
+            );
+            send_signal("TERM", &format!("-{pgid}"));
+        }
+    }
+    let procs = procs.to_vec();
+    let spawned = std::thread::Builder::new()
+        .name("chubby-lock-loss".into())
+        .spawn(move || {
+            std::thread::sleep(SIGKILL_AFTER);
+            for p in procs {
+                if fence::process_of(p.pid) == Some(p) {
+                    warn!(pid = p.pid, "the lock holder is still running: SIGKILL");
+                    send_signal("KILL", &p.pid.to_string());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the SIGKILL timer");
+    }
+}
+
+fn send_signal(signal: &str, target: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), "--", target])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !sent.is_ok_and(|s| s.success()) {
+        warn!(signal, target, "kill failed");
     }
 }
 

@@ -3,7 +3,12 @@
 //!
 //! Every open file description records the session it was opened in; its operations fail
 //! with `EIO` once that session is gone, while new lookups and opens start (or wait for)
-//! the next session.
+//! the next session. No request crosses sessions (issue 18): one that arrived while a
+//! session was live completes under that session or fails with `EIO` once it expired,
+//! even if it has not reached the cell yet; only requests that arrive after an expiry
+//! start the next session. (A process that waited through the jeopardy, say a lock
+//! holder's `echo` to a data file, must not act on a session that holds none of its
+//! locks.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,12 @@ use tracing::{debug, info, warn};
 
 use crate::client::{Client, ClientOptions};
 use crate::session::SessionStatus;
+
+tokio::task_local! {
+    /// The session a FUSE request arrived under: its generation, and whether it had
+    /// expired by then (see the module docs). Set around each request's task.
+    pub static ARRIVAL: Option<(u64, bool)>;
+}
 
 /// How long an operation waits for a new session before failing with `EIO`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -132,14 +143,39 @@ impl Sessions {
         }
     }
 
-    /// The session new operations use: the current one unless it expired, else a new one.
+    /// What a request arriving now records (see [`ARRIVAL`]).
+    #[must_use]
+    pub fn arrival(&self) -> Option<(u64, bool)> {
+        self.current()
+            .map(|c| (c.generation, c.client.status() == SessionStatus::Expired))
+    }
+
+    /// The session new operations use: the current one unless it expired, else a new one;
+    /// for a request that arrived under a live session, that session or `EIO`.
     ///
     /// # Errors
-    /// `EIO` if no new session could be started in time.
+    /// `EIO` if no new session could be started in time, or the request's session ended.
     pub async fn get(&self) -> Result<Current, Errno> {
         let mut cur = self.current.lock().await;
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Errno::EIO);
+        }
+        if let Ok(Some((generation, false))) = ARRIVAL.try_with(|a| *a) {
+            return match cur.as_ref() {
+                Some(c)
+                    if c.generation == generation
+                        && c.client.status() != SessionStatus::Expired =>
+                {
+                    Ok(c.clone())
+                }
+                _ => {
+                    debug!(
+                        generation,
+                        "the request's session ended before it was served"
+                    );
+                    Err(Errno::EIO)
+                }
+            };
         }
         if let Some(c) = cur.as_ref() {
             if c.client.status() != SessionStatus::Expired {

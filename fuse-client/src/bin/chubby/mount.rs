@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chubby_client::client::ClientOptions;
-use chubby_client::fs::{ChubbyFs, FsOptions};
+use chubby_client::fs::{ChubbyFs, FsOptions, OnLockLoss};
 use chubby_client::session::GRACE_MS_DEFAULT;
 use tracing::{info, warn};
 
@@ -50,6 +50,23 @@ pub struct MountArgs {
     /// keep it on loopback.
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<String>,
+    /// What happens to a process that held a lock (`flock`, `fcntl`) when the mount's
+    /// session is lost (the machine was cut off past the lease and grace) and the lock
+    /// with it: `eio` fences it, its descendants and every process that had the lock's file
+    /// open: all their later requests on the mount fail with EIO until they exit; `signal`
+    /// also sends their process groups SIGTERM, then SIGKILL 5 s later (as `consul lock`
+    /// does).
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = LockLoss::Eio)]
+    on_lock_loss: LockLoss,
+}
+
+/// `--on-lock-loss`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LockLoss {
+    /// Fence the holders: their requests on the mount fail with EIO.
+    Eio,
+    /// Fence them and signal their process groups (SIGTERM, then SIGKILL).
+    Signal,
 }
 
 pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
@@ -72,6 +89,11 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
         },
         uid: uid_of(&mountpoint),
         gid: gid_of(&mountpoint),
+        mountpoint: Some(mountpoint.clone()),
+        on_lock_loss: match args.on_lock_loss {
+            LockLoss::Eio => OnLockLoss::Eio,
+            LockLoss::Signal => OnLockLoss::Signal,
+        },
     };
     let fs =
         ChubbyFs::new(cell, options, rt.handle().clone()).context("setting up the filesystem")?;
@@ -283,7 +305,12 @@ fn start_in_background(args: &MountArgs, mountpoint: &Path) -> anyhow::Result<Ex
         .arg(mountpoint)
         .arg("--foreground")
         .arg("--grace")
-        .arg(args.grace.to_string());
+        .arg(args.grace.to_string())
+        .arg("--on-lock-loss")
+        .arg(match args.on_lock_loss {
+            LockLoss::Eio => "eio",
+            LockLoss::Signal => "signal",
+        });
     if let Some(cell) = &args.cell.cell {
         cmd.arg("--cell").arg(cell);
     }
