@@ -1197,7 +1197,7 @@ impl Client {
         lock(&self.inner.state).lock_waiters.insert(handle, tx);
         let session = self.session();
         let answer = self
-            .handle_call(
+            .lock_call(
                 handle,
                 Call::Acquire {
                     session,
@@ -1280,7 +1280,7 @@ impl Client {
     ) -> Result<Sequencer, ClientError> {
         let session = self.session();
         match self
-            .handle_call(
+            .lock_call(
                 handle,
                 Call::TryAcquire {
                     session,
@@ -1292,6 +1292,28 @@ impl Client {
         {
             Answer::Acquired { sequencer } => Ok(sequencer),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends an Acquire or TryAcquire whose outcome may become unknown (the master died
+    /// with it in flight): the handle's lock state at the next master then says whether it
+    /// took effect (held, or queued), and it is sent again if it did not. A master serves
+    /// only once every slot its predecessors proposed is decided and applied, so "not in
+    /// effect" is final. A fail-over is thus a delay for lock calls too, and a lock is
+    /// never taken twice.
+    async fn lock_call(&self, handle: HandleId, call: Call) -> Result<Answer, ClientError> {
+        loop {
+            match self.handle_call(handle, call.clone()).await {
+                Err(e) if outcome_unknown(&e) => {
+                    debug!(handle = handle.0, error = %e, "lock call's outcome unknown: asking");
+                    match self.lock_state(handle).await? {
+                        LockState::Held(sequencer) => return Ok(Answer::Acquired { sequencer }),
+                        LockState::Waiting => return Ok(Answer::Queued),
+                        LockState::None => {}
+                    }
+                }
+                other => return other,
+            }
         }
     }
 

@@ -314,3 +314,108 @@ fn on_lock_loss_signal_terminates_the_holders_process_group() {
 fn libc_sigterm() -> i32 {
     15 // SIGTERM on Linux
 }
+
+/// One lock client: for `secs`, takes `L` (blocking `LOCK_EX`, or `LOCK_EX|LOCK_NB`),
+/// holds it 5 ms, releases it; prints `hold <acquired µs> <released µs>` per hold and
+/// `error <errno> <µs>` per failed call (CLOCK_MONOTONIC, common to all processes).
+const LOCK_LOOP: &str = r#"
+import errno, fcntl, os, sys, time
+path, secs, blocking = sys.argv[1], float(sys.argv[2]), sys.argv[3] == 'block'
+def now():
+    return time.monotonic_ns() // 1000
+end = time.monotonic() + secs
+while time.monotonic() < end:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        print('error', e.errno, now(), flush=True)
+        continue
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            print('error', e.errno, now(), flush=True)
+        os.close(fd)
+        continue
+    acq = now()
+    time.sleep(0.005)
+    rel = now()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as e:
+        print('error', e.errno, now(), flush=True)
+    os.close(fd)
+    print('hold', acq, rel, flush=True)
+"#;
+
+#[test]
+fn lock_calls_ride_through_a_master_kill() {
+    if !fuse_available() {
+        return;
+    }
+    let mut cell = RealCell::start(3);
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("L"), "").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("lock_loop.py");
+    std::fs::write(&script, LOCK_LOOP).unwrap();
+    let secs: u32 = 20;
+    let mut children = Vec::new();
+    for (m, how) in [(&a, "try"), (&b, "try"), (&a, "block"), (&b, "block")] {
+        children.push(
+            Command::new("python3")
+                .arg(&script)
+                .arg(m.at("L"))
+                .arg(secs.to_string())
+                .arg(how)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let rt = chubby_integration::test_support::runtime();
+    let _in_rt = rt.enter();
+    let conn = cell.connect();
+    let master = rt.block_on(cell.wait_master(&conn, chubby_integration::test_support::ELECTION));
+    std::thread::sleep(Duration::from_secs(5));
+    cell.kill9(usize::try_from(master).unwrap());
+    let mut holds = Vec::new();
+    let mut errors = Vec::new();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = wait_within(c, Duration::from_secs(u64::from(secs) + 60));
+        assert!(out.status.success(), "client {i}: {}", out.status);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.first().copied() {
+                Some("hold") => holds.push((
+                    i,
+                    f[1].parse::<u64>().unwrap(),
+                    f[2].parse::<u64>().unwrap(),
+                )),
+                Some("error") => errors.push((i, line.to_owned())),
+                _ => panic!("client {i}: {line}"),
+            }
+        }
+    }
+    eprintln!(
+        "lock loops through the kill of master {master}: {} holds, {} errors",
+        holds.len(),
+        errors.len()
+    );
+    assert!(errors.is_empty(), "lock calls failed: {errors:?}");
+    assert!(holds.len() >= 20, "too few holds: {}", holds.len());
+    holds.sort_by_key(|h| h.1);
+    let mut latest: Option<(usize, u64, u64)> = None;
+    for &(c, acq, rel) in &holds {
+        if let Some((c0, a0, r0)) = latest {
+            assert!(
+                acq >= r0,
+                "two holders: {c0} [{a0}, {r0}] and {c} [{acq}, {rel}]"
+            );
+        }
+        if latest.is_none_or(|(_, _, r0)| rel > r0) {
+            latest = Some((c, acq, rel));
+        }
+    }
+}
