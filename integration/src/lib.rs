@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod mount;
+pub mod netns;
 pub mod real_cell;
 pub mod sim;
 pub mod test_support;

@@ -76,12 +76,32 @@ impl Mount {
     /// If the mount does not come up.
     #[must_use]
     pub fn of_cell_file(cell_file: &Path, extra: &[&str]) -> Mount {
+        Mount::in_netns(cell_file, extra, None)
+    }
+
+    /// Mounts the cell of `cell_file` with its daemon in the network namespace `netns`
+    /// (`nsenter --net`: the mount itself is seen by every process here).
+    ///
+    /// # Panics
+    /// If the mount does not come up.
+    #[must_use]
+    pub fn in_netns(cell_file: &Path, extra: &[&str], netns: Option<&Path>) -> Mount {
         let dir = tempfile::tempdir().expect("temp dir");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mount point");
         let log = dir.path().join("mount.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary("chubby"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(binary("chubby"));
+                c
+            }
+            None => Command::new(binary("chubby")),
+        };
+        let child = cmd
             .arg("mount")
             .arg(&mnt)
             .arg("--foreground")

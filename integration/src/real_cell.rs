@@ -62,6 +62,8 @@ pub struct RealCell {
     configs: Vec<PathBuf>,
     children: Vec<Option<Child>>,
     cell_file: PathBuf,
+    /// The network namespace the replicas run in (`None`: this process's).
+    netns: Option<PathBuf>,
 }
 
 impl RealCell {
@@ -118,6 +120,22 @@ impl RealCell {
         RealCell::launch(dir, layout, tuning, log_filter)
     }
 
+    /// Like [`RealCell::start_tuned`], every replica running in the cell namespace of
+    /// `net` on [`crate::netns::CELL_ADDR`] (see [`crate::netns`]).
+    ///
+    /// # Panics
+    /// As [`RealCell::start`].
+    #[must_use]
+    pub fn start_in_netns(replicas: usize, tuning: &str, net: &crate::netns::Net) -> RealCell {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cell_dir = dir.path().join("cell");
+        let base = free_port_range(2 * replicas);
+        let layout =
+            init_cell(&cell_dir, replicas, crate::netns::CELL_ADDR, base).expect("cell init");
+        let filter = std::env::var("CHUBBY_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
+        RealCell::launch_in(dir, layout, tuning, &filter, Some(net.path(0)))
+    }
+
     /// A new cell founded from `backup` (`chubby cell restore`'s library call), started.
     ///
     /// # Panics
@@ -144,6 +162,16 @@ impl RealCell {
         tuning: &str,
         log_filter: &str,
     ) -> RealCell {
+        RealCell::launch_in(dir, layout, tuning, log_filter, None)
+    }
+
+    fn launch_in(
+        dir: tempfile::TempDir,
+        layout: chubby_protocol::cell::CellLayout,
+        tuning: &str,
+        log_filter: &str,
+        netns: Option<PathBuf>,
+    ) -> RealCell {
         let replicas = layout.replica_configs.len();
         if !tuning.is_empty() {
             for path in &layout.replica_configs {
@@ -157,6 +185,7 @@ impl RealCell {
             children: (0..replicas).map(|_| None).collect(),
             cell_file: layout.cell_file,
             dir,
+            netns,
         };
         for i in 1..=replicas {
             cell.spawn_logging(i, log_filter);
@@ -240,7 +269,17 @@ impl RealCell {
             .append(true)
             .open(self.log_path(id))
             .expect("log file");
-        let child = Command::new(binary("chubby-server"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(binary("chubby-server"));
+                c
+            }
+            None => Command::new(binary("chubby-server")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.configs[id - 1])
             .arg("--log")
