@@ -1343,6 +1343,22 @@ impl Client {
         }
     }
 
+    /// The mode and holders of the lock of `path` (mode `None`: free), from the master.
+    ///
+    /// # Errors
+    /// `NotFound`, `PermissionDenied`, or the session.
+    pub async fn lock_holders(&self, path: &str) -> Result<LockHolders, ClientError> {
+        let session = self.session();
+        let call = Call::LockHolders {
+            session,
+            path: path.to_owned(),
+        };
+        match self.call(call).await? {
+            Answer::Holders { mode, holders } => Ok((mode, holders)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Is `sequencer` still valid?
     ///
     /// # Errors
@@ -1422,6 +1438,9 @@ fn outcome_unknown(e: &ClientError) -> bool {
 /// without a generation check (the file ends the same); Open without exclusive creation
 /// (a second handle at worst, closed with the session); Close and Release (a repeat is
 /// refused harmlessly).
+/// A lock's mode while held (`None`: free) and its holders.
+pub type LockHolders = (Option<LockMode>, Vec<(SessionId, HandleId)>);
+
 fn retry_safe(call: &Call) -> bool {
     match call {
         Call::Open(args) => args.creation != Creation::Must,
@@ -1431,6 +1450,7 @@ fn retry_safe(call: &Call) -> bool {
         | Call::ReadDir { .. }
         | Call::GetSequencer { .. }
         | Call::CheckSequencer { .. }
+        | Call::LockHolders { .. }
         | Call::Close { .. }
         | Call::Release { .. } => true,
         _ => false,

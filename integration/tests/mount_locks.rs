@@ -454,3 +454,109 @@ fn a_partitioned_flock_holder_never_writes_after_the_new_holder() {
         takeover.as_secs_f64()
     );
 }
+
+/// `F_GETLK` on `path`: the type reported and the pid (one line).
+const GETLK: &str = r#"
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+want = fcntl.F_WRLCK if sys.argv[2] == 'w' else fcntl.F_RDLCK
+arg = struct.pack('hhqqixxxx', want, 0, 0, 0, 0)
+t, _, _, _, pid = struct.unpack('hhqqixxxx', fcntl.fcntl(fd, fcntl.F_GETLK, arg))
+print({fcntl.F_RDLCK: 'read', fcntl.F_WRLCK: 'write', fcntl.F_UNLCK: 'free'}[t], pid)
+"#;
+
+#[test]
+fn f_getlk_sees_a_holder_anywhere_in_the_cell() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let cell = RealCell::start(3);
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("L"), "").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("getlk.py");
+    std::fs::write(&script, GETLK).unwrap();
+    let getlk = |m: &Mount, want: &str| {
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(m.at("L"))
+            .arg(want)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(getlk(&b, "w"), "free 0");
+    let mut holder = Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, os, sys\nfd = os.open('L', os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX)\n\
+             print('held', flush=True)\nsys.stdin.readline()",
+        ])
+        .current_dir(a.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "held");
+    // On the holder's mount, with its pid; on another, with pid 0 (not known there).
+    assert_eq!(getlk(&a, "w"), format!("write {}", holder.id()));
+    assert_eq!(getlk(&b, "w"), "write 0");
+    assert_eq!(
+        getlk(&b, "r"),
+        "write 0",
+        "an exclusive holder blocks readers too"
+    );
+    writeln!(holder.stdin.take().unwrap()).unwrap();
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(getlk(&b, "w"), "free 0");
+}
+
+/// Open file description locks (`F_OFD_SETLK`): per description, refused to another, and
+/// gone at the description's last close, through a read-only or a read-write descriptor.
+const OFD: &str = r#"
+import errno, fcntl, os, struct
+lk = lambda t: struct.pack('hhqqixxxx', t, 0, 0, 0, 0)
+for flags, t in ((os.O_RDWR, fcntl.F_WRLCK), (os.O_RDONLY, fcntl.F_RDLCK)):
+    a = os.open('O', flags)
+    b = os.open('O', os.O_RDWR)
+    fcntl.fcntl(a, fcntl.F_OFD_SETLK, lk(t))
+    try:
+        fcntl.fcntl(b, fcntl.F_OFD_SETLK, lk(fcntl.F_WRLCK))
+        raise SystemExit('a second description took a held OFD lock')
+    except OSError as e:
+        assert e.errno in (errno.EAGAIN, errno.EACCES), e
+    os.close(a)
+    fcntl.fcntl(b, fcntl.F_OFD_SETLKW, lk(fcntl.F_WRLCK))
+    fcntl.fcntl(b, fcntl.F_OFD_SETLK, lk(fcntl.F_UNLCK))
+    os.close(b)
+print('ok')
+"#;
+
+#[test]
+fn ofd_locks_are_per_description_and_go_at_its_last_close() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let m = Mount::new(&cell, &[]);
+    std::fs::write(m.at("O"), "x").unwrap();
+    std::fs::write(m.at("ofd.py"), OFD).unwrap();
+    let child = Command::new("python3")
+        .arg("ofd.py")
+        .current_dir(m.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_within(child, Duration::from_secs(60));
+    assert!(
+        out.status.success() && out.stdout == b"ok\n",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -187,6 +187,13 @@ pub enum Call {
         /// The sequencer.
         sequencer: Option<Sequencer>,
     },
+    /// Who holds the lock of the node at `path` (read permission): for `F_GETLK`.
+    LockHolders {
+        /// The session.
+        session: SessionId,
+        /// The node.
+        path: String,
+    },
     /// Is this sequencer still valid? Anyone may ask.
     CheckSequencer {
         /// The token.
@@ -243,6 +250,7 @@ impl Call {
             Call::GetSequencer { .. } => "GetSequencer",
             Call::SetSequencer { .. } => "SetSequencer",
             Call::CheckSequencer { .. } => "CheckSequencer",
+            Call::LockHolders { .. } => "LockHolders",
             Call::Rename { .. } => "Rename",
             Call::Backup => "Backup",
             Call::BackupRead { .. } => "BackupRead",
@@ -337,6 +345,14 @@ pub enum Answer {
     Queued,
     /// For [`Call::GetSequencer`].
     Lock(LockState),
+    /// For [`Call::LockHolders`]: the mode the lock is held in (`None`: free) and its
+    /// holders.
+    Holders {
+        /// The mode, while held.
+        mode: Option<LockMode>,
+        /// The holding (session, handle) pairs.
+        holders: Vec<(SessionId, HandleId)>,
+    },
     /// For [`Call::CheckSequencer`].
     SequencerValid(bool),
     /// For [`Call::Backup`]: the backup taken.

@@ -126,9 +126,11 @@ impl Shared {
     }
 
     /// RELEASE of a read-only description without a handle, whose flock owner (if any)
-    /// holds no lock on the file.
+    /// holds no lock on the file, and through which no lock (an OFD lock) was taken.
     pub(super) fn fast_release(&self, ino: u64, fh: u64, flock_owner: Option<u64>) -> bool {
-        if self.idle_read(fh) != Some(false) || flock_owner.is_some_and(|o| self.holds_lock(ino, o))
+        if self.idle_read(fh) != Some(false)
+            || flock_owner.is_some_and(|o| self.holds_lock(ino, o))
+            || !guard(&self.locks).of_fh(fh).is_empty()
         {
             return false;
         }

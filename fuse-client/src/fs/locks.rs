@@ -131,6 +131,16 @@ impl Locks {
         found
     }
 
+    /// The (instance, owner) keys of the locks taken through the description `fh`.
+    #[must_use]
+    pub fn of_fh(&self, fh: u64) -> Vec<(u64, u64)> {
+        self.by_key
+            .iter()
+            .filter(|(_, l)| l.fh == fh)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Removes every lock of session `generation` (it expired), returning them.
     pub fn lose_session(&mut self, generation: u64) -> Vec<Lock> {
         let keys: Vec<(u64, u64)> = self

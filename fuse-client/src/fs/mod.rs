@@ -1196,6 +1196,13 @@ impl Shared {
         if let Some(owner) = flock_owner {
             self.unlock(ino, owner, true).await;
         }
+        // OFD locks (`F_OFD_SETLK`) go at the description's last close too; the kernel
+        // leaves them to us without naming them. (A process's fcntl locks taken through it
+        // went at that process's close.)
+        let left = guard(&self.locks).of_fh(fh);
+        for (instance, owner) in left {
+            self.unlock_instance(instance, owner, true).await;
+        }
         guard(&self.lost).remove(&fh);
         let Some(slot) = slot else { return };
         guard(&self.files).remove(&fh);
@@ -1413,6 +1420,17 @@ impl Shared {
         }
     }
 
+    /// The mode of a lock on the file of `ino` held by another client of the cell that
+    /// conflicts with `mode` (`F_GETLK`), if any.
+    async fn remote_conflict(&self, ino: u64, mode: LockMode) -> Result<Option<LockMode>, Errno> {
+        let path = self.path(ino)?;
+        let cur = self.sessions.get().await?;
+        let (held, holders) = cur.client.lock_holders(&path).await.map_err(|e| ce(&e))?;
+        let mine = cur.client.session();
+        let others = holders.iter().any(|(session, _)| *session != mine);
+        Ok(held.filter(|h| others && (mode == LockMode::Exclusive || *h == LockMode::Exclusive)))
+    }
+
     /// The gate of `owner`'s lock on `instance` (see `lock_gates`).
     fn lock_gate(&self, instance: u64, owner: u64) -> Gate {
         Arc::clone(
@@ -1442,6 +1460,11 @@ impl Shared {
         let Ok(instance) = self.instance_of(ino) else {
             return;
         };
+        self.unlock_instance(instance, owner, cancel).await;
+    }
+
+    /// [`Shared::unlock`] of the file `instance`.
+    async fn unlock_instance(&self, instance: u64, owner: u64, cancel: bool) {
         let state = guard(&self.locks)
             .get(instance, owner)
             .map(|l| l.state.clone());
@@ -2266,30 +2289,33 @@ impl fuser::Filesystem for ChubbyFs {
             reply.error(Errno::EIO);
             return;
         }
-        // Only this mount's holders are known here (see the README's lock section).
         let mode = if typ == libc::F_RDLCK {
             LockMode::Shared
         } else {
             LockMode::Exclusive
         };
+        let type_of = |m: LockMode| match m {
+            LockMode::Shared => libc::F_RDLCK,
+            LockMode::Exclusive => libc::F_WRLCK,
+        };
+        // A holder on this mount, with its process.
         let key = guard(&self.0.inodes).instance(ino.0).unwrap_or(ino.0);
-        let locks = guard(&self.0.locks);
-        match locks.conflict(key, lock_owner.0, mode) {
-            Some(l) => {
-                let t = if l.mode == LockMode::Shared {
-                    libc::F_RDLCK
-                } else {
-                    libc::F_WRLCK
-                };
-                let pid = l.pid;
-                drop(locks);
-                reply.locked(0, WHOLE_FILE_END, t, pid);
-            }
-            None => {
-                drop(locks);
-                reply.locked(0, 0, libc::F_UNLCK, 0);
-            }
+        let local = guard(&self.0.locks)
+            .conflict(key, lock_owner.0, mode)
+            .map(|l| (type_of(l.mode), l.pid));
+        if let Some((t, pid)) = local {
+            reply.locked(0, WHOLE_FILE_END, t, pid);
+            return;
         }
+        // Anywhere else in the cell: the master knows (its process is not known here:
+        // pid 0).
+        self.spawn(|s| async move {
+            match s.remote_conflict(ino.0, mode).await {
+                Ok(Some(held)) => reply.locked(0, WHOLE_FILE_END, type_of(held), 0),
+                Ok(None) => reply.locked(0, 0, libc::F_UNLCK, 0),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn setlk(

@@ -185,6 +185,30 @@ impl Db {
         Ok(self.ns.get(path).map(|n| n.stat()))
     }
 
+    /// LockHolders: the mode and holders of the lock of the node at `path` (`None`: free),
+    /// for a session that may read it (`F_GETLK` on a mount).
+    ///
+    /// # Errors
+    /// As StatPath, `NotFound` if there is no node at `path`, `PermissionDenied`.
+    pub fn lock_holders_checked(
+        &self,
+        session: SessionId,
+        path: &str,
+    ) -> Result<LockHolders, Refusal> {
+        let stat = self
+            .stat_path_checked(session, path)?
+            .ok_or(Refusal::NotFound)?;
+        let principal = self.principal(session)?;
+        let admin = &self.config.admin;
+        if !acl::has_right(&self.ns, admin, principal, &stat.acl, acl::Right::Read) {
+            return Err(Refusal::PermissionDenied);
+        }
+        Ok(match self.lock_holders(path) {
+            Some((mode, holders)) => (Some(mode), holders),
+            None => (None, Vec::new()),
+        })
+    }
+
     /// GetSequencer as the wire answers it: held (with the sequencer), queued, or neither.
     ///
     /// # Errors
@@ -201,6 +225,12 @@ impl Db {
         })
     }
 }
+
+/// A lock's mode while held (`None`: free) and its holders.
+pub type LockHolders = (
+    Option<chubby_protocol::LockMode>,
+    Vec<(SessionId, HandleId)>,
+);
 
 /// The parent of a valid non-root path; `None` for the root or an invalid path (which the
 /// command itself will refuse).

@@ -802,7 +802,19 @@ fn exclusive_and_shared() {
     let (mode, holders) = t.db.lock_holders("/l").unwrap();
     assert_eq!(mode, LockMode::Shared);
     assert_eq!(holders, vec![(a, ha), (b, hb)]);
+    // LockHolders as a session asks it (F_GETLK on a mount).
+    assert_eq!(
+        t.db.lock_holders_checked(c, "/l"),
+        Ok((Some(LockMode::Shared), vec![(a, ha), (b, hb)]))
+    );
+    assert_eq!(
+        t.db.lock_holders_checked(c, "/nothing"),
+        Err(Refusal::NotFound)
+    );
     assert_eq!(t.release(c, hc).result, Err(Refusal::NotHeld));
+    assert!(t.release(a, ha).result.is_ok());
+    assert!(t.release(b, hb).result.is_ok());
+    assert_eq!(t.db.lock_holders_checked(c, "/l"), Ok((None, Vec::new())));
 }
 
 /// Chubby §2.4 + DESIGN §3: waiters are served FIFO; consecutive shared waiters are granted

@@ -301,6 +301,10 @@ impl Serve {
                 .lock_state(session, handle)
                 .map_err(refused)
                 .map(Answer::Lock),
+            Call::LockHolders { session, path } => db
+                .lock_holders_checked(session, &path)
+                .map_err(refused)
+                .map(|(mode, holders)| Answer::Holders { mode, holders }),
             Call::CheckSequencer { sequencer } => {
                 Ok(Answer::SequencerValid(db.check_sequencer(&sequencer)))
             }

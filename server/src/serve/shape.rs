@@ -75,6 +75,7 @@ pub(super) fn op_of(principal: &str, call: Call) -> Result<Op, CallError> {
         | Call::ReadDir { .. }
         | Call::GetSequencer { .. }
         | Call::CheckSequencer { .. }
+        | Call::LockHolders { .. }
         | Call::Status
         | Call::ChangeMembers { .. }
         | Call::Backup
@@ -121,6 +122,7 @@ pub(super) fn session_of(call: &Call) -> Option<SessionId> {
         | Call::TryAcquire { session, .. }
         | Call::Release { session, .. }
         | Call::GetSequencer { session, .. }
+        | Call::LockHolders { session, .. }
         | Call::SetSequencer { session, .. }
         | Call::Rename { session, .. } => Some(*session),
         Call::Status
