@@ -1301,15 +1301,28 @@ impl Client {
     /// only once every slot its predecessors proposed is decided and applied, so "not in
     /// effect" is final. A fail-over is thus a delay for lock calls too, and a lock is
     /// never taken twice.
+    ///
+    /// If the master was only unreachable for a moment (the connection was lost, not the
+    /// master), the first copy may still be applied after the state was asked: the copy
+    /// sent again is then refused `AlreadyHeld`, and the state asked once more says what
+    /// the first one did.
     async fn lock_call(&self, handle: HandleId, call: Call) -> Result<Answer, ClientError> {
+        let mut resent = false;
         loop {
             match self.handle_call(handle, call.clone()).await {
-                Err(e) if outcome_unknown(&e) => {
+                Err(e)
+                    if outcome_unknown(&e)
+                        || (resent
+                            && matches!(
+                                e,
+                                ClientError::Call(CallError::Refused(Refusal::AlreadyHeld))
+                            )) =>
+                {
                     debug!(handle = handle.0, error = %e, "lock call's outcome unknown: asking");
                     match self.lock_state(handle).await? {
                         LockState::Held(sequencer) => return Ok(Answer::Acquired { sequencer }),
                         LockState::Waiting => return Ok(Answer::Queued),
-                        LockState::None => {}
+                        LockState::None => resent = true,
                     }
                 }
                 other => return other,
