@@ -62,8 +62,8 @@ pub struct RealCell {
     configs: Vec<PathBuf>,
     children: Vec<Option<Child>>,
     cell_file: PathBuf,
-    /// The network namespace the replicas run in (`None`: this process's).
-    netns: Option<PathBuf>,
+    /// The network namespace of each replica (empty: this process's).
+    netns: Vec<PathBuf>,
 }
 
 impl RealCell {
@@ -120,20 +120,24 @@ impl RealCell {
         RealCell::launch(dir, layout, tuning, log_filter)
     }
 
-    /// Like [`RealCell::start_tuned`], every replica running in the cell namespace of
-    /// `net` on [`crate::netns::CELL_ADDR`] (see [`crate::netns`]).
+    /// Like [`RealCell::start_tuned`], each replica of `net` running in its own network
+    /// namespace, at its address there (see [`crate::netns`]).
     ///
     /// # Panics
     /// As [`RealCell::start`].
     #[must_use]
-    pub fn start_in_netns(replicas: usize, tuning: &str, net: &crate::netns::Net) -> RealCell {
+    pub fn start_in_netns(tuning: &str, net: &crate::netns::Net) -> RealCell {
         let dir = tempfile::tempdir().expect("temp dir");
         let cell_dir = dir.path().join("cell");
-        let base = free_port_range(2 * replicas);
+        let hosts = net.replica_addrs();
+        let base = free_port_range(2 * hosts.len());
         let layout =
-            init_cell(&cell_dir, replicas, crate::netns::CELL_ADDR, base).expect("cell init");
+            chubby_protocol::cell::init_cell_on(&cell_dir, &hosts, base).expect("cell init");
         let filter = std::env::var("CHUBBY_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
-        RealCell::launch_in(dir, layout, tuning, &filter, Some(net.path(0)))
+        let netns = (1..=hosts.len())
+            .map(|i| net.path(crate::netns::Host::Replica(i)))
+            .collect();
+        RealCell::launch_in(dir, layout, tuning, &filter, netns)
     }
 
     /// A new cell founded from `backup` (`chubby cell restore`'s library call), started.
@@ -162,7 +166,7 @@ impl RealCell {
         tuning: &str,
         log_filter: &str,
     ) -> RealCell {
-        RealCell::launch_in(dir, layout, tuning, log_filter, None)
+        RealCell::launch_in(dir, layout, tuning, log_filter, Vec::new())
     }
 
     fn launch_in(
@@ -170,7 +174,7 @@ impl RealCell {
         layout: chubby_protocol::cell::CellLayout,
         tuning: &str,
         log_filter: &str,
-        netns: Option<PathBuf>,
+        netns: Vec<PathBuf>,
     ) -> RealCell {
         let replicas = layout.replica_configs.len();
         if !tuning.is_empty() {
@@ -269,7 +273,7 @@ impl RealCell {
             .append(true)
             .open(self.log_path(id))
             .expect("log file");
-        let mut cmd = match &self.netns {
+        let mut cmd = match self.netns.get(id - 1) {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
                 c.arg(format!("--net={}", ns.display()))

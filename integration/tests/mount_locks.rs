@@ -195,13 +195,20 @@ fn late_holder_is_fenced(
         "setfattr -n user.chubby.lock_delay -v 1s elect/L",
     );
     assert!(out.status.success(), "{out:?}");
+    // Each critical section logs its steps with a clock every process shares (outside the
+    // mount): B's late write must fail, and nothing of B's may land inside A's section.
+    let clock_dir = tempfile::tempdir().unwrap();
+    let clock = clock_dir.path().join("sections.log");
     let mut b_holder = Command::new("flock")
         .args([
             "elect/L",
             "sh",
             "-c",
-            "echo started; read go; echo B-late > elect/data",
+            "echo \"B-start $(date +%s%N)\" >> \"$LOG\"; echo started; read go; \
+             if echo B-late > elect/data; then echo \"B-wrote $(date +%s%N)\" >> \"$LOG\"; \
+             else echo \"B-failed $(date +%s%N)\" >> \"$LOG\"; exit 1; fi",
         ])
+        .env("LOG", &clock)
         .current_dir(b.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -219,8 +226,10 @@ fn late_holder_is_fenced(
             "elect/L",
             "sh",
             "-c",
-            "echo A > elect/data; echo acquired; read go; cat elect/data",
+            "echo \"A-start $(date +%s%N)\" >> \"$LOG\"; echo A > elect/data; echo acquired; \
+             read go; cat elect/data; echo \"A-end $(date +%s%N)\" >> \"$LOG\"",
         ])
+        .env("LOG", &clock)
         .current_dir(a.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -252,6 +261,18 @@ fn late_holder_is_fenced(
     wait_until("B's mount to serve again", Duration::from_secs(30), || {
         std::fs::read_to_string(b.at("elect/data")).is_ok_and(|d| d == "A\n")
     });
+    let log = std::fs::read_to_string(&clock).unwrap();
+    let at = |what: &str| -> Option<u128> {
+        log.lines()
+            .find_map(|l| l.strip_prefix(what)?.trim().parse().ok())
+    };
+    let (a_start, a_end) = (at("A-start").unwrap(), at("A-end").unwrap());
+    assert!(at("B-wrote").is_none(), "B wrote: {log}");
+    let b_failed = at("B-failed").unwrap();
+    assert!(
+        at("B-start").unwrap() < a_start && a_start < b_failed && b_failed < a_end,
+        "unexpected order: {log}"
+    );
     (takeover, b_err.trim().to_owned())
 }
 
@@ -427,8 +448,8 @@ fn lock_calls_ride_through_a_master_kill() {
     }
 }
 
-/// With a real partition: the cell in one network namespace, mounts A and B each in their
-/// own, and B cut off by drops on the receiving side of both directions, then healed.
+/// With a real partition: each replica and each mount in its own network namespace, and B
+/// cut off by drops on the receiving side of both directions, then healed.
 #[test]
 fn a_partitioned_flock_holder_never_writes_after_the_new_holder() {
     if !fuse_available() {
@@ -442,11 +463,16 @@ fn a_partitioned_flock_holder_never_writes_after_the_new_holder() {
         eprintln!("SKIPPED: {why}");
         return;
     }
+    use chubby_integration::netns::{Host, Net};
     // Declared first, dropped last: after the mounts and the cell inside it.
-    let net = chubby_integration::netns::Net::new(2);
-    let cell = RealCell::start_in_netns(3, "session_lease_ms = 3000", &net);
-    let a = Mount::in_netns(cell.cell_file(), &[], Some(&net.path(1)));
-    let b = Mount::in_netns(cell.cell_file(), &["--grace", "2"], Some(&net.path(2)));
+    let net = Net::new(3, 2);
+    let cell = RealCell::start_in_netns("session_lease_ms = 3000", &net);
+    let a = Mount::in_netns(cell.cell_file(), &[], Some(&net.path(Host::Client(1))));
+    let b = Mount::in_netns(
+        cell.cell_file(),
+        &["--grace", "2"],
+        Some(&net.path(Host::Client(2))),
+    );
     let (takeover, err) = late_holder_is_fenced(&a, &b, || net.cut(2), || net.heal(2));
     eprintln!(
         "partition: A took the lock {:.1} s after B was cut off; after healing, B's late \
