@@ -1447,13 +1447,13 @@ fn outcome_unknown(e: &ClientError) -> bool {
     )
 }
 
+/// A lock's mode while held (`None`: free) and its holders.
+pub type LockHolders = (Option<LockMode>, Vec<(SessionId, HandleId)>);
+
 /// Calls that may be sent again after an unknown outcome: reads; a whole-file write
 /// without a generation check (the file ends the same); Open without exclusive creation
 /// (a second handle at worst, closed with the session); Close and Release (a repeat is
 /// refused harmlessly).
-/// A lock's mode while held (`None`: free) and its holders.
-pub type LockHolders = (Option<LockMode>, Vec<(SessionId, HandleId)>);
-
 fn retry_safe(call: &Call) -> bool {
     match call {
         Call::Open(args) => args.creation != Creation::Must,

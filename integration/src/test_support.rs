@@ -42,3 +42,29 @@ pub fn strace_available() -> bool {
     eprintln!("skipping: strace is not installed");
     false
 }
+
+/// Polls `f` every 20 ms until it holds (for a state another process reaches, which gives
+/// no event to wait on here).
+///
+/// # Panics
+/// If `timeout` passes first, naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The sessions in the master's database (`None` if no replica says it is master).
+#[must_use]
+pub fn master_sessions(cell: &crate::real_cell::RealCell) -> Option<u64> {
+    use chubby_protocol::client_msg::ReplicaRole;
+    let rt = runtime();
+    let _in_rt = rt.enter();
+    let conn = cell.connect();
+    rt.block_on(cell.statuses(&conn))
+        .into_iter()
+        .flatten()
+        .find_map(|s| (s.role == ReplicaRole::Master).then_some(s.sessions))
+}

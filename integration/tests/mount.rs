@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chubby_client::protocol::client_msg::{ReplicaRole, StatusReport};
+use chubby_client::protocol::client_msg::StatusReport;
 use chubby_integration::mount::{fails, fuse_available, ok, sh, Mount};
 use chubby_integration::real_cell::{http_get, sample, RealCell};
-use chubby_integration::test_support::{runtime, ELECTION};
+use chubby_integration::test_support::{master_sessions, runtime, wait_until, ELECTION};
 
 /// A child killed when dropped.
 struct Proc(Child);
@@ -26,14 +26,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -51,14 +43,6 @@ fn client_calls(cell: &RealCell) -> u64 {
         .into_iter()
         .map(|s| s.map_or(0, |s| s.client_calls))
         .sum()
-}
-
-/// Sessions in the master's database.
-fn master_sessions(cell: &RealCell) -> Option<u64> {
-    statuses(cell)
-        .into_iter()
-        .flatten()
-        .find_map(|s| (s.role == ReplicaRole::Master).then_some(s.sessions))
 }
 
 #[test]

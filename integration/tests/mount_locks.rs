@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use chubby_integration::mount::{fuse_available, Mount};
 use chubby_integration::real_cell::RealCell;
+use chubby_integration::test_support::{master_sessions, wait_until};
 
 /// Two processes sharing one open file description (opened, then `fork`), each looping
 /// `flock(LOCK_EX)` / `flock(LOCK_UN)`; prints each one's count.
@@ -154,26 +155,6 @@ fn stress_ng_flock_runs_clean() {
         w.len(),
         &w[..w.len().min(5)]
     );
-}
-
-/// Sessions in the master's database.
-fn master_sessions(cell: &RealCell) -> Option<u64> {
-    use chubby_client::protocol::client_msg::ReplicaRole;
-    let rt = chubby_integration::test_support::runtime();
-    let _in_rt = rt.enter();
-    let conn = cell.connect();
-    rt.block_on(cell.statuses(&conn))
-        .into_iter()
-        .flatten()
-        .find_map(|s| (s.role == ReplicaRole::Master).then_some(s.sessions))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The issue's minimal form (issue 18): B holds `flock elect/L` around a late write; B is

@@ -947,10 +947,17 @@ impl Shared {
         if second {
             return self.open_read_current(ino, path).await;
         }
+        // A refusal: a writer's inode (its dentry was stale) or a version newer than the
+        // inode's; the retry's lookup gets the current version.
+        let refused = |r: inodes::Refused| match r {
+            inodes::Refused::IsDir => Errno::from_i32(libc::EISDIR),
+            inodes::Refused::Unknown => Errno::ENOENT,
+            inodes::Refused::Stale => self.stale(pid, &path, false),
+        };
         let opened = guard(&self.inodes).open_read(ino);
-        let contents = match opened {
-            Ok(Some(c)) => c,
-            Ok(None) => {
+        let contents = match opened.map_err(refused)? {
+            Some(c) => c,
+            None => {
                 let cur = self.sessions.get().await?;
                 let (contents, stat) = match cur.client.get(&path).await {
                     Ok(x) => x,
@@ -962,18 +969,8 @@ impl Shared {
                 };
                 metrics::bump(&self.counters.reads_uncached);
                 let pinned = guard(&self.inodes).pin_and_open(ino, &contents, &stat);
-                match pinned {
-                    Ok(c) => c,
-                    Err(inodes::Refused::IsDir) => return Err(Errno::from_i32(libc::EISDIR)),
-                    Err(inodes::Refused::Unknown) => return Err(Errno::ENOENT),
-                    // A newer version than the inode's: the retry gets its inode.
-                    Err(inodes::Refused::Stale) => return Err(self.stale(pid, &path, false)),
-                }
+                pinned.map_err(refused)?
             }
-            Err(inodes::Refused::IsDir) => return Err(Errno::from_i32(libc::EISDIR)),
-            Err(inodes::Refused::Unknown) => return Err(Errno::ENOENT),
-            // A writer's inode (its dentry was stale): the retry gets the current version.
-            Err(inodes::Refused::Stale) => return Err(self.stale(pid, &path, false)),
         };
         let ephemeral = guard(&self.inodes)
             .file(ino)
