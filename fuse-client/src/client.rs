@@ -241,6 +241,11 @@ impl Inner {
 
     fn transition(&self, state: &mut State, t: Option<Transition>) {
         let Some(t) = t else { return };
+        // Published first: whoever learns of the transition below (a lock waiter failed,
+        // an event) must find `status()` already telling it. `send_replace`, not `send`:
+        // `send` stores nothing while no receiver exists, and `status()` would go on
+        // reporting the old state.
+        self.status.send_replace(state.clock.status());
         match t {
             Transition::Jeopardy => {
                 state.cache.disable();
@@ -272,9 +277,6 @@ impl Inner {
                 self.emit(ClientEvent::Expired);
             }
         }
-        // `send_replace`, not `send`: `send` stores nothing while no receiver exists, and
-        // `status()` would go on reporting the old state.
-        self.status.send_replace(state.clock.status());
     }
 
     /// Starts dropping everything downstream without waiting (see
@@ -567,14 +569,32 @@ impl Client {
     /// The cell file's certificates are unusable, or no master answered.
     pub async fn connect(cell: &CellFile, options: ClientOptions) -> Result<Client, ClientError> {
         let conn = CellConn::new(cell)?;
-        let start = tokio::time::Instant::now();
-        let (session, epoch, lease_ms) = match conn.call(Call::CreateSession).await? {
-            Answer::Session {
-                session,
-                epoch,
+        // The lease is timed from when the call was first sent (the master may have
+        // started it on any attempt). A session whose answer took half its lease or more
+        // (replicas unreachable, a master being elected) would be in jeopardy, or expired,
+        // at once: another is asked for; the master ends the unused one at its lease.
+        let mut attempts = 0;
+        let (start, session, epoch, lease_ms) = loop {
+            let start = tokio::time::Instant::now();
+            let (session, epoch, lease_ms) = match conn.call(Call::CreateSession).await? {
+                Answer::Session {
+                    session,
+                    epoch,
+                    lease_ms,
+                } => (session, epoch, lease_ms),
+                other => return Err(unexpected(&other)),
+            };
+            attempts += 1;
+            let took = start.elapsed();
+            if took.as_millis() * 2 < u128::from(lease_ms) || attempts >= 5 {
+                break (start, session, epoch, lease_ms);
+            }
+            warn!(
+                session = session.0,
+                took_ms = took.as_millis(),
                 lease_ms,
-            } => (session, epoch, lease_ms),
-            other => return Err(unexpected(&other)),
+                "the new session's answer took half its lease or more: asking for another"
+            );
         };
         let state = State {
             epoch,
