@@ -86,6 +86,25 @@ impl Mount {
     /// If the mount does not come up.
     #[must_use]
     pub fn in_netns(cell_file: &Path, extra: &[&str], netns: Option<&Path>) -> Mount {
+        Mount::start(cell_file, extra, netns, &[])
+    }
+
+    /// Mounts `cell` with extra arguments and extra environment for the daemon (the
+    /// tests' hooks, such as `CHUBBY_TEST_FENCE_DELAY_MS`).
+    ///
+    /// # Panics
+    /// If the mount does not come up.
+    #[must_use]
+    pub fn with_env(cell: &RealCell, extra: &[&str], env: &[(&str, &str)]) -> Mount {
+        Mount::start(cell.cell_file(), extra, None, env)
+    }
+
+    fn start(
+        cell_file: &Path,
+        extra: &[&str],
+        netns: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Mount {
         let dir = tempfile::tempdir().expect("temp dir");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mount point");
@@ -108,6 +127,7 @@ impl Mount {
             .arg("--cell")
             .arg(cell_file)
             .args(extra)
+            .envs(env.iter().copied())
             .env(
                 "CHUBBY_LOG",
                 std::env::var("CHUBBY_TEST_LOG").unwrap_or_else(|_| "info".into()),

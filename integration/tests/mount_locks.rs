@@ -157,15 +157,37 @@ fn stress_ng_flock_runs_clean() {
     );
 }
 
+/// The children of process `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+/// True if process `pid` is blocked in `flock(2)` (syscall 73 on x86_64).
+fn blocked_in_flock(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| s.split_whitespace().next() == Some("73"))
+}
+
 /// The issue's minimal form (issue 18): B holds `flock elect/L` around a late write; B is
-/// cut off (`cut`), its session is lost and A takes the lock and writes; after `heal`, B's
-/// command writes, is fenced (EIO, the command fails), and A reads its own data back.
+/// cut off (`cut`), its session is lost and A takes the lock and writes; after `heal` and
+/// the line `ready` in B's log, B's command writes, is fenced (EIO, the command fails),
+/// and A reads its own data back.
+///
+/// A standby on B waits for the same lock through a descriptor its shell opened
+/// (`exec 9>>elect/L; flock -w 120 9`): its wait fails with the session, but it never
+/// held the lock, so it is not fenced: its shell then writes on B's next session.
+///
 /// Returns how long after the cut A took the lock, and B's error.
 fn late_holder_is_fenced(
     a: &Mount,
     b: &Mount,
     cut: impl FnOnce(),
     heal: impl FnOnce(),
+    ready: &str,
 ) -> (Duration, String) {
     use std::io::{BufRead, BufReader, Write};
     std::fs::create_dir(a.at("elect")).unwrap();
@@ -198,6 +220,23 @@ fn late_holder_is_fenced(
         .unwrap();
     let mut b_out = BufReader::new(b_holder.stdout.take().unwrap()).lines();
     assert_eq!(b_out.next().unwrap().unwrap(), "started");
+    let standby = Command::new("sh")
+        .args([
+            "-c",
+            "exec 9>>elect/L; flock -w 120 9 || echo wait-failed; \
+             if echo standby > elect/standby; then echo wrote; else echo fenced; fi",
+        ])
+        .current_dir(b.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let standby_shell = standby.id();
+    wait_until(
+        "B's standby to wait in flock",
+        Duration::from_secs(20),
+        || children_of(standby_shell).into_iter().any(blocked_in_flock),
+    );
     cut();
     let cut_at = Instant::now();
     let mut a_holder = Command::new("flock")
@@ -223,7 +262,7 @@ fn late_holder_is_fenced(
     wait_until(
         "B to learn its lock is lost",
         Duration::from_secs(60),
-        || b.log().contains("lost its lock on /elect/L"),
+        || b.log().contains(ready),
     );
     writeln!(b_holder.stdin.take().unwrap()).unwrap();
     let b_status = b_holder.wait().unwrap();
@@ -242,6 +281,14 @@ fn late_holder_is_fenced(
     wait_until("B's mount to serve again", Duration::from_secs(30), || {
         std::fs::read_to_string(b.at("elect/data")).is_ok_and(|d| d == "A\n")
     });
+    let standby = wait_within(standby, Duration::from_secs(60));
+    let standby_said = String::from_utf8_lossy(&standby.stdout).into_owned();
+    assert_eq!(
+        standby_said,
+        "wait-failed\nwrote\n",
+        "B's standby (never a holder) was fenced or kept waiting: {}",
+        String::from_utf8_lossy(&standby.stderr)
+    );
     let log = std::fs::read_to_string(&clock).unwrap();
     let at = |what: &str| -> Option<u128> {
         log.lines()
@@ -267,9 +314,50 @@ fn a_holder_that_lost_its_lock_is_fenced_and_never_writes_after_the_new_holder()
     let cell = RealCell::start_tuned(3, "session_lease_ms = 3000");
     let a = Mount::new(&cell, &[]);
     let b = Mount::new(&cell, &["--grace", "1"]);
-    let (takeover, err) = late_holder_is_fenced(&a, &b, || b.signal("STOP"), || b.signal("CONT"));
+    let (takeover, err) = late_holder_is_fenced(
+        &a,
+        &b,
+        || b.signal("STOP"),
+        || b.signal("CONT"),
+        "lost its lock on /elect/L",
+    );
     eprintln!(
         "B's daemon stopped; A took the lock {:.1} s later; B's late write failed: {err}",
+        takeover.as_secs_f64()
+    );
+}
+
+/// The moment between the daemon learning of the expiry and the fence going up, widened
+/// to 4 s by the daemon's test hook: B's late write arrives in it (after the expiry is
+/// logged, before the holders are fenced) and must still fail, not run on a new session.
+#[test]
+fn a_holder_is_fenced_even_in_the_moment_before_its_fence_goes_up() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start_tuned(3, "session_lease_ms = 3000");
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::with_env(
+        &cell,
+        &["--grace", "1"],
+        &[("CHUBBY_TEST_FENCE_DELAY_MS", "4000")],
+    );
+    let (takeover, err) = late_holder_is_fenced(
+        &a,
+        &b,
+        || b.signal("STOP"),
+        || b.signal("CONT"),
+        "session expired: its locks are lost",
+    );
+    let log = b.log();
+    let (expired, fenced) = (
+        log.find("session expired: its locks are lost").unwrap(),
+        log.find("fencing process").unwrap(),
+    );
+    assert!(expired < fenced, "{log}");
+    eprintln!(
+        "fence delayed 4 s: A took the lock {:.1} s after B stopped; B's write in the \
+         delay failed: {err}",
         takeover.as_secs_f64()
     );
 }
@@ -454,7 +542,13 @@ fn a_partitioned_flock_holder_never_writes_after_the_new_holder() {
         &["--grace", "2"],
         Some(&net.path(Host::Client(2))),
     );
-    let (takeover, err) = late_holder_is_fenced(&a, &b, || net.cut(2), || net.heal(2));
+    let (takeover, err) = late_holder_is_fenced(
+        &a,
+        &b,
+        || net.cut(2),
+        || net.heal(2),
+        "lost its lock on /elect/L",
+    );
     eprintln!(
         "partition: A took the lock {:.1} s after B was cut off; after healing, B's late \
          write failed: {err}",

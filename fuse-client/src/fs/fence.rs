@@ -10,6 +10,16 @@
 //! child) get `EIO` for every later request on the mount, on any file, until they exit.
 //! Other processes go on with the new session.
 //!
+//! Which processes share a taker's description cannot be read from `/proc` (only
+//! `kcmp(2)` could tell, and a taker may have exited), so the processes with a lock file
+//! open stand for them, with one exception: a standby. A process that was waiting for
+//! one of the lost locks (blocked in `flock(2)`/`fcntl(2)` on the file when the loss is
+//! handled, or whose wait ended with the session) never held it, and neither did its
+//! parent, which may have opened the descriptor it waits through (`( flock 9 ) 9>L`):
+//! both are spared, unless the parent is the taker of a held lock or one of its
+//! ancestors (a holder's shell that runs a check taking the lock again stays fenced).
+//! Anything else with the file open at that moment, a `cat L` included, is fenced.
+//!
 //! Processes are named by pid and start time (`/proc/<pid>/stat`), so a reused pid is
 //! not taken for a fenced one; a fenced process that exited is forgotten.
 
@@ -68,7 +78,8 @@ pub fn process_of(tid: u32) -> Option<Proc> {
 }
 
 /// `tid`'s process and its ancestors, nearest first.
-fn lineage(tid: u32) -> Vec<Proc> {
+#[must_use]
+pub fn lineage(tid: u32) -> Vec<Proc> {
     let mut out = Vec::new();
     let Some(first) = process_of(tid) else {
         return out;
@@ -115,6 +126,81 @@ pub fn openers_of(file: &Path) -> Vec<u32> {
         if holds {
             out.push(pid);
         }
+    }
+    out
+}
+
+/// A lock held when its session was lost.
+#[derive(Clone, Debug)]
+pub struct Lost {
+    /// The thread that took it.
+    pub pid: u32,
+    /// The file, as a path in the cell.
+    pub path: String,
+    /// The taker and its ancestors (pids) when it was taken.
+    pub lineage: Vec<u32>,
+}
+
+/// True if process `pid` is blocked in `flock(2)` or `fcntl(2)` on a descriptor of `file`
+/// (`/proc/<pid>/syscall`: the call's number and its first argument, the descriptor).
+#[must_use]
+pub fn blocked_on(pid: u32, file: &Path) -> bool {
+    const FCNTL: &str = "72"; // x86_64; other architectures: never seen blocked
+    const FLOCK: &str = "73";
+    let Ok(call) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) else {
+        return false;
+    };
+    let mut words = call.split_whitespace();
+    if !matches!(words.next(), Some(FCNTL | FLOCK)) || !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    let Some(fd) = words
+        .next()
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+    else {
+        return false;
+    };
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|t| t == file)
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(ppid, _)| ppid)
+}
+
+/// The processes to fence for the locks `held` lost with a session on the mount at
+/// `mountpoint` (see the module docs); `waiters` are the lineages of the waits lost with
+/// it. Takers first; pids may repeat.
+#[must_use]
+pub fn to_fence(mountpoint: Option<&Path>, held: &[Lost], waiters: &[Vec<u32>]) -> Vec<u32> {
+    let mut out: Vec<u32> = held.iter().map(|l| l.pid).collect();
+    let Some(mnt) = mountpoint else {
+        return out;
+    };
+    // Never spared: the takers' processes and their ancestors.
+    let holders: HashSet<u32> = held
+        .iter()
+        .flat_map(|l| l.lineage.iter().copied())
+        .collect();
+    let mut spared: HashSet<u32> = waiters
+        .iter()
+        .flat_map(|line| line.iter().take(2).copied())
+        .collect();
+    for lost in held {
+        let file = mnt.join(lost.path.trim_start_matches('/'));
+        let openers = openers_of(&file);
+        for &pid in &openers {
+            if blocked_on(pid, &file) {
+                spared.insert(pid);
+                spared.extend(parent_of(pid));
+            }
+        }
+        out.extend(
+            openers
+                .into_iter()
+                .filter(|pid| holders.contains(pid) || !spared.contains(pid)),
+        );
     }
     out
 }

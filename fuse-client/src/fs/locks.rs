@@ -48,6 +48,10 @@ pub struct Lock {
     pub path: String,
     /// Where it stands.
     pub state: LockState,
+    /// The process that took it and its ancestors (pids, nearest first), read when the
+    /// call arrived: who may be sparing from the fence if the session is lost while
+    /// this is a wait, and who must never be spared if it is held (see `fence`).
+    pub lineage: Vec<u32>,
 }
 
 /// The mount's locks, by (inode, owner).
@@ -191,6 +195,7 @@ mod tests {
             mode,
             pid: 10 + u32::try_from(handle).unwrap_or(0),
             path: "/l".into(),
+            lineage: Vec::new(),
             state: if held {
                 LockState::Held(Sequencer {
                     path: "/l".into(),

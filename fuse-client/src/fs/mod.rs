@@ -244,6 +244,13 @@ struct Shared {
     fence: fence::Fence,
     mountpoint: Option<std::path::PathBuf>,
     on_lock_loss: OnLockLoss,
+    /// Blocking waits that failed because their session ended (generation, the waiter's
+    /// lineage): taken by the session's end, to spare the waiters from the fence.
+    failed_waits: Mutex<Vec<(u64, Vec<u32>)>>,
+    /// A pause before the holders of a lost session's locks are fenced: zero, unless the
+    /// tests set `CHUBBY_TEST_FENCE_DELAY_MS` to widen the moment between an expiry and
+    /// its fence (requests arriving then must still fail for a holder).
+    fence_delay: Duration,
 }
 
 /// The filesystem (see the module docs).
@@ -307,13 +314,20 @@ impl ChubbyFs {
             fence: fence::Fence::default(),
             mountpoint: options.mountpoint,
             on_lock_loss: options.on_lock_loss,
+            failed_waits: Mutex::new(Vec::new()),
+            fence_delay: std::env::var("CHUBBY_TEST_FENCE_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::ZERO, Duration::from_millis),
         });
         let weak = Arc::downgrade(&shared);
         shared.sessions.on_new(Box::new(move |c: &Current| {
             if let Some(shared) = weak.upgrade() {
                 metrics::bump(&shared.counters.sessions);
                 let rt = shared.rt.clone();
-                rt.spawn(watch_session(shared, c.clone()));
+                // Subscribed before the task runs: an expiry cannot slip by unseen.
+                let events = c.client.subscribe();
+                rt.spawn(watch_session(shared, c.clone(), events));
             }
         }));
         Ok(ChubbyFs(shared))
@@ -349,12 +363,12 @@ impl ChubbyFs {
         self.0.sessions.shutdown().await;
     }
 
-    fn spawn<F>(&self, f: impl FnOnce(Arc<Shared>) -> F)
+    fn spawn<F>(&self, req: &Request, f: impl FnOnce(Arc<Shared>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         // The session the request arrived under: it never completes under another.
-        let arrival = self.0.sessions.arrival();
+        let arrival = self.0.sessions.arrival(req.pid());
         let fut = f(Arc::clone(&self.0));
         self.0.rt.spawn(sessions::ARRIVAL.scope(arrival, fut));
     }
@@ -388,11 +402,32 @@ async fn close_surely(client: &Client, handle: HandleId) {
     }
 }
 
-/// Logs what a session's end takes with it: the locks held in it.
-async fn watch_session(shared: Arc<Shared>, current: Current) {
-    let mut events = current.client.subscribe();
+/// Handles a session's end: its locks are lost, their holders fenced (see [`fence`]),
+/// and the session retired so that the next may start ([`Sessions::retire`]).
+async fn watch_session(
+    shared: Arc<Shared>,
+    current: Current,
+    mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
+) {
+    // A session may expire before it is announced (its first lease ran out while it
+    // was being set up): no event would come.
+    let mut born_expired = current.client.status() == crate::session::SessionStatus::Expired;
     loop {
-        match events.recv().await {
+        let mut event = if born_expired {
+            born_expired = false;
+            Ok(ClientEvent::Expired)
+        } else {
+            events.recv().await
+        };
+        if matches!(
+            event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
+        ) && current.client.status() == crate::session::SessionStatus::Expired
+        {
+            // Events were dropped: the expiry may have been among them.
+            event = Ok(ClientEvent::Expired);
+        }
+        match event {
             Ok(ClientEvent::Jeopardy) => {
                 metrics::bump(&shared.counters.jeopardy);
                 warn!(
@@ -403,7 +438,17 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
             Ok(ClientEvent::Safe) => info!(generation = current.generation, "session safe"),
             ev @ (Ok(ClientEvent::Expired)
             | Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                if matches!(ev, Ok(ClientEvent::Expired)) {
+                    warn!(
+                        generation = current.generation,
+                        "session expired: its locks are lost; fencing their holders"
+                    );
+                    if !shared.fence_delay.is_zero() {
+                        tokio::time::sleep(shared.fence_delay).await;
+                    }
+                }
                 let lost = guard(&shared.locks).lose_session(current.generation);
+                shared.prune_lock_gates();
                 // Closed: the session was shut down (unmount), not lost.
                 if matches!(ev, Ok(ClientEvent::Expired)) {
                     metrics::bump(&shared.counters.expired);
@@ -414,15 +459,32 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
                 }
                 guard(&shared.lost).extend(lost.iter().map(|l| l.fh));
                 if matches!(ev, Ok(ClientEvent::Expired)) {
-                    let held: Vec<(u32, String)> = lost
+                    let (held, waiting): (Vec<&Lock>, Vec<&Lock>) = lost
                         .iter()
-                        .filter(|l| matches!(l.state, LockState::Held(_)))
-                        .map(|l| (l.pid, l.path.clone()))
+                        .partition(|l| matches!(l.state, LockState::Held(_)));
+                    let held: Vec<fence::Lost> = held
+                        .iter()
+                        .map(|l| fence::Lost {
+                            pid: l.pid,
+                            path: l.path.clone(),
+                            lineage: l.lineage.clone(),
+                        })
                         .collect();
+                    let mut waiters: Vec<Vec<u32>> =
+                        waiting.iter().map(|l| l.lineage.clone()).collect();
+                    guard(&shared.failed_waits).retain(|(generation, lineage)| {
+                        if *generation == current.generation {
+                            waiters.push(lineage.clone());
+                        }
+                        *generation > current.generation
+                    });
                     if !held.is_empty() {
                         let s = Arc::clone(&shared);
                         // /proc is read off the runtime.
-                        let _ = tokio::task::spawn_blocking(move || s.fence_holders(&held)).await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            s.fence_holders(&held, &waiters);
+                        })
+                        .await;
                     }
                 }
                 for l in lost {
@@ -437,6 +499,7 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
                         l.path
                     );
                 }
+                shared.sessions.retire(current.generation);
                 return;
             }
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -445,25 +508,36 @@ async fn watch_session(shared: Arc<Shared>, current: Current) {
 }
 
 impl Shared {
-    /// Fences the processes that held the locks `held` (taker's thread id, path), and
-    /// signals them if so configured (see [`fence`]).
-    fn fence_holders(&self, held: &[(u32, String)]) {
-        let mut tids: Vec<u32> = held.iter().map(|(pid, _)| *pid).collect();
-        if let Some(mnt) = &self.mountpoint {
-            for (_, path) in held {
-                tids.extend(fence::openers_of(&mnt.join(path.trim_start_matches('/'))));
-            }
-        }
+    /// Fences the processes that held the locks `held`, and signals them if so
+    /// configured (see [`fence`] for who is fenced and who is spared; `waiters` are the
+    /// lineages of the processes whose waits for a lock went with the session).
+    fn fence_holders(&self, held: &[fence::Lost], waiters: &[Vec<u32>]) {
+        let tids = fence::to_fence(self.mountpoint.as_deref(), held, waiters);
         let fenced = self.fence.fence(&tids);
         for p in &fenced {
             warn!(
                 pid = p.pid,
-                "fencing process {}: it held a lock its session lost", p.pid
+                "fencing process {}: it held a lock its session lost, or had its file open", p.pid
             );
         }
         if self.on_lock_loss == OnLockLoss::Signal {
             signal_groups(&fenced);
         }
+    }
+
+    /// The session for the request being served ([`Sessions::get`]), unless its caller
+    /// is fenced: checked again here, since a lock holder's request that arrived after
+    /// the expiry, before the fence went up, waited for the next session until the
+    /// expired one was retired (and its holders fenced).
+    async fn session(&self) -> Result<Current, Errno> {
+        let cur = self.sessions.get().await?;
+        let caller = sessions::ARRIVAL.try_with(|a| a.caller).ok();
+        if let Some(caller) = caller {
+            if self.fence.active() && self.fence.is_fenced(caller, || String::from("(any)")) {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(cur)
     }
 
     fn path(&self, ino: u64) -> Result<String, Errno> {
@@ -666,7 +740,7 @@ impl Shared {
     ) -> Result<(FileAttr, Duration), Errno> {
         let path = self.child(parent, name)?;
         self.releasing.wait(&path).await;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let stat = cur
             .client
             .stat(&path)
@@ -716,7 +790,7 @@ impl Shared {
             });
         }
         let path = self.path(ino)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let (stat, covered) = self.stat_of(&cur.client, ino, &path).await?;
         metrics::bump(if covered {
             &self.counters.attrs_cached
@@ -796,7 +870,7 @@ impl Shared {
                 Errno::ENOENT
             });
         };
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let mut o = OpenOptions::write();
         o.creation = Creation::Never;
         let opened = cur.client.open(&node.path, o).await.map_err(|e| ce(&e))?;
@@ -872,7 +946,7 @@ impl Shared {
         if !second && guard(&self.inodes).claimable(ino).is_err() {
             return Err(self.stale(pid, &path, true));
         }
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let client = &cur.client;
         let mut o = OpenOptions::write();
         o.creation = Creation::Never;
@@ -958,7 +1032,7 @@ impl Shared {
         let contents = match opened.map_err(refused)? {
             Some(c) => c,
             None => {
-                let cur = self.sessions.get().await?;
+                let cur = self.session().await?;
                 let (contents, stat) = match cur.client.get(&path).await {
                     Ok(x) => x,
                     // Gone since the lookup: the retry's lookup says so.
@@ -978,7 +1052,7 @@ impl Shared {
         let (handle, generation) = if ephemeral {
             // The reader must count as an opener of an ephemeral file.
             let opened = async {
-                let cur = self.sessions.get().await?;
+                let cur = self.session().await?;
                 let h = cur
                     .client
                     .open(&path, OpenOptions::read())
@@ -1010,7 +1084,7 @@ impl Shared {
     /// [`Retry::looked_up`]): it reads the current version, whole, with direct I/O, since
     /// the inode's pages and size may be another version's or a writer's.
     async fn open_read_current(&self, ino: u64, path: String) -> Result<(u64, FopenFlags), Errno> {
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let (contents, _) = cur.client.get(&path).await.map_err(|e| ce(&e))?;
         guard(&self.inodes).opened(ino);
         let fh = self.new_fh(File {
@@ -1038,7 +1112,7 @@ impl Shared {
     ) -> Result<(FileAttr, u64), Errno> {
         let path = self.child(parent, name)?;
         self.retried(pid);
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let dir_ephemeral = self.ephemeral_dir(parent_path(&path))
             || matches!(cur.client.stat(parent_path(&path)).await, Ok(Some(s)) if s.ephemeral);
         let o = OpenOptions {
@@ -1218,7 +1292,7 @@ impl Shared {
 
     async fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         let path = self.path(ino)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let children = cur.client.list(&path).await.map_err(|e| ce(&e))?;
         let parent_ino = if ino == ROOT {
             ROOT
@@ -1248,14 +1322,14 @@ impl Shared {
 
     async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let path = self.child(parent, name)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let stat = cur.client.mkdir(&path, false).await.map_err(|e| ce(&e))?;
         Ok(self.entry(&path, &stat, None).0)
     }
 
     async fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let path = self.child(parent, name)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let stat = cur
             .client
             .stat_fresh(&path)
@@ -1287,7 +1361,7 @@ impl Shared {
         }
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         cur.client.rename(&from, &to).await.map_err(|e| ce(&e))?;
         Ok(())
     }
@@ -1315,7 +1389,7 @@ impl Shared {
             }
             _ => {}
         }
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let stat = if n == xattr::Name::LockGeneration {
             // Lock state is never cached (crate::cache): ask the master.
             let want = self.instance_of(ino)?;
@@ -1339,7 +1413,7 @@ impl Shared {
 
     async fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
         let path = self.path(ino)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let (stat, _) = self.stat_of(&cur.client, ino, &path).await?;
         let key = stat.instance.0;
         let has_seq = guard(&self.locks).sequencer(key, 0).is_some();
@@ -1360,7 +1434,7 @@ impl Shared {
             return Err(Errno::from_i32(libc::ENOTSUP));
         };
         let path = self.path(ino)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let (stat, _) = self.stat_of(&cur.client, ino, &path).await?;
         match n {
             xattr::Name::AclRead | xattr::Name::AclWrite | xattr::Name::AclChange => {
@@ -1421,7 +1495,7 @@ impl Shared {
     /// conflicts with `mode` (`F_GETLK`), if any.
     async fn remote_conflict(&self, ino: u64, mode: LockMode) -> Result<Option<LockMode>, Errno> {
         let path = self.path(ino)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let (held, holders) = cur.client.lock_holders(&path).await.map_err(|e| ce(&e))?;
         let mine = cur.client.session();
         let others = holders.iter().any(|(session, _)| *session != mine);
@@ -1435,6 +1509,17 @@ impl Shared {
                 .entry((instance, owner))
                 .or_default(),
         )
+    }
+
+    /// Forgets every gate nobody uses and no lock needs any more (after a session's locks
+    /// were lost together).
+    fn prune_lock_gates(&self) {
+        // Gates before locks, as in `lock_gate_done`.
+        let mut gates = guard(&self.lock_gates);
+        let locks = guard(&self.locks);
+        gates.retain(|(instance, owner), g| {
+            Arc::strong_count(g) > 1 || locks.holds(*instance, *owner)
+        });
     }
 
     /// Forgets a gate nobody uses and no lock needs any more.
@@ -1461,21 +1546,26 @@ impl Shared {
     }
 
     /// [`Shared::unlock`] of the file `instance`.
+    ///
+    /// Never waits for the owner's gate: an unlock by one process of a description while
+    /// another converts its lock (and waits for the new mode) is served at once, as on a
+    /// local file system. The entry is removed only if it is still the one seen (a
+    /// conversion may have replaced it: the unlock then came first).
     async fn unlock_instance(&self, instance: u64, owner: u64, cancel: bool) {
-        let state = guard(&self.locks)
-            .get(instance, owner)
-            .map(|l| l.state.clone());
+        let (handle, state) = {
+            let locks = guard(&self.locks);
+            match locks.get(instance, owner) {
+                Some(l) => (l.handle, l.state.clone()),
+                None => return,
+            }
+        };
         match state {
-            None => {}
-            // Nothing is held yet; the waiter holds the gate.
-            Some(LockState::Waiting) if !cancel => {}
-            Some(LockState::Waiting) => self.drop_lock(instance, owner).await,
-            Some(LockState::Held(_)) => {
-                let gate = self.lock_gate(instance, owner);
-                let held = gate.lock().await;
-                self.drop_lock(instance, owner).await;
-                drop(held);
-                self.lock_gate_done(instance, owner, gate);
+            // Nothing is held yet: the wait goes on (another process of the description
+            // is taking the lock), unless the file is being closed.
+            LockState::Waiting if !cancel => {}
+            LockState::Waiting | LockState::Held(_) => {
+                let lock = guard(&self.locks).remove_if(instance, owner, handle);
+                self.close_lock(lock).await;
             }
         }
     }
@@ -1483,6 +1573,11 @@ impl Shared {
     /// Removes `owner`'s lock (or wait) on `instance` and closes its handle.
     async fn drop_lock(&self, instance: u64, owner: u64) {
         let lock = guard(&self.locks).remove(instance, owner);
+        self.close_lock(lock).await;
+    }
+
+    /// Closes the handle of a lock removed from the table (which gives it up at the cell).
+    async fn close_lock(&self, lock: Option<Lock>) {
         if let Some(l) = lock {
             if let Ok(client) = self.sessions.of(l.generation).await {
                 close_surely(&client, l.handle).await;
@@ -1529,24 +1624,35 @@ impl Shared {
             return Err(Errno::from_i32(libc::EWOULDBLOCK));
         }
         let gate = self.lock_gate(instance, owner);
+        if !sleep {
+            // LOCK_NB never waits, not even for another process of this description that
+            // is converting or taking the lock (it would wait for a holder elsewhere).
+            let result = match gate.try_lock() {
+                Ok(_turn) => {
+                    self.take_lock(ino, instance, fh, owner, mode, pid, false)
+                        .await
+                }
+                Err(_) => Err(Errno::from_i32(libc::EWOULDBLOCK)),
+            };
+            self.lock_gate_done(instance, owner, gate);
+            return result;
+        }
         let result = async {
-            let _turn = if sleep {
-                let turn = gate.lock();
-                tokio::pin!(turn);
-                loop {
-                    tokio::select! {
-                        g = &mut turn => break g,
-                        () = tokio::time::sleep(SIGNAL_POLL) => {
-                            if locks::signal_pending(pid) {
-                                return Err(Errno::from_i32(libc::EINTR));
-                            }
+            // A blocking wait for the gate ends with EINTR on a signal, like the wait
+            // for the lock itself.
+            let turn = gate.lock();
+            tokio::pin!(turn);
+            let _turn = loop {
+                tokio::select! {
+                    g = &mut turn => break g,
+                    () = tokio::time::sleep(SIGNAL_POLL) => {
+                        if locks::signal_pending(pid) {
+                            return Err(Errno::from_i32(libc::EINTR));
                         }
                     }
                 }
-            } else {
-                gate.lock().await
             };
-            self.take_lock(ino, instance, fh, owner, mode, pid, sleep)
+            self.take_lock(ino, instance, fh, owner, mode, pid, true)
                 .await
         }
         .await;
@@ -1578,7 +1684,7 @@ impl Shared {
             }
         }
         let path = self.path(ino)?;
-        let cur = self.sessions.get().await?;
+        let cur = self.session().await?;
         let client = &cur.client;
         let mut o = OpenOptions::write();
         o.creation = Creation::Never;
@@ -1597,6 +1703,7 @@ impl Shared {
             pid,
             path: path.clone(),
             state: LockState::Waiting,
+            lineage: fence::lineage(pid).iter().map(|p| p.pid).collect(),
         };
         if !sleep {
             return match client.try_acquire(handle, mode).await {
@@ -1637,7 +1744,15 @@ impl Shared {
                 }
             }
             Some(Err(e)) => {
-                guard(&self.locks).remove_if(instance, owner, handle);
+                let lock = guard(&self.locks).remove_if(instance, owner, handle);
+                // A wait that ended with its session: its waiter is a standby, not a
+                // holder, whichever of this and the session's end (`watch_session`) runs
+                // first. Recorded before the caller is answered.
+                if client.status() == crate::session::SessionStatus::Expired {
+                    if let Some(l) = lock {
+                        guard(&self.failed_waits).push((cur.generation, l.lineage));
+                    }
+                }
                 client.close(handle).await;
                 warn!(path, pid, error = %e, "lock wait failed");
                 let n = ce(&e);
@@ -1706,7 +1821,7 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         let name = name.to_owned();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.lookup(parent.0, &name, pid).await {
                 Ok((attr, ttl)) => reply.entry_with_ttls(&ttl, &NO_TTL, &attr, Generation(0)),
                 Err(e) => reply.error(e),
@@ -1727,7 +1842,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.attr(&ttl, &attr);
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.getattr(ino.0).await {
                 Ok((attr, ttl)) => reply.attr(&ttl, &attr),
                 Err(e) => reply.error(e),
@@ -1757,7 +1872,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.error(Errno::EIO);
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s
                 .setattr(ino.0, mode, uid, gid, size, fh.map(|f| f.0))
                 .await
@@ -1865,7 +1980,7 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         let name = name.to_owned();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.mkdir(parent.0, &name).await {
                 Ok(attr) => reply.entry_with_ttls(&NO_TTL, &NO_TTL, &attr, Generation(0)),
                 Err(e) => reply.error(e),
@@ -1879,7 +1994,7 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         let name = name.to_owned();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             answer(reply, s.remove(parent.0, &name, false).await);
         });
     }
@@ -1890,7 +2005,7 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         let name = name.to_owned();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             answer(reply, s.remove(parent.0, &name, true).await);
         });
     }
@@ -1922,7 +2037,7 @@ impl fuser::Filesystem for ChubbyFs {
         }
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let flags = flags.bits();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             answer(
                 reply,
                 s.rename(parent.0, &name, newparent.0, &newname, flags)
@@ -1952,7 +2067,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.opened(FileHandle(fh), f);
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.open(ino.0, flags.0, pid).await {
                 Ok((fh, f)) => reply.opened(FileHandle(fh), f),
                 Err(e) => reply.error(e),
@@ -1981,7 +2096,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.data(&data);
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(e),
@@ -2007,7 +2122,7 @@ impl fuser::Filesystem for ChubbyFs {
         }
         let data = data.to_vec();
         let owner = lock_owner.map(|o| o.0);
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.write(fh.0, offset, &data, owner).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
@@ -2031,7 +2146,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.ok();
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             // Commit first (what this process wrote; everything, if it holds an fcntl lock
             // on the file): a process that writes under its fcntl lock and closes must
             // not let the next holder in before its write landed.
@@ -2066,7 +2181,7 @@ impl fuser::Filesystem for ChubbyFs {
                 guard(&self.0.inodes).closed(ino.0);
                 reply.ok();
                 if let Some(owner) = lock_owner.map(|o| o.0) {
-                    self.spawn(|s| async move { s.unlock(ino.0, owner, true).await });
+                    self.spawn(req, |s| async move { s.unlock(ino.0, owner, true).await });
                 }
                 return;
             }
@@ -2085,7 +2200,7 @@ impl fuser::Filesystem for ChubbyFs {
         // Answered at once: the kernel does not wait for it, and a RELEASE held open would
         // hold back later background requests (readahead READs among them).
         reply.ok();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             s.release(ino.0, fh.0, lock_owner.map(|o| o.0), barrier, fenced)
                 .await;
         });
@@ -2103,7 +2218,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.error(Errno::EIO);
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             answer(reply, s.commit(fh.0, None).await);
         });
     }
@@ -2113,7 +2228,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.error(Errno::EIO);
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(e),
@@ -2192,7 +2307,7 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         let (name, value) = (name.to_owned(), value.to_vec());
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             answer(reply, s.setxattr(ino.0, &name, &value).await);
         });
     }
@@ -2208,7 +2323,7 @@ impl fuser::Filesystem for ChubbyFs {
         }
         let name = name.to_owned();
         let pid = req.pid();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.getxattr(ino.0, &name, pid).await {
                 Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(e),
@@ -2221,7 +2336,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.error(Errno::EIO);
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.listxattr(ino.0).await {
                 Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(e),
@@ -2235,7 +2350,7 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         let name = name.to_owned();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             answer(reply, s.removexattr(ino.0, &name).await);
         });
     }
@@ -2256,7 +2371,7 @@ impl fuser::Filesystem for ChubbyFs {
         }
         let name = name.to_owned();
         let pid = req.pid();
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.create(parent.0, &name, flags, pid).await {
                 Ok((attr, fh)) => reply.created(
                     &NO_TTL,
@@ -2306,7 +2421,7 @@ impl fuser::Filesystem for ChubbyFs {
         }
         // Anywhere else in the cell: the master knows (its process is not known here:
         // pid 0).
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             match s.remote_conflict(ino.0, mode).await {
                 Ok(Some(held)) => reply.locked(0, WHOLE_FILE_END, type_of(held), 0),
                 Ok(None) => reply.locked(0, 0, libc::F_UNLCK, 0),
@@ -2332,7 +2447,7 @@ impl fuser::Filesystem for ChubbyFs {
             reply.error(Errno::EIO);
             return;
         }
-        self.spawn(|s| async move {
+        self.spawn(req, |s| async move {
             answer(
                 reply,
                 s.setlk(ino.0, fh.0, lock_owner.0, start, end, typ, pid, sleep)

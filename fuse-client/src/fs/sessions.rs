@@ -22,13 +22,28 @@ use crate::client::{Client, ClientOptions};
 use crate::session::SessionStatus;
 
 tokio::task_local! {
-    /// The session a FUSE request arrived under: its generation, and whether it had
-    /// expired by then (see the module docs). Set around each request's task.
-    pub static ARRIVAL: Option<(u64, bool)>;
+    /// The request being served: set around each request's task.
+    pub static ARRIVAL: Arrival;
+}
+
+/// What a FUSE request's task knows of its arrival.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    /// The session it arrived under: its generation, and whether it had expired by then
+    /// (see the module docs).
+    pub session: Option<(u64, bool)>,
+    /// The calling thread, as the kernel named it: checked against the fence again once a
+    /// new session is started (a lock holder's request may have arrived after the expiry
+    /// but before its process was fenced).
+    pub caller: u32,
 }
 
 /// How long an operation waits for a new session before failing with `EIO`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a new session waits for the expired one to be retired (its locks' holders
+/// fenced) before the request that wants it fails with `EIO`.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One session of the mount: its number (1, 2, ... in the mount's life) and client.
 #[derive(Clone, Debug)]
@@ -77,6 +92,10 @@ pub struct Sessions {
     closed: std::sync::atomic::AtomicBool,
     /// Called with each new session (to watch its events).
     on_new: std::sync::Mutex<Option<OnNew>>,
+    /// The latest session retired: its end handled (lost locks' holders fenced). The
+    /// next session is not started before, so no request of a holder can run in it
+    /// unfenced.
+    retired: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -97,7 +116,19 @@ impl Sessions {
             failed_at: std::sync::Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
             on_new: std::sync::Mutex::new(None),
+            retired: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Records that session `generation`'s end has been handled: the next one may start.
+    pub fn retire(&self, generation: u64) {
+        self.retired.send_if_modified(|r| {
+            let newer = generation > *r;
+            if newer {
+                *r = generation;
+            }
+            newer
+        });
     }
 
     /// Calls `f` with every new session.
@@ -143,11 +174,15 @@ impl Sessions {
         }
     }
 
-    /// What a request arriving now records (see [`ARRIVAL`]).
+    /// What a request of thread `caller` arriving now records (see [`ARRIVAL`]).
     #[must_use]
-    pub fn arrival(&self) -> Option<(u64, bool)> {
-        self.current()
-            .map(|c| (c.generation, c.client.status() == SessionStatus::Expired))
+    pub fn arrival(&self, caller: u32) -> Arrival {
+        Arrival {
+            session: self
+                .current()
+                .map(|c| (c.generation, c.client.status() == SessionStatus::Expired)),
+            caller,
+        }
     }
 
     /// The session new operations use: the current one unless it expired, else a new one;
@@ -160,7 +195,7 @@ impl Sessions {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Errno::EIO);
         }
-        if let Ok(Some((generation, false))) = ARRIVAL.try_with(|a| *a) {
+        if let Ok(Some((generation, false))) = ARRIVAL.try_with(|a| a.session) {
             return match cur.as_ref() {
                 Some(c)
                     if c.generation == generation
@@ -192,6 +227,17 @@ impl Sessions {
             return Err(Errno::EIO);
         }
         let generation = cur.as_ref().map_or(1, |c| c.generation + 1);
+        // The expired session's end must be handled first (see `retired`).
+        let mut retired = self.retired.subscribe();
+        let previous = generation - 1;
+        let handled = tokio::time::timeout(RETIRE_TIMEOUT, retired.wait_for(|r| *r >= previous));
+        if !matches!(handled.await, Ok(Ok(_))) {
+            warn!(
+                previous,
+                "the expired session's end is not handled yet: no new session"
+            );
+            return Err(Errno::EIO);
+        }
         let attempt = connect(&self.cell, &self.options);
         let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
         if !matches!(result, Ok(Ok(_))) {
