@@ -121,7 +121,7 @@ fn stress_ng_flock_runs_clean() {
             "--flock",
             "4",
             "-t",
-            "20s",
+            "30s",
             "--metrics-brief",
             "--temp-path",
         ])
@@ -146,7 +146,7 @@ fn stress_ng_flock_runs_clean() {
         .find(|l| l.contains("metrc") && l.contains(" flock ") && !l.contains("nanosecs"))
         .unwrap_or("(no metrics line)")
         .to_owned();
-    eprintln!("stress-ng --flock 4 -t 20s on the mount: {ops}");
+    eprintln!("stress-ng --flock 4 -t 30s on the mount: {ops}");
     assert!(text.contains("successful run completed"), "{text}");
     let w = warnings(&m);
     assert!(
