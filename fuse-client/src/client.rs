@@ -570,9 +570,9 @@ impl Client {
     pub async fn connect(cell: &CellFile, options: ClientOptions) -> Result<Client, ClientError> {
         let conn = CellConn::new(cell)?;
         // The lease is timed from when the call was first sent (the master may have
-        // started it on any attempt). A session whose answer took half its lease or more
+        // started it on any attempt). A session whose answer took its whole lease or more
         // (replicas unreachable, a master being elected) would be in jeopardy, or expired,
-        // at once: another is asked for; the master ends the unused one at its lease.
+        // at once: it is closed and another is asked for.
         let mut attempts = 0;
         let (start, session, epoch, lease_ms) = loop {
             let start = tokio::time::Instant::now();
@@ -586,15 +586,20 @@ impl Client {
             };
             attempts += 1;
             let took = start.elapsed();
-            if took.as_millis() * 2 < u128::from(lease_ms) || attempts >= 5 {
+            if took.as_millis() < u128::from(lease_ms) || attempts >= 5 {
                 break (start, session, epoch, lease_ms);
             }
             warn!(
                 session = session.0,
                 took_ms = took.as_millis(),
                 lease_ms,
-                "the new session's answer took half its lease or more: asking for another"
+                "the new session's answer took its whole lease: closing it, asking for another"
             );
+            // Best effort: one left open would hold up a new master for its lease.
+            let close = conn.call_in(Some(epoch), Call::CloseSession { session }, CLOSE_TIMEOUT);
+            if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, close).await, Ok(Ok(_))) {
+                debug!(session = session.0, "the unused session will expire");
+            }
         };
         let state = State {
             epoch,

@@ -104,7 +104,6 @@ pub fn lineage(tid: u32) -> Vec<Proc> {
 #[must_use]
 pub fn openers_of(file: &Path) -> Vec<u32> {
     let me = std::process::id();
-    let deleted = format!("{} (deleted)", file.display());
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -119,10 +118,9 @@ pub fn openers_of(file: &Path) -> Vec<u32> {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|t| t == file || t.as_os_str() == deleted.as_str())
-        });
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| is_file(&t, file)));
         if holds {
             out.push(pid);
         }
@@ -141,26 +139,53 @@ pub struct Lost {
     pub lineage: Vec<u32>,
 }
 
-/// True if process `pid` is blocked in `flock(2)` or `fcntl(2)` on a descriptor of `file`
-/// (`/proc/<pid>/syscall`: the call's number and its first argument, the descriptor).
+/// True if a thread of process `pid` is blocked waiting for a lock on a descriptor of
+/// `file`: in `flock(2)` taking a lock without `LOCK_NB`, or in `fcntl(2)` with `F_SETLKW`
+/// or `F_OFD_SETLKW` (`/proc/<pid>/task/*/syscall`: the call's number, then its arguments
+/// in hex).
 #[must_use]
 pub fn blocked_on(pid: u32, file: &Path) -> bool {
-    const FCNTL: &str = "72"; // x86_64; other architectures: never seen blocked
-    const FLOCK: &str = "73";
-    let Ok(call) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) else {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    let mut words = call.split_whitespace();
-    if !matches!(words.next(), Some(FCNTL | FLOCK)) || !cfg!(target_arch = "x86_64") {
-        return false;
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("syscall"))
+            .ok()
+            .and_then(|call| waiting_fd(&call))
+            .is_some_and(|fd| {
+                std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|t| is_file(&t, file))
+            })
+    })
+}
+
+/// The descriptor of a blocking lock wait in the text of a `/proc/<tid>/syscall` file, if
+/// it shows one (x86_64 call numbers; other architectures never match).
+#[must_use]
+pub fn waiting_fd(call: &str) -> Option<u64> {
+    const FCNTL: u64 = 72;
+    const FLOCK: u64 = 73;
+    const F_SETLKW: u64 = 7;
+    const F_OFD_SETLKW: u64 = 38;
+    const LOCK_SH: u64 = 1;
+    const LOCK_EX: u64 = 2;
+    if !cfg!(target_arch = "x86_64") {
+        return None;
     }
-    let Some(fd) = words
-        .next()
-        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
-    else {
-        return false;
+    let mut words = call.split_whitespace();
+    let number: u64 = words.next()?.parse().ok()?;
+    let mut arg = || u64::from_str_radix(words.next()?.trim_start_matches("0x"), 16).ok();
+    let (fd, op) = (arg()?, arg()?);
+    let waits = match number {
+        FLOCK => op == LOCK_SH || op == LOCK_EX,
+        FCNTL => op == F_SETLKW || op == F_OFD_SETLKW,
+        _ => false,
     };
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|t| t == file)
+    waits.then_some(fd)
+}
+
+/// True if `target` (a descriptor's link in `/proc`) names `file`, deleted or not.
+fn is_file(target: &Path, file: &Path) -> bool {
+    target == file || target.as_os_str() == format!("{} (deleted)", file.display()).as_str()
 }
 
 /// The parent of process `pid`.
@@ -171,9 +196,13 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 /// The processes to fence for the locks `held` lost with a session on the mount at
 /// `mountpoint` (see the module docs); `waiters` are the lineages of the waits lost with
-/// it. Takers first; pids may repeat.
+/// it, by path. Takers first; pids may repeat.
 #[must_use]
-pub fn to_fence(mountpoint: Option<&Path>, held: &[Lost], waiters: &[Vec<u32>]) -> Vec<u32> {
+pub fn to_fence(
+    mountpoint: Option<&Path>,
+    held: &[Lost],
+    waiters: &[(String, Vec<u32>)],
+) -> Vec<u32> {
     let mut out: Vec<u32> = held.iter().map(|l| l.pid).collect();
     let Some(mnt) = mountpoint else {
         return out;
@@ -183,11 +212,13 @@ pub fn to_fence(mountpoint: Option<&Path>, held: &[Lost], waiters: &[Vec<u32>]) 
         .iter()
         .flat_map(|l| l.lineage.iter().copied())
         .collect();
-    let mut spared: HashSet<u32> = waiters
-        .iter()
-        .flat_map(|line| line.iter().take(2).copied())
-        .collect();
     for lost in held {
+        // Spared for this file: its waiters and their parents.
+        let mut spared: HashSet<u32> = waiters
+            .iter()
+            .filter(|(path, _)| *path == lost.path)
+            .flat_map(|(_, line)| line.iter().take(2).copied())
+            .collect();
         let file = mnt.join(lost.path.trim_start_matches('/'));
         let openers = openers_of(&file);
         for &pid in &openers {
@@ -281,6 +312,52 @@ mod tests {
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_tgid("Name:\tx\nTgid:\t77\nPid:\t78\n"), Some(77));
         assert_eq!(parse_tgid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn only_blocking_lock_calls_count_as_waits() {
+        if !cfg!(target_arch = "x86_64") {
+            return;
+        }
+        let at = |call: &str| waiting_fd(call);
+        assert_eq!(
+            at("73 0x9 0x2 0x0 0x0 0x0 0x0 0x7ffc 0x7f00"),
+            Some(9),
+            "LOCK_EX"
+        );
+        assert_eq!(
+            at("73 0x9 0x1 0x0 0x0 0x0 0x0 0x7ffc 0x7f00"),
+            Some(9),
+            "LOCK_SH"
+        );
+        assert_eq!(
+            at("73 0x9 0x6 0x0 0x0 0x0 0x0 0x7ffc 0x7f00"),
+            None,
+            "LOCK_NB"
+        );
+        assert_eq!(
+            at("73 0x9 0x8 0x0 0x0 0x0 0x0 0x7ffc 0x7f00"),
+            None,
+            "LOCK_UN"
+        );
+        assert_eq!(
+            at("72 0x3 0x7 0x7ffc 0x0 0x0 0x0 0x7ffc 0x7f00"),
+            Some(3),
+            "F_SETLKW"
+        );
+        assert_eq!(
+            at("72 0x3 0x26 0x7ffc 0x0 0x0 0x0 0x7ffc 0x7f00"),
+            Some(3),
+            "OFD"
+        );
+        assert_eq!(
+            at("72 0x3 0x5 0x7ffc 0x0 0x0 0x0 0x7ffc 0x7f00"),
+            None,
+            "F_GETLK"
+        );
+        assert_eq!(at("0 0x3 0x7 0x0 0x0 0x0 0x0 0x7ffc 0x7f00"), None, "read");
+        assert_eq!(at("running"), None);
+        assert_eq!(at("-1 0x7ffc 0x7f00"), None);
     }
 
     #[test]

@@ -168,6 +168,10 @@ struct Releasing(Mutex<HashMap<Arc<str>, Releases>>);
 /// The gate of one (instance, owner)'s lock calls.
 type Gate = Arc<tokio::sync::Mutex<()>>;
 
+/// A blocking wait that failed because its session ended: the session's generation, the
+/// file, and the waiter's lineage (see `fence::to_fence`).
+type FailedWait = (u64, String, Vec<u32>);
+
 /// How many releases of one path are committing, and how their waiters are woken.
 type Releases = (usize, Arc<tokio::sync::Notify>);
 
@@ -244,11 +248,10 @@ struct Shared {
     fence: fence::Fence,
     mountpoint: Option<std::path::PathBuf>,
     on_lock_loss: OnLockLoss,
-    /// Blocking waits that failed because their session ended (generation, the waiter's
-    /// lineage): taken by the session's end, to spare the waiters from the fence.
-    failed_waits: Mutex<Vec<(u64, Vec<u32>)>>,
+    /// Blocking waits that failed because their session ended: taken by the session's end, to spare the waiters from the fence.
+    failed_waits: Mutex<Vec<FailedWait>>,
     /// A pause before the holders of a lost session's locks are fenced: zero, unless the
-    /// tests set `CHUBBY_TEST_FENCE_DELAY_MS` to widen the moment between an expiry and
+    /// tests set `CHUBBY_TEST_FENCE_DELAY_MS` (debug builds only) to widen the moment between an expiry and
     /// its fence (requests arriving then must still fail for a holder).
     fence_delay: Duration,
 }
@@ -315,10 +318,14 @@ impl ChubbyFs {
             mountpoint: options.mountpoint,
             on_lock_loss: options.on_lock_loss,
             failed_waits: Mutex::new(Vec::new()),
-            fence_delay: std::env::var("CHUBBY_TEST_FENCE_DELAY_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(Duration::ZERO, Duration::from_millis),
+            fence_delay: if cfg!(debug_assertions) {
+                std::env::var("CHUBBY_TEST_FENCE_DELAY_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map_or(Duration::ZERO, Duration::from_millis)
+            } else {
+                Duration::ZERO
+            },
         });
         let weak = Arc::downgrade(&shared);
         shared.sessions.on_new(Box::new(move |c: &Current| {
@@ -470,11 +477,13 @@ async fn watch_session(
                             lineage: l.lineage.clone(),
                         })
                         .collect();
-                    let mut waiters: Vec<Vec<u32>> =
-                        waiting.iter().map(|l| l.lineage.clone()).collect();
-                    guard(&shared.failed_waits).retain(|(generation, lineage)| {
+                    let mut waiters: Vec<(String, Vec<u32>)> = waiting
+                        .iter()
+                        .map(|l| (l.path.clone(), l.lineage.clone()))
+                        .collect();
+                    guard(&shared.failed_waits).retain(|(generation, path, lineage)| {
                         if *generation == current.generation {
-                            waiters.push(lineage.clone());
+                            waiters.push((path.clone(), lineage.clone()));
                         }
                         *generation > current.generation
                     });
@@ -511,7 +520,7 @@ impl Shared {
     /// Fences the processes that held the locks `held`, and signals them if so
     /// configured (see [`fence`] for who is fenced and who is spared; `waiters` are the
     /// lineages of the processes whose waits for a lock went with the session).
-    fn fence_holders(&self, held: &[fence::Lost], waiters: &[Vec<u32>]) {
+    fn fence_holders(&self, held: &[fence::Lost], waiters: &[(String, Vec<u32>)]) {
         let tids = fence::to_fence(self.mountpoint.as_deref(), held, waiters);
         let fenced = self.fence.fence(&tids);
         for p in &fenced {
@@ -1564,7 +1573,13 @@ impl Shared {
             // is taking the lock), unless the file is being closed.
             LockState::Waiting if !cancel => {}
             LockState::Waiting | LockState::Held(_) => {
-                let lock = guard(&self.locks).remove_if(instance, owner, handle);
+                let lock = {
+                    let mut locks = guard(&self.locks);
+                    if self.session_ended(locks.get(instance, owner)) {
+                        return;
+                    }
+                    locks.remove_if(instance, owner, handle)
+                };
                 self.close_lock(lock).await;
             }
         }
@@ -1572,8 +1587,28 @@ impl Shared {
 
     /// Removes `owner`'s lock (or wait) on `instance` and closes its handle.
     async fn drop_lock(&self, instance: u64, owner: u64) {
-        let lock = guard(&self.locks).remove(instance, owner);
+        let lock = {
+            let mut locks = guard(&self.locks);
+            if self.session_ended(locks.get(instance, owner)) {
+                return;
+            }
+            locks.remove(instance, owner)
+        };
         self.close_lock(lock).await;
+    }
+
+    /// True if `lock`'s session expired: the entry is left for the session's end
+    /// (`watch_session`), which fences its holders. (Removed by an unlock in the moment
+    /// before, it would take its holder out of the fence: `flock -u` by a process sharing
+    /// the description, while another goes on writing.) The lock is gone at the cell
+    /// either way.
+    fn session_ended(&self, lock: Option<&Lock>) -> bool {
+        lock.is_some_and(|l| {
+            self.sessions.current().is_some_and(|c| {
+                c.generation == l.generation
+                    && c.client.status() == crate::session::SessionStatus::Expired
+            })
+        })
     }
 
     /// Closes the handle of a lock removed from the table (which gives it up at the cell).
@@ -1710,7 +1745,15 @@ impl Shared {
                 Ok(seq) => {
                     let mut held = lock;
                     held.state = LockState::Held(seq);
-                    guard(&self.locks).insert(instance, owner, held);
+                    // Recorded only while the session lives: once it expired (its status
+                    // is published before its end is handled), a lock recorded now would
+                    // escape the session's end, and its taker the fence.
+                    let mut locks = guard(&self.locks);
+                    if client.status() == crate::session::SessionStatus::Expired {
+                        drop(locks);
+                        return Err(Errno::EIO);
+                    }
+                    locks.insert(instance, owner, held);
                     Ok(())
                 }
                 Err(e) => {
@@ -1744,13 +1787,17 @@ impl Shared {
                 }
             }
             Some(Err(e)) => {
-                let lock = guard(&self.locks).remove_if(instance, owner, handle);
                 // A wait that ended with its session: its waiter is a standby, not a
                 // holder, whichever of this and the session's end (`watch_session`) runs
-                // first. Recorded before the caller is answered.
-                if client.status() == crate::session::SessionStatus::Expired {
-                    if let Some(l) = lock {
-                        guard(&self.failed_waits).push((cur.generation, l.lineage));
+                // first. Recorded before the caller is answered, and in the same critical
+                // section as the removal, so that the session's end sees one or the other.
+                {
+                    let mut locks = guard(&self.locks);
+                    let lock = locks.remove_if(instance, owner, handle);
+                    if client.status() == crate::session::SessionStatus::Expired {
+                        if let Some(l) = lock {
+                            guard(&self.failed_waits).push((cur.generation, l.path, l.lineage));
+                        }
                     }
                 }
                 client.close(handle).await;

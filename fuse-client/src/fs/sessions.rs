@@ -232,6 +232,12 @@ impl Sessions {
         let previous = generation - 1;
         let handled = tokio::time::timeout(RETIRE_TIMEOUT, retired.wait_for(|r| *r >= previous));
         if !matches!(handled.await, Ok(Ok(_))) {
+            // As after a failed start: the requests queued behind this one fail at once.
+            *self
+                .failed_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(tokio::time::Instant::now());
             warn!(
                 previous,
                 "the expired session's end is not handled yet: no new session"
