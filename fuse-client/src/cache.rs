@@ -237,6 +237,9 @@ mod tests {
             ctime: Instant(0),
             mtime: Instant(0),
             acl: AclNames::all("admin"),
+            posix: chubby_protocol::Posix::new(NodeKind::File, None, None, Instant(0)),
+            ephemeral_children: false,
+            subdirs: 0,
         }
     }
 

@@ -130,6 +130,10 @@ pub struct OpenOptions {
     pub lock_delay_ms: Option<u64>,
     /// Events to deliver.
     pub events: EventMask,
+    /// Permission bits of a created node (default: 0644 for files, 0755 for directories).
+    pub create_mode: Option<u32>,
+    /// Owner and group ids of a created node (default: none, shown as the mount's user).
+    pub create_owner: Option<(u32, u32)>,
 }
 
 impl OpenOptions {
@@ -145,6 +149,8 @@ impl OpenOptions {
             acl: None,
             lock_delay_ms: None,
             events: EventMask::NONE,
+            create_mode: None,
+            create_owner: None,
         }
     }
 
@@ -790,6 +796,8 @@ impl Client {
             acl: o.acl,
             lock_delay_ms: o.lock_delay_ms,
             events: o.events,
+            create_mode: o.create_mode,
+            create_owner: o.create_owner,
         };
         match self.call(Call::Open(args)).await? {
             Answer::Opened {
@@ -1164,15 +1172,40 @@ impl Client {
         r.map(|_| ())
     }
 
-    /// Moves file `from` to `to` atomically, replacing a file there.
+    /// Moves the file or directory (with everything under it) `from` to `to` atomically,
+    /// replacing a file or an empty directory there.
     ///
     /// # Errors
-    /// `NotFound`, `IsADirectory`, `Locked`, `PermissionDenied`, or the session.
+    /// `NotFound`, `IsADirectory`/`NotADirectory` (kinds differ), `NotEmpty` (a directory
+    /// target with children), `InvalidArgument` (a directory into itself), `Locked`
+    /// (something in the moved tree or the target is locked), `PermissionDenied` (the write
+    /// right on both nodes and both parents), or the session.
     pub async fn rename(&self, from: &str, to: &str) -> Result<Stat, ClientError> {
         let call = Call::Rename {
             session: self.session(),
             from: from.to_owned(),
             to: to.to_owned(),
+        };
+        written(self.call(call).await?)
+    }
+
+    /// Changes POSIX attributes (mode, owner, times) or the ephemeral-children marker of the
+    /// node at `path`, if it is still `instance` when given.
+    ///
+    /// # Errors
+    /// `NotFound`, `PermissionDenied` (the write right), `InvalidArgument` (mode bits or
+    /// nanoseconds out of range), `NotADirectory` (the marker on a file), or the session.
+    pub async fn set_attr(
+        &self,
+        path: &str,
+        instance: Option<chubby_protocol::InstanceNumber>,
+        change: chubby_protocol::AttrChange,
+    ) -> Result<Stat, ClientError> {
+        let call = Call::SetAttr {
+            session: self.session(),
+            path: path.to_owned(),
+            instance,
+            change,
         };
         written(self.call(call).await?)
     }
@@ -1491,6 +1524,11 @@ fn retry_safe(call: &Call) -> bool {
         | Call::LockHolders { .. }
         | Call::Close { .. }
         | Call::Release { .. } => true,
+        // Setting the same attributes twice leaves the same node (only ctime moves).
+        Call::SetAttr { change, .. } => {
+            !matches!(change.atime, Some(chubby_protocol::TimeSet::Now))
+                && !matches!(change.mtime, Some(chubby_protocol::TimeSet::Now))
+        }
         _ => false,
     }
 }

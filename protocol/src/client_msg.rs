@@ -199,14 +199,27 @@ pub enum Call {
         /// The token.
         sequencer: Sequencer,
     },
-    /// Our extension: move a file atomically, replacing a target file.
+    /// Our extension: move a file or a directory (with everything under it) atomically,
+    /// replacing a target file or empty directory.
     Rename {
         /// The session.
         session: SessionId,
-        /// The file.
+        /// The node.
         from: String,
         /// Its new path.
         to: String,
+    },
+    /// Our extension: change a node's POSIX attributes or its ephemeral-children marker
+    /// (write permission on the node).
+    SetAttr {
+        /// The session.
+        session: SessionId,
+        /// The node.
+        path: String,
+        /// Only if the node at `path` is still this instance.
+        instance: Option<crate::InstanceNumber>,
+        /// What to change.
+        change: crate::db::AttrChange,
     },
     /// Take a consistent backup of the database now (the `admin` principal only, at the
     /// master): the master freezes its applied state and encodes it as a checksummed
@@ -252,6 +265,7 @@ impl Call {
             Call::CheckSequencer { .. } => "CheckSequencer",
             Call::LockHolders { .. } => "LockHolders",
             Call::Rename { .. } => "Rename",
+            Call::SetAttr { .. } => "SetAttr",
             Call::Backup => "Backup",
             Call::BackupRead { .. } => "BackupRead",
         }
@@ -273,6 +287,9 @@ impl Call {
 }
 
 /// The answer to one call.
+// A reply lives only between decoding and its caller (never in bulk), so the size of a
+// `Stat` inline costs nothing worth a box on every answer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Reply {
     /// The call succeeded.

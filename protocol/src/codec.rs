@@ -10,8 +10,9 @@ use bincode::{Decode, Encode};
 /// The largest frame a peer may send (DESIGN §5).
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 
-/// The version byte every frame starts with.
-pub const WIRE_VERSION: u8 = 1;
+/// The version byte every frame starts with. 2: POSIX attributes in `Stat` and `OpenArgs`,
+/// `SetAttr`, directory renames (a build of version 1 is refused with a clear error).
+pub const WIRE_VERSION: u8 = 2;
 
 /// bincode configuration with the allocation limit built in.
 pub const WIRE: Configuration<LittleEndian, Varint, Limit<FRAME_BYTES_MAX>> =

@@ -30,11 +30,21 @@ pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
 /// local name space").
 pub const ACL_DIR: &str = "/acl";
 
+/// The permission bits a node's [`Posix::mode`] may hold (`S_ISUID|S_ISGID|S_ISVTX|0777`).
+pub const MODE_BITS: u32 = 0o7777;
+/// The mode of a file created without one (by the library or the CLI).
+pub const FILE_MODE_DEFAULT: u32 = 0o644;
+/// The mode of a directory created without one.
+pub const DIR_MODE_DEFAULT: u32 = 0o755;
+
 /// Start of every database snapshot and backup (the layout is in chubby-server's
 /// `db::snapshot`; `chubby cell restore` checks the frame before creating anything).
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHBYSNAP";
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 2;
+pub const SNAPSHOT_FORMAT: u8 = 3;
+/// The oldest snapshot format this build still reads (format 2 has no POSIX attributes and
+/// no ephemeral-children marker; they load as the defaults).
+pub const SNAPSHOT_FORMAT_OLDEST: u8 = 2;
 /// The largest snapshot body accepted.
 pub const SNAPSHOT_BYTES_MAX: usize = 1 << 31;
 
@@ -250,6 +260,114 @@ impl Sequencer {
     }
 }
 
+/// A POSIX time: seconds and nanoseconds since the Unix epoch (`struct timespec`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct Timespec {
+    /// Seconds; negative before 1970.
+    pub secs: i64,
+    /// Nanoseconds, below 10⁹.
+    pub nanos: u32,
+}
+
+impl Timespec {
+    /// The database's time stamp (wall-clock milliseconds at the master) as a timespec.
+    #[must_use]
+    pub fn from_instant(t: Instant) -> Timespec {
+        let secs = i64::try_from(t.0 / 1000).unwrap_or(i64::MAX);
+        Timespec {
+            secs,
+            nanos: u32::try_from(t.0 % 1000).unwrap_or(0) * 1_000_000,
+        }
+    }
+
+    /// True if `nanos` is in range.
+    #[must_use]
+    pub fn is_valid(self) -> bool {
+        self.nanos < 1_000_000_000
+    }
+}
+
+/// What POSIX tools see of a node beyond Chubby's metadata (docs/mount.md, "Modes, owners
+/// and times"). These are labels kept for tools (`stat`, `cp -a`, `tar`, `rsync`, `make`)
+/// and enforced by each machine's kernel for its local users; Chubby's ACLs stay the
+/// cell's access control, checked by the master on every call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct Posix {
+    /// Permission bits (within [`MODE_BITS`]).
+    pub mode: u32,
+    /// Owner and group ids; `None` for nodes made without (by the library or the CLI),
+    /// which a mount shows as owned by the user running it.
+    pub owner: Option<(u32, u32)>,
+    /// Last access, as set by `utimensat` (reads do not update it: no write per read).
+    pub atime: Timespec,
+    /// Last change of the contents, or of the entries of a directory, or as set.
+    pub mtime: Timespec,
+    /// Last change of anything about the node (POSIX ctime, not Chubby's creation time).
+    pub ctime: Timespec,
+}
+
+impl Posix {
+    /// The attributes of a node of `kind` created at `now` with `mode` and `owner` (the
+    /// default mode for `None`).
+    #[must_use]
+    pub fn new(
+        kind: NodeKind,
+        mode: Option<u32>,
+        owner: Option<(u32, u32)>,
+        now: Instant,
+    ) -> Posix {
+        let t = Timespec::from_instant(now);
+        let mode = mode.unwrap_or(match kind {
+            NodeKind::File => FILE_MODE_DEFAULT,
+            NodeKind::Directory => DIR_MODE_DEFAULT,
+        });
+        Posix {
+            mode: mode & MODE_BITS,
+            owner,
+            atime: t,
+            mtime: t,
+            ctime: t,
+        }
+    }
+}
+
+/// A time to set with [`AttrChange`] (`utimensat`'s `UTIME_NOW` or a given time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum TimeSet {
+    /// The master's time stamp of the change.
+    Now,
+    /// This time.
+    At(Timespec),
+}
+
+/// What a SetAttr changes; `None` leaves a field as it is. Every change also sets the
+/// node's POSIX ctime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct AttrChange {
+    /// New permission bits (within [`MODE_BITS`]).
+    pub mode: Option<u32>,
+    /// New owner and group ids.
+    pub owner: Option<(u32, u32)>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+    /// Directories only: whether nodes created in it are ephemeral, from any client.
+    pub ephemeral_children: Option<bool>,
+}
+
+impl AttrChange {
+    /// True if the arguments are well formed (mode bits, nanoseconds).
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        let time_ok = |t: Option<TimeSet>| match t {
+            Some(TimeSet::At(ts)) => ts.is_valid(),
+            Some(TimeSet::Now) | None => true,
+        };
+        self.mode.is_none_or(|m| m & !MODE_BITS == 0) && time_ok(self.atime) && time_ok(self.mtime)
+    }
+}
+
 /// A node's metadata (Chubby §2.3), as GetStat returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct Stat {
@@ -276,6 +394,13 @@ pub struct Stat {
     pub mtime: Instant,
     /// The ACL names.
     pub acl: AclNames,
+    /// Modes, owners and POSIX times (labels for tools; ACLs decide access).
+    pub posix: Posix,
+    /// Directories: nodes created in it are ephemeral, whoever creates them.
+    pub ephemeral_children: bool,
+    /// Directories: how many of its children are directories (a directory's link count
+    /// is two more, as on a local filesystem).
+    pub subdirs: u64,
 }
 
 /// Why a path or name is not acceptable.
@@ -419,4 +544,8 @@ pub struct OpenArgs {
     pub lock_delay_ms: Option<u64>,
     /// The events the handle is to deliver (Chubby §2.5).
     pub events: crate::events::EventMask,
+    /// Permission bits of a created node; `None` takes the default for its kind.
+    pub create_mode: Option<u32>,
+    /// Owner and group of a created node.
+    pub create_owner: Option<(u32, u32)>,
 }

@@ -35,8 +35,8 @@ pub mod peer_msg;
 pub mod time;
 
 pub use db::{
-    AclNames, ContentChecksum, Creation, Generation, HandleId, InstanceNumber, LockMode, NodeKind,
-    OpenMode, PathError, Sequencer, SessionId, Stat,
+    AclNames, AttrChange, ContentChecksum, Creation, Generation, HandleId, InstanceNumber,
+    LockMode, NodeKind, OpenMode, PathError, Posix, Sequencer, SessionId, Stat, TimeSet, Timespec,
 };
 pub use error::Refusal;
 pub use events::{CacheToken, Event, EventMask, KeepAliveReply, Notice, Numbered};

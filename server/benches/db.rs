@@ -74,6 +74,8 @@ impl Feed {
             acl: None,
             lock_delay_ms: None,
             events: chubby_protocol::EventMask::NONE,
+            create_mode: None,
+            create_owner: None,
         };
         match self.ok(Op::Open(Box::new(args))) {
             Outcome::Opened { handle, .. } => handle,
@@ -198,6 +200,8 @@ fn build_cell() -> (Feed, SessionId, Vec<HandleId>) {
             acl: None,
             lock_delay_ms: None,
             events: chubby_protocol::EventMask::NONE,
+            create_mode: None,
+            create_owner: None,
         };
         let Outcome::Opened { handle, .. } = f.ok(Op::Open(Box::new(dir))) else {
             unreachable!()

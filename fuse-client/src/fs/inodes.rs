@@ -52,6 +52,9 @@ pub enum Share {
     Private(Option<u64>),
 }
 
+// Most inodes are file versions: boxing their `Stat` would cost an allocation each for
+// the rare directory's gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
     Dir,
@@ -540,6 +543,25 @@ impl Inodes {
             .map_or(stat.instance.0, |c| c.ino)
     }
 
+    /// A node's mode, owner, times or marker changed (not its contents): every inode of
+    /// that very version (`stat`'s instance and content generation), and a writer's inode
+    /// started from it, shows the new metadata from now on.
+    pub fn attrs_changed(&mut self, path: &str, stat: &Stat) {
+        let inos = self.by_path.get(path).cloned().unwrap_or_default();
+        for ino in inos {
+            let Some(n) = self.by_ino.get_mut(&ino) else {
+                continue;
+            };
+            if let Kind::File { stat: s, .. } = &mut n.kind {
+                if s.instance == stat.instance && s.content_generation == stat.content_generation {
+                    s.posix = stat.posix;
+                    s.acl_generation = stat.acl_generation;
+                    s.acl = stat.acl.clone();
+                }
+            }
+        }
+    }
+
     /// Every inode the kernel holds for one of `paths`.
     #[must_use]
     pub fn inos_of(&self, paths: &[String]) -> Vec<u64> {
@@ -609,6 +631,9 @@ mod tests {
             ctime: Instant(0),
             mtime: Instant(0),
             acl: AclNames::all("admin"),
+            posix: chubby_protocol::Posix::new(NodeKind::File, None, None, Instant(0)),
+            ephemeral_children: false,
+            subdirs: 0,
         }
     }
 

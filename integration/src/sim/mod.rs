@@ -165,14 +165,15 @@ impl RunStats {
         let clients = if c.sessions > 0 {
             format!(
                 "; clients: {} ops ({} from the cache, {} unknown), {} sessions, {} expired, \
-                 {} locks, {} pauses, {} fail-overs followed; {} file histories linearizable, \
-                 {} undecided",
+                 {} locks, {} trees moved, {} pauses, {} fail-overs followed; {} file histories \
+                 linearizable, {} undecided",
                 c.ops,
                 c.cache_hits,
                 c.unknown,
                 c.sessions,
                 c.expiries,
                 c.locks,
+                c.tree_moves,
                 c.pauses,
                 c.fail_overs,
                 c.histories,

@@ -267,7 +267,7 @@ pub const RESTORE_MARKER_KEY: &str = "restore-crc32";
 /// # Errors
 /// What is wrong, in words.
 pub fn check_backup(bytes: &[u8]) -> Result<(), String> {
-    use crate::db::{SNAPSHOT_BYTES_MAX, SNAPSHOT_FORMAT, SNAPSHOT_MAGIC};
+    use crate::db::{SNAPSHOT_BYTES_MAX, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_OLDEST, SNAPSHOT_MAGIC};
     const HEADER: usize = 8 + 1 + 8 + 4;
     if bytes.len() < HEADER {
         return Err(format!("{} bytes: shorter than a header", bytes.len()));
@@ -275,9 +275,10 @@ pub fn check_backup(bytes: &[u8]) -> Result<(), String> {
     if bytes[..8] != SNAPSHOT_MAGIC {
         return Err("not a chubby backup (no CHBYSNAP header)".into());
     }
-    if bytes[8] != SNAPSHOT_FORMAT {
+    if !(SNAPSHOT_FORMAT_OLDEST..=SNAPSHOT_FORMAT).contains(&bytes[8]) {
         return Err(format!(
-            "snapshot format {} (this build reads format {SNAPSHOT_FORMAT})",
+            "snapshot format {} (this build reads formats {SNAPSHOT_FORMAT_OLDEST} to \
+             {SNAPSHOT_FORMAT})",
             bytes[8]
         ));
     }

@@ -19,7 +19,8 @@
 use bincode::{Decode, Encode};
 use chubby_protocol::codec::{self, DecodeError, EncodeError};
 use chubby_protocol::{
-    AclNames, Ballot, Generation, HandleId, Instant, LockMode, Sequencer, SessionId,
+    AclNames, AttrChange, Ballot, Generation, HandleId, InstanceNumber, Instant, LockMode,
+    Sequencer, SessionId,
 };
 
 pub use chubby_protocol::db::OpenArgs;
@@ -129,14 +130,26 @@ pub enum Op {
         /// The sequencer, which must be valid now.
         sequencer: Option<Sequencer>,
     },
-    /// Our extension: move a file atomically, replacing a target file.
+    /// Our extension: move a file or a directory with its subtree atomically, replacing
+    /// a target file or empty directory.
     Rename {
         /// The session.
         session: SessionId,
-        /// The file to move.
+        /// The node to move.
         from: String,
         /// Its new path.
         to: String,
+    },
+    /// Our extension: change POSIX attributes or the ephemeral-children marker.
+    SetAttr {
+        /// The session.
+        session: SessionId,
+        /// The node.
+        path: String,
+        /// Only if the node at `path` is still this instance.
+        instance: Option<InstanceNumber>,
+        /// What to change.
+        change: AttrChange,
     },
     /// Nothing but the time stamp (ends due lock-delays; fills gaps).
     Noop,
@@ -163,6 +176,7 @@ impl Op {
             Op::Release { .. } => "Release",
             Op::SetSequencer { .. } => "SetSequencer",
             Op::Rename { .. } => "Rename",
+            Op::SetAttr { .. } => "SetAttr",
             Op::Noop => "Noop",
             Op::Checksum => "Checksum",
         }
@@ -212,6 +226,8 @@ mod tests {
                 acl: Some(AclNames::all("g")),
                 lock_delay_ms: Some(500),
                 events: chubby_protocol::EventMask::NONE,
+                create_mode: Some(0o600),
+                create_owner: Some((1000, 100)),
             })),
         }
     }

@@ -65,6 +65,7 @@ mod ops_sessions;
 mod queries;
 pub mod sessions;
 pub mod snapshot;
+mod snapshot_v2;
 
 #[cfg(test)]
 mod model;
@@ -174,6 +175,11 @@ pub enum Outcome {
         /// The new metadata.
         stat: Stat,
     },
+    /// POSIX attributes or the ephemeral-children marker were changed.
+    AttrsSet {
+        /// The new metadata.
+        stat: Stat,
+    },
     /// The lock was granted.
     Acquired {
         /// Its sequencer.
@@ -251,6 +257,14 @@ pub enum Change {
         instance: InstanceNumber,
         /// The new ACL generation.
         acl_generation: Generation,
+    },
+    /// A node's POSIX attributes or ephemeral-children marker changed (metadata
+    /// invalidation).
+    AttrsChanged {
+        /// Its path.
+        path: Arc<str>,
+        /// Its instance.
+        instance: InstanceNumber,
     },
     /// A node was deleted; handles on it now fail ("handle invalid" for its openers).
     Deleted {
@@ -525,6 +539,12 @@ impl Db {
                 sequencer,
             } => self.set_sequencer(*session, *handle, sequencer.as_ref()),
             Op::Rename { session, from, to } => self.rename(*session, from, to, changes),
+            Op::SetAttr {
+                session,
+                path,
+                instance,
+                change,
+            } => self.set_attr(*session, path, *instance, change, changes),
             Op::Noop => Ok(Outcome::Noop),
             Op::Checksum => Ok(Outcome::Checksum {
                 digest: self.digest(),

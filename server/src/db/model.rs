@@ -10,8 +10,9 @@ use chubby_protocol::db::{
     check_name, check_path, FILE_BYTES_MAX, LOCK_DELAY_MS_MAX, NAME_BYTES_MAX,
 };
 use chubby_protocol::{
-    AclNames, Ballot, ContentChecksum, Creation, Generation, HandleId, InstanceNumber, Instant,
-    LockMode, NodeKind, OpenMode, Refusal, Sequencer, SessionId, Stat,
+    AclNames, AttrChange, Ballot, ContentChecksum, Creation, Generation, HandleId, InstanceNumber,
+    Instant, LockMode, NodeKind, OpenMode, Posix, Refusal, Sequencer, SessionId, Stat, TimeSet,
+    Timespec,
 };
 
 use super::sessions::HANDLES_PER_SESSION_MAX;
@@ -58,6 +59,12 @@ struct MNode {
     acl: AclNames,
     ctime: Instant,
     mtime: Instant,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    atime_p: Timespec,
+    mtime_p: Timespec,
+    ctime_p: Timespec,
+    eph_children: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -145,7 +152,15 @@ impl Model {
         let inst = self.next_inst;
         self.next_inst += 1;
         let now = self.now;
+        let t = Self::ts(now);
+        self.touch_dir(path);
         self.nodes.push(MNode {
+            mode: if dir { 0o755 } else { 0o644 },
+            owner: None,
+            atime_p: t,
+            mtime_p: t,
+            ctime_p: t,
+            eph_children: false,
             path: path.into(),
             dir,
             eph,
@@ -159,6 +174,38 @@ impl Model {
             mtime: now,
         });
         inst
+    }
+
+    fn ts(t: Instant) -> Timespec {
+        Timespec {
+            secs: (t.0 / 1000) as i64,
+            nanos: (t.0 % 1000) as u32 * 1_000_000,
+        }
+    }
+
+    /// The parent of `path` gained or lost an entry: its POSIX mtime and ctime are now.
+    fn touch_dir(&mut self, path: &str) {
+        if path == "/" {
+            return;
+        }
+        let t = Self::ts(self.now);
+        let parent = parent_of(path);
+        if let Some(p) = self.nodes.iter_mut().find(|n| n.path == parent) {
+            p.mtime_p = t;
+            p.ctime_p = t;
+        }
+    }
+
+    /// The stat of node `i`, with its count of child directories.
+    fn full_stat(&self, i: usize) -> Stat {
+        let mut st = Self::stat(&self.nodes[i]);
+        let path = &self.nodes[i].path;
+        st.subdirs = self
+            .nodes
+            .iter()
+            .filter(|c| c.dir && c.path != "/" && parent_of(&c.path) == *path)
+            .count() as u64;
+        st
     }
 
     fn stat(n: &MNode) -> Stat {
@@ -178,6 +225,15 @@ impl Model {
             ctime: n.ctime,
             mtime: n.mtime,
             acl: n.acl.clone(),
+            posix: Posix {
+                mode: n.mode,
+                owner: n.owner,
+                atime: n.atime_p,
+                mtime: n.mtime_p,
+                ctime: n.ctime_p,
+            },
+            ephemeral_children: n.eph_children,
+            subdirs: 0,
         }
     }
 
@@ -353,6 +409,7 @@ impl Model {
         let inst = self.nodes[i].inst;
         self.locks.retain(|l| l.inst != inst);
         self.nodes.remove(i);
+        self.touch_dir(path);
     }
 
     fn reap(&mut self, path: &str) {
@@ -448,6 +505,12 @@ impl Model {
                 sequencer,
             } => self.set_sequencer(*session, *handle, sequencer.as_ref()),
             Op::Rename { session, from, to } => self.rename(*session, from, to),
+            Op::SetAttr {
+                session,
+                path,
+                instance,
+                change,
+            } => self.set_attr(*session, path, *instance, change),
             Op::Noop => Ok(Outcome::Noop),
             Op::Checksum => Ok(Outcome::Checksum { digest: Digest(0) }),
         }
@@ -575,7 +638,7 @@ impl Model {
             seq: None,
         };
         self.handles.push(h);
-        let stat = Self::stat(&self.nodes[i]);
+        let stat = self.full_stat(i);
         Ok(Outcome::Opened {
             handle: HandleId(self.next_handle),
             created,
@@ -602,6 +665,9 @@ impl Model {
         if a.contents.len() > FILE_BYTES_MAX {
             return Err(Refusal::TooLarge);
         }
+        if a.create_mode.is_some_and(|m| m > 0o7777) {
+            return Err(Refusal::InvalidArgument);
+        }
         let acl = a.acl.clone().unwrap_or_else(|| self.nodes[pi].acl.clone());
         if [&acl.read, &acl.write, &acl.change_acl]
             .iter()
@@ -612,7 +678,13 @@ impl Model {
         if !self.has_mode(principal, &acl, a.mode) {
             return Err(Refusal::PermissionDenied);
         }
-        self.add_node(&a.path, dir, a.ephemeral, a.contents.clone(), acl);
+        let eph = a.ephemeral || self.nodes[pi].eph_children;
+        self.add_node(&a.path, dir, eph, a.contents.clone(), acl);
+        let n = self.nodes.last_mut().unwrap();
+        if let Some(m) = a.create_mode {
+            n.mode = m;
+        }
+        n.owner = a.create_owner;
         Ok(())
     }
 
@@ -645,8 +717,10 @@ impl Model {
         n.data = data.to_vec();
         n.cgen += 1;
         n.mtime = now;
+        n.mtime_p = Self::ts(now);
+        n.ctime_p = Self::ts(now);
         Ok(Outcome::ContentsSet {
-            stat: Self::stat(n),
+            stat: self.full_stat(ni),
         })
     }
 
@@ -696,8 +770,9 @@ impl Model {
         }
         n.acl = acl.clone();
         n.agen += 1;
+        n.ctime_p = Self::ts(self.now);
         Ok(Outcome::AclSet {
-            stat: Self::stat(n),
+            stat: self.full_stat(ni),
         })
     }
 
@@ -766,57 +841,145 @@ impl Model {
             return Err(Refusal::InvalidPath);
         }
         let si = self.node(from).ok_or(Refusal::NotFound)?;
-        if self.nodes[si].dir {
-            return Err(Refusal::IsADirectory);
+        if from == "/" || to == "/" {
+            return Err(Refusal::InvalidArgument);
         }
-        if !self.permits(&principal, &self.nodes[si].acl.write) {
+        let spi = self.node(&parent_of(from)).unwrap();
+        if !self.permits(&principal, &self.nodes[si].acl.write)
+            || !self.permits(&principal, &self.nodes[spi].acl.write)
+        {
             return Err(Refusal::PermissionDenied);
         }
-        if self.lock(self.nodes[si].inst).is_some() {
+        let inside = |p: &str, root: &str| p == root || p.starts_with(&format!("{root}/"));
+        let moving: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| inside(&self.nodes[i].path, from))
+            .collect();
+        if moving
+            .iter()
+            .any(|&i| self.lock(self.nodes[i].inst).is_some())
+        {
             return Err(Refusal::Locked);
         }
         if from == to {
             return Ok(Outcome::Renamed {
-                stat: Self::stat(&self.nodes[si]),
+                stat: self.full_stat(si),
             });
         }
-        match self.node(to) {
-            Some(ti) => {
-                let t = &self.nodes[ti];
-                if t.dir {
-                    return Err(Refusal::IsADirectory);
-                }
-                if !self.permits(&principal, &t.acl.write) {
-                    return Err(Refusal::PermissionDenied);
-                }
-                if self.lock(t.inst).is_some() {
-                    return Err(Refusal::Locked);
-                }
-                self.delete_node(to);
+        if self.nodes[si].dir && to.starts_with(&format!("{from}/")) {
+            return Err(Refusal::InvalidArgument);
+        }
+        let sdir = self.nodes[si].dir;
+        if let Some(ti) = self.node(to) {
+            let t = &self.nodes[ti];
+            if sdir && !t.dir {
+                return Err(Refusal::NotADirectory);
             }
-            None => {
-                let pi = self.node(&parent_of(to)).ok_or(Refusal::NotFound)?;
-                if !self.nodes[pi].dir {
-                    return Err(Refusal::NotADirectory);
-                }
-                if !self.permits(&principal, &self.nodes[pi].acl.write) {
-                    return Err(Refusal::PermissionDenied);
-                }
+            if !sdir && t.dir {
+                return Err(Refusal::IsADirectory);
+            }
+            if t.dir && self.has_children(to) {
+                return Err(Refusal::NotEmpty);
+            }
+            if !self.permits(&principal, &t.acl.write) {
+                return Err(Refusal::PermissionDenied);
+            }
+            if self.lock(t.inst).is_some() {
+                return Err(Refusal::Locked);
             }
         }
-        let si = self.node(from).unwrap();
-        let old = self.nodes[si].inst;
-        let inst = self.next_inst;
-        self.next_inst += 1;
-        self.nodes[si].inst = inst;
-        self.nodes[si].path = to.to_owned();
-        for h in self.handles.iter_mut().filter(|h| h.inst == old) {
-            h.inst = inst;
-            h.path = to.to_owned();
+        let pi = self.node(&parent_of(to)).ok_or(Refusal::NotFound)?;
+        if !self.nodes[pi].dir {
+            return Err(Refusal::NotADirectory);
         }
-        let stat = Self::stat(&self.nodes[si]);
+        if !self.permits(&principal, &self.nodes[pi].acl.write) {
+            return Err(Refusal::PermissionDenied);
+        }
+        if self.node(to).is_some() {
+            self.delete_node(to);
+        }
+        let mut moving: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| inside(&n.path, from))
+            .map(|n| n.path.clone())
+            .collect();
+        moving.sort();
+        let t = Self::ts(self.now);
+        for (k, old_path) in moving.iter().enumerate() {
+            let i = self.node(old_path).unwrap();
+            let old = self.nodes[i].inst;
+            let inst = self.next_inst;
+            self.next_inst += 1;
+            let new_path = format!("{to}{}", &old_path[from.len()..]);
+            let n = &mut self.nodes[i];
+            n.inst = inst;
+            n.path = new_path.clone();
+            if k == 0 {
+                n.ctime_p = t;
+            }
+            for h in self.handles.iter_mut().filter(|h| h.inst == old) {
+                h.inst = inst;
+                h.path = new_path.clone();
+            }
+        }
+        self.touch_dir(from);
+        self.touch_dir(to);
+        let stat = self.full_stat(self.node(to).unwrap());
         self.reap(&parent_of(from));
         Ok(Outcome::Renamed { stat })
+    }
+
+    fn set_attr(
+        &mut self,
+        s: SessionId,
+        path: &str,
+        instance: Option<InstanceNumber>,
+        c: &AttrChange,
+    ) -> R {
+        let principal = self.principal(s)?;
+        if check_path(path).is_err() {
+            return Err(Refusal::InvalidPath);
+        }
+        let i = self.node(path).ok_or(Refusal::NotFound)?;
+        if instance.is_some_and(|x| x.0 != self.nodes[i].inst) {
+            return Err(Refusal::NotFound);
+        }
+        if !self.permits(&principal, &self.nodes[i].acl.write) {
+            return Err(Refusal::PermissionDenied);
+        }
+        let bad_time =
+            |t: Option<TimeSet>| matches!(t, Some(TimeSet::At(ts)) if ts.nanos >= 1_000_000_000);
+        if c.mode.is_some_and(|m| m > 0o7777) || bad_time(c.atime) || bad_time(c.mtime) {
+            return Err(Refusal::InvalidArgument);
+        }
+        if c.ephemeral_children.is_some() && !self.nodes[i].dir {
+            return Err(Refusal::NotADirectory);
+        }
+        let now = Self::ts(self.now);
+        let at = |t: TimeSet| match t {
+            TimeSet::Now => now,
+            TimeSet::At(ts) => ts,
+        };
+        let n = &mut self.nodes[i];
+        if let Some(m) = c.mode {
+            n.mode = m;
+        }
+        if let Some(o) = c.owner {
+            n.owner = Some(o);
+        }
+        if let Some(e) = c.ephemeral_children {
+            n.eph_children = e;
+        }
+        n.ctime_p = now;
+        if let Some(t) = c.atime {
+            n.atime_p = at(t);
+        }
+        if let Some(t) = c.mtime {
+            n.mtime_p = at(t);
+        }
+        Ok(Outcome::AttrsSet {
+            stat: self.full_stat(i),
+        })
     }
 
     // ------------------------------------------------------------------ views
@@ -825,7 +988,13 @@ impl Model {
         let mut nodes: Vec<_> = self
             .nodes
             .iter()
-            .map(|n| (n.path.clone(), Self::stat(n), n.data.clone()))
+            .map(|n| {
+                (
+                    n.path.clone(),
+                    self.full_stat(self.node(&n.path).unwrap()),
+                    n.data.clone(),
+                )
+            })
             .collect();
         nodes.sort_by(|a, b| a.0.cmp(&b.0));
         let mut locks: Vec<LockView> = self

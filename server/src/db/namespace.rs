@@ -33,7 +33,7 @@ use chubby_protocol::db::{check_path, fnv1a64, FILE_BYTES_MAX, FNV_OFFSET};
 use super::cow_map::{CowMap, EntryDigest};
 use super::ensure;
 use chubby_protocol::{
-    AclNames, ContentChecksum, Generation, InstanceNumber, Instant, NodeKind, Stat,
+    AclNames, ContentChecksum, Generation, InstanceNumber, Instant, NodeKind, Posix, Stat, Timespec,
 };
 
 /// One file or directory.
@@ -61,6 +61,12 @@ pub struct Node {
     pub acl: AclNames,
     /// The bytes (always empty for directories).
     pub contents: Arc<Vec<u8>>,
+    /// Modes, owners and POSIX times (labels for tools; the ACLs decide access).
+    pub posix: Posix,
+    /// Directories: nodes created in it are ephemeral, whoever creates them.
+    pub ephemeral_children: bool,
+    /// Directories: how many children are directories (kept by `Namespace`).
+    pub subdirs: u64,
 }
 
 impl Node {
@@ -79,6 +85,18 @@ impl Node {
             mtime: now,
             acl,
             contents: Arc::new(Vec::new()),
+            posix: Posix::new(kind, None, None, now),
+            ephemeral_children: false,
+            subdirs: 0,
+        }
+    }
+
+    /// Sets the POSIX ctime (and, if `modified`, the mtime) to `now`.
+    pub fn touch(&mut self, now: Instant, modified: bool) {
+        let t = Timespec::from_instant(now);
+        self.posix.ctime = t;
+        if modified {
+            self.posix.mtime = t;
         }
     }
 
@@ -97,6 +115,9 @@ impl Node {
             ctime: self.ctime,
             mtime: self.mtime,
             acl: self.acl.clone(),
+            posix: self.posix,
+            ephemeral_children: self.ephemeral_children,
+            subdirs: self.subdirs,
         }
     }
 
@@ -111,7 +132,26 @@ impl Node {
     #[must_use]
     pub fn digest(&self, path: &str) -> u64 {
         let mut h = fnv1a64(FNV_OFFSET, path.as_bytes());
-        h = fnv1a64(h, &[0, u8::from(self.is_dir()), u8::from(self.ephemeral)]);
+        h = fnv1a64(
+            h,
+            &[
+                0,
+                u8::from(self.is_dir()),
+                u8::from(self.ephemeral),
+                u8::from(self.ephemeral_children),
+            ],
+        );
+        let p = &self.posix;
+        let (uid, gid) = p
+            .owner
+            .map_or((u64::MAX, u64::MAX), |(u, g)| (u.into(), g.into()));
+        for word in [u64::from(p.mode), uid, gid, self.subdirs] {
+            h = fnv1a64(h, &word.to_le_bytes());
+        }
+        for t in [p.atime, p.mtime, p.ctime] {
+            h = fnv1a64(h, &t.secs.to_le_bytes());
+            h = fnv1a64(h, &t.nanos.to_le_bytes());
+        }
         for word in [
             self.instance.0,
             self.content_generation.0,
@@ -232,9 +272,23 @@ impl Namespace {
                 "orphan {path}"
             );
         }
+        let dir = node.is_dir();
         let key: Arc<str> = Arc::from(path);
         self.nodes.insert(Arc::clone(&key), Arc::new(node));
+        if dir && path != "/" {
+            self.count_subdir(parent(path), true);
+        }
         key
+    }
+
+    /// A directory under `dir` came (`added`) or went.
+    fn count_subdir(&mut self, dir: &str, added: bool) {
+        self.nodes
+            .update(dir, |n: &mut Arc<Node>| {
+                let n = Arc::make_mut(n);
+                n.subdirs = if added { n.subdirs + 1 } else { n.subdirs - 1 };
+            })
+            .expect("the parent of a node exists");
     }
 
     /// Changes the node at `path` in place (copying its metadata if a snapshot shares it).
@@ -260,7 +314,11 @@ impl Namespace {
             !self.has_children(path),
             "remove of a non-empty directory {path}"
         );
-        self.nodes.remove(path).expect("remove of a missing node")
+        let gone = self.nodes.remove(path).expect("remove of a missing node");
+        if gone.is_dir() {
+            self.count_subdir(parent(path), false);
+        }
+        gone
     }
 
     /// True if `dir` has at least one child.
@@ -294,6 +352,41 @@ impl Namespace {
             }
         }
         out
+    }
+
+    /// Every node under `dir` (not `dir` itself), in path order.
+    #[must_use]
+    pub fn descendants(&self, dir: &str) -> Vec<Arc<str>> {
+        let (mut lo, hi) = subtree(dir);
+        let mut out = Vec::new();
+        while let Some((k, _)) = self.first_in(lo.as_ref().map(String::as_str), &hi) {
+            out.push(Arc::clone(k));
+            lo = Bound::Excluded(k.to_string());
+        }
+        out
+    }
+
+    /// A namespace of these nodes (a snapshot's, checked afterwards by `validate`).
+    pub(super) fn from_nodes(
+        nodes: impl IntoIterator<Item = (Arc<str>, Node)>,
+        next_instance: u64,
+    ) -> Namespace {
+        let mut nodes: Vec<(Arc<str>, Node)> = nodes.into_iter().collect();
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for (k, n) in &nodes {
+            if n.is_dir() && &**k != "/" {
+                *counts.entry(parent(k).to_owned()).or_default() += 1;
+            }
+        }
+        let mut map = CowMap::default();
+        for (k, mut n) in nodes.drain(..) {
+            n.subdirs = counts.get(&*k).copied().unwrap_or(0);
+            map.insert(k, Arc::new(n));
+        }
+        Namespace {
+            nodes: map,
+            next_instance,
+        }
     }
 
     /// The first node with a key from `lo` up to (excluding) `hi`.
@@ -359,6 +452,26 @@ impl Namespace {
             ensure!(
                 !node.is_dir() || node.contents.is_empty(),
                 "directory with contents {path}"
+            );
+            ensure!(
+                node.is_dir() || !node.ephemeral_children,
+                "file marked ephemeral-children {path}"
+            );
+            ensure!(
+                node.posix.mode & !chubby_protocol::db::MODE_BITS == 0
+                    && node.posix.atime.is_valid()
+                    && node.posix.mtime.is_valid()
+                    && node.posix.ctime.is_valid(),
+                "bad POSIX attributes {path}"
+            );
+            let subdirs = self
+                .children(path)
+                .iter()
+                .filter(|(_, c)| c.is_dir())
+                .count();
+            ensure!(
+                node.subdirs == subdirs as u64,
+                "subdirectory count of {path}"
             );
             if &**path != "/" {
                 ensure!(

@@ -19,6 +19,14 @@
 //! when its last child goes after that (Chubby §2.3: "if no client has them open (and, for
 //! directories, they are empty)"). Deletions cascade up through ephemeral parents.
 //!
+//! # POSIX attributes (our extension; docs/mount.md "Modes, owners and times")
+//! Every node carries a mode, an owner and POSIX times, stamped from the command's `now`:
+//! creation sets all three times; a content write sets mtime and ctime; SetAcl and SetAttr
+//! set ctime; a directory gaining or losing an entry (creation, deletion, reaping, rename)
+//! sets its mtime and ctime. SetAttr needs write permission under the ACLs, which remain
+//! the only access control. A directory's ephemeral-children marker makes every node
+//! created in it ephemeral, from any client.
+//!
 //! # Rename (our extension)
 //! Files only; atomic; replaces a target file; refused while the source or the target is
 //! locked (held, awaited or in lock-delay), so no lock or sequencer ever changes path.
@@ -28,9 +36,10 @@
 
 use std::sync::Arc;
 
-use chubby_protocol::db::{check_path, FILE_BYTES_MAX, LOCK_DELAY_MS_MAX};
+use chubby_protocol::db::{check_path, FILE_BYTES_MAX, LOCK_DELAY_MS_MAX, MODE_BITS};
 use chubby_protocol::{
-    AclNames, ContentChecksum, Creation, Generation, HandleId, NodeKind, Refusal, SessionId,
+    AclNames, AttrChange, ContentChecksum, Creation, Generation, HandleId, InstanceNumber,
+    NodeKind, Posix, Refusal, SessionId, TimeSet, Timespec,
 };
 
 use super::acl::{self, Right};
@@ -144,6 +153,9 @@ impl Db {
         if args.contents.len() > FILE_BYTES_MAX {
             return Err(Refusal::TooLarge);
         }
+        if args.create_mode.is_some_and(|m| m & !MODE_BITS != 0) {
+            return Err(Refusal::InvalidArgument);
+        }
         let acl_names = args.acl.clone().unwrap_or_else(|| parent_node.acl.clone());
         if !acl::valid_names(&acl_names) {
             return Err(Refusal::InvalidArgument);
@@ -151,9 +163,11 @@ impl Db {
         if !acl::has_mode(&self.ns, admin, principal, &acl_names, args.mode) {
             return Err(Refusal::PermissionDenied);
         }
+        let ephemeral = args.ephemeral || parent_node.ephemeral_children;
         let instance = self.ns.allocate_instance();
         let mut node = Node::new(args.kind, instance, self.now, acl_names);
-        node.ephemeral = args.ephemeral;
+        node.ephemeral = ephemeral;
+        node.posix = Posix::new(args.kind, args.create_mode, args.create_owner, self.now);
         node.checksum = ContentChecksum::of(&args.contents);
         node.contents = Arc::new(args.contents.clone());
         let path = self.ns.insert(&args.path, node);
@@ -162,8 +176,18 @@ impl Db {
             instance,
             kind: args.kind,
         });
-        push_children_changed(changes, dir);
+        self.entries_changed(dir, changes);
         Ok(())
+    }
+
+    /// `dir` gained or lost an entry: its POSIX mtime and ctime are now (POSIX), and its
+    /// watchers are told.
+    pub(super) fn entries_changed(&mut self, dir: &str, changes: &mut Vec<Change>) {
+        let now = self.now;
+        if self.ns.get(dir).is_some() {
+            self.ns.update(dir, |n| n.touch(now, true));
+        }
+        push_children_changed(changes, dir);
     }
 
     pub(super) fn set_contents(
@@ -194,6 +218,7 @@ impl Db {
             n.checksum = ContentChecksum::of(contents);
             n.content_generation = n.content_generation.next();
             n.mtime = now;
+            n.touch(now, true);
             n.stat()
         });
         let content_generation = stat.content_generation;
@@ -265,7 +290,7 @@ impl Db {
             instance,
             handles,
         });
-        push_children_changed(changes, parent(path));
+        self.entries_changed(parent(path), changes);
     }
 
     /// Deletes `path` if it is an unused ephemeral node, then its parent likewise, and so on.
@@ -302,10 +327,11 @@ impl Db {
                 current: node.acl_generation,
             });
         }
-        let (path, instance) = (Arc::clone(&h.path), node.instance);
+        let (path, instance, now) = (Arc::clone(&h.path), node.instance, self.now);
         let stat = self.ns.update(&path, |n| {
             n.acl = acl_names.clone();
             n.acl_generation = n.acl_generation.next();
+            n.touch(now, false);
             n.stat()
         });
         let acl_generation = stat.acl_generation;
@@ -315,6 +341,69 @@ impl Db {
             acl_generation,
         });
         Ok(Outcome::AclSet { stat })
+    }
+}
+
+impl Db {
+    /// SetAttr: POSIX attributes and the ephemeral-children marker of the node at `path`
+    /// (if still `instance`), with write permission on it.
+    pub(super) fn set_attr(
+        &mut self,
+        session: SessionId,
+        path: &str,
+        instance: Option<InstanceNumber>,
+        change: &AttrChange,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        let principal = self.principal(session)?.to_owned();
+        check_path(path).map_err(|_| Refusal::InvalidPath)?;
+        let node = self.ns.get(path).ok_or(Refusal::NotFound)?;
+        if instance.is_some_and(|i| i != node.instance) {
+            return Err(Refusal::NotFound);
+        }
+        let admin = &self.config.admin;
+        if !acl::has_right(&self.ns, admin, &principal, &node.acl, Right::Write) {
+            return Err(Refusal::PermissionDenied);
+        }
+        if !change.is_valid() {
+            return Err(Refusal::InvalidArgument);
+        }
+        if change.ephemeral_children.is_some() && !node.is_dir() {
+            return Err(Refusal::NotADirectory);
+        }
+        let (key, instance, now) = (
+            self.ns.key(path).expect("node exists"),
+            node.instance,
+            self.now,
+        );
+        let at = |t: TimeSet| match t {
+            TimeSet::Now => Timespec::from_instant(now),
+            TimeSet::At(t) => t,
+        };
+        let stat = self.ns.update(path, |n| {
+            if let Some(mode) = change.mode {
+                n.posix.mode = mode;
+            }
+            if let Some(owner) = change.owner {
+                n.posix.owner = Some(owner);
+            }
+            if let Some(on) = change.ephemeral_children {
+                n.ephemeral_children = on;
+            }
+            n.touch(now, false);
+            if let Some(t) = change.atime {
+                n.posix.atime = at(t);
+            }
+            if let Some(t) = change.mtime {
+                n.posix.mtime = at(t);
+            }
+            n.stat()
+        });
+        changes.push(Change::AttrsChanged {
+            path: key,
+            instance,
+        });
+        Ok(Outcome::AttrsSet { stat })
     }
 }
 

@@ -1,8 +1,24 @@
-//! Rename, our extension (DESIGN §3): moves a file atomically, replacing a target file.
-//! The rules are in `ops_nodes.rs`; the check order here is: session, both paths' syntax,
-//! source exists, is a file, write right on it, not locked; `from == to` succeeds with no
-//! change; then the target: an existing one must be a file with the write right and not
-//! locked; a missing one needs an existing parent directory with the write right.
+//! Rename, our extension (DESIGN §3): moves a file, or a directory with everything under
+//! it, atomically, replacing a target file or empty directory. It is one command, so one
+//! Paxos write: every replica applies the whole move or none of it, and the master has
+//! invalidated every cached path of both subtrees before proposing it
+//! (`queries::touched_paths`), so no client reads a half-moved tree.
+//!
+//! # Check order
+//! Session; both paths' syntax; the source exists and is not the root; the write right on
+//! the source and on its parent; nothing in the source's subtree is locked (held, awaited or
+//! in lock-delay), so no lock or sequencer ever changes path; `from == to` succeeds with no
+//! change; a directory's target is not inside it (`InvalidArgument`, POSIX `EINVAL`); then the
+//! target: an existing one must be of the source's kind (`NotADirectory` for a directory
+//! over a file, `IsADirectory` for a file over a directory), empty if a directory
+//! (`NotEmpty`), with the write right and not locked; and the target's parent must be an
+//! existing directory with the write right.
+//!
+//! # What moves
+//! Every moved node keeps its contents, generation numbers, ACL names, ephemeral flags and
+//! POSIX attributes, and gets a new instance number (a name's instance numbers keep
+//! growing); its open handles follow it. The moved node's POSIX ctime and both parents'
+//! mtime and ctime are set. Handles on a replaced target fail from then on, as after Delete.
 
 use std::sync::Arc;
 
@@ -11,7 +27,6 @@ use chubby_protocol::{Refusal, SessionId, Stat};
 
 use super::acl::{self, Right};
 use super::namespace::parent;
-use super::ops_nodes::push_children_changed;
 use super::{Change, Db, Outcome};
 
 impl Db {
@@ -26,13 +41,14 @@ impl Db {
         check_path(from).map_err(|_| Refusal::InvalidPath)?;
         check_path(to).map_err(|_| Refusal::InvalidPath)?;
         let source = self.ns.get(from).ok_or(Refusal::NotFound)?;
-        if source.is_dir() {
-            return Err(Refusal::IsADirectory);
+        if from == "/" || to == "/" {
+            return Err(Refusal::InvalidArgument);
         }
-        if !self.may_write(&principal, &source.acl) {
+        let from_dir = self.ns.get(parent(from)).ok_or(Refusal::NotFound)?;
+        if !self.may_write(&principal, &source.acl) || !self.may_write(&principal, &from_dir.acl) {
             return Err(Refusal::PermissionDenied);
         }
-        if self.locks.is_busy(source.instance) {
+        if self.subtree_busy(from) {
             return Err(Refusal::Locked);
         }
         if from == to {
@@ -40,8 +56,12 @@ impl Db {
                 stat: source.stat(),
             });
         }
-        self.check_rename_target(to, &principal)?;
-        let stat = self.move_file(from, to, changes);
+        let inside = to.starts_with(from) && to.as_bytes().get(from.len()) == Some(&b'/');
+        if inside && source.is_dir() {
+            return Err(Refusal::InvalidArgument);
+        }
+        self.check_rename_target(source.is_dir(), to, &principal)?;
+        let stat = self.move_subtree(from, to, changes);
         Ok(Outcome::Renamed { stat })
     }
 
@@ -55,10 +75,25 @@ impl Db {
         )
     }
 
-    fn check_rename_target(&self, to: &str, principal: &str) -> Result<(), Refusal> {
+    /// True if the node at `path` or any node under it is locked, awaited or in lock-delay.
+    fn subtree_busy(&self, path: &str) -> bool {
+        let busy = |p: &str| {
+            self.ns
+                .get(p)
+                .is_some_and(|n| self.locks.is_busy(n.instance))
+        };
+        busy(path)
+            || (self.ns.get(path).is_some_and(|n| n.is_dir())
+                && self.ns.descendants(path).iter().any(|d| busy(d)))
+    }
+
+    fn check_rename_target(&self, dir: bool, to: &str, principal: &str) -> Result<(), Refusal> {
         if let Some(target) = self.ns.get(to) {
-            if target.is_dir() {
-                return Err(Refusal::IsADirectory);
+            match (dir, target.is_dir()) {
+                (true, false) => return Err(Refusal::NotADirectory),
+                (false, true) => return Err(Refusal::IsADirectory),
+                (true, true) if self.ns.has_children(to) => return Err(Refusal::NotEmpty),
+                _ => {}
             }
             if !self.may_write(principal, &target.acl) {
                 return Err(Refusal::PermissionDenied);
@@ -66,7 +101,6 @@ impl Db {
             if self.locks.is_busy(target.instance) {
                 return Err(Refusal::Locked);
             }
-            return Ok(());
         }
         let dir = self.ns.get(parent(to)).ok_or(Refusal::NotFound)?;
         if !dir.is_dir() {
@@ -78,32 +112,41 @@ impl Db {
         Ok(())
     }
 
-    /// Moves the file: drops the target, re-inserts the source under a new instance
-    /// number, re-points its handles, and reaps the old parent if it is ephemeral.
-    fn move_file(&mut self, from: &str, to: &str, changes: &mut Vec<Change>) -> Stat {
-        let from_key = self.ns.key(from).expect("source checked");
+    /// Moves the node at `from` and its subtree to `to`: drops the target, re-inserts each
+    /// node under a new instance number, re-points its handles, and reaps the old parent if
+    /// it is ephemeral.
+    fn move_subtree(&mut self, from: &str, to: &str, changes: &mut Vec<Change>) -> Stat {
         if let Some(target) = self.ns.key(to) {
             self.delete_node(&target, changes);
         }
-        let old = self.ns.remove(from);
-        assert!(!old.is_dir(), "rename of a directory");
-        assert!(!self.locks.is_busy(old.instance), "rename of a locked file");
-        let instance = self.ns.allocate_instance();
-        let mut node = (*old).clone();
-        node.instance = instance;
-        let stat = node.stat();
-        let to_key = self.ns.insert(to, node);
-        self.sessions.move_instance(old.instance, instance, &to_key);
-        let old_instance = old.instance;
-        changes.push(Change::Renamed {
-            from: from_key,
-            to: Arc::clone(&to_key),
-            old_instance,
-            instance,
-        });
-        push_children_changed(changes, parent(from));
-        push_children_changed(changes, parent(to));
+        let mut paths = vec![self.ns.key(from).expect("source checked")];
+        paths.extend(self.ns.descendants(from));
+        // Children leave before their parents, and arrive after them.
+        let removed: Vec<_> = paths.iter().rev().map(|p| self.ns.remove(p)).collect();
+        let now = self.now;
+        let mut first = true;
+        for (old_key, old) in paths.iter().zip(removed.into_iter().rev()) {
+            assert!(!self.locks.is_busy(old.instance), "moving a locked node");
+            let instance = self.ns.allocate_instance();
+            let mut node = (*old).clone();
+            node.instance = instance;
+            if first {
+                node.touch(now, false);
+            }
+            let new_path = format!("{to}{}", &old_key[from.len()..]);
+            let to_key = self.ns.insert(&new_path, node);
+            self.sessions.move_instance(old.instance, instance, &to_key);
+            changes.push(Change::Renamed {
+                from: Arc::clone(old_key),
+                to: to_key,
+                old_instance: old.instance,
+                instance,
+            });
+            first = false;
+        }
+        self.entries_changed(parent(from), changes);
+        self.entries_changed(parent(to), changes);
         self.reap(parent(from), changes);
-        stat
+        self.ns.get(to).expect("the source moved").stat()
     }
 }

@@ -10,8 +10,8 @@
 
 use chubby_protocol::db::FILE_BYTES_MAX;
 use chubby_protocol::{
-    AclNames, Ballot, Creation, Generation, HandleId, Instant, LockMode, NodeId, NodeKind,
-    OpenMode, Sequencer, SessionId, Slot,
+    AclNames, AttrChange, Ballot, Creation, Generation, HandleId, InstanceNumber, Instant,
+    LockMode, NodeId, NodeKind, OpenMode, Sequencer, SessionId, Slot, TimeSet, Timespec,
 };
 use proptest::prelude::*;
 
@@ -151,6 +151,13 @@ enum Step {
         from: u8,
         to: u8,
     },
+    SetAttr {
+        s: u8,
+        path: u8,
+        /// Which fields to set (bits) and with what.
+        fields: u8,
+        value: u16,
+    },
     Noop,
     Checksum,
     NewEpoch {
@@ -209,8 +216,10 @@ fn step() -> impl Strategy<Value = Step> {
         3 => handle_ref().prop_map(Step::Release),
         2 => (handle_ref(), prop::option::of(any::<u8>()))
             .prop_map(|(h, seq)| Step::SetSequencer { h, seq }),
-        2 => (any::<u8>(), any::<u8>(), any::<u8>())
+        4 => (any::<u8>(), any::<u8>(), any::<u8>())
             .prop_map(|(s, from, to)| Step::Rename { s, from, to }),
+        3 => (any::<u8>(), any::<u8>(), any::<u8>(), any::<u16>())
+            .prop_map(|(s, path, fields, value)| Step::SetAttr { s, path, fields, value }),
         2 => Just(Step::Noop),
         1 => Just(Step::Checksum),
         1 => any::<bool>().prop_map(|bump| Step::NewEpoch { bump }),
@@ -228,6 +237,32 @@ fn timed() -> impl Strategy<Value = Timed> {
 
 fn steps(max: usize) -> impl Strategy<Value = Vec<Timed>> {
     prop::collection::vec(timed(), 1..max)
+}
+
+/// A SetAttr change from random bits: each low bit sets one field; some values are out of
+/// range (mode bits, nanoseconds) and must be refused by both implementations.
+fn attr_change(fields: u8, value: u16) -> AttrChange {
+    let time = |v: u16| {
+        if v.is_multiple_of(5) {
+            TimeSet::Now
+        } else {
+            TimeSet::At(Timespec {
+                secs: i64::from(v) - 1000,
+                nanos: if v.is_multiple_of(7) {
+                    1_000_000_000
+                } else {
+                    u32::from(v) * 3
+                },
+            })
+        }
+    };
+    AttrChange {
+        mode: (fields & 1 != 0).then_some(u32::from(value) & 0o17777),
+        owner: (fields & 2 != 0).then_some((u32::from(value), u32::from(value / 3))),
+        atime: (fields & 4 != 0).then(|| time(value)),
+        mtime: (fields & 8 != 0).then(|| time(value / 2)),
+        ephemeral_children: (fields & 16 != 0).then_some(value.is_multiple_of(2)),
+    }
 }
 
 /// Turns abstract steps into commands, tracking what has been handed out. Sessions and
@@ -334,6 +369,10 @@ impl Driver {
                 acl: acl.map(acl_set),
                 lock_delay_ms: DELAYS[usize::from(delay) % DELAYS.len()],
                 events: chubby_protocol::EventMask::NONE,
+                // Mostly none; sometimes a mode (one out of range), an owner.
+                create_mode: [None, None, Some(0o600), Some(0o1777), Some(0o10644)]
+                    [usize::from(data) % 5],
+                create_owner: delay.is_multiple_of(3).then_some((u32::from(delay), 7)),
             })),
             Step::Close(_)
             | Step::Write { .. }
@@ -346,6 +385,17 @@ impl Driver {
                 session: self.session(s),
                 from: PATHS[usize::from(from) % PATHS.len()].into(),
                 to: PATHS[usize::from(to) % PATHS.len()].into(),
+            },
+            Step::SetAttr {
+                s,
+                path,
+                fields,
+                value,
+            } => Op::SetAttr {
+                session: self.session(s),
+                path: PATHS[usize::from(path) % PATHS.len()].into(),
+                instance: (fields & 0x80 != 0).then_some(InstanceNumber(u64::from(value % 8))),
+                change: attr_change(fields, value),
             },
             Step::Noop => Op::Noop,
             Step::Checksum => Op::Checksum,
@@ -508,6 +558,8 @@ fn prelude() -> Vec<Command> {
                 Vec::new()
             },
             acl,
+            create_mode: None,
+            create_owner: None,
             lock_delay_ms: Some(3_000),
             events: chubby_protocol::EventMask::NONE,
         }))

@@ -71,10 +71,20 @@ impl Db {
                         out.push(Arc::from(dir));
                     }
                 }
+                // A directory's whole subtree moves: each path and where it goes.
+                let moves_dir = self.ns.get(from).is_some_and(|n| n.is_dir());
+                if moves_dir && from != to && !to.starts_with(&format!("{from}/")) {
+                    for d in self.ns.descendants(from) {
+                        let rest = &d[from.len()..];
+                        out.push(Arc::from(format!("{to}{rest}")));
+                        out.push(d);
+                    }
+                }
                 if let Some(dir) = parent_of(from) {
                     self.push_reap_chain(dir, None, &mut out);
                 }
             }
+            Op::SetAttr { path, .. } => out.push(Arc::from(path.as_str())),
             Op::Close { session, handle } => {
                 if let Some(h) = self.sessions.handle_of(*session, *handle) {
                     self.push_reap_chain(&h.path, Some(h.instance), &mut out);

@@ -22,6 +22,8 @@
 //! "CHBYSNAP" | format: u8 | body_len: u64 LE | crc32(body): u32 LE | body
 //! body = bincode(slot covered, membership, database state)
 //! ```
+//! This build writes format 3 and also reads format 2 (`snapshot_v2.rs`), so snapshots
+//! and backups written before POSIX attributes still load.
 //! [`Db::restore`] checks the magic, format, length and checksum, decodes under a size
 //! limit, then validates every structural invariant. Any failure is an error and nothing
 //! of the snapshot is used (PML §5.5: the application "can verify integrity and discard").
@@ -41,7 +43,9 @@ use chubby_protocol::{NodeId, Slot};
 use super::cow_map::FieldHasher;
 use super::{Db, Digest};
 
-pub use chubby_protocol::db::{SNAPSHOT_BYTES_MAX, SNAPSHOT_FORMAT, SNAPSHOT_MAGIC};
+pub use chubby_protocol::db::{
+    SNAPSHOT_BYTES_MAX, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_OLDEST, SNAPSHOT_MAGIC,
+};
 const HEADER_BYTES: usize = 8 + 1 + 8 + 4;
 /// The largest whole snapshot (header and body) worth reading or fetching.
 pub const SNAPSHOT_FILE_BYTES_MAX: usize = HEADER_BYTES + SNAPSHOT_BYTES_MAX;
@@ -137,10 +141,19 @@ impl Db {
     /// # Errors
     /// Every way the bytes can be wrong; a snapshot that fails is never used.
     pub fn restore(bytes: &[u8]) -> Result<(Db, SnapshotInfo), SnapshotError> {
-        let body = check_header(bytes)?;
-        let ((slot, membership, db), used) =
+        let (format, body) = check_header(bytes)?;
+        let malformed = |e: bincode::error::DecodeError| SnapshotError::Malformed(e.to_string());
+        let ((slot, membership, db), used) = if format == SNAPSHOT_FORMAT {
             bincode::decode_from_slice::<(Slot, Vec<NodeId>, Db), _>(body, SNAPSHOT_CONFIG)
-                .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+                .map_err(malformed)?
+        } else {
+            let ((slot, membership, old), used) = bincode::decode_from_slice::<
+                (Slot, Vec<NodeId>, super::snapshot_v2::DbV2),
+                _,
+            >(body, SNAPSHOT_CONFIG)
+            .map_err(malformed)?;
+            ((slot, membership, old.upgrade()), used)
+        };
         if used != body.len() {
             return Err(SnapshotError::Malformed(format!(
                 "{} bytes unused",
@@ -177,7 +190,8 @@ pub fn founding_snapshot(backup: &[u8]) -> Result<(Db, SnapshotInfo, Vec<u8>), S
     Ok((db, info, bytes))
 }
 
-fn check_header(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+/// The format and body of snapshot `bytes` whose header and checksum are right.
+fn check_header(bytes: &[u8]) -> Result<(u8, &[u8]), SnapshotError> {
     if bytes.len() < HEADER_BYTES {
         return Err(SnapshotError::Truncated);
     }
@@ -185,8 +199,9 @@ fn check_header(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     if header[..8] != SNAPSHOT_MAGIC {
         return Err(SnapshotError::NotASnapshot);
     }
-    if header[8] != SNAPSHOT_FORMAT {
-        return Err(SnapshotError::UnknownFormat(header[8]));
+    let format = header[8];
+    if !(SNAPSHOT_FORMAT_OLDEST..=SNAPSHOT_FORMAT).contains(&format) {
+        return Err(SnapshotError::UnknownFormat(format));
     }
     let len = u64::from_le_bytes(header[9..17].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(header[17..21].try_into().expect("4 bytes"));
@@ -203,7 +218,7 @@ fn check_header(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     if crc32fast::hash(body) != crc {
         return Err(SnapshotError::Checksum);
     }
-    Ok(body)
+    Ok((format, body))
 }
 
 /// The digest of `db` (see the module docs): O(1).

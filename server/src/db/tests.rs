@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chubby_protocol::db::{FILE_BYTES_MAX, LOCK_DELAY_MS_MAX, NAME_BYTES_MAX};
 use chubby_protocol::{
-    AclNames, Ballot, Creation, Generation, HandleId, Instant, LockMode, NodeId, NodeKind,
-    OpenMode, Refusal, Sequencer, SessionId, Slot,
+    AclNames, AttrChange, Ballot, Creation, Generation, HandleId, InstanceNumber, Instant,
+    LockMode, NodeId, NodeKind, OpenMode, Refusal, Sequencer, SessionId, Slot, TimeSet, Timespec,
 };
 
 use super::*;
@@ -90,6 +90,8 @@ impl Harness {
             acl: None,
             lock_delay_ms: None,
             events: chubby_protocol::EventMask::NONE,
+            create_mode: None,
+            create_owner: None,
         }))
     }
 
@@ -1205,7 +1207,6 @@ fn rename_refusals() {
     };
     t.dir(s, "/d");
     let f = t.file(s, "/f");
-    assert_eq!(t.err(rename("/d", "/x")), Refusal::IsADirectory);
     assert_eq!(t.err(rename("/f", "/d")), Refusal::IsADirectory);
     assert_eq!(t.err(rename("/nope", "/x")), Refusal::NotFound);
     assert_eq!(t.err(rename("/f", "/nope/x")), Refusal::NotFound);
@@ -1226,6 +1227,324 @@ fn rename_refusals() {
         &Refusal::NotFound,
         "f's old handle is gone"
     );
+}
+
+/// A directory moves with its whole subtree in one command: contents, generations, ACL
+/// names, ephemeral flags and POSIX attributes kept, every node a new (greater) instance
+/// number, handles following, both parents' POSIX mtime and ctime set (issue 19).
+#[test]
+fn a_directory_moves_with_its_subtree() {
+    let mut t = Harness::new();
+    let s = t.session("admin");
+    t.dir(s, "/rel");
+    t.dir(s, "/rel/new");
+    t.dir(s, "/rel/new/conf");
+    let app = t.file(s, "/rel/new/conf/app");
+    t.write(s, app, b"v2").unwrap();
+    t.file(s, "/rel/new/conf-b"); // sorts between /rel/new/conf and its subtree
+    let before: Vec<_> = [
+        "/rel/new",
+        "/rel/new/conf",
+        "/rel/new/conf/app",
+        "/rel/new/conf-b",
+    ]
+    .iter()
+    .map(|p| t.db.stat_path(p).unwrap())
+    .collect();
+    let top = t.db.stat_path("/").unwrap();
+    t.tick(5_000);
+    let out = t.ok(Op::Rename {
+        session: s,
+        from: "/rel/new".into(),
+        to: "/current".into(),
+    });
+    let Outcome::Renamed { stat } = out else {
+        panic!("{out:?}")
+    };
+    for (old, to) in before.iter().zip([
+        "/current",
+        "/current/conf",
+        "/current/conf/app",
+        "/current/conf-b",
+    ]) {
+        let now = t.db.stat_path(to).unwrap_or_else(|| panic!("{to} missing"));
+        assert!(
+            now.instance > old.instance,
+            "{to} has a new, greater instance"
+        );
+        assert_eq!(now.content_generation, old.content_generation, "{to}");
+        assert_eq!(now.acl, old.acl, "{to}");
+        assert_eq!(now.posix.mode, old.posix.mode, "{to}");
+        assert_eq!(
+            now.posix.mtime, old.posix.mtime,
+            "{to}: its own mtime is kept"
+        );
+    }
+    assert_eq!(stat.instance, t.db.stat_path("/current").unwrap().instance);
+    assert!(
+        stat.posix.ctime > before[0].posix.ctime,
+        "the moved node's ctime is set"
+    );
+    assert!(t.db.stat_path("/rel/new").is_none());
+    assert!(t.db.stat_path("/rel/new/conf/app").is_none());
+    assert_eq!(
+        t.db.read(s, app).unwrap().1.as_slice(),
+        b"v2",
+        "the handle followed"
+    );
+    let rel = t.db.stat_path("/rel").unwrap();
+    assert!(
+        rel.posix.mtime > before[0].posix.ctime,
+        "old parent's mtime is set"
+    );
+    assert!(
+        t.db.stat_path("/").unwrap().posix.mtime > top.posix.mtime,
+        "new parent's too"
+    );
+    t.db.validate().unwrap();
+}
+
+/// POSIX errnos of directory renames: a non-empty target (ENOTEMPTY), into itself
+/// (EINVAL), kinds crossed (ENOTDIR, EISDIR), anything locked below (EBUSY), the root.
+#[test]
+fn directory_rename_refusals() {
+    let mut t = Harness::new();
+    let s = t.session("admin");
+    let rename = |from: &str, to: &str| Op::Rename {
+        session: s,
+        from: from.into(),
+        to: to.into(),
+    };
+    t.dir(s, "/a");
+    t.dir(s, "/a/b");
+    let lock = t.file(s, "/a/b/l");
+    t.dir(s, "/full");
+    t.file(s, "/full/x");
+    t.dir(s, "/empty");
+    t.file(s, "/f");
+    assert_eq!(t.err(rename("/a", "/full")), Refusal::NotEmpty);
+    assert_eq!(t.err(rename("/a", "/a/b/c")), Refusal::InvalidArgument);
+    assert_eq!(t.err(rename("/a", "/a/b")), Refusal::InvalidArgument);
+    assert_eq!(t.err(rename("/a", "/f")), Refusal::NotADirectory);
+    assert_eq!(t.err(rename("/f", "/empty")), Refusal::IsADirectory);
+    assert_eq!(t.err(rename("/", "/z")), Refusal::InvalidArgument);
+    assert_eq!(t.err(rename("/a", "/")), Refusal::InvalidArgument);
+    assert!(t.try_acquire(s, lock, LockMode::Shared).is_ok());
+    assert_eq!(t.err(rename("/a", "/z")), Refusal::Locked);
+    t.release(s, lock);
+    let before = super::model::view_of(&t.db);
+    assert_eq!(t.err(rename("/a", "/full")), Refusal::NotEmpty);
+    assert_eq!(
+        super::model::view_of(&t.db),
+        before,
+        "a refusal changes nothing"
+    );
+    // An empty directory is replaced, as rename(2) does.
+    let empty = t.db.stat_path("/empty").unwrap().instance;
+    t.ok(rename("/a", "/empty"));
+    assert!(t.db.stat_path("/empty/b/l").is_some());
+    assert_ne!(t.db.stat_path("/empty").unwrap().instance, empty);
+    assert!(t.db.stat_path("/a").is_none());
+}
+
+/// Renames need the write right on both parents (issue 19), not only on the node.
+#[test]
+fn rename_needs_write_on_both_parents() {
+    let mut t = Harness::new();
+    let admin = t.session("admin");
+    t.acl_file("g", &["alice"]);
+    let alice = t.session("alice");
+    t.dir(admin, "/locked"); // admin-only, inherited from /
+    let acl = Some(AclNames::all("g"));
+    let a2 = acl.clone();
+    t.open_with(admin, "/locked/f", |a| a.acl = a2).unwrap();
+    t.open_with(admin, "/open", |a| {
+        a.kind = NodeKind::Directory;
+        a.acl = acl;
+    })
+    .unwrap();
+    let op = Op::Rename {
+        session: alice,
+        from: "/locked/f".into(),
+        to: "/open/f".into(),
+    };
+    assert_eq!(t.err(op), Refusal::PermissionDenied);
+}
+
+/// SetAttr stores modes, owners and times for tools; it needs the write right, refuses
+/// bad arguments without a change, and sets ctime; content writes set mtime and ctime;
+/// a directory gaining or losing an entry sets its mtime and ctime (issue 19).
+#[test]
+fn posix_attributes_are_stored_and_times_follow_changes() {
+    let mut t = Harness::new();
+    let s = t.session("admin");
+    t.dir(s, "/d");
+    let f = t.file(s, "/d/f");
+    let st = t.db.stat_path("/d/f").unwrap();
+    assert_eq!(
+        (st.posix.mode, st.posix.owner),
+        (0o644, None),
+        "the library's defaults"
+    );
+    let set = |change: AttrChange| Op::SetAttr {
+        session: s,
+        path: "/d/f".into(),
+        instance: None,
+        change,
+    };
+    t.tick(1_500);
+    let at = Timespec { secs: -5, nanos: 7 };
+    let out = t.ok(set(AttrChange {
+        mode: Some(0o4750),
+        owner: Some((1000, 50)),
+        atime: Some(TimeSet::At(at)),
+        mtime: Some(TimeSet::Now),
+        ephemeral_children: None,
+    }));
+    let Outcome::AttrsSet { stat } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(stat.posix.mode, 0o4750);
+    assert_eq!(stat.posix.owner, Some((1000, 50)));
+    assert_eq!(stat.posix.atime, at);
+    assert_eq!(stat.posix.mtime, Timespec::from_instant(t.now));
+    assert_eq!(stat.posix.ctime, Timespec::from_instant(t.now));
+    assert_eq!(
+        stat.content_generation, st.content_generation,
+        "no content change"
+    );
+    let before = super::model::view_of(&t.db);
+    let bad_mode = AttrChange {
+        mode: Some(0o10000),
+        ..AttrChange::default()
+    };
+    assert_eq!(t.err(set(bad_mode)), Refusal::InvalidArgument);
+    let bad_nanos = AttrChange {
+        mtime: Some(TimeSet::At(Timespec {
+            secs: 1,
+            nanos: 1_000_000_000,
+        })),
+        ..AttrChange::default()
+    };
+    assert_eq!(t.err(set(bad_nanos)), Refusal::InvalidArgument);
+    let marker = AttrChange {
+        ephemeral_children: Some(true),
+        ..AttrChange::default()
+    };
+    assert_eq!(t.err(set(marker)), Refusal::NotADirectory);
+    let stale = Op::SetAttr {
+        session: s,
+        path: "/d/f".into(),
+        instance: Some(InstanceNumber(1)),
+        change: AttrChange::default(),
+    };
+    assert_eq!(t.err(stale), Refusal::NotFound);
+    assert_eq!(
+        super::model::view_of(&t.db),
+        before,
+        "refusals change nothing"
+    );
+    t.acl_file("g", &["alice"]);
+    let alice = t.session("alice");
+    let theirs = Op::SetAttr {
+        session: alice,
+        path: "/d/f".into(),
+        instance: None,
+        change: AttrChange {
+            mode: Some(0o777),
+            ..AttrChange::default()
+        },
+    };
+    assert_eq!(
+        t.err(theirs),
+        Refusal::PermissionDenied,
+        "ACLs decide, not modes"
+    );
+    // Times follow changes.
+    t.tick(1_000);
+    t.write(s, f, b"x").unwrap();
+    let after = t.db.stat_path("/d/f").unwrap();
+    assert_eq!(after.posix.mtime, Timespec::from_instant(t.now));
+    assert_eq!(after.posix.atime, at, "a write leaves atime");
+    t.tick(1_000);
+    t.file(s, "/d/g");
+    assert_eq!(
+        t.db.stat_path("/d").unwrap().posix.mtime,
+        Timespec::from_instant(t.now)
+    );
+    t.tick(1_000);
+    let g = t.file(s, "/d/g");
+    t.ok(Op::Delete {
+        session: s,
+        handle: g,
+    });
+    let d = t.db.stat_path("/d").unwrap();
+    assert_eq!(
+        (d.posix.mtime, d.posix.ctime),
+        (Timespec::from_instant(t.now), Timespec::from_instant(t.now))
+    );
+}
+
+/// A directory marked ephemeral-children makes every node created in it ephemeral, from
+/// any session (issue 19: presence directories shared by many machines).
+#[test]
+fn ephemeral_children_are_ephemeral_whoever_creates_them() {
+    let mut t = Harness::new();
+    let a = t.session("admin");
+    let b = t.session("admin");
+    t.dir(a, "/presence");
+    t.ok(Op::SetAttr {
+        session: a,
+        path: "/presence".into(),
+        instance: None,
+        change: AttrChange {
+            ephemeral_children: Some(true),
+            ..AttrChange::default()
+        },
+    });
+    assert!(t.db.stat_path("/presence").unwrap().ephemeral_children);
+    let h = t.file(b, "/presence/host-b");
+    assert!(t.db.stat_path("/presence/host-b").unwrap().ephemeral);
+    t.ok(Op::Close {
+        session: b,
+        handle: h,
+    });
+    assert!(
+        t.db.stat_path("/presence/host-b").is_none(),
+        "gone with its last handle"
+    );
+    assert!(
+        t.db.stat_path("/presence").is_some(),
+        "the directory itself stays"
+    );
+}
+
+/// A backup written by the last format-2 build (before POSIX attributes) still restores:
+/// its nodes with their contents and generations, and the defaults for what it lacks.
+#[test]
+fn a_format_2_backup_still_restores() {
+    let bytes = include_bytes!("../../tests/data/backup-format2.snap");
+    assert_eq!(bytes[8], 2, "the test file is of format 2");
+    let (db, _) = Db::restore(bytes).expect("format 2 restores");
+    let conf = db
+        .stat_path("/ls/svc/conf/app.toml")
+        .expect("the file is there");
+    assert_eq!(conf.content_generation, Generation(1));
+    assert_eq!(conf.posix.mode, 0o644);
+    assert_eq!(conf.posix.owner, None);
+    assert_eq!(conf.posix.mtime, Timespec::from_instant(conf.mtime));
+    assert!(!db.stat_path("/ls/svc").unwrap().ephemeral_children);
+    assert_eq!(db.stat_path("/ls/empty").unwrap().posix.mode, 0o755);
+    // Written again, it is of today's format and restores to the same digest.
+    let again = db.freeze().encode(&[NodeId(1)]);
+    assert_eq!(again[8], snapshot::SNAPSHOT_FORMAT);
+    assert_eq!(Db::restore(&again).unwrap().0.digest(), db.digest());
+    let mut future = bytes.to_vec();
+    future[8] = snapshot::SNAPSHOT_FORMAT + 1;
+    assert!(matches!(
+        Db::restore(&future),
+        Err(snapshot::SnapshotError::UnknownFormat(_))
+    ));
 }
 
 // ---------------------------------------------------------------- epochs and time

@@ -96,6 +96,7 @@ impl Master {
                 }
                 Change::SessionEnded { session, .. } => self.session_ended(*session, out),
                 Change::AclChanged { .. }
+                | Change::AttrsChanged { .. }
                 | Change::ChildrenChanged { .. }
                 | Change::LockReleased { .. }
                 | Change::HandleClosed { .. } => {}

@@ -428,11 +428,13 @@ impl Serve {
     }
 
     /// True if `op`'s touched paths cannot be predicted until earlier writes are applied:
-    /// a Rename in flight moves handles (so a handle's path may change), and a session's
-    /// own writes in flight may give it handles its end must account for.
+    /// a Rename in flight moves handles (so a handle's path may change), a session's own
+    /// writes in flight may give it handles its end must account for, and a Rename's
+    /// subtree is only known once every earlier write (which may create in it) is applied.
     fn must_wait(&self, op: &Op) -> bool {
         let renaming = || self.flying.values().any(|f| f.rename);
         match op {
+            Op::Rename { .. } => !self.flying.is_empty(),
             Op::SetContents { .. } | Op::SetAcl { .. } | Op::Delete { .. } | Op::Close { .. } => {
                 renaming()
             }
@@ -802,6 +804,7 @@ impl Serve {
             },
             Outcome::ContentsSet { stat }
             | Outcome::AclSet { stat }
+            | Outcome::AttrsSet { stat }
             | Outcome::Renamed { stat } => Answer::Written { stat: stat.clone() },
             Outcome::Acquired { sequencer } => Answer::Acquired {
                 sequencer: sequencer.clone(),
@@ -829,6 +832,7 @@ fn changed_paths(changes: &[Change]) -> Vec<Arc<str>> {
             Change::Created { path, .. }
             | Change::ContentsChanged { path, .. }
             | Change::AclChanged { path, .. }
+            | Change::AttrsChanged { path, .. }
             | Change::Deleted { path, .. } => out.push(Arc::clone(path)),
             Change::Renamed { from, to, .. } => {
                 out.push(Arc::clone(from));

@@ -68,6 +68,17 @@ pub(super) fn op_of(principal: &str, call: Call) -> Result<Op, CallError> {
             sequencer,
         },
         Call::Rename { session, from, to } => Op::Rename { session, from, to },
+        Call::SetAttr {
+            session,
+            path,
+            instance,
+            change,
+        } => Op::SetAttr {
+            session,
+            path,
+            instance,
+            change,
+        },
         Call::KeepAlive { .. }
         | Call::GetContentsAndStat { .. }
         | Call::GetStat { .. }
@@ -99,7 +110,8 @@ pub(super) fn op_session(op: &Op) -> Option<SessionId> {
         | Op::TryAcquire { session, .. }
         | Op::Release { session, .. }
         | Op::SetSequencer { session, .. }
-        | Op::Rename { session, .. } => Some(*session),
+        | Op::Rename { session, .. }
+        | Op::SetAttr { session, .. } => Some(*session),
         Op::NewEpoch | Op::CreateSession { .. } | Op::Noop | Op::Checksum => None,
     }
 }
@@ -124,7 +136,8 @@ pub(super) fn session_of(call: &Call) -> Option<SessionId> {
         | Call::GetSequencer { session, .. }
         | Call::LockHolders { session, .. }
         | Call::SetSequencer { session, .. }
-        | Call::Rename { session, .. } => Some(*session),
+        | Call::Rename { session, .. }
+        | Call::SetAttr { session, .. } => Some(*session),
         Call::Status
         | Call::CreateSession
         | Call::ChangeMembers { .. }

@@ -166,6 +166,8 @@ impl One {
             acl: None,
             lock_delay_ms: None,
             events: chubby_protocol::EventMask::NONE,
+            create_mode: None,
+            create_owner: None,
         }));
         self.settle();
         match self.answer(id) {

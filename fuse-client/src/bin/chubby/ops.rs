@@ -65,12 +65,17 @@ pub enum OpsCommand {
         /// Create missing parents too, and succeed if it exists.
         #[arg(short, long)]
         parents: bool,
+        /// Mark it so that every node created in it, by any client or mount, is
+        /// ephemeral (a presence directory); also for an existing directory with -p.
+        #[arg(long)]
+        ephemeral_children: bool,
     },
-    /// Move a file atomically, replacing a file at the target.
+    /// Move a file, or a directory with everything under it, atomically (one Paxos
+    /// write), replacing a file or an empty directory at the target.
     Mv {
         #[command(flatten)]
         cell: CellArg,
-        /// The file.
+        /// The file or directory.
         from: String,
         /// Its new path.
         to: String,
@@ -205,8 +210,22 @@ pub fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
             cell,
             path,
             parents,
+            ephemeral_children,
         } => with_client(&cell, |c| async move {
-            let r = mkdir(&c, &path, parents).await;
+            let r = async {
+                mkdir(&c, &path, parents).await?;
+                if ephemeral_children {
+                    let change = chubby_client::protocol::AttrChange {
+                        ephemeral_children: Some(true),
+                        ..Default::default()
+                    };
+                    c.set_attr(&path, None, change)
+                        .await
+                        .with_context(|| format!("marking {path} ephemeral-children"))?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            .await;
             (c, r)
         }),
         OpsCommand::Mv { cell, from, to } => with_client(&cell, |c| async move {
@@ -361,6 +380,14 @@ fn print_stat(path: &str, s: &Stat, as_json: bool) {
             "ctime_ms": s.ctime.0,
             "mtime_ms": s.mtime.0,
             "acl": {"read": s.acl.read, "write": s.acl.write, "change": s.acl.change_acl},
+            "ephemeral_children": s.ephemeral_children,
+            "mode": format!("{:04o}", s.posix.mode),
+            "owner": s.posix.owner.map(|(u, g)| json!({"uid": u, "gid": g})),
+            "posix_times": {
+                "atime": format!("{}.{:09}", s.posix.atime.secs, s.posix.atime.nanos),
+                "mtime": format!("{}.{:09}", s.posix.mtime.secs, s.posix.mtime.nanos),
+                "ctime": format!("{}.{:09}", s.posix.ctime.secs, s.posix.ctime.nanos),
+            },
         });
         println!("{v}");
         return;
@@ -380,4 +407,17 @@ fn print_stat(path: &str, s: &Stat, as_json: bool) {
         "acl: read={} write={} change={}",
         s.acl.read, s.acl.write, s.acl.change_acl
     );
+    println!("ephemeral_children: {}", s.ephemeral_children);
+    println!("mode: {:04o}", s.posix.mode);
+    match s.posix.owner {
+        Some((u, g)) => println!("owner: {u}:{g}"),
+        None => println!("owner: (none: shown as the mounting user)"),
+    }
+    for (name, t) in [
+        ("atime", s.posix.atime),
+        ("mtime", s.posix.mtime),
+        ("ctime", s.posix.ctime),
+    ] {
+        println!("posix_{name}: {}.{:09}", t.secs, t.nanos);
+    }
 }

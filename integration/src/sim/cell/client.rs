@@ -31,6 +31,11 @@ pub const FILES: [&str; 2] = ["/f0", "/f1"];
 pub const LOCK: &str = "/lock";
 /// The directory of the clients' ephemeral files (its metadata is cached by StatPath).
 pub const EPHEMERAL_DIR: &str = "/e";
+/// The two names of client `id`'s tree (a directory holding a file) that it moves between.
+fn tree_name(id: usize, moved: bool) -> String {
+    format!("/t{id}{}", if moved { "-moved" } else { "" })
+}
+
 /// Ephemeral files a session keeps at most.
 const EPHEMERALS_MAX: usize = 2;
 /// How much shorter than the lock-delay the longest delay of a message to the fenced
@@ -94,6 +99,14 @@ pub(crate) enum OpKind {
     /// GetSequencer on the lock handle: after a fail-over, what became of a wait.
     LockState,
     Unlock,
+    /// Open (creating if missing) a node of the client's own tree, which it moves.
+    OpenNode(String, NodeKind),
+    /// Rename the client's tree (a directory with a file) between its two names: one
+    /// Paxos write moving a subtree (issue 19).
+    MoveTree {
+        from: String,
+        to: String,
+    },
 }
 
 #[derive(Debug)]
@@ -135,6 +148,8 @@ pub(crate) struct SimClient {
     pub releasing: bool,
     /// When it next uses the fenced resource while holding the lock.
     pub next_resource_us: u64,
+    /// Its tree is (believed to be) at its second name.
+    pub tree_moved: bool,
 }
 
 impl SimClient {
@@ -154,6 +169,7 @@ impl SimClient {
             last_resource_us: 0,
             releasing: false,
             next_resource_us: 0,
+            tree_moved: false,
         }
     }
 
@@ -498,6 +514,8 @@ impl Sim {
                     acl: None,
                     lock_delay_ms: Some(lock_delay_ms),
                     events: EventMask::NONE,
+                    create_mode: None,
+                    create_owner: None,
                 })
             }
             OpKind::OpenDir => Call::Open(OpenArgs {
@@ -511,6 +529,8 @@ impl Sim {
                 acl: None,
                 lock_delay_ms: None,
                 events: EventMask::NONE,
+                create_mode: None,
+                create_owner: None,
             }),
             OpKind::StatDir => Call::StatPath {
                 session,
@@ -527,7 +547,28 @@ impl Sim {
                 acl: None,
                 lock_delay_ms: None,
                 events: EventMask::NONE,
+                create_mode: None,
+                create_owner: None,
             }),
+            OpKind::OpenNode(path, kind) => Call::Open(OpenArgs {
+                session,
+                path: path.clone(),
+                mode: OpenMode::READ,
+                creation: Creation::IfMissing,
+                kind: *kind,
+                ephemeral: false,
+                contents: Vec::new(),
+                acl: None,
+                lock_delay_ms: None,
+                events: EventMask::NONE,
+                create_mode: Some(0o750),
+                create_owner: None,
+            }),
+            OpKind::MoveTree { from, to } => Call::Rename {
+                session,
+                from: from.clone(),
+                to: to.clone(),
+            },
             OpKind::CloseEphemeral(path) => Call::Close {
                 session,
                 handle: handle(self, path),
@@ -634,6 +675,17 @@ impl Sim {
         if !s.handles.contains_key(EPHEMERAL_DIR) {
             return Some(OpKind::OpenDir);
         }
+        let id = self.cell_mut().clients[c].id;
+        let s = self.cell_mut().clients[c].sess.as_ref()?;
+        let tree = tree_name(id, false);
+        for (path, kind) in [
+            (tree.clone(), NodeKind::Directory),
+            (format!("{tree}/f"), NodeKind::File),
+        ] {
+            if !s.handles.contains_key(&path) {
+                return Some(OpKind::OpenNode(path, kind));
+            }
+        }
         if s.check_lock {
             return Some(OpKind::LockState);
         }
@@ -700,6 +752,14 @@ impl Sim {
             client.writes += 1;
             let name = format!("{EPHEMERAL_DIR}/c{}-{}", client.id, client.writes);
             return Some(OpKind::Ephemeral(name));
+        }
+        if roll == 11 {
+            let moved = self.cell_mut().clients[c].tree_moved;
+            let id = self.cell_mut().clients[c].id;
+            return Some(OpKind::MoveTree {
+                from: tree_name(id, moved),
+                to: tree_name(id, !moved),
+            });
         }
         if roll < 11 && ephemerals > 0 {
             let path = self.cell_mut().clients[c]
@@ -974,6 +1034,24 @@ impl Sim {
                     s.handles.insert(EPHEMERAL_DIR.to_owned(), handle);
                 }
             }
+            (OpKind::OpenNode(path, _), Answer::Opened { handle, .. }) => {
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.handles.insert(path, handle);
+                }
+            }
+            (OpKind::MoveTree { .. }, Answer::Written { stat }) => {
+                if stat.kind != NodeKind::Directory {
+                    let v = super::super::checkers::violation(
+                        "client_protocol",
+                        format!("client {c}: a tree rename answered {stat:?}"),
+                    );
+                    self.fail(Err(v));
+                    return;
+                }
+                self.cell_mut().stats.tree_moves += 1;
+                let client = &mut self.cell_mut().clients[c];
+                client.tree_moved = !client.tree_moved;
+            }
             (OpKind::Ephemeral(path), Answer::Opened { handle, .. }) => {
                 if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
                     s.handles.insert(path.clone(), handle);
@@ -1141,6 +1219,12 @@ impl Sim {
                         Some(OpKind::Unlock) => {
                             s.holds = None;
                             s.maybe_holds = false;
+                        }
+                        // Moved already (an earlier rename whose outcome was unknown), or
+                        // the other name is taken by a tree made since: try the other way.
+                        Some(OpKind::MoveTree { .. }) => {
+                            let client = &mut self.cell_mut().clients[c];
+                            client.tree_moved = !client.tree_moved;
                         }
                         // Gone already (e.g. deleted with an earlier session's end).
                         Some(OpKind::CloseEphemeral(path)) => {

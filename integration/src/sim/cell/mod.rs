@@ -109,6 +109,8 @@ pub struct CellStats {
     pub expiries: u64,
     /// Locks acquired.
     pub locks: u64,
+    /// Directory trees moved by Rename.
+    pub tree_moves: u64,
     /// Client pauses.
     pub pauses: u64,
     /// Master fail-overs a client followed.
@@ -128,6 +130,7 @@ impl CellStats {
         self.sessions += o.sessions;
         self.expiries += o.expiries;
         self.locks += o.locks;
+        self.tree_moves += o.tree_moves;
         self.pauses += o.pauses;
         self.fail_overs += o.fail_overs;
         self.histories += o.histories;
