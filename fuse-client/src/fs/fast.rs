@@ -60,7 +60,25 @@ impl Shared {
         let file = guard(&self.inodes).file(ino);
         if let Some(f) = file {
             return match f.share {
-                Share::Current | Share::Old => Some((self.attr(ino, &f.stat), ATTR_TTL)),
+                // As the async path: the cached node's metadata if it is still this
+                // version, a link count of zero once the name no longer names the node.
+                Share::Current | Share::Old => {
+                    let cached = self.fast_client()?.client.cached_stat(&f.path)?;
+                    match cached {
+                        Some(s) if s.instance == f.stat.instance => {
+                            if s.content_generation == f.stat.content_generation {
+                                Some((self.attr(ino, &s), ATTR_TTL))
+                            } else {
+                                Some((self.attr(ino, &f.stat), ATTR_TTL))
+                            }
+                        }
+                        _ => {
+                            let mut attr = self.attr(ino, &f.stat);
+                            attr.nlink = 0;
+                            Some((attr, NO_TTL))
+                        }
+                    }
+                }
                 Share::Private(None) => Some((self.attr(ino, &f.stat), NO_TTL)),
                 Share::Private(Some(_)) => None,
             };
@@ -102,6 +120,8 @@ impl Shared {
                 handle: None,
                 contents,
             },
+            times: None,
+            modified: None,
         });
         Some((fh, FopenFlags::FOPEN_KEEP_CACHE))
     }

@@ -31,6 +31,7 @@ pub mod inodes;
 pub mod kernel;
 pub mod locks;
 pub mod metrics;
+pub mod posix;
 pub mod sessions;
 pub mod xattr;
 
@@ -44,8 +45,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use chubby_protocol::client_msg::CallError;
-use chubby_protocol::db::PATH_BYTES_MAX;
-use chubby_protocol::{Creation, HandleId, LockMode, NodeKind, OpenMode, Refusal, Stat};
+use chubby_protocol::db::{FILE_BYTES_MAX, MODE_BITS, PATH_BYTES_MAX};
+use chubby_protocol::{
+    AttrChange, Creation, HandleId, InstanceNumber, LockMode, NodeKind, OpenMode, Refusal, Stat,
+    TimeSet, Timespec,
+};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -123,6 +127,12 @@ struct File {
     ino: u64,
     generation: u64,
     desc: Desc,
+    /// Times set (`utimensat`) while the writer held uncommitted bytes: set again after
+    /// the commit, which stamps its own.
+    times: Option<(Option<TimeSet>, Option<TimeSet>)>,
+    /// When this writer last changed its bytes (write, truncate, fallocate): the mtime and
+    /// ctime its own `fstat` shows until the commit, as a local file's would.
+    modified: Option<SystemTime>,
 }
 
 impl File {
@@ -236,12 +246,8 @@ struct Shared {
     next_fh: AtomicU64,
     /// `user.chubby.lock_delay` set on files of this mount, in milliseconds, by instance.
     lock_delay: Mutex<HashMap<u64, u64>>,
-    /// Directories marked `user.chubby.ephemeral=1` on this mount.
-    ephemeral_dirs: Mutex<HashSet<String>>,
     /// Open file descriptions whose lock was lost with its session: they fail with `EIO`.
     lost: Mutex<HashSet<u64>>,
-    /// When this mount first saw each (instance, content generation): the times shown.
-    mtimes: Mutex<HashMap<(u64, u64), SystemTime>>,
     uid: u32,
     gid: u32,
     counters: MountCounters,
@@ -308,8 +314,6 @@ impl ChubbyFs {
             lock_gates: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             lock_delay: Mutex::new(HashMap::new()),
-            ephemeral_dirs: Mutex::new(HashSet::new()),
-            mtimes: Mutex::new(HashMap::new()),
             lost: Mutex::new(HashSet::new()),
             uid: options.uid,
             gid: options.gid,
@@ -568,34 +572,32 @@ impl Shared {
         Ok(path)
     }
 
-    fn mtime(&self, stat: &Stat) -> SystemTime {
-        let mut m = guard(&self.mtimes);
-        if m.len() > 100_000 {
-            m.clear();
-        }
-        *m.entry((stat.instance.0, stat.content_generation.0))
-            .or_insert_with(SystemTime::now)
-    }
-
+    /// The attributes of `stat` as inode `ino`: the node's stored mode, owner (the
+    /// mount's user if it has none) and POSIX times (docs/mount.md, "Modes, owners and
+    /// times").
     fn attr(&self, ino: u64, stat: &Stat) -> FileAttr {
-        let t = self.mtime(stat);
-        let (kind, perm, nlink) = match stat.kind {
-            NodeKind::Directory => (FileType::Directory, 0o755, 2),
-            NodeKind::File => (FileType::RegularFile, 0o644, 1),
+        let (kind, nlink) = match stat.kind {
+            NodeKind::Directory => (
+                FileType::Directory,
+                u32::try_from(stat.subdirs.saturating_add(2)).unwrap_or(u32::MAX),
+            ),
+            NodeKind::File => (FileType::RegularFile, 1),
         };
+        let p = &stat.posix;
+        let (uid, gid) = p.owner.unwrap_or((self.uid, self.gid));
         FileAttr {
             ino: INodeNo(ino),
             size: stat.size_bytes,
             blocks: stat.size_bytes.div_ceil(512),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
+            atime: posix::system_time(p.atime),
+            mtime: posix::system_time(p.mtime),
+            ctime: posix::system_time(p.ctime),
+            crtime: posix::system_time(Timespec::from_instant(stat.ctime)),
             kind,
-            perm,
+            perm: posix::perm(p.mode),
             nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -650,6 +652,8 @@ impl Shared {
                 ino,
                 generation,
                 desc,
+                times: None,
+                modified: None,
             },
         );
     }
@@ -792,10 +796,34 @@ impl Shared {
         let file = guard(&self.inodes).file(ino);
         if let Some(f) = file {
             return Ok(match f.share {
-                Share::Private(Some(fh)) => (self.writer_attr(ino, fh, &f.stat).await, NO_TTL),
+                Share::Private(Some(fh)) => {
+                    let mut attr = self.writer_attr(ino, fh, &f.stat).await;
+                    if !self.fresh_version_stat(&f.path, &f.stat).await.1 {
+                        attr.nlink = 0;
+                    }
+                    (attr, NO_TTL)
+                }
                 Share::Private(None) => (self.attr(ino, &f.stat), NO_TTL),
-                // A version never changes.
-                Share::Current | Share::Old => (self.attr(ino, &f.stat), ATTR_TTL),
+                // A version's contents never change; its mode, owner and times may, and
+                // the session's cache (which the master invalidates) has the latest.
+                Share::Current => {
+                    let (stat, linked) = self.fresh_version_stat(&f.path, &f.stat).await;
+                    guard(&self.inodes).attrs_changed(&f.path, &stat);
+                    let mut attr = self.attr(ino, &stat);
+                    if !linked {
+                        attr.nlink = 0; // unlinked while open, as fstat shows it
+                        return Ok((attr, NO_TTL));
+                    }
+                    (attr, ATTR_TTL)
+                }
+                Share::Old => {
+                    let mut attr = self.attr(ino, &f.stat);
+                    if !self.fresh_version_stat(&f.path, &f.stat).await.1 {
+                        attr.nlink = 0;
+                        return Ok((attr, NO_TTL));
+                    }
+                    (attr, ATTR_TTL)
+                }
             });
         }
         let path = self.path(ino)?;
@@ -812,6 +840,26 @@ impl Shared {
         ))
     }
 
+    /// The current metadata of the version `stat` of the file at `path`: from the
+    /// session (its cache, mostly) if the node is still that version, else `stat`; and
+    /// whether `path` still names that node (false once it is deleted or moved away).
+    async fn fresh_version_stat(&self, path: &str, stat: &Stat) -> (Stat, bool) {
+        let Some(cur) = self.sessions.current() else {
+            return (stat.clone(), true);
+        };
+        match cur.client.stat(path).await {
+            Ok(Some(s))
+                if s.instance == stat.instance
+                    && s.content_generation == stat.content_generation =>
+            {
+                (s, true)
+            }
+            Ok(Some(s)) => (stat.clone(), s.instance == stat.instance),
+            Ok(None) => (stat.clone(), false),
+            Err(_) => (stat.clone(), true),
+        }
+    }
+
     /// A writer's inode as its writer sees it: the buffer's size once it has one.
     async fn writer_attr(&self, ino: u64, fh: u64, stat: &Stat) -> FileAttr {
         let mut attr = self.attr(ino, stat);
@@ -821,6 +869,10 @@ impl Shared {
                 if let Some(data) = buf.contents() {
                     attr.size = data.len() as u64;
                     attr.blocks = attr.size.div_ceil(512);
+                }
+                if let Some(t) = file.modified.filter(|_| buf.is_dirty()) {
+                    attr.mtime = t.max(attr.mtime);
+                    attr.ctime = t.max(attr.ctime);
                 }
             }
         }
@@ -860,6 +912,8 @@ impl Shared {
                     self.ensure_base(&client, *handle, buf, Some(ino)).await?;
                 }
                 buf.truncate(size).map_err(buffer_errno)?;
+                let now = SystemTime::now();
+                file.modified = Some(now);
                 // The writer's own inode: its size is the buffer's.
                 let stat = guard(&self.inodes).file(ino).map(|f| f.stat);
                 let Some(stat) = stat else {
@@ -868,6 +922,8 @@ impl Shared {
                 let mut attr = self.attr(ino, &stat);
                 attr.size = size;
                 attr.blocks = size.div_ceil(512);
+                attr.mtime = now.max(attr.mtime);
+                attr.ctime = now.max(attr.ctime);
                 return Ok(attr);
             }
         }
@@ -908,25 +964,116 @@ impl Shared {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// FALLOCATE: plain allocation (`posix_fallocate`) extends a writer's buffer with
+    /// zeros up to `offset + length` (within the 256 KiB limit: `EFBIG`); with
+    /// `FALLOC_FL_KEEP_SIZE` there is nothing to do (contents are whole buffers). Punching
+    /// holes and the other modes are `EOPNOTSUPP`, as on filesystems without them.
+    async fn fallocate(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        let end = offset
+            .checked_add(length)
+            .ok_or(Errno::from_i32(libc::EFBIG))?;
+        if end > FILE_BYTES_MAX as u64 {
+            return Err(Errno::from_i32(libc::EFBIG));
+        }
+        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Ok(());
+        }
+        let size = {
+            let file = self.file(fh)?;
+            let mut file = file.lock().await;
+            let client = self.sessions.of(file.generation).await?;
+            let Desc::Write { handle, buf } = &mut file.desc else {
+                return Err(Errno::EBADF);
+            };
+            self.ensure_base(&client, *handle, buf, Some(ino)).await?;
+            buf.contents().map_or(0, |c| c.len() as u64)
+        };
+        if end > size {
+            self.truncate(ino, Some(fh), end).await?;
+        }
+        Ok(())
+    }
+
+    /// SETATTR: a size (truncation), then mode, owner and times in one SetAttr (write
+    /// permission under the ACLs; the kernel has checked POSIX permissions for the local
+    /// user). Times set on a file whose writer still holds uncommitted bytes are set again
+    /// after its commit, which would otherwise stamp its own.
     async fn setattr(
         &self,
         ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
+        a: posix::SetAttr,
         fh: Option<u64>,
     ) -> Result<FileAttr, Errno> {
-        if mode.is_some() || uid.is_some() || gid.is_some() {
-            return Err(eperm()); // ACLs are extended attributes
+        let mut attr = match a.size {
+            Some(size) => Some(self.truncate(ino, fh, size).await?),
+            None => None,
+        };
+        let file = guard(&self.inodes).file(ino);
+        let (path, shown) = match file {
+            Some(f) => (f.path, Some((f.stat, f.share))),
+            None => (self.path(ino)?, None),
+        };
+        let instance = self.instance_of(ino)?;
+        let cur = self.session().await?;
+        let (owner_now, mode_now) = match &shown {
+            Some((stat, _)) => (stat.posix.owner, stat.posix.mode),
+            None => {
+                let (stat, _) = self.stat_of(&cur.client, ino, &path).await?;
+                (stat.posix.owner, stat.posix.mode)
+            }
+        };
+        let change = a.change(owner_now.unwrap_or((self.uid, self.gid)));
+        if change == AttrChange::default() {
+            return match attr {
+                Some(attr) => Ok(attr),
+                None => Ok(self.getattr(ino).await?.0),
+            };
         }
-        if let Some(size) = size {
-            return self.truncate(ino, fh, size).await;
+        let stat = cur
+            .client
+            .set_attr(&path, Some(InstanceNumber(instance)), change)
+            .await
+            .map_err(|e| ce(&e))?;
+        debug!(
+            path,
+            mode = format!("{:o}->{:o}", mode_now, stat.posix.mode),
+            "attributes set"
+        );
+        guard(&self.inodes).attrs_changed(&path, &stat);
+        if let Some((_, Share::Private(Some(fh)))) = shown {
+            if change.atime.is_some() || change.mtime.is_some() {
+                if let Ok(file) = self.file(fh) {
+                    let mut file = file.lock().await;
+                    if file.dirty() {
+                        file.times = Some((change.atime, change.mtime));
+                    }
+                }
+            }
         }
-        // touch: times are the server's; accepted.
-        let (attr, _) = self.getattr(ino).await?;
-        Ok(attr)
+        let mut fresh = self.attr(ino, &stat);
+        if let Some(before) = attr.take() {
+            fresh.size = before.size;
+            fresh.blocks = before.blocks;
+        } else if let Some((_, Share::Private(Some(fh)))) = shown {
+            let w = self.writer_attr(ino, fh, &stat).await;
+            fresh.size = w.size;
+            fresh.blocks = w.blocks;
+        } else if let Some((old, _)) = &shown {
+            // A version inode keeps its version's size.
+            fresh.size = old.size_bytes;
+            fresh.blocks = old.size_bytes.div_ceil(512);
+        }
+        Ok(fresh)
     }
 
     /// The generation of the current session, if there is one (a reader without a handle
@@ -1085,6 +1232,8 @@ impl Shared {
             ino,
             generation,
             desc: Desc::Read { handle, contents },
+            times: None,
+            modified: None,
         });
         Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
     }
@@ -1104,26 +1253,57 @@ impl Shared {
                 handle: None,
                 contents,
             },
+            times: None,
+            modified: None,
         });
         Ok((fh, FopenFlags::FOPEN_DIRECT_IO))
     }
 
-    fn ephemeral_dir(&self, dir: &str) -> bool {
-        guard(&self.ephemeral_dirs).contains(dir)
+    /// The mode and owner of a node `who` creates in the directory `dir` with `mode`
+    /// (umask applied by the kernel), and whether it is to be ephemeral because `dir` is:
+    /// a set-group-ID directory gives its group, and to directories its set-group-ID bit,
+    /// as on a local filesystem.
+    async fn creation(
+        &self,
+        client: &Client,
+        dir: &str,
+        mode: u32,
+        who: (u32, u32),
+        kind: NodeKind,
+    ) -> (u32, (u32, u32), bool) {
+        let parent = client.stat(dir).await.ok().flatten();
+        let ephemeral = parent.as_ref().is_some_and(|p| p.ephemeral);
+        let (mut mode, mut owner) = (mode & MODE_BITS, who);
+        if let Some(p) = parent.filter(|p| p.posix.mode & 0o2000 != 0) {
+            owner.1 = p.posix.owner.map_or(self.gid, |o| o.1);
+            if kind == NodeKind::Directory {
+                mode |= 0o2000;
+            }
+        }
+        (mode, owner, ephemeral)
     }
 
     async fn create(
         &self,
         parent: u64,
         name: &OsStr,
+        mode: u32,
         flags: i32,
-        pid: u32,
+        who: (u32, u32, u32),
     ) -> Result<(FileAttr, u64), Errno> {
+        let (uid, gid, pid) = who;
         let path = self.child(parent, name)?;
         self.retried(pid);
         let cur = self.session().await?;
-        let dir_ephemeral = self.ephemeral_dir(parent_path(&path))
-            || matches!(cur.client.stat(parent_path(&path)).await, Ok(Some(s)) if s.ephemeral);
+        let (mode, owner, dir_ephemeral) = self
+            .creation(
+                &cur.client,
+                parent_path(&path),
+                mode,
+                (uid, gid),
+                NodeKind::File,
+            )
+            .await;
         let o = OpenOptions {
             mode: OpenMode::READ_WRITE,
             creation: if flags & libc::O_EXCL != 0 {
@@ -1133,6 +1313,8 @@ impl Shared {
             },
             kind: NodeKind::File,
             ephemeral: dir_ephemeral,
+            create_mode: Some(mode),
+            create_owner: Some(owner),
             ..OpenOptions::read()
         };
         let opened = cur.client.open(&path, o).await.map_err(|e| ce(&e))?;
@@ -1147,7 +1329,7 @@ impl Shared {
             !opened.created && flags & libc::O_TRUNC != 0,
             opened.created,
         );
-        if opened.created && dir_ephemeral {
+        if opened.created && opened.stat.ephemeral {
             debug!(path, "created ephemeral");
         }
         let mut attr = self.attr(ino, &opened.stat);
@@ -1191,6 +1373,7 @@ impl Shared {
                     self.ensure_base(&client, *handle, buf, Some(ino)).await?;
                 }
                 let n = buf.write(offset, data, owner).map_err(buffer_errno)?;
+                file.modified = Some(SystemTime::now());
                 u32::try_from(n).map_err(|_| einval())
             }
             Desc::Read { .. } => Err(Errno::from_i32(libc::EBADF)),
@@ -1222,6 +1405,16 @@ impl Shared {
                 buf.committed();
                 guard(&self.inodes).committed(ino, &stat);
                 debug!(path, len, generation = stat.content_generation.0, "written");
+                if let Some((atime, mtime)) = file.times.take() {
+                    let change = AttrChange {
+                        atime,
+                        mtime,
+                        ..AttrChange::default()
+                    };
+                    if let Err(e) = client.set_attr(&path, Some(stat.instance), change).await {
+                        warn!(path, error = %e, "times set before the write was committed were lost");
+                    }
+                }
                 Ok(())
             }
             // The file was deleted while open: as on a local file system, its bytes go
@@ -1329,11 +1522,35 @@ impl Shared {
         Ok(fh)
     }
 
-    async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+    async fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        who: (u32, u32),
+    ) -> Result<FileAttr, Errno> {
         let path = self.child(parent, name)?;
         let cur = self.session().await?;
-        let stat = cur.client.mkdir(&path, false).await.map_err(|e| ce(&e))?;
-        Ok(self.entry(&path, &stat, None).0)
+        let (mode, owner, ephemeral) = self
+            .creation(
+                &cur.client,
+                parent_path(&path),
+                mode,
+                who,
+                NodeKind::Directory,
+            )
+            .await;
+        let o = OpenOptions {
+            creation: Creation::Must,
+            kind: NodeKind::Directory,
+            ephemeral,
+            create_mode: Some(mode),
+            create_owner: Some(owner),
+            ..OpenOptions::write()
+        };
+        let opened = cur.client.open(&path, o).await.map_err(|e| ce(&e))?;
+        cur.client.close(opened.handle).await;
+        Ok(self.entry(&path, &opened.stat, None).0)
     }
 
     async fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
@@ -1351,9 +1568,6 @@ impl Shared {
             _ => {}
         }
         cur.client.delete(&path).await.map_err(|e| ce(&e))?;
-        if dir {
-            guard(&self.ephemeral_dirs).remove(&path);
-        }
         Ok(())
     }
 
@@ -1409,10 +1623,7 @@ impl Shared {
         } else {
             self.stat_of(&cur.client, ino, &path).await?.0
         };
-        if n == xattr::Name::Ephemeral
-            && stat.kind == NodeKind::Directory
-            && self.ephemeral_dir(&path)
-        {
+        if n == xattr::Name::Ephemeral && stat.ephemeral_children {
             return Ok(b"1".to_vec());
         }
         xattr::value(n, &stat)
@@ -1473,13 +1684,8 @@ impl Shared {
             }
             xattr::Name::Ephemeral if stat.kind == NodeKind::Directory => {
                 let on = xattr::parse_flag(value).map_err(|_| einval())?;
-                let mut dirs = guard(&self.ephemeral_dirs);
-                if on {
-                    dirs.insert(path);
-                } else {
-                    dirs.remove(&path);
-                }
-                Ok(())
+                self.set_ephemeral_children(&cur.client, &path, stat.instance, on)
+                    .await
             }
             _ => Err(eperm()),
         }
@@ -1495,9 +1701,37 @@ impl Shared {
                 .remove(&self.instance_of(ino)?)
                 .map(|_| ())
                 .ok_or(Errno::NO_XATTR),
-            xattr::Name::Ephemeral if guard(&self.ephemeral_dirs).remove(&path) => Ok(()),
+            xattr::Name::Ephemeral => {
+                let cur = self.session().await?;
+                let (stat, _) = self.stat_of(&cur.client, ino, &path).await?;
+                if !stat.ephemeral_children {
+                    return Err(Errno::NO_XATTR);
+                }
+                self.set_ephemeral_children(&cur.client, &path, stat.instance, false)
+                    .await
+            }
             _ => Err(eperm()),
         }
+    }
+
+    /// Sets or clears a directory's replicated ephemeral-children marker.
+    async fn set_ephemeral_children(
+        &self,
+        client: &Client,
+        path: &str,
+        instance: InstanceNumber,
+        on: bool,
+    ) -> Result<(), Errno> {
+        let change = AttrChange {
+            ephemeral_children: Some(on),
+            ..AttrChange::default()
+        };
+        client
+            .set_attr(path, Some(instance), change)
+            .await
+            .map_err(|e| ce(&e))?;
+        info!(path, on, "ephemeral-children marker set");
+        Ok(())
     }
 
     /// The mode of a lock on the file of `ino` held by another client of the cell that
@@ -1905,8 +2139,8 @@ impl fuser::Filesystem for ChubbyFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -1920,10 +2154,15 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         self.spawn(req, |s| async move {
-            match s
-                .setattr(ino.0, mode, uid, gid, size, fh.map(|f| f.0))
-                .await
-            {
+            let a = posix::SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+            };
+            match s.setattr(ino.0, a, fh.map(|f| f.0)).await {
                 Ok(attr) => reply.attr(&NO_TTL, &attr),
                 Err(e) => reply.error(e),
             }
@@ -1949,15 +2188,21 @@ impl fuser::Filesystem for ChubbyFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        if self.fenced(req, ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
+        self.spawn(req, |s| async move {
+            answer(reply, s.fallocate(ino.0, fh.0, offset, length, mode).await);
+        });
     }
 
     fn lseek(
@@ -2018,7 +2263,7 @@ impl fuser::Filesystem for ChubbyFs {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
@@ -2027,8 +2272,9 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         let name = name.to_owned();
+        let who = (req.uid(), req.gid());
         self.spawn(req, |s| async move {
-            match s.mkdir(parent.0, &name).await {
+            match s.mkdir(parent.0, &name, mode, who).await {
                 Ok(attr) => reply.entry_with_ttls(&NO_TTL, &NO_TTL, &attr, Generation(0)),
                 Err(e) => reply.error(e),
             }
@@ -2407,7 +2653,7 @@ impl fuser::Filesystem for ChubbyFs {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         flags: i32,
         reply: ReplyCreate,
@@ -2417,9 +2663,9 @@ impl fuser::Filesystem for ChubbyFs {
             return;
         }
         let name = name.to_owned();
-        let pid = req.pid();
+        let who = (req.uid(), req.gid(), req.pid());
         self.spawn(req, |s| async move {
-            match s.create(parent.0, &name, flags, pid).await {
+            match s.create(parent.0, &name, mode, flags, who).await {
                 Ok((attr, fh)) => reply.created(
                     &NO_TTL,
                     &attr,

@@ -5,8 +5,9 @@
 //! ephemeral}` are read-only; `user.chubby.acl.{read,write,change}` are set with SetAcl;
 //! `user.chubby.lock_delay` (milliseconds) applies to the locks this mount takes on the
 //! file afterwards; `user.chubby.sequencer` appears on a file while a lock this mount holds
-//! on it exists; `user.chubby.ephemeral=1` on a directory makes the files this mount
-//! creates in it ephemeral.
+//! on it exists; `user.chubby.ephemeral=1` on a directory sets its replicated
+//! ephemeral-children marker: every node created in it, from any mount or client, is
+//! ephemeral.
 
 use chubby_protocol::{NodeKind, Stat};
 

@@ -123,6 +123,10 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
         fuser::MountOption::Subtype("chubby".into()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
+        // The kernel checks each node's mode and owner for this machine's users, as on a
+        // local filesystem; the cell's ACLs are checked by the master on top
+        // (docs/mount.md, "Modes, owners and times").
+        fuser::MountOption::DefaultPermissions,
     ];
     if args.allow_other {
         config.acl = fuser::SessionACL::All;
