@@ -26,6 +26,11 @@
 //! - [`node`]: the async shell that runs one replica process: Paxos, database, store,
 //!   peer and client ports, one core loop with group commit.
 //! - [`paxos`]: the pure Multi-Paxos replica (Paxos Made Live §3–5).
+//! - [`replica`]: one replica's pure composite of the pure layers (Paxos, database,
+//!   serving, master), its log entries and stamps, and the plan a shell executes a round's
+//!   actions by; the node and the simulator both drive it.
+//! - [`serve`]: serving client calls at the master (pure): checks, reads under the lease,
+//!   writes gated by the master and proposed, KeepAlives parked, answers of applied writes.
 //! - [`storage`]: the durable acceptor state and log: a checksummed write-ahead log that
 //!   tells corruption from a torn write, and an in-memory twin for the simulator.
 //! - [`transport`]: QUIC with mutual TLS: rustls configs, the connection's principal,
@@ -36,6 +41,7 @@ pub mod db;
 pub mod master;
 pub mod node;
 pub mod paxos;
+pub mod replica;
 pub mod serve;
 pub mod storage;
 pub mod transport;

@@ -6,9 +6,9 @@
 //!                 │
 //!   event queue (true µs, seq) ─► Deliver / Tick / Submit / Crash / Restart / Partition / Heal
 //!                 │
-//!   node: Replica.step(local clock, input) ─► actions executed in order, with a chance of
-//!         crashing between any two (or in the middle of a Persist); Persists may be merged
-//!         and moved earlier (group commit), never later
+//!   node: the shipped Composite.step(local clock, input) ─► actions ordered by the shipped
+//!         Planner (early sends, one merged Persist, the rest), executed with a chance of
+//!         crashing between any two (or in the middle of the Persist)
 //!                 │
 //!   checkers after every event: agreement, delivery_order, promise_monotonic, single_master;
 //!   at the end: liveness (faults stop at the end of the safety phase)
@@ -319,7 +319,6 @@ struct FaultConfig {
     torn_persist_ppm: u64,
     wipe_ppm: u64,
     corrupt_ppm: u64,
-    merge_persists: bool,
 }
 
 /// When replicas snapshot and how much log they keep below a snapshot, drawn per seed.
@@ -426,7 +425,6 @@ impl Sim {
             torn_persist_ppm: rng.pick(&[0, 2_000]).unwrap_or(0),
             wipe_ppm: rng.pick(&[0, 150_000, 400_000]).unwrap_or(0),
             corrupt_ppm: rng.pick(&[0, 100_000]).unwrap_or(0),
-            merge_persists: rng.chance(500_000),
         };
         // From a stream of its own, so the draws above stay what they were per seed.
         let mut snap_rng = Rng::new(opts.seed ^ 0x5AA9_5107_C0DE_F00D);
@@ -622,7 +620,7 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|n| {
-                let replica = n.replica.as_ref()?;
+                let replica = n.paxos()?;
                 replica
                     .lease_until(n.clock.local(now))
                     .map(|until| (n.id, until))

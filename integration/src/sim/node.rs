@@ -1,5 +1,7 @@
-//! A simulated replica: the pure core, its in-memory disk and its drifting clock, and how
-//! the simulator executes the core's actions (in order, with crash points between them).
+//! A simulated replica: the shipped composite ([`Composite`]: Paxos, database, serving,
+//! master), its in-memory disk and its drifting clock, and how the simulator executes the
+//! composite's actions: in the order the shipped [`Planner`] gives (early sends, one merged
+//! persist, the rest), with crash points between them.
 //!
 //! Its application is a hash chain over delivered values ([`chain`]). Every so many slots
 //! it "writes a snapshot" (durable when the write event fires, lost if it crashes first)
@@ -8,6 +10,8 @@
 
 use chubby_protocol::{NodeId, PaxosMsg, Slot};
 use chubby_server::paxos::{Action, Config, DurableState, Input, PersistBatch, Replica, RoleKind};
+use chubby_server::replica::plan::{Plan, Planner};
+use chubby_server::replica::Composite;
 use chubby_server::storage::{Loaded, MemStorage, Storage};
 
 use super::checkers::delivery_order::chain;
@@ -22,7 +26,11 @@ pub(super) struct SimNode {
     pub cfg: Config,
     pub clock: NodeClock,
     pub storage: MemStorage,
-    pub replica: Option<Replica>,
+    /// The running replica (none while crashed). In `sim paxos` runs only its Paxos part is
+    /// driven; the hash chain below is the application.
+    pub replica: Option<Composite>,
+    /// How its actions are ordered (the shipped shell's planner; reset by a crash).
+    pub planner: Planner,
     pub tick_gen: u64,
     /// False from a wipe until the rebuild finishes: no other disk may be lost meanwhile.
     pub intact_voter: bool,
@@ -37,6 +45,9 @@ pub(super) struct SimNode {
     /// `sim cell`: the database and serving state (lost in a crash).
     pub cell: Option<super::cell::CellApp>,
 }
+
+/// How long the planner may hold a watermark-only batch (the shipped shell's value).
+const CHOSEN_LAG_MAX_MS: u64 = 100;
 
 /// The simulated application: the slots it applied and the chain hash of their values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,6 +64,7 @@ impl SimNode {
             clock,
             storage: MemStorage::new(),
             replica: None,
+            planner: Planner::new(CHOSEN_LAG_MAX_MS),
             tick_gen: 0,
             intact_voter: true,
             app: AppState::default(),
@@ -67,8 +79,13 @@ impl SimNode {
         self.replica.is_some()
     }
 
+    /// The Paxos replica, while up.
+    pub fn paxos(&self) -> Option<&Replica> {
+        self.replica.as_ref().map(Composite::paxos)
+    }
+
     pub fn final_state(&self) -> FinalState {
-        let replica = self.replica.as_ref();
+        let replica = self.paxos();
         FinalState {
             node: self.id,
             up: replica.is_some(),
@@ -112,7 +129,10 @@ impl Sim {
                 return;
             }
         };
-        node.replica = Some(replica);
+        let (cfg, db) = self.composite_parts(i);
+        let node = &mut self.nodes[i];
+        node.replica = Some(Composite::new(cfg, replica, db));
+        node.planner = Planner::new(CHOSEN_LAG_MAX_MS);
         self.cell_start(i);
         let result = self
             .delivery
@@ -191,6 +211,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         if node.replica.take().is_some() {
             node.cell = None;
+            node.planner.crash();
             node.storage.crash();
             node.tick_gen += 1;
             node.incarnation += 1;
@@ -203,32 +224,38 @@ impl Sim {
         }
     }
 
-    /// Steps replica `i` with `input` at its local time and executes what it asks.
-    pub(super) fn step(&mut self, i: usize, input: Input) -> Vec<Action> {
+    /// Steps replica `i` with `input` at its local time and executes what it asks, as the
+    /// shipped planner orders it. Returns the commands Paxos rejected in this step.
+    pub(super) fn step(&mut self, i: usize, input: Input) -> Vec<Vec<u8>> {
         let local = self.nodes[i].clock.local(self.now_us);
         let mut actions = Vec::new();
         let is_tick = input == Input::Tick;
         let Some(replica) = self.nodes[i].replica.as_mut() else {
-            return actions;
+            return Vec::new();
         };
         replica.step(local, input, &mut actions);
         replica.check_invariants();
         // A tick must move every due timer into the future, or the replica spins.
-        if is_tick && replica.next_deadline().is_some_and(|d| d <= local) {
+        if is_tick && replica.paxos().next_deadline().is_some_and(|d| d <= local) {
             let detail = format!(
                 "{} left a timer due at {local} after a tick",
                 self.nodes[i].id
             );
             self.fail(Err(super::checkers::violation("timer_progress", detail)));
         }
-        if self.faults.merge_persists {
-            actions = merge_persists(actions);
-        }
-        self.execute(i, &actions);
+        let rejected = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Rejected { command, .. } => Some(command.clone()),
+                _ => None,
+            })
+            .collect();
+        let plan = self.nodes[i].planner.plan(local, actions);
+        self.execute(i, plan);
         self.maybe_snapshot(i);
         self.reschedule_tick(i);
         self.flush_submits(i);
-        actions
+        rejected
     }
 
     /// Starts a snapshot write when enough was applied since the last one.
@@ -236,7 +263,13 @@ impl Sim {
         let every = self.snapshots.every;
         let node = &mut self.nodes[i];
         let last = node.snapshot.map(|s| s.applied).unwrap_or_default();
-        if every == 0 || node.snapshotting || !node.is_up() || node.app.applied.0 < last.0 + every {
+        // Not while a watermark-only batch is held (see the planner's docs).
+        if every == 0
+            || node.snapshotting
+            || !node.is_up()
+            || node.planner.holds_watermark()
+            || node.app.applied.0 < last.0 + every
+        {
             return;
         }
         node.snapshotting = true;
@@ -322,7 +355,7 @@ impl Sim {
 
     fn reschedule_tick(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let Some(replica) = node.replica.as_ref() else {
+        let Some(replica) = node.replica.as_ref().map(Composite::paxos) else {
             return;
         };
         if replica.is_voter() {
@@ -336,67 +369,120 @@ impl Sim {
         }
     }
 
-    fn execute(&mut self, i: usize, actions: &[Action]) {
-        let id = self.nodes[i].id;
-        for (k, action) in actions.iter().enumerate() {
-            if !self.healed && k > 0 && self.rng.chance(self.faults.crash_between_actions_ppm) {
+    /// Executes one round's plan, with a chance of crashing between any two actions or in
+    /// the middle of the persist.
+    fn execute(&mut self, i: usize, plan: Plan) {
+        let Plan {
+            early,
+            persist,
+            after,
+        } = plan;
+        let mut k = 0;
+        for action in early {
+            if self.crash_point(i, k) {
+                return;
+            }
+            k += 1;
+            self.execute_one(i, action);
+        }
+        if let Some(batch) = persist {
+            if self.crash_point(i, k) {
+                return;
+            }
+            k += 1;
+            if !self.healed && self.rng.chance(self.faults.torn_persist_ppm) {
+                self.nodes[i].storage.write_unsynced(&batch);
+                self.stats.torn_persists += 1;
                 self.crash(i);
                 return;
             }
-            match action {
-                Action::Persist(batch) => {
-                    if !self.healed && self.rng.chance(self.faults.torn_persist_ppm) {
-                        self.nodes[i].storage.write_unsynced(batch);
-                        self.stats.torn_persists += 1;
-                        self.crash(i);
-                        return;
+            self.persist(i, &batch);
+        }
+        for action in after {
+            if self.crash_point(i, k) {
+                return;
+            }
+            k += 1;
+            self.execute_one(i, action);
+        }
+    }
+
+    /// Maybe crashes replica `i` before its action number `k` (never before the first).
+    fn crash_point(&mut self, i: usize, k: usize) -> bool {
+        if !self.healed && k > 0 && self.rng.chance(self.faults.crash_between_actions_ppm) {
+            self.crash(i);
+            return true;
+        }
+        !self.nodes[i].is_up()
+    }
+
+    fn execute_one(&mut self, i: usize, action: Action) {
+        let id = self.nodes[i].id;
+        match action {
+            Action::Persist(batch) => self.persist(i, &batch),
+            Action::Send { to, msg } => self.send(id, to, &msg),
+            Action::Deliver { slot, value } => {
+                let result = self.delivery.on_deliver(id, slot, &value, &self.agreement);
+                self.fail(result);
+                let app = &mut self.nodes[i].app;
+                app.applied = slot;
+                app.hash = chain(app.hash, &value);
+                for command in &value.commands {
+                    self.liveness.on_deliver(slot, command);
+                    self.on_delivered(id, command);
+                }
+                if self.cell.is_some() {
+                    let (local, wall) = (self.nodes[i].clock.local(self.now_us), self.wall(i));
+                    let mut effects = Vec::new();
+                    if let Some(core) = self.nodes[i].replica.as_mut() {
+                        core.deliver(local, wall, slot, &value, &mut effects);
                     }
-                    self.persist(i, batch);
-                    // Like the real shell: stamps of values a new master re-proposes bound
-                    // the ones it gives.
-                    if let Some(app) = self.nodes[i].cell.as_mut() {
-                        for (_, entry) in &batch.entries {
-                            app.stamper.observe(&entry.value.commands);
-                        }
+                    self.cell_effects(i, effects);
+                    let diverged = self.nodes[i]
+                        .replica
+                        .as_ref()
+                        .and_then(|core| core.divergence().map(str::to_owned));
+                    if let Some(what) = diverged {
+                        let v = super::checkers::violation("digest", format!("{id}: {what}"));
+                        self.fail(Err(v));
                     }
                 }
-                Action::Send { to, msg } => self.send(id, *to, msg),
-                Action::Deliver { slot, value } => {
-                    let result = self.delivery.on_deliver(id, *slot, value, &self.agreement);
-                    self.fail(result);
-                    let app = &mut self.nodes[i].app;
-                    app.applied = *slot;
-                    app.hash = chain(app.hash, value);
-                    for command in &value.commands {
-                        self.liveness.on_deliver(*slot, command);
-                        self.on_delivered(id, command);
+            }
+            Action::Rejected { command, reason } => {
+                if self.cell.is_some() {
+                    let (local, wall) = (self.nodes[i].clock.local(self.now_us), self.wall(i));
+                    let mut effects = Vec::new();
+                    if let Some(core) = self.nodes[i].replica.as_mut() {
+                        core.rejected(local, wall, &command, &reason, &mut effects);
                     }
-                    self.cell_deliver(i, *slot, value);
+                    self.cell_effects(i, effects);
+                } else {
+                    self.on_rejected(&command, &reason);
                 }
-                Action::Rejected { command, reason } => {
-                    if self.cell.is_some() {
-                        self.cell_rejected(i, command, reason);
-                    } else {
-                        self.on_rejected(command, reason);
+            }
+            Action::FetchSnapshot { from, after } => {
+                let incarnation = self.nodes[i].incarnation;
+                let at = self.now_us + self.rng.between(500, 30_000);
+                let event = Event::SnapshotFetched {
+                    node: i,
+                    incarnation,
+                    from,
+                    after,
+                };
+                self.schedule(at, event);
+            }
+            Action::Role { role, epoch } => {
+                if role == RoleKind::Master {
+                    self.stats.elections += 1;
+                }
+                self.trace(|| format!("{id} is now {role:?} {epoch:?}"));
+                if self.cell.is_some() {
+                    let (local, wall) = (self.nodes[i].clock.local(self.now_us), self.wall(i));
+                    let mut effects = Vec::new();
+                    if let Some(core) = self.nodes[i].replica.as_mut() {
+                        core.role_changed(local, wall, role, epoch, &mut effects);
                     }
-                }
-                Action::FetchSnapshot { from, after } => {
-                    let incarnation = self.nodes[i].incarnation;
-                    let at = self.now_us + self.rng.between(500, 30_000);
-                    let event = Event::SnapshotFetched {
-                        node: i,
-                        incarnation,
-                        from: *from,
-                        after: *after,
-                    };
-                    self.schedule(at, event);
-                }
-                Action::Role { role, epoch } => {
-                    if *role == RoleKind::Master {
-                        self.stats.elections += 1;
-                    }
-                    self.trace(|| format!("{id} is now {role:?} {epoch:?}"));
-                    self.cell_role(i, *role, *epoch);
+                    self.cell_effects(i, effects);
                 }
             }
         }
@@ -432,27 +518,4 @@ impl Sim {
             self.schedule(self.now_us + delay, event);
         }
     }
-}
-
-/// Group commit as a shell may do it: every Persist of one step merged into the first
-/// one's place (moving a write earlier is always allowed; later, never).
-fn merge_persists(actions: Vec<Action>) -> Vec<Action> {
-    let mut merged: Option<(usize, PersistBatch)> = None;
-    let mut rest = Vec::with_capacity(actions.len());
-    for action in actions {
-        match action {
-            Action::Persist(batch) => match &mut merged {
-                Some((_, into)) => into.merge(batch),
-                None => {
-                    merged = Some((rest.len(), batch));
-                    rest.push(Action::Persist(PersistBatch::default()));
-                }
-            },
-            other => rest.push(other),
-        }
-    }
-    if let Some((at, batch)) = merged {
-        rest[at] = Action::Persist(batch);
-    }
-    rest
 }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use chubby_protocol::NodeId;
-use chubby_server::paxos::{Action, Input, Rejection};
+use chubby_server::paxos::{Input, Rejection};
 
 use super::{Event, Sim};
 
@@ -79,17 +79,16 @@ impl Sim {
         self.clients[c].outstanding = Some(command.clone());
         self.wake_client(c, GIVE_UP_US);
         self.stats.submitted += 1;
-        let actions = self.step(
-            i,
-            Input::Submit {
-                command: command.clone(),
-            },
-        );
-        let rejected = actions.iter().any(
-            |a| matches!(a, Action::Rejected { command: rejected, .. } if *rejected == command),
-        );
+        let rejected = self
+            .step(
+                i,
+                Input::Submit {
+                    command: command.clone(),
+                },
+            )
+            .contains(&command);
         let tracking = self.now_us >= self.track_from_us && self.now_us <= self.track_until_us;
-        if let (false, true, Some(replica)) = (rejected, tracking, self.nodes[i].replica.as_ref()) {
+        if let (false, true, Some(replica)) = (rejected, tracking, self.nodes[i].paxos()) {
             if let Some(epoch) = replica.epoch() {
                 self.liveness.on_taken(command, target, epoch);
             }

@@ -7,8 +7,7 @@ use chubby_protocol::{Refusal, Slot};
 
 use super::client_port::ClientCall;
 use super::core::{Core, Parked};
-use crate::paxos::Input;
-use crate::serve::{CallId, ReplicaView, ServeAction};
+use crate::serve::{CallId, ReplicaView};
 
 impl Core {
     pub(super) fn on_call(&mut self, call: ClientCall) {
@@ -43,12 +42,11 @@ impl Core {
                     call: name,
                     since,
                 });
-                let view = self.view();
-                let now = self.now();
-                let mut out = Vec::new();
-                self.serve
-                    .on_call(&view, &self.db, now, &principal, request, id, &mut out);
-                self.serve_actions(out);
+                let mut effects = Vec::new();
+                let (now, wall) = (self.now(), Self::wall());
+                self.composite
+                    .on_call(now, wall, &principal, request, id, &mut effects);
+                self.effects(effects);
                 return;
             }
         };
@@ -97,31 +95,15 @@ impl Core {
 
     /// What serving needs of the replica right now.
     pub(super) fn view(&self) -> ReplicaView {
-        ReplicaView {
-            role: self.replica.role(),
-            lease_held: self.replica.lease_until(self.now()).is_some(),
-            hint: self.replica.master_hint().and_then(|id| self.hint_of(id)),
-        }
+        self.composite.view(self.now())
     }
 
-    /// Executes what serving asked for.
-    pub(super) fn serve_actions(&mut self, out: Vec<ServeAction>) {
-        for action in out {
-            match action {
-                ServeAction::Reply { call, reply } => {
-                    if let Some(parked) = self.replies.remove(&call) {
-                        self.metrics.answered(parked.call, parked.since, &reply);
-                        // The caller may have gone: nothing to do then.
-                        let _ = parked.tx.send(reply);
-                    }
-                }
-                ServeAction::Propose { request, epoch, op } => {
-                    self.submit_command_as(request, epoch, op);
-                }
-                // Logged by serving itself.
-                ServeAction::Expiring { .. } => {}
-                ServeAction::StepDown { epoch } => self.inputs.push(Input::StepDown { epoch }),
-            }
+    /// Sends `reply` to the caller parked as `call`.
+    pub(super) fn reply(&mut self, call: CallId, reply: Reply) {
+        if let Some(parked) = self.replies.remove(&call) {
+            self.metrics.answered(parked.call, parked.since, &reply);
+            // The caller may have gone: nothing to do then.
+            let _ = parked.tx.send(reply);
         }
     }
 }

@@ -168,7 +168,7 @@ impl Core {
             );
         }
         let status = self.status();
-        let master = self.replica.role() == RoleKind::Master;
+        let master = self.composite.paxos().role() == RoleKind::Master;
         e.gauge(
             "chubby_is_master",
             "1 while this replica is the master.",
@@ -179,7 +179,7 @@ impl Core {
             "chubby_is_voter",
             "0 while this replica rebuilds after losing its disk (it casts no vote).",
             &[],
-            f64::from(u8::from(self.replica.is_voter())),
+            f64::from(u8::from(self.composite.paxos().is_voter())),
         );
         e.gauge(
             "chubby_master_epoch",
@@ -215,7 +215,7 @@ impl Core {
             "chubby_members",
             "Replicas in the current member set.",
             &[],
-            self.replica.membership().everyone().len() as f64,
+            self.composite.paxos().membership().everyone().len() as f64,
         );
         e.gauge(
             "chubby_divergence",
@@ -223,7 +223,7 @@ impl Core {
             &[],
             f64::from(u8::from(status.divergence.is_some())),
         );
-        let counts = self.db.counts();
+        let counts = self.composite.db().counts();
         for (name, help, v) in [
             (
                 "chubby_nodes",
@@ -258,7 +258,7 @@ impl Core {
             &[],
             &m.sync_seconds,
         );
-        let notices = self.serve.notice_counts();
+        let notices = self.composite.serve().notice_counts();
         e.counter(
             "chubby_invalidations_sent_total",
             "Cache invalidation notices queued to sessions (one per session per write).",

@@ -27,13 +27,12 @@
 //!
 //! # Time
 //! Paxos runs on a monotonic clock (milliseconds since this process started). Database
-//! commands are stamped with wall-clock milliseconds through [`entry::Stamper`], which never
+//! commands are stamped with wall-clock milliseconds through [`crate::replica::entry::Stamper`], which never
 //! goes below a stamp already in the log.
 mod calls;
 mod client_port;
 mod core;
 pub mod disk;
-pub mod entry;
 mod metrics;
 pub mod snapshot_file;
 
@@ -56,7 +55,7 @@ pub use client_port::{ClientCall, ClientPort};
 pub use disk::StartKind;
 
 /// The principal with every right in a new cell's database (`/acl/admin`).
-pub const ADMIN_PRINCIPAL: &str = "admin";
+pub use crate::replica::ADMIN_PRINCIPAL;
 
 /// Why a replica could not start or had to stop.
 #[derive(Debug, thiserror::Error)]

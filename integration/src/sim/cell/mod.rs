@@ -1,15 +1,16 @@
-//! `sim cell`: the whole Chubby cell in the simulator. Each replica runs the real database
-//! ([`Db`]) and the real master logic ([`Serve`], [`chubby_server::master::Master`]) over
-//! its Paxos replica; simulated clients ([`client`]) hold sessions with KeepAlives, the
+//! `sim cell`: the whole Chubby cell in the simulator. Each replica runs the shipped
+//! composite ([`chubby_server::replica::Composite`]: Paxos, the database, serving and the master's session logic,
+//! with the same entry stamping, digest checks and step-downs as the replica process);
+//! simulated clients ([`client`]) hold sessions with KeepAlives, the
 //! real client cache ([`chubby_client::cache::Cache`]) and lease clock
 //! ([`chubby_client::session::LeaseClock`]), and read, write, compare-and-swap and lock
 //! files while replicas crash and partitions come and go and clients pause past their
 //! grace.
 //!
 //! ```text
-//!  client ──Request──► replica: Serve::on_call ──Propose──► stamp, encode, Paxos Submit
-//!         ◄──Reply───           ▲                               │ chosen
-//!                               └── Serve::applied ◄── Db::apply ◄┘ (every replica)
+//!  client ──Request──► Composite::on_call ──queued Submit──► Composite::step (Paxos)
+//!         ◄──Effect::Reply──   ▲                                   │ chosen
+//!                              └──── Composite::deliver ◄──────────┘ (every replica)
 //! ```
 //!
 //! Checkers ([`checks`]): no stale read (cache included), the master expires a session only
@@ -21,13 +22,13 @@ pub mod client;
 
 use std::collections::BTreeMap;
 
-use chubby_protocol::client_msg::{MasterHint, Reply, Request};
-use chubby_protocol::{Ballot, Instant, NodeId, Slot, Value};
-use chubby_server::db::{Command, Db, DbConfig};
+use chubby_protocol::client_msg::{Reply, Request};
+use chubby_protocol::{Instant, NodeId};
+use chubby_server::db::{Db, DbConfig};
 use chubby_server::master::MasterConfig;
-use chubby_server::node::entry::{Entry, Stamper};
-use chubby_server::paxos::{Input, Rejection, RoleKind};
-use chubby_server::serve::{CallId, ReplicaView, Serve, ServeAction, ServeConfig};
+use chubby_server::paxos::{Input, RoleKind};
+use chubby_server::replica::{CompositeConfig, Effect};
+use chubby_server::serve::{CallId, ServeConfig};
 
 use super::{Event, Sim};
 use client::SimClient;
@@ -138,43 +139,11 @@ impl CellStats {
     }
 }
 
-/// The database and serving state of one replica (lost in a crash).
-#[derive(Debug)]
+/// What the simulator keeps per replica beside its composite (lost in a crash).
+#[derive(Debug, Default)]
 pub(super) struct CellApp {
-    pub db: Db,
-    pub serve: Serve,
-    pub stamper: Stamper,
     /// Calls awaiting replies, by call number: which client.
     pub calls: BTreeMap<CallId, usize>,
-    /// Commands to submit once the current step's actions are executed.
-    pub queued: Vec<Vec<u8>>,
-    /// Serving asked the replica to step down from this epoch (done after the step).
-    pub step_down: Option<Ballot>,
-}
-
-impl CellApp {
-    fn new(bugs: CellBugs, timing: CellTiming, origin: u64) -> CellApp {
-        let mut db_cfg = DbConfig::new(client::PRINCIPAL);
-        db_cfg.bug_ignore_lock_delay = bugs.lock_delay_ignored;
-        CellApp {
-            db: Db::new(db_cfg).expect("the default database configuration is valid"),
-            serve: Serve::new(
-                ServeConfig {
-                    master: MasterConfig {
-                        session_lease_ms: timing.lease_ms,
-                        session_idle_ms: timing.idle_ms,
-                        bug_skip_cache_wait: bugs.master_skips_cache_wait,
-                    },
-                    request_timeout_ms: 10_000,
-                },
-                origin,
-            ),
-            stamper: Stamper::default(),
-            calls: BTreeMap::new(),
-            queued: Vec::new(),
-            step_down: None,
-        }
-    }
 }
 
 /// Draws the cell part of seed `seed`'s run (from a stream of its own, so the Paxos draws
@@ -229,19 +198,19 @@ impl Sim {
     pub(super) fn sessions_ended(&self) -> Result<(), super::checkers::Violation> {
         // The master holding its lease now (a deposed one may still believe it serves).
         let serving = (0..self.nodes.len()).find_map(|i| {
-            let view = self.view(i)?;
-            let app = self.nodes[i].cell.as_ref()?;
+            let core = self.nodes[i].replica.as_ref()?;
+            let view = core.view(self.nodes[i].clock.local(self.now_us));
             let current = view.role == RoleKind::Master && view.lease_held;
-            app.serve
+            core.serve()
                 .serving_epoch()
                 .filter(|_| current)
-                .map(|_| (self.nodes[i].id, app))
+                .map(|_| (self.nodes[i].id, core))
         });
-        let Some((id, app)) = serving else {
+        let Some((id, core)) = serving else {
             // The log's liveness checker reports a cell without a master.
             return Ok(());
         };
-        let left: Vec<u64> = app.db.sessions().map(|(s, _)| s.0).collect();
+        let left: Vec<u64> = core.db().sessions().map(|(s, _)| s.0).collect();
         if left.is_empty() {
             Ok(())
         } else {
@@ -258,34 +227,62 @@ impl Sim {
 
 /// Housekeeping period of a replica (the real shell's is 50 ms).
 const HOUSEKEEPING_US: u64 = 50_000;
+/// How often a master proposes a checksum, so digest checks run in every seed.
+const CHECKSUM_INTERVAL_MS: u64 = 2_000;
 
 impl Sim {
-    fn view(&self, i: usize) -> Option<ReplicaView> {
-        let node = &self.nodes[i];
-        let replica = node.replica.as_ref()?;
-        let local = node.clock.local(self.now_us);
-        Some(ReplicaView {
-            role: replica.role(),
-            lease_held: replica.lease_until(local).is_some(),
-            hint: replica.master_hint().map(|id| MasterHint {
-                id,
-                addr: id.0.to_string(),
-            }),
-        })
-    }
-
-    fn wall(&self, i: usize) -> Instant {
+    pub(super) fn wall(&self, i: usize) -> Instant {
         let skew = self.cell.as_ref().map_or(0, |c| c.wall_skew_ms[i]);
         Instant(self.now_us / 1000 + skew)
     }
 
-    /// Replica `i` (re)starts: a fresh database (it replays the log) and serving state.
-    pub(super) fn cell_start(&mut self, i: usize) {
-        let Some(cell) = &self.cell else { return };
+    /// The configuration and the fresh database replica `i`'s composite starts with (it
+    /// replays the log): `sim cell` draws session timing and bugs, `sim paxos` drives only
+    /// the Paxos part and takes defaults.
+    pub(super) fn composite_parts(&self, i: usize) -> (CompositeConfig, Db) {
         let node = &self.nodes[i];
         let origin = (u64::from(node.id.0) << 32) | node.incarnation;
-        let app = CellApp::new(cell.bugs, cell.timing, origin);
-        self.nodes[i].cell = Some(app);
+        let (timing, bugs) = match &self.cell {
+            Some(cell) => (cell.timing, cell.bugs),
+            None => (
+                CellTiming {
+                    lease_ms: 2_000,
+                    grace_ms: 1_000,
+                    lock_delay_ms: 1_000,
+                    idle_ms: 60_000,
+                },
+                CellBugs::default(),
+            ),
+        };
+        let mut db_cfg = DbConfig::new(client::PRINCIPAL);
+        db_cfg.bug_ignore_lock_delay = bugs.lock_delay_ignored;
+        let db = Db::new(db_cfg).expect("the default database configuration is valid");
+        let cfg = CompositeConfig {
+            serve: ServeConfig {
+                master: MasterConfig {
+                    session_lease_ms: timing.lease_ms,
+                    session_idle_ms: timing.idle_ms,
+                    bug_skip_cache_wait: bugs.master_skips_cache_wait,
+                },
+                request_timeout_ms: 10_000,
+            },
+            origin,
+            checksum_interval_ms: CHECKSUM_INTERVAL_MS,
+            client_addrs: self
+                .members
+                .iter()
+                .map(|id| (*id, id.0.to_string()))
+                .collect(),
+        };
+        (cfg, db)
+    }
+
+    /// Replica `i` (re)starts: no call of an earlier life is awaited.
+    pub(super) fn cell_start(&mut self, i: usize) {
+        if self.cell.is_none() {
+            return;
+        }
+        self.nodes[i].cell = Some(CellApp::default());
         let incarnation = self.nodes[i].incarnation;
         self.schedule(
             self.now_us + HOUSEKEEPING_US,
@@ -300,16 +297,13 @@ impl Sim {
         if self.nodes[i].incarnation != incarnation || self.nodes[i].cell.is_none() {
             return;
         }
-        if let Some(view) = self.view(i) {
-            let now = self.nodes[i].clock.local(self.now_us);
-            let wall = self.wall(i);
-            let mut out = Vec::new();
-            if let Some(app) = self.nodes[i].cell.as_mut() {
-                app.serve.tick(&view, &app.db, now, wall, &mut out);
-            }
-            self.serve_actions(i, out);
-            self.flush_submits(i);
+        let (local, wall) = (self.nodes[i].clock.local(self.now_us), self.wall(i));
+        let mut effects = Vec::new();
+        if let Some(core) = self.nodes[i].replica.as_mut() {
+            core.tick(local, wall, &mut effects);
         }
+        self.cell_effects(i, effects);
+        self.flush_submits(i);
         self.schedule(
             self.now_us + HOUSEKEEPING_US,
             Event::Housekeep {
@@ -319,117 +313,35 @@ impl Sim {
         );
     }
 
-    /// A value was delivered at replica `i`: its commands are applied to the database.
-    pub(super) fn cell_deliver(&mut self, i: usize, slot: Slot, value: &Value) {
-        let Some(view) = self.view(i) else { return };
-        let now = self.nodes[i].clock.local(self.now_us);
-        if self.nodes[i].cell.is_none() {
-            return;
-        }
-        if value.commands.is_empty() {
-            if let Some(app) = self.nodes[i].cell.as_mut() {
-                app.db.advance_slot(slot);
-            }
-        }
-        for (k, bytes) in value.commands.iter().enumerate() {
-            let mut out = Vec::new();
-            let mut granted = Vec::new();
-            let Some(app) = self.nodes[i].cell.as_mut() else {
-                return;
-            };
-            match Entry::decode(bytes) {
-                Ok(Entry::Db {
-                    origin,
-                    request,
-                    mut cmd,
-                }) => {
-                    app.stamper.note(cmd.now);
-                    if cmd.now < app.db.now() {
-                        cmd.now = app.db.now();
-                    }
-                    let applied = app.db.apply(slot, &cmd);
-                    // Every grant, immediate or handed to a waiter, is a LockAcquired change.
-                    for change in &applied.changes {
-                        if let chubby_server::db::Change::LockAcquired { sequencer, .. } = change {
-                            granted.push(sequencer.lock_generation);
-                        }
-                    }
-                    let own = (origin == app.serve.origin()).then_some(request);
-                    app.serve
-                        .applied(&view, &app.db, now, slot, own, &cmd, &applied, &mut out);
-                }
-                Ok(Entry::DigestCheck { .. }) | Err(_) => app.db.advance_slot(slot),
-            }
-            for (j, generation) in granted.into_iter().enumerate() {
-                if let Some(cell) = self.cell.as_mut() {
-                    let result = cell.checks.lock_granted((slot, k, j), generation);
-                    self.fail(result);
-                }
-            }
-            self.serve_actions(i, out);
-        }
-    }
-
-    pub(super) fn cell_rejected(&mut self, i: usize, command: &[u8], reason: &Rejection) {
-        let Some(view) = self.view(i) else { return };
-        let now = self.nodes[i].clock.local(self.now_us);
-        let Ok(Entry::Db {
-            origin,
-            request,
-            cmd,
-        }) = Entry::decode(command)
-        else {
-            return;
-        };
-        let mut out = Vec::new();
-        let Some(app) = self.nodes[i].cell.as_mut() else {
-            return;
-        };
-        if origin != app.serve.origin() {
-            return;
-        }
-        app.serve
-            .rejected(&view, &app.db, now, request, &cmd.op, reason, &mut out);
-        self.serve_actions(i, out);
-    }
-
-    pub(super) fn cell_role(&mut self, i: usize, role: RoleKind, epoch: Option<Ballot>) {
-        let Some(view) = self.view(i) else { return };
-        let mut out = Vec::new();
-        if let Some(app) = self.nodes[i].cell.as_mut() {
-            app.serve.role_changed(&view, role, epoch, &mut out);
-        }
-        self.serve_actions(i, out);
-    }
-
     /// A client's request reaches replica `i`.
     pub(super) fn call_arrives(&mut self, i: usize, client: usize, call: u64, request: Request) {
-        let Some(view) = self.view(i) else { return };
-        let now = self.nodes[i].clock.local(self.now_us);
-        let mut out = Vec::new();
-        let Some(app) = self.nodes[i].cell.as_mut() else {
+        let (local, wall) = (self.nodes[i].clock.local(self.now_us), self.wall(i));
+        let mut effects = Vec::new();
+        let node = &mut self.nodes[i];
+        let (Some(core), Some(app)) = (node.replica.as_mut(), node.cell.as_mut()) else {
             return;
         };
         app.calls.insert(CallId(call), client);
-        app.serve.on_call(
-            &view,
-            &app.db,
-            now,
+        core.on_call(
+            local,
+            wall,
             client::PRINCIPAL,
             request,
             CallId(call),
-            &mut out,
+            &mut effects,
         );
-        self.serve_actions(i, out);
+        self.cell_effects(i, effects);
         self.flush_submits(i);
     }
 
-    /// Executes what serving asked of replica `i`: replies travel to clients, proposals are
-    /// stamped, encoded and queued for the replica.
-    fn serve_actions(&mut self, i: usize, out: Vec<ServeAction>) {
-        for action in out {
-            match action {
-                ServeAction::Reply { call, reply } => {
+    /// Executes what replica `i`'s composite asked for: replies travel to clients; expiries
+    /// and lock grants are checked.
+    pub(super) fn cell_effects(&mut self, i: usize, effects: Vec<Effect>) {
+        // Grants per (slot, command), numbered in the order the database made them.
+        let mut grants: BTreeMap<(chubby_protocol::Slot, usize), usize> = BTreeMap::new();
+        for effect in effects {
+            match effect {
+                Effect::Reply { call, reply } => {
                     let Some(client) = self.nodes[i]
                         .cell
                         .as_mut()
@@ -439,68 +351,58 @@ impl Sim {
                     };
                     self.send_to_client(self.nodes[i].id, client, call.0, reply);
                 }
-                ServeAction::Expiring { session } => self.check_expiry(session),
-                ServeAction::StepDown { epoch } => {
-                    if let Some(app) = self.nodes[i].cell.as_mut() {
-                        app.step_down = Some(epoch);
+                Effect::Expiring { session } => self.check_expiry(session),
+                Effect::LockGranted {
+                    slot,
+                    command,
+                    generation,
+                } => {
+                    let j = grants.entry((slot, command)).or_default();
+                    let at = (slot, command, *j);
+                    *j += 1;
+                    if let Some(cell) = self.cell.as_mut() {
+                        let result = cell.checks.lock_granted(at, generation);
+                        self.fail(result);
                     }
                 }
-                ServeAction::Propose { request, epoch, op } => {
-                    let wall = self.wall(i);
-                    let Some(app) = self.nodes[i].cell.as_mut() else {
-                        continue;
-                    };
-                    let cmd = Command {
-                        epoch,
-                        now: app.stamper.stamp(wall),
-                        op,
-                    };
-                    let entry = Entry::Db {
-                        origin: app.serve.origin(),
-                        request,
-                        cmd,
-                    };
-                    if let Ok(bytes) = entry.encode() {
-                        app.queued.push(bytes);
-                    }
-                }
+                Effect::Proposed { .. }
+                | Effect::OwnApplied { .. }
+                | Effect::OwnRejected { .. }
+                | Effect::MastershipEnded => {}
             }
         }
     }
 
-    /// Submits the commands serving proposed during the last step (after that step's
-    /// actions, as the real shell does).
+    /// Steps the Paxos inputs replica `i`'s composite queued (proposals, step-downs), after
+    /// the step that queued them, as the real shell does in its next round.
     pub(super) fn flush_submits(&mut self, i: usize) {
         loop {
-            let Some(app) = self.nodes[i].cell.as_mut() else {
+            let Some(core) = self.nodes[i].replica.as_mut() else {
                 return;
             };
-            if let Some(epoch) = app.step_down.take() {
-                self.step(i, Input::StepDown { epoch });
-                continue;
-            }
-            if app.queued.is_empty() {
+            let queued = core.take_queued();
+            if queued.is_empty() {
                 return;
             }
-            let queued = std::mem::take(&mut app.queued);
-            for command in queued {
+            for input in queued {
                 if !self.nodes[i].is_up() {
                     return;
                 }
-                let actions = self.step(
+                let Input::Submit { command } = input else {
+                    self.step(i, input);
+                    continue;
+                };
+                let rejected = self.step(
                     i,
                     Input::Submit {
                         command: command.clone(),
                     },
                 );
                 // Commands a master takes after healing must be delivered everywhere.
-                let rejected = actions.iter().any(|a| {
-                    matches!(a, chubby_server::paxos::Action::Rejected { command: r, .. } if *r == command)
-                });
                 let tracking =
                     self.now_us >= self.track_from_us && self.now_us <= self.track_until_us;
                 if let (false, true, Some(replica)) =
-                    (rejected, tracking, self.nodes[i].replica.as_ref())
+                    (rejected.contains(&command), tracking, self.nodes[i].paxos())
                 {
                     if let Some(epoch) = replica.epoch() {
                         let id = self.nodes[i].id;

@@ -1,4 +1,4 @@
-//! What the node puts in a Paxos value: database commands tagged with who proposed them,
+//! What a replica puts in a Paxos value: database commands tagged with who proposed them,
 //! and the node's own bookkeeping entries.
 //!
 //! A value's commands are opaque to Paxos; the node encodes each as an [`Entry`]. The tag
