@@ -267,7 +267,10 @@ fn snapshot_figures() {
 
     let frozen = f.db.freeze();
     let start = Instant::now();
-    let bytes = frozen.encode(&[NodeId(1), NodeId(2), NodeId(3)]);
+    let bytes = frozen.encode(
+        &[NodeId(1), NodeId(2), NodeId(3)],
+        &chubby_protocol::MemberSets::default(),
+    );
     println!(
         "encode (off the apply path): {:.0} ms, snapshot {:.1} MiB",
         ms(start.elapsed()),
@@ -354,7 +357,7 @@ fn latency_figures(f: &mut Feed, s: SessionId, writers: &[HandleId]) {
     let flag = Arc::clone(&done);
     let encoder = std::thread::spawn(move || {
         let start = Instant::now();
-        let bytes = frozen.encode(&[NodeId(1)]);
+        let bytes = frozen.encode(&[NodeId(1)], &chubby_protocol::MemberSets::default());
         let encode_ms = ms(start.elapsed());
         let start = Instant::now();
         drop(frozen);

@@ -241,7 +241,7 @@ enum Event {
     SnapshotWritten {
         node: usize,
         incarnation: u64,
-        state: node::AppState,
+        state: node::SimSnapshot,
     },
     SnapshotFetched {
         node: usize,

@@ -8,7 +8,7 @@
 //! and then tells the core to truncate; a fetch asked for by the core is served from the
 //! source's durable snapshot if the source is up and reachable when the fetch lands.
 
-use chubby_protocol::{NodeId, PaxosMsg, Slot};
+use chubby_protocol::{MemberSets, NodeId, PaxosMsg, Slot};
 use chubby_server::paxos::{Action, Config, DurableState, Input, PersistBatch, Replica, RoleKind};
 use chubby_server::replica::plan::{Plan, Planner};
 use chubby_server::replica::Composite;
@@ -37,7 +37,7 @@ pub(super) struct SimNode {
     /// The application state (lost in a crash).
     pub app: AppState,
     /// The durable snapshot of the application (lost only with the disk).
-    pub snapshot: Option<AppState>,
+    pub snapshot: Option<SimSnapshot>,
     /// A snapshot write is under way.
     pub snapshotting: bool,
     /// Bumped by every crash: events of an earlier life are ignored.
@@ -48,6 +48,14 @@ pub(super) struct SimNode {
 
 /// How long the planner may hold a watermark-only batch (the shipped shell's value).
 const CHOSEN_LAG_MAX_MS: u64 = 100;
+
+/// A durable snapshot: the application state and the member sets its creator knew when
+/// it took it (they travel with it, as in the shipped snapshot format).
+#[derive(Clone, Debug)]
+pub(super) struct SimSnapshot {
+    pub state: AppState,
+    pub members: MemberSets,
+}
 
 /// The simulated application: the slots it applied and the chain hash of their values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -117,11 +125,17 @@ impl Sim {
 
     pub(super) fn start(&mut self, i: usize, state: DurableState) {
         let node = &mut self.nodes[i];
-        node.app = node.snapshot.unwrap_or_default();
+        node.app = node.snapshot.as_ref().map(|s| s.state).unwrap_or_default();
+        let members = node
+            .snapshot
+            .as_ref()
+            .filter(|_| !self.opts.bugs.snapshot_drops_members)
+            .map(|s| s.members.clone())
+            .unwrap_or_default();
         let app = node.app;
         let id = node.id;
         let replica = match Replica::new(node.cfg.clone(), state, app.applied) {
-            Ok(replica) => replica,
+            Ok(replica) => replica.with_snapshot_members(&members),
             Err(e) => {
                 // The log is truncated only after the snapshot is durable.
                 let v = super::checkers::violation("snapshot", format!("{id} cannot restart: {e}"));
@@ -262,7 +276,11 @@ impl Sim {
     fn maybe_snapshot(&mut self, i: usize) {
         let every = self.snapshots.every;
         let node = &mut self.nodes[i];
-        let last = node.snapshot.map(|s| s.applied).unwrap_or_default();
+        let last = node
+            .snapshot
+            .as_ref()
+            .map(|s| s.state.applied)
+            .unwrap_or_default();
         // Not while a watermark-only batch is held (see the planner's docs).
         if every == 0
             || node.snapshotting
@@ -273,7 +291,14 @@ impl Sim {
             return;
         }
         node.snapshotting = true;
-        let (state, incarnation) = (node.app, node.incarnation);
+        let Some(members) = node.paxos().map(|p| p.membership().to_wire()) else {
+            return;
+        };
+        let state = SimSnapshot {
+            state: node.app,
+            members,
+        };
+        let incarnation = node.incarnation;
         let at = self.now_us + self.rng.between(100, 20_000);
         self.schedule(
             at,
@@ -286,16 +311,21 @@ impl Sim {
     }
 
     /// A snapshot write finished: it is durable; the core may truncate.
-    pub(super) fn snapshot_written(&mut self, i: usize, incarnation: u64, state: AppState) {
+    pub(super) fn snapshot_written(&mut self, i: usize, incarnation: u64, snapshot: SimSnapshot) {
         let node = &mut self.nodes[i];
         if node.incarnation != incarnation || !node.is_up() {
             return;
         }
         node.snapshotting = false;
-        if node.snapshot.is_some_and(|s| s.applied >= state.applied) {
+        let state = snapshot.state;
+        if node
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.state.applied >= state.applied)
+        {
             return;
         }
-        node.snapshot = Some(state);
+        node.snapshot = Some(snapshot);
         self.stats.snapshots += 1;
         let id = node.id;
         let through = Slot(state.applied.0.saturating_sub(self.snapshots.keep));
@@ -326,17 +356,28 @@ impl Sim {
             && !self.net.is_blocked(from, id);
         let offered = self.nodes[j]
             .snapshot
-            .filter(|s| reachable && s.applied > after);
-        let Some(state) = offered else {
+            .clone()
+            .filter(|s| reachable && s.state.applied > after);
+        let Some(snapshot) = offered else {
             self.trace(|| format!("{id} snapshot fetch from {from} failed"));
             self.step(i, Input::SnapshotFetchFailed);
             return;
         };
         let node = &mut self.nodes[i];
+        let state = snapshot.state;
+        let members = if self.opts.bugs.snapshot_drops_members {
+            MemberSets::default()
+        } else {
+            snapshot.members.clone()
+        };
         if state.applied > node.app.applied {
             node.app = state;
-            if node.snapshot.is_none_or(|s| s.applied < state.applied) {
-                node.snapshot = Some(state);
+            if node
+                .snapshot
+                .as_ref()
+                .is_none_or(|s| s.state.applied < state.applied)
+            {
+                node.snapshot = Some(snapshot);
             }
             let result = self
                 .delivery
@@ -349,6 +390,7 @@ impl Sim {
             i,
             Input::SnapshotInstalled {
                 slot: state.applied,
+                members,
             },
         );
     }

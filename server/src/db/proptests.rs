@@ -643,7 +643,7 @@ proptest! {
         let mut b: Option<Db> = None;
         for (i, t) in script.iter().enumerate() {
             if i == cut {
-                let bytes = a.freeze().encode(&[NodeId(1), NodeId(2), NodeId(3)]);
+                let bytes = a.freeze().encode(&[NodeId(1), NodeId(2), NodeId(3)], &chubby_protocol::MemberSets::default());
                 let (restored, info) = Db::restore(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(info.slot, slot);
                 prop_assert_eq!(restored.digest(), a.digest());

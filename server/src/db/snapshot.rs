@@ -20,10 +20,15 @@
 //! # Format
 //! ```text
 //! "CHBYSNAP" | format: u8 | body_len: u64 LE | crc32(body): u32 LE | body
-//! body = bincode(slot covered, membership, database state)
+//! body = bincode(slot covered, membership, member sets, database state)     format 4
+//! body = bincode(slot covered, membership, database state)                  formats 2, 3
 //! ```
-//! This build writes format 3 and also reads format 2 (`snapshot_v2.rs`), so snapshots
-//! and backups written before POSIX attributes still load.
+//! This build writes format 4. The member sets are the creator's Paxos membership map
+//! (sets, addresses, and the slot through which it is complete): a replica that installs
+//! the snapshot skips the values that carried those changes, and without the map no
+//! replica could campaign once the creator was gone (docs/paxos.md). It also reads
+//! format 3 (no member sets: they load as unknown) and format 2 (`snapshot_v2.rs`), so
+//! snapshots and backups of earlier builds still load.
 //! [`Db::restore`] checks the magic, format, length and checksum, decodes under a size
 //! limit, then validates every structural invariant. Any failure is an error and nothing
 //! of the snapshot is used (PML §5.5: the application "can verify integrity and discard").
@@ -38,7 +43,7 @@
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use chubby_protocol::db::fnv1a64;
-use chubby_protocol::{NodeId, Slot};
+use chubby_protocol::{MemberSets, NodeId, Slot};
 
 use super::cow_map::FieldHasher;
 use super::{Db, Digest};
@@ -89,6 +94,8 @@ pub struct SnapshotInfo {
     pub slot: Slot,
     /// The cell's membership at that slot, as given to [`Frozen::encode`].
     pub membership: Vec<NodeId>,
+    /// The creator's Paxos member sets when it was taken (empty in formats before 4).
+    pub member_sets: MemberSets,
 }
 
 /// A frozen copy of the database, sharing nodes with the live one.
@@ -115,10 +122,12 @@ impl Frozen {
 
     /// The snapshot bytes (may run on another thread).
     #[must_use]
-    pub fn encode(&self, membership: &[NodeId]) -> Vec<u8> {
-        let body =
-            bincode::encode_to_vec((self.0.applied, membership, &self.0), config::standard())
-                .expect("encoding into memory has no failure mode");
+    pub fn encode(&self, membership: &[NodeId], member_sets: &MemberSets) -> Vec<u8> {
+        let body = bincode::encode_to_vec(
+            (self.0.applied, membership, member_sets, &self.0),
+            config::standard(),
+        )
+        .expect("encoding into memory has no failure mode");
         let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
         out.extend_from_slice(&SNAPSHOT_MAGIC);
         out.push(SNAPSHOT_FORMAT);
@@ -143,16 +152,32 @@ impl Db {
     pub fn restore(bytes: &[u8]) -> Result<(Db, SnapshotInfo), SnapshotError> {
         let (format, body) = check_header(bytes)?;
         let malformed = |e: bincode::error::DecodeError| SnapshotError::Malformed(e.to_string());
-        let ((slot, membership, db), used) = if format == SNAPSHOT_FORMAT {
-            bincode::decode_from_slice::<(Slot, Vec<NodeId>, Db), _>(body, SNAPSHOT_CONFIG)
+        let ((slot, membership, member_sets, db), used) = match format {
+            SNAPSHOT_FORMAT => {
+                bincode::decode_from_slice::<(Slot, Vec<NodeId>, MemberSets, Db), _>(
+                    body,
+                    SNAPSHOT_CONFIG,
+                )
                 .map_err(malformed)?
-        } else {
-            let ((slot, membership, old), used) = bincode::decode_from_slice::<
-                (Slot, Vec<NodeId>, super::snapshot_v2::DbV2),
-                _,
-            >(body, SNAPSHOT_CONFIG)
-            .map_err(malformed)?;
-            ((slot, membership, old.upgrade()), used)
+            }
+            3 => {
+                let ((slot, membership, db), used) =
+                    bincode::decode_from_slice::<(Slot, Vec<NodeId>, Db), _>(body, SNAPSHOT_CONFIG)
+                        .map_err(malformed)?;
+                ((slot, membership, MemberSets::default(), db), used)
+            }
+            // Format 2 (`check_header` admits only OLDEST..=FORMAT).
+            _ => {
+                let ((slot, membership, old), used) = bincode::decode_from_slice::<
+                    (Slot, Vec<NodeId>, super::snapshot_v2::DbV2),
+                    _,
+                >(body, SNAPSHOT_CONFIG)
+                .map_err(malformed)?;
+                (
+                    (slot, membership, MemberSets::default(), old.upgrade()),
+                    used,
+                )
+            }
         };
         if used != body.len() {
             return Err(SnapshotError::Malformed(format!(
@@ -166,7 +191,14 @@ impl Db {
             ));
         }
         db.validate().map_err(SnapshotError::Invalid)?;
-        Ok((db, SnapshotInfo { slot, membership }))
+        Ok((
+            db,
+            SnapshotInfo {
+                slot,
+                membership,
+                member_sets,
+            },
+        ))
     }
 }
 
@@ -186,7 +218,8 @@ impl Db {
 pub fn founding_snapshot(backup: &[u8]) -> Result<(Db, SnapshotInfo, Vec<u8>), SnapshotError> {
     let (mut db, info) = Db::restore(backup)?;
     db.epoch = chubby_protocol::Ballot::ZERO;
-    let bytes = db.freeze().encode(&info.membership);
+    // A new cell has new Paxos members: the old cell's sets do not carry over.
+    let bytes = db.freeze().encode(&info.membership, &MemberSets::default());
     Ok((db, info, bytes))
 }
 

@@ -1536,7 +1536,9 @@ fn a_format_2_backup_still_restores() {
     assert!(!db.stat_path("/ls/svc").unwrap().ephemeral_children);
     assert_eq!(db.stat_path("/ls/empty").unwrap().posix.mode, 0o755);
     // Written again, it is of today's format and restores to the same digest.
-    let again = db.freeze().encode(&[NodeId(1)]);
+    let again = db
+        .freeze()
+        .encode(&[NodeId(1)], &chubby_protocol::MemberSets::default());
     assert_eq!(again[8], snapshot::SNAPSHOT_FORMAT);
     assert_eq!(Db::restore(&again).unwrap().0.digest(), db.digest());
     let mut future = bytes.to_vec();
@@ -1615,10 +1617,45 @@ fn snapshot_round_trip() {
     t.write(s, h, b"contents").unwrap();
     assert!(t.try_acquire(s, h, LockMode::Exclusive).is_ok());
     let members = vec![NodeId(1), NodeId(2), NodeId(3)];
-    let bytes = t.db.freeze().encode(&members);
+    let sets = chubby_protocol::MemberSets {
+        sets: vec![
+            (Slot(1), members.clone()),
+            (Slot(70), vec![NodeId(1), NodeId(2)]),
+        ],
+        addrs: Vec::new(),
+        complete_through: t.slot,
+    };
+    let bytes = t.db.freeze().encode(&members, &sets);
     let (restored, info) = Db::restore(&bytes).unwrap();
     assert_eq!(info.slot, t.slot);
     assert_eq!(info.membership, members);
+    assert_eq!(info.member_sets, sets);
+    assert_eq!(restored.digest(), t.db.digest());
+    assert_eq!(restored.read(s, h), t.db.read(s, h));
+}
+
+/// A format-3 snapshot (before member sets rode along) still loads, its member sets
+/// unknown.
+#[test]
+fn a_format_3_snapshot_still_restores() {
+    let mut t = Harness::new();
+    let s = t.session("admin");
+    let h = t.file(s, "/f");
+    t.write(s, h, b"contents").unwrap();
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let body = bincode::encode_to_vec(
+        (t.db.applied_slot(), &members, &t.db),
+        bincode::config::standard(),
+    )
+    .unwrap();
+    let mut bytes = chubby_protocol::db::SNAPSHOT_MAGIC.to_vec();
+    bytes.push(3);
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    let (restored, info) = Db::restore(&bytes).unwrap();
+    assert_eq!(info.membership, members);
+    assert_eq!(info.member_sets, chubby_protocol::MemberSets::default());
     assert_eq!(restored.digest(), t.db.digest());
     assert_eq!(restored.read(s, h), t.db.read(s, h));
 }
@@ -1629,7 +1666,9 @@ fn corrupt_snapshots_are_refused() {
     let mut t = Harness::new();
     let s = t.session("admin");
     t.file(s, "/f");
-    let bytes = t.db.freeze().encode(&[NodeId(1)]);
+    let bytes =
+        t.db.freeze()
+            .encode(&[NodeId(1)], &chubby_protocol::MemberSets::default());
     let mut flipped = bytes.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
@@ -1672,7 +1711,7 @@ fn invalid_snapshot_state_is_refused() {
     frozen.ns.update("/f", |n| {
         n.contents = Arc::new(b"not matching the checksum".to_vec())
     });
-    let bytes = Frozen(frozen).encode(&[]);
+    let bytes = Frozen(frozen).encode(&[], &chubby_protocol::MemberSets::default());
     assert!(matches!(
         Db::restore(&bytes),
         Err(SnapshotError::Invalid(_))
@@ -1691,7 +1730,8 @@ fn frozen_copy_is_isolated() {
     t.write(s, h, b"after").unwrap();
     t.file(s, "/g");
     assert_eq!(frozen.digest(), digest);
-    let (restored, _) = Db::restore(&frozen.encode(&[])).unwrap();
+    let (restored, _) =
+        Db::restore(&frozen.encode(&[], &chubby_protocol::MemberSets::default())).unwrap();
     assert_eq!(&restored.read(s, h).unwrap().1[..], b"before");
     assert!(restored.stat_path("/g").is_none());
 }
@@ -1801,7 +1841,12 @@ fn empty_slots_advance_the_snapshot_slot() {
     let mut t = Harness::new();
     t.slot = Slot(t.slot.0 + 5);
     t.db.advance_slot(t.slot);
-    let (_, info) = Db::restore(&t.db.freeze().encode(&[])).unwrap();
+    let (_, info) = Db::restore(
+        &t.db
+            .freeze()
+            .encode(&[], &chubby_protocol::MemberSets::default()),
+    )
+    .unwrap();
     assert_eq!(info.slot, t.slot);
     assert_eq!(
         t.run(Op::Noop).result,

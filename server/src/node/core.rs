@@ -399,10 +399,12 @@ impl Core {
     fn encode_off_task(&self, then: impl FnOnce(Slot, Vec<u8>) -> SnapshotEvent + Send + 'static) {
         let frozen = self.composite.db().freeze();
         let members = self.members.clone();
+        // The member sets as of now: complete at least through the frozen slot.
+        let member_sets = self.composite.paxos().membership().to_wire();
         let tx = self.snap_tx.clone();
         tokio::task::spawn_blocking(move || {
             let slot = frozen.slot();
-            let bytes = frozen.encode(&members);
+            let bytes = frozen.encode(&members, &member_sets);
             drop(frozen);
             let _ = tx.send(then(slot, bytes));
         });
@@ -496,7 +498,10 @@ impl Core {
                     info!(replica = self.me.0, %slot, digest = self.composite.db().digest().0,
                         "installed a peer's snapshot");
                 }
-                self.inputs.push(Input::SnapshotInstalled { slot });
+                self.inputs.push(Input::SnapshotInstalled {
+                    slot,
+                    members: info.member_sets,
+                });
             }
             SnapshotEvent::Fetched(Err(e)) => {
                 warn!(replica = self.me.0, error = %e, "snapshot fetch failed");

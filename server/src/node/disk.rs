@@ -361,7 +361,8 @@ mod tests {
     fn backup() -> Vec<u8> {
         let mut db = Db::new(DbConfig::new("admin")).unwrap();
         db.advance_slot(Slot(5));
-        db.freeze().encode(&[])
+        db.freeze()
+            .encode(&[], &chubby_protocol::MemberSets::default())
     }
 
     fn restoring_dir(tmp: &Path, name: &str, bytes: Option<&[u8]>, crc_of: &[u8]) -> PathBuf {
@@ -439,7 +440,11 @@ mod tests {
         db.advance_slot(Slot(2));
         assert!(first
             .snapshots
-            .store(Slot(2), &db.freeze().encode(&[]))
+            .store(
+                Slot(2),
+                &db.freeze()
+                    .encode(&[], &chubby_protocol::MemberSets::default())
+            )
             .unwrap());
         drop(first);
 

@@ -222,20 +222,22 @@ pub async fn run(
     pcfg.validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
     let members = pcfg.members.clone();
-    let (db, applied) = match opened.snapshot {
+    let (db, applied, member_sets) = match opened.snapshot {
         Some((db, info)) => {
             info!(replica = cfg.id, slot = %info.slot, digest = db.digest().0,
                 "database restored from its snapshot");
-            (db, info.slot)
+            (db, info.slot, info.member_sets)
         }
         None => (
             Db::new(DbConfig::new(ADMIN_PRINCIPAL))
                 .map_err(|e| NodeError::Config(e.to_string()))?,
             Slot::ZERO,
+            chubby_protocol::MemberSets::default(),
         ),
     };
     let replica = Replica::new(pcfg, opened.state, applied)
-        .map_err(|e| NodeError::Config(format!("cannot start the Paxos replica: {e}")))?;
+        .map_err(|e| NodeError::Config(format!("cannot start the Paxos replica: {e}")))?
+        .with_snapshot_members(&member_sets);
 
     let mut peer_cfg = PeerConfig::from_replica_config(cfg)
         .map_err(|e| NodeError::Config(format!("peers: {e}")))?;

@@ -158,7 +158,8 @@ mod tests {
     fn snapshot_at(slot: u64) -> Vec<u8> {
         let mut db = Db::new(DbConfig::new("admin")).unwrap();
         db.advance_slot(Slot(slot));
-        db.freeze().encode(&[])
+        db.freeze()
+            .encode(&[], &chubby_protocol::MemberSets::default())
     }
 
     #[test]

@@ -53,15 +53,19 @@ pub struct Bugs {
     pub lease_from_receipt: bool,
     /// A replica that lost its disk votes at once instead of rebuilding first.
     pub skip_no_vote_rule: bool,
+    /// A shell installs a peer's snapshot without the member sets it carries (the gap
+    /// before snapshot format 4). Read by the simulator's shell, not by the core.
+    pub snapshot_drops_members: bool,
 }
 
 impl Bugs {
     /// The names accepted by [`Bugs::enable`].
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 5] = [
         "reply-before-persist",
         "acceptor-ignores-lease",
         "lease-from-receipt",
         "skip-no-vote-rule",
+        "snapshot-drops-members",
     ];
 
     /// Turns on the bug called `name`; false if there is no such bug.
@@ -71,6 +75,7 @@ impl Bugs {
             "acceptor-ignores-lease" => self.acceptor_ignores_lease = true,
             "lease-from-receipt" => self.lease_from_receipt = true,
             "skip-no-vote-rule" => self.skip_no_vote_rule = true,
+            "snapshot-drops-members" => self.snapshot_drops_members = true,
             _ => return false,
         }
         true

@@ -48,7 +48,8 @@ mod snapshot;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chubby_protocol::{
-    Ballot, Instant, MemberAddr, MemberChange, NodeId, PaxosMsg, PromiseEntry, Slot, Value,
+    Ballot, Instant, MemberAddr, MemberChange, MemberSets, NodeId, PaxosMsg, PromiseEntry, Slot,
+    Value,
 };
 
 pub use config::{Bugs, Config, ConfigError};
@@ -84,6 +85,9 @@ pub enum Input {
     SnapshotInstalled {
         /// The snapshot's slot.
         slot: Slot,
+        /// The member sets its creator knew when it took it (empty for an old snapshot):
+        /// the values that carried those changes are skipped by the install.
+        members: MemberSets,
     },
     /// The fetch asked for by [`Action::FetchSnapshot`] failed; catch-up starts over.
     SnapshotFetchFailed,
@@ -356,6 +360,25 @@ impl Replica {
         })
     }
 
+    /// Adopts the member sets of the snapshot the application restored at start (the
+    /// snapshot's creator knew them; the values that carried them may be gone from every
+    /// log). Call right after [`Replica::new`], before the first step.
+    #[must_use]
+    pub fn with_snapshot_members(mut self, members: &MemberSets) -> Replica {
+        if self.membership.merge(members) || members.complete_through > Slot::ZERO {
+            self.observe_logged_chosen();
+            let batch = PersistBatch {
+                members: Some(self.membership.to_wire()),
+                ..PersistBatch::default()
+            };
+            match &mut self.startup_persist {
+                Some(b) => b.merge(batch),
+                None => self.startup_persist = Some(batch),
+            }
+        }
+        self
+    }
+
     /// Feeds one input; appends the actions it causes to `out`, in execution order.
     pub fn step(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
         self.observe_time(now);
@@ -367,7 +390,9 @@ impl Replica {
             Input::Peer { from, msg } => self.on_peer(now, from, msg, out),
             Input::Submit { command } => self.on_submit(now, command, out),
             Input::SnapshotTaken { slot } => self.on_snapshot_taken(slot, out),
-            Input::SnapshotInstalled { slot } => self.on_snapshot_installed(now, slot, out),
+            Input::SnapshotInstalled { slot, members } => {
+                self.on_snapshot_installed(now, slot, &members, out);
+            }
             Input::SnapshotFetchFailed => self.on_snapshot_fetch_failed(now),
             Input::StepDown { epoch } => self.on_step_down(now, epoch, out),
         }

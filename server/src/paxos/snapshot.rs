@@ -12,7 +12,7 @@
 //! applied state), so the replica adopts its slot as chosen, delivered and truncated, and
 //! catches up from the log after it.
 
-use chubby_protocol::{Instant, NodeId, Slot};
+use chubby_protocol::{Instant, MemberSets, NodeId, Slot};
 
 use super::{Action, PersistBatch, Replica, Role};
 
@@ -45,6 +45,7 @@ impl Replica {
         &mut self,
         now: Instant,
         slot: Slot,
+        members: &MemberSets,
         out: &mut Vec<Action>,
     ) {
         self.catchup.fetching = false;
@@ -55,6 +56,12 @@ impl Replica {
             return;
         }
         let mut batch = PersistBatch::default();
+        // The install skips the values that carried membership changes below `slot`: the
+        // creator's sets stand in for them (without them, once the creator is gone, no
+        // replica's map would cover its chosen prefix and none could campaign).
+        if self.membership.merge(members) || members.complete_through > Slot::ZERO {
+            batch.members = Some(self.membership.to_wire());
+        }
         self.delivered = slot;
         if slot > self.chosen_through {
             self.chosen_through = slot;
@@ -69,7 +76,11 @@ impl Replica {
             m.inflight.retain(|s, _| *s > slot);
             m.next_slot = m.next_slot.max(slot.next());
         }
+        if self.observe_logged_chosen() {
+            batch.members = Some(self.membership.to_wire());
+        }
         tracing::info!(me = %self.cfg.me, %slot, known_chosen = %self.known_chosen_through,
+            complete_through = %self.membership.complete_through(),
             "snapshot installed: catching up from the log after it");
         Self::persist(out, batch);
         self.check_rebuild_done(now, out);

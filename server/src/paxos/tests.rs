@@ -628,6 +628,57 @@ fn a_single_member_cell_that_lost_its_disk_votes_again() {
     );
 }
 
+/// A snapshot install adopts the member sets its creator knew (format 4): the map covers
+/// the skipped slots even when no peer can tell (the creator lost its disk). Without them
+/// the map stays short of the chosen prefix and the replica may not campaign.
+#[test]
+fn an_installed_snapshot_brings_its_member_sets() {
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let fresh = || {
+        Replica::new(
+            Config::new(NodeId(2), members.clone()),
+            DurableState::bootstrap(),
+            Slot::ZERO,
+        )
+        .unwrap()
+    };
+    let carried = chubby_protocol::MemberSets {
+        sets: vec![(Slot(1), members.clone())],
+        addrs: Vec::new(),
+        complete_through: Slot(50),
+    };
+    let mut out = Vec::new();
+    let mut with = fresh();
+    with.step(
+        Instant(0),
+        Input::SnapshotInstalled {
+            slot: Slot(50),
+            members: carried,
+        },
+        &mut out,
+    );
+    assert_eq!(with.chosen_through(), Slot(50));
+    assert_eq!(with.membership().complete_through(), Slot(50));
+    assert!(out.iter().any(|a| matches!(a, Action::Persist(b)
+        if b.members.as_ref().is_some_and(|m| m.complete_through == Slot(50)))));
+    let mut without = fresh();
+    without.step(
+        Instant(0),
+        Input::SnapshotInstalled {
+            slot: Slot(50),
+            members: chubby_protocol::MemberSets::default(),
+        },
+        &mut Vec::new(),
+    );
+    assert!(without.membership().complete_through() < Slot(50));
+}
+
+fn from_index(cell: &Cell, id: NodeId) -> usize {
+    (0..cell.replicas.len())
+        .find(|&i| cell.replicas[i].id() == id)
+        .expect("a member")
+}
+
 #[test]
 fn a_truncated_log_sends_a_lagging_replica_to_a_snapshot_then_the_log() {
     // PML §5.5: the application snapshots, the log is truncated; a replica that needs a
@@ -683,11 +734,24 @@ fn a_truncated_log_sends_a_lagging_replica_to_a_snapshot_then_the_log() {
         cell.fetches
     );
 
-    // The shell installed the snapshot durably: delivery resumes after it.
-    let out = cell.step(lagging, Input::SnapshotInstalled { slot: snap });
-    assert!(out
-        .iter()
-        .any(|a| matches!(a, Action::Persist(b) if b.truncate_through == Some(snap))));
+    // The shell installed the snapshot durably, with the member sets its creator knew:
+    // delivery resumes after it, and the member map covers the skipped slots at once (no
+    // peer needs to fill it in: the creator may be gone).
+    let members = cell.replicas[from_index(&cell, from)]
+        .membership()
+        .to_wire();
+    assert!(members.complete_through >= snap, "{members:?}");
+    let out = cell.step(
+        lagging,
+        Input::SnapshotInstalled {
+            slot: snap,
+            members,
+        },
+    );
+    assert!(out.iter().any(|a| matches!(a, Action::Persist(b)
+        if b.truncate_through == Some(snap)
+            && b.members.as_ref().is_some_and(|m| m.complete_through >= snap))));
+    assert!(cell.replicas[lagging].membership().complete_through() >= snap);
     cell.settle();
     cell.run_for(2_000);
     let tail: Vec<Slot> = cell.delivered[lagging][before..]
