@@ -599,6 +599,72 @@ impl Master {
         }
     }
 
+    /// The session and cache state agree with itself; cheap enough for the simulator to
+    /// call after every step. The one that matters most: no path is both recorded as
+    /// cached and written (a write in flight invalidated every cacher first, and reads
+    /// are not cached while it flies).
+    ///
+    /// # Panics
+    /// When an invariant is broken: that is a bug in this module.
+    pub fn check_invariants(&self) {
+        for (path, sessions) in &self.cachers {
+            assert!(!sessions.is_empty(), "empty cacher set for {path}");
+            assert!(
+                !self.in_flight.contains_key(path),
+                "{path} is recorded as cached while a write to it is in flight"
+            );
+            for s in sessions {
+                let live = self.sessions.get(s);
+                assert!(
+                    live.is_some_and(|l| !l.ending),
+                    "session {s:?} caches {path} but is gone or ending"
+                );
+            }
+        }
+        for (id, live) in &self.sessions {
+            let cached = self.cachers.values().filter(|set| set.contains(id)).count();
+            assert_eq!(live.caching, cached, "session {id:?}'s caching count");
+            assert!(
+                !(live.ending && live.parked.is_some()),
+                "ending session {id:?} holds a parked KeepAlive"
+            );
+            assert!(
+                live.outbox.windows(2).all(|w| w[0].seq < w[1].seq),
+                "session {id:?}'s notices out of order"
+            );
+            assert!(
+                live.outbox.last().is_none_or(|n| n.seq <= live.last_seq),
+                "session {id:?} holds a notice numbered past its last"
+            );
+        }
+        for s in &self.flushing {
+            assert!(
+                self.sessions.contains_key(s),
+                "flushing {s:?} is not a session"
+            );
+        }
+        let mut counted: BTreeMap<&str, u32> = BTreeMap::new();
+        for paths in self.writes.values() {
+            for p in paths {
+                *counted.entry(p).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(
+            counted.len(),
+            self.in_flight.len(),
+            "paths in flight differ from the writes' paths"
+        );
+        for (path, n) in &self.in_flight {
+            assert_eq!(counted.get(&**path), Some(n), "in-flight count of {path}");
+        }
+        for request in self.gates.keys() {
+            assert!(
+                self.writes.contains_key(request),
+                "gate of write {request} that holds no paths"
+            );
+        }
+    }
+
     /// Marks a session as ending: it caches nothing from now on (its lease ended, or it
     /// is idle with nothing cached that matters) and its calls are refused.
     fn end(&mut self, id: SessionId, out: &mut Vec<MasterAction>) {

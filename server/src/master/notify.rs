@@ -31,7 +31,21 @@ impl Master {
             | Op::TryAcquire {
                 session, handle, ..
             } => Some((*session, *handle)),
-            _ => None,
+            Op::NewEpoch
+            | Op::CreateSession { .. }
+            | Op::CloseSession { .. }
+            | Op::ExpireSession { .. }
+            | Op::Open(_)
+            | Op::Close { .. }
+            | Op::SetContents { .. }
+            | Op::Delete { .. }
+            | Op::SetAcl { .. }
+            | Op::Release { .. }
+            | Op::SetSequencer { .. }
+            | Op::Rename { .. }
+            | Op::SetAttr { .. }
+            | Op::Noop
+            | Op::Checksum => None,
         };
         for change in changes {
             match change {

@@ -545,6 +545,7 @@ impl Composite {
     /// When an invariant is broken: that is a bug.
     pub fn check_invariants(&self) {
         self.paxos.check_invariants();
+        self.serve.check_invariants();
         assert!(
             self.db.applied_slot() <= self.paxos.delivered()
                 || self.paxos.delivered() == Slot::ZERO,

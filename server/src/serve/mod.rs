@@ -441,7 +441,18 @@ impl Serve {
             Op::CloseSession { session } | Op::ExpireSession { session } => {
                 renaming() || self.flying.values().any(|f| f.session == Some(*session))
             }
-            _ => false,
+            // These name their node by path (and instance), not by a handle a Rename moves,
+            // or touch no cached path: their touched paths are known now.
+            Op::NewEpoch
+            | Op::CreateSession { .. }
+            | Op::Open(_)
+            | Op::Acquire { .. }
+            | Op::TryAcquire { .. }
+            | Op::Release { .. }
+            | Op::SetSequencer { .. }
+            | Op::SetAttr { .. }
+            | Op::Noop
+            | Op::Checksum => false,
         }
     }
 
@@ -786,6 +797,53 @@ impl Serve {
         self.drop_master(v, out);
     }
 
+    /// Serving state agrees with itself and with the master's; cheap enough for the
+    /// simulator to call after every step.
+    ///
+    /// # Panics
+    /// When an invariant is broken: that is a bug in this module.
+    pub fn check_invariants(&self) {
+        assert_eq!(
+            self.master.is_some(),
+            self.serving,
+            "session logic exists exactly while serving"
+        );
+        if let Some(master) = &self.master {
+            assert_eq!(
+                Some(master.epoch()),
+                self.master_epoch,
+                "the session logic serves another epoch"
+            );
+            master.check_invariants();
+        } else {
+            assert!(
+                self.keepalives.is_empty(),
+                "KeepAlives parked while not serving"
+            );
+            assert!(self.gated.is_empty(), "writes gated while not serving");
+            assert!(self.held.is_empty(), "writes held while not serving");
+            assert!(self.flying.is_empty(), "writes flying while not serving");
+        }
+        for request in self.gated.keys() {
+            assert!(
+                self.flying.contains_key(request),
+                "gated write {request} is not counted as flying"
+            );
+        }
+        for request in self.flying.keys().chain(self.pending.keys()) {
+            assert!(
+                *request < self.next_request,
+                "request {request} not yet issued"
+            );
+        }
+        for token in self.keepalives.keys() {
+            assert!(
+                *token < self.next_token,
+                "KeepAlive token {token} not yet issued"
+            );
+        }
+    }
+
     fn answer_of(&self, outcome: &Outcome) -> Answer {
         match outcome {
             Outcome::SessionCreated { session } => Answer::Session {
@@ -810,7 +868,14 @@ impl Serve {
                 sequencer: sequencer.clone(),
             },
             Outcome::Queued => Answer::Queued,
-            _ => Answer::Done,
+            Outcome::EpochStarted
+            | Outcome::SessionEnded
+            | Outcome::Closed
+            | Outcome::Deleted
+            | Outcome::Released
+            | Outcome::SequencerSet
+            | Outcome::Noop
+            | Outcome::Checksum { .. } => Answer::Done,
         }
     }
 }
@@ -820,7 +885,21 @@ fn op_too_large(op: &Op) -> bool {
     match op {
         Op::Open(args) => args.contents.len() > FILE_BYTES_MAX,
         Op::SetContents { contents, .. } => contents.len() > FILE_BYTES_MAX,
-        _ => false,
+        Op::NewEpoch
+        | Op::CreateSession { .. }
+        | Op::CloseSession { .. }
+        | Op::ExpireSession { .. }
+        | Op::Close { .. }
+        | Op::Delete { .. }
+        | Op::SetAcl { .. }
+        | Op::Acquire { .. }
+        | Op::TryAcquire { .. }
+        | Op::Release { .. }
+        | Op::SetSequencer { .. }
+        | Op::Rename { .. }
+        | Op::SetAttr { .. }
+        | Op::Noop
+        | Op::Checksum => false,
     }
 }
 
@@ -839,7 +918,14 @@ fn changed_paths(changes: &[Change]) -> Vec<Arc<str>> {
                 out.push(Arc::clone(to));
             }
             Change::ChildrenChanged { dir } => out.push(Arc::clone(dir)),
-            _ => {}
+            // Lock state and handles are not cached by clients; a session's end comes
+            // with a Deleted change for each ephemeral node it held.
+            Change::LockAcquired { .. }
+            | Change::LockReleased { .. }
+            | Change::LockConflict { .. }
+            | Change::WaitEnded { .. }
+            | Change::HandleClosed { .. }
+            | Change::SessionEnded { .. } => {}
         }
     }
     out

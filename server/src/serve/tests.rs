@@ -78,6 +78,7 @@ impl One {
     }
 
     fn take(&mut self, out: Vec<ServeAction>) {
+        self.serve.check_invariants();
         for a in out {
             match a {
                 ServeAction::Reply { call, reply } => {

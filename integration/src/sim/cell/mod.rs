@@ -335,8 +335,12 @@ impl Sim {
     }
 
     /// Executes what replica `i`'s composite asked for: replies travel to clients; expiries
-    /// and lock grants are checked.
+    /// and lock grants are checked, and so are the composite's invariants.
     pub(super) fn cell_effects(&mut self, i: usize, effects: Vec<Effect>) {
+        // Every layer's invariants after every step that reached serving or the database.
+        if let Some(core) = self.nodes[i].replica.as_ref() {
+            core.check_invariants();
+        }
         // Grants per (slot, command), numbered in the order the database made them.
         let mut grants: BTreeMap<(chubby_protocol::Slot, usize), usize> = BTreeMap::new();
         for effect in effects {
