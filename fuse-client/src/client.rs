@@ -16,6 +16,11 @@
 //!                      cache and retries with the new epoch
 //! ```
 //!
+//! The session's rules (lease, jeopardy, epochs, notices, the cache's coherence) live in
+//! the pure [`ClientSession`], which the simulator's clients drive too; this module is its
+//! async shell: it sends what the session asks, feeds it replies and time, and acts on its
+//! [`SessionEvent`]s (lock waiters, read handles, events, the downstream cache).
+//!
 //! Calls made while the session is in jeopardy wait until it is safe again, and fail with
 //! [`ClientError::Call`]`(Refused(SessionExpired))` once it expired; after that every call
 //! fails the same way (the suffix-loss property of Chubby §2.8): create a new
@@ -31,7 +36,7 @@ use chubby_protocol::db::OpenArgs;
 use chubby_protocol::events::WaitEnd;
 use chubby_protocol::{
     AclNames, Ballot, Creation, Event, EventMask, Generation, HandleId, InstanceNumber, LockMode,
-    NodeKind, Notice, OpenMode, Refusal, Sequencer, SessionId, Stat,
+    NodeKind, OpenMode, Refusal, Sequencer, SessionId, Stat,
 };
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -39,7 +44,9 @@ use tracing::{debug, info, warn};
 
 use crate::cache::{Cache, CacheStats};
 use crate::conn::{CellConn, ClientError};
-use crate::session::{LeaseClock, SessionStatus, Transition, GRACE_MS_DEFAULT};
+use crate::session::{
+    ClientSession, SessionConfig, SessionEvent, SessionStatus, Transition, GRACE_MS_DEFAULT,
+};
 
 /// Read handles kept open for cached reads (Chubby §2.7 handle caching).
 const CACHED_HANDLES_MAX: usize = 1024;
@@ -177,14 +184,8 @@ pub struct Opened {
 }
 
 struct State {
-    epoch: Ballot,
-    /// Highest notice number processed in this epoch.
-    acked: u64,
-    /// Highest notice number that may be acknowledged: processed, and its downstream
-    /// work (if any) done.
-    ack_ready: u64,
-    clock: LeaseClock,
-    cache: Cache,
+    /// The session's rules and cache (pure).
+    session: ClientSession,
     /// Handles whose Acquire is queued at the master.
     lock_waiters: HashMap<HandleId, oneshot::Sender<Result<Sequencer, Refusal>>>,
     /// Paths of the directory handles this client opened (for [`Client::open_at`]).
@@ -193,7 +194,6 @@ struct State {
     read_handles: HashMap<String, (HandleId, InstanceNumber)>,
     /// Handles dropped from `read_handles` that still need a Close.
     to_close: Vec<HandleId>,
-    lease_ms: u64,
 }
 
 struct Inner {
@@ -245,16 +245,80 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
-    fn transition(&self, state: &mut State, t: Option<Transition>) {
-        let Some(t) = t else { return };
+    /// Acts on what a step of the session asked for.
+    fn react(&self, state: &mut State, events: Vec<SessionEvent>) {
+        for event in events {
+            match event {
+                SessionEvent::Transition(t) => self.transition(state, t),
+                SessionEvent::Invalidated { paths } => {
+                    for p in &paths {
+                        if let Some((h, _)) = state.read_handles.remove(p) {
+                            state.to_close.push(h);
+                        }
+                    }
+                }
+                SessionEvent::FailOver => {
+                    let dropped: Vec<HandleId> =
+                        state.read_handles.drain().map(|(_, (h, _))| h).collect();
+                    state.to_close.extend(dropped);
+                    self.emit(ClientEvent::FailOver);
+                }
+                SessionEvent::NewEpoch(epoch) => {
+                    info!(session = self.session.0, epoch = %epoch, "new master epoch: cache flushed");
+                    self.flush_downstream_now();
+                }
+                SessionEvent::Downstream {
+                    epoch,
+                    seq,
+                    paths,
+                    all,
+                } => {
+                    let work = Downstream {
+                        epoch,
+                        seq,
+                        paths,
+                        all,
+                    };
+                    match &self.downstream_jobs {
+                        Some(jobs) => {
+                            if jobs.send(work).is_err() {
+                                warn!("the downstream worker is gone: notices stay unacknowledged");
+                            }
+                        }
+                        None => state.session.downstream_done(epoch, seq),
+                    }
+                }
+                SessionEvent::LockGranted { handle, sequencer } => {
+                    if let Some(w) = state.lock_waiters.remove(&handle) {
+                        let _ = w.send(Ok(sequencer));
+                    }
+                }
+                SessionEvent::LockWaitEnded { handle, reason } => {
+                    if let Some(w) = state.lock_waiters.remove(&handle) {
+                        let refusal = match reason {
+                            WaitEnd::NodeDeleted => Refusal::NotFound,
+                            WaitEnd::SessionEnded => Refusal::SessionExpired,
+                            WaitEnd::Cancelled | WaitEnd::HandleClosed => Refusal::NotHeld,
+                        };
+                        let _ = w.send(Err(refusal));
+                    }
+                }
+                SessionEvent::Event { handle, event } => {
+                    self.emit(ClientEvent::Handle { handle, event });
+                }
+            }
+        }
+    }
+
+    /// The session's status changed (the cache already follows it).
+    fn transition(&self, state: &mut State, t: Transition) {
         // Published first: whoever learns of the transition below (a lock waiter failed,
         // an event) must find `status()` already telling it. `send_replace`, not `send`:
         // `send` stores nothing while no receiver exists, and `status()` would go on
         // reporting the old state.
-        self.status.send_replace(state.clock.status());
+        self.status.send_replace(state.session.status());
         match t {
             Transition::Jeopardy => {
-                state.cache.disable();
                 self.flush_downstream_now();
                 warn!(
                     session = self.session.0,
@@ -263,12 +327,10 @@ impl Inner {
                 self.emit(ClientEvent::Jeopardy);
             }
             Transition::Safe => {
-                state.cache.enable();
                 info!(session = self.session.0, "session safe again");
                 self.emit(ClientEvent::Safe);
             }
             Transition::Expired => {
-                state.cache.disable();
                 self.flush_downstream_now();
                 state.read_handles.clear();
                 state.to_close.clear();
@@ -285,28 +347,26 @@ impl Inner {
         }
     }
 
+    /// Time passed: the local lease may have ended.
+    fn tick(&self, state: &mut State) {
+        let mut events = Vec::new();
+        state.session.tick(self.now_ms(), &mut events);
+        self.react(state, events);
+    }
+
+    /// The master said the session is gone.
+    fn ended_by_master(&self, state: &mut State) {
+        let mut events = Vec::new();
+        state.session.ended_by_master(&mut events);
+        self.react(state, events);
+    }
+
     /// Starts dropping everything downstream without waiting (see
     /// [`DownstreamCache::invalidate_all`]).
     fn flush_downstream_now(&self) {
         if let (Some(d), Ok(rt)) = (&self.downstream, tokio::runtime::Handle::try_current()) {
             let d = Arc::clone(d);
             rt.spawn_blocking(move || d.invalidate_all(true));
-        }
-    }
-
-    /// Queues a reply's downstream work; its notices become acknowledgeable when it is
-    /// done. Without a downstream cache they are at once.
-    fn queue_downstream(&self, state: &mut State, work: Downstream) {
-        if work.seq <= state.ack_ready && !work.all && work.paths.is_empty() {
-            return; // nothing new
-        }
-        match &self.downstream_jobs {
-            Some(jobs) => {
-                if jobs.send(work).is_err() {
-                    warn!("the downstream worker is gone: notices stay unacknowledged");
-                }
-            }
-            None => state.ack_ready = state.ack_ready.max(work.seq),
         }
     }
 
@@ -317,78 +377,13 @@ impl Inner {
     async fn new_epoch(&self, current: Ballot) {
         {
             let mut state = lock(&self.state);
-            if current > state.epoch {
-                info!(session = self.session.0, epoch = %current, "new master epoch: cache flushed");
-                state.epoch = current;
-                state.acked = 0;
-                state.ack_ready = 0;
-                state.cache.flush(current);
-                self.flush_downstream_now();
+            let mut events = Vec::new();
+            if state.session.wrong_epoch(current, &mut events) {
+                self.react(&mut state, events);
                 return;
             }
         }
         tokio::time::sleep(KEEPALIVE_RETRY).await;
-    }
-
-    /// Applies one KeepAlive reply's notices, in order, skipping those already seen;
-    /// returns what the downstream cache must drop before they are acknowledged.
-    fn apply_notices(
-        &self,
-        state: &mut State,
-        notices: Vec<chubby_protocol::Numbered>,
-    ) -> Downstream {
-        let mut downstream = Downstream {
-            epoch: state.epoch,
-            seq: state.acked,
-            paths: Vec::new(),
-            all: false,
-        };
-        for n in notices {
-            if n.seq <= state.acked {
-                continue;
-            }
-            state.acked = n.seq;
-            downstream.seq = n.seq;
-            match n.notice {
-                Notice::Invalidate { paths } => {
-                    for p in &paths {
-                        if let Some((h, _)) = state.read_handles.remove(p) {
-                            state.to_close.push(h);
-                        }
-                    }
-                    state.cache.invalidate(n.seq, &paths);
-                    downstream.paths.extend(paths);
-                }
-                Notice::Event { handle, event } => {
-                    self.emit(ClientEvent::Handle { handle, event });
-                }
-                Notice::LockGranted { handle, sequencer } => {
-                    if let Some(w) = state.lock_waiters.remove(&handle) {
-                        let _ = w.send(Ok(sequencer));
-                    }
-                }
-                Notice::LockWaitEnded { handle, reason } => {
-                    if let Some(w) = state.lock_waiters.remove(&handle) {
-                        let refusal = match reason {
-                            WaitEnd::NodeDeleted => Refusal::NotFound,
-                            WaitEnd::SessionEnded => Refusal::SessionExpired,
-                            WaitEnd::Cancelled | WaitEnd::HandleClosed => Refusal::NotHeld,
-                        };
-                        let _ = w.send(Err(refusal));
-                    }
-                }
-                Notice::FailOver => {
-                    let epoch = state.epoch;
-                    state.cache.flush(epoch);
-                    let dropped: Vec<HandleId> =
-                        state.read_handles.drain().map(|(_, (h, _))| h).collect();
-                    state.to_close.extend(dropped);
-                    downstream.all = true;
-                    self.emit(ClientEvent::FailOver);
-                }
-            }
-        }
-        downstream
     }
 }
 
@@ -415,11 +410,9 @@ async fn downstream_worker(
                 warn!(error = %e, "the downstream cache's invalidation failed");
             }
         }
-        let mut state = lock(&inner.state);
-        if state.epoch == job.epoch {
-            state.ack_ready = state.ack_ready.max(job.seq);
-        }
-        drop(state);
+        lock(&inner.state)
+            .session
+            .downstream_done(job.epoch, job.seq);
         inner.ack_moved.notify_one();
     }
 }
@@ -431,10 +424,9 @@ async fn await_acknowledgeable(inner: &Inner) {
     loop {
         let (ready, deadline) = {
             let state = lock(&inner.state);
-            let margin = state.lease_ms / 4;
             (
-                state.ack_ready >= state.acked,
-                state.clock.local_end().saturating_sub(margin),
+                state.session.acknowledgeable(),
+                state.session.ack_deadline(),
             )
         };
         if ready || inner.now_ms() >= deadline {
@@ -452,38 +444,27 @@ async fn await_acknowledgeable(inner: &Inner) {
 async fn keepalive_loop(inner: Arc<Inner>) {
     loop {
         await_acknowledgeable(&inner).await;
-        let (epoch, acked, lease_ms) = {
-            let state = lock(&inner.state);
-            if state.clock.status() == SessionStatus::Expired {
-                return;
-            }
-            (
-                state.epoch,
-                state.ack_ready.min(state.acked),
-                state.lease_ms,
-            )
-        };
-        let sent = inner.now_ms();
-        let call = Call::KeepAlive {
-            session: inner.session,
-            acked,
+        let (epoch, call, lease_ms) = {
+            let mut state = lock(&inner.state);
+            let Some((epoch, call)) = state.session.keepalive(inner.now_ms()) else {
+                return; // expired
+            };
+            (epoch, call, state.session.lease_ms())
         };
         let ka = inner
             .conn
             .call_in(Some(epoch), call, Duration::from_millis(lease_ms));
         tokio::pin!(ka);
         let result = loop {
-            let deadline = lock(&inner.state).clock.next_deadline();
+            let deadline = lock(&inner.state).session.next_deadline();
             let Some(deadline) = deadline else { return };
             let at = inner.start + Duration::from_millis(deadline);
             tokio::select! {
                 r = &mut ka => break r,
                 () = tokio::time::sleep_until(at) => {
-                    let now = inner.now_ms();
                     let mut state = lock(&inner.state);
-                    let t = state.clock.tick(now);
-                    inner.transition(&mut state, t);
-                    if state.clock.status() == SessionStatus::Expired {
+                    inner.tick(&mut state);
+                    if state.session.status() == SessionStatus::Expired {
                         return;
                     }
                 }
@@ -493,33 +474,33 @@ async fn keepalive_loop(inner: Arc<Inner>) {
             Ok(Answer::KeepAlive(reply)) => {
                 let to_close = {
                     let mut state = lock(&inner.state);
-                    if state.epoch != epoch {
-                        continue; // answered by a master we no longer follow
-                    }
-                    state.lease_ms = reply.lease_ms;
-                    let t = state.clock.renewed(sent, reply.lease_ms);
-                    let downstream = inner.apply_notices(&mut state, reply.notices);
-                    // The next KeepAlive acknowledges these notices only once the
-                    // downstream cache dropped what they name.
-                    inner.queue_downstream(&mut state, downstream);
-                    inner.transition(&mut state, t);
+                    // Notices are applied in order; the next KeepAlive acknowledges them
+                    // only once the downstream cache dropped what they name. An answer
+                    // for an epoch no longer followed is ignored.
+                    let mut events = Vec::new();
+                    state.session.keepalive_answered(reply, &mut events);
+                    inner.react(&mut state, events);
                     std::mem::take(&mut state.to_close)
                 };
                 if !to_close.is_empty() {
                     tokio::spawn(close_all(Arc::clone(&inner), epoch, to_close));
                 }
             }
-            Ok(other) => warn!(?other, "unexpected answer to a KeepAlive"),
+            Ok(other) => {
+                lock(&inner.state).session.keepalive_failed();
+                warn!(?other, "unexpected answer to a KeepAlive");
+            }
             Err(ClientError::Call(CallError::WrongEpoch { current })) => {
+                lock(&inner.state).session.keepalive_failed();
                 inner.new_epoch(current).await;
             }
             Err(ClientError::Call(CallError::Refused(Refusal::SessionExpired))) => {
                 let mut state = lock(&inner.state);
-                let t = state.clock.ended();
-                inner.transition(&mut state, t);
+                inner.ended_by_master(&mut state);
                 return;
             }
             Err(e) => {
+                lock(&inner.state).session.keepalive_failed();
                 debug!(error = %e, "KeepAlive failed; retrying");
                 tokio::time::sleep(KEEPALIVE_RETRY).await;
             }
@@ -531,7 +512,7 @@ async fn keepalive_loop(inner: Arc<Inner>) {
 /// a few attempts.
 async fn withdraw(inner: Arc<Inner>, session: SessionId, handle: HandleId) {
     for _ in 0..3 {
-        let epoch = lock(&inner.state).epoch;
+        let epoch = lock(&inner.state).session.epoch();
         let call = Call::Release { session, handle };
         match inner
             .conn
@@ -608,16 +589,22 @@ impl Client {
             }
         };
         let state = State {
-            epoch,
-            acked: 0,
-            ack_ready: 0,
-            clock: LeaseClock::new(0, lease_ms, options.grace_ms),
-            cache: Cache::new(epoch),
+            // Its clock starts when the CreateSession was first sent (`start`).
+            session: ClientSession::new(
+                session,
+                epoch,
+                lease_ms,
+                0,
+                SessionConfig {
+                    grace_ms: options.grace_ms,
+                    downstream: options.downstream.is_some(),
+                    bug_acks_before_drop: false,
+                },
+            ),
             lock_waiters: HashMap::new(),
             dirs: HashMap::new(),
             read_handles: HashMap::new(),
             to_close: Vec::new(),
-            lease_ms,
         };
         let (status, _) = watch::channel(SessionStatus::Safe);
         let (events, _) = broadcast::channel(4096);
@@ -679,7 +666,7 @@ impl Client {
     /// Cache counters.
     #[must_use]
     pub fn cache_stats(&self) -> CacheStats {
-        lock(&self.inner.state).cache.stats()
+        lock(&self.inner.state).session.cache().stats()
     }
 
     /// The connection (for status calls).
@@ -691,14 +678,12 @@ impl Client {
     /// Runs `f` on the cache if the local lease still holds now (checked here, not only by
     /// the KeepAlive task's timer, which a busy runtime may run late).
     fn cached<T>(&self, f: impl FnOnce(&mut Cache) -> Option<T>) -> Option<T> {
-        let now = self.inner.now_ms();
         let mut state = lock(&self.inner.state);
-        let t = state.clock.tick(now);
-        self.inner.transition(&mut state, t);
-        if state.clock.status() != SessionStatus::Safe {
+        self.inner.tick(&mut state);
+        if state.session.status() != SessionStatus::Safe {
             return None;
         }
-        f(&mut state.cache)
+        f(state.session.cache_mut())
     }
 
     /// `path`'s metadata if this session's cache holds it now (`Some(None)`: cached as
@@ -756,7 +741,7 @@ impl Client {
             self.usable().await?;
             let (epoch, lease_ms) = {
                 let s = lock(&self.inner.state);
-                (s.epoch, s.lease_ms)
+                (s.session.epoch(), s.session.lease_ms())
             };
             // A write may wait up to a lease for another client's cache to go.
             let timeout = Duration::from_millis(lease_ms.saturating_add(5_000));
@@ -771,8 +756,7 @@ impl Client {
                 }
                 Err(ClientError::Call(CallError::Refused(Refusal::SessionExpired))) => {
                     let mut state = lock(&self.inner.state);
-                    let t = state.clock.ended();
-                    self.inner.transition(&mut state, t);
+                    self.inner.ended_by_master(&mut state);
                     return Err(expired());
                 }
                 other => return other,
@@ -982,7 +966,7 @@ impl Client {
                     let contents = Arc::new(contents);
                     let (keep, installed) = {
                         let mut state = lock(&self.inner.state);
-                        let installed = state.cache.install_contents(
+                        let installed = state.session.cache_mut().install_contents(
                             path,
                             cache,
                             Arc::clone(&contents),
@@ -1073,10 +1057,11 @@ impl Client {
             .await?
         {
             Answer::Stat { stat, cache } => {
-                let installed =
-                    lock(&self.inner.state)
-                        .cache
-                        .install_stat(path, cache, stat.clone());
+                let installed = lock(&self.inner.state).session.cache_mut().install_stat(
+                    path,
+                    cache,
+                    stat.clone(),
+                );
                 Ok((stat, installed))
             }
             other => Err(unexpected(&other)),
@@ -1455,7 +1440,7 @@ impl Client {
         // an invalidation of its own files. Not through `call`, which waits out a jeopardy:
         // a client in jeopardy closes as far as it can and leaves the rest to expiry.
         if self.status() != SessionStatus::Expired {
-            let mut epoch = lock(&self.inner.state).epoch;
+            let mut epoch = lock(&self.inner.state).session.epoch();
             for _ in 0..2 {
                 let close = self.inner.conn.call_in(
                     Some(epoch),

@@ -12,6 +12,10 @@
 //! ours. So when the local lease ends the master's has not, and the client has emptied its
 //! cache before the master can let a write past it.
 
+mod machine;
+
+pub use machine::{ClientSession, SessionConfig, SessionEvent};
+
 /// How much faster (per thousand) the master's clock may run than the client's. The
 /// paper requires such a bound and gives none (SPEC C.1); 1% is far above the drift of
 /// any working quartz clock.

@@ -1,21 +1,21 @@
-//! A simulated client: the session logic of `chubby_client::client` on the simulator's
-//! clock and network. It reuses the library's pure parts — the lease clock with its drift
-//! margin, jeopardy and grace ([`LeaseClock`]) and the cache with its token rule ([`Cache`]) —
-//! and does what the library's KeepAlive task and calls do: one long-poll KeepAlive at a
-//! time, notices applied in order before they are acknowledged, epochs followed forward,
-//! the cache off in jeopardy and a new session after expiry. One operation at a time:
+//! A simulated client: the library's own session ([`ClientSession`]: the lease clock with
+//! its drift margin, jeopardy and grace, epochs followed forward, notices applied in order
+//! before they are acknowledged, the cache with its token rule) driven on the simulator's
+//! clock and network, as the library's KeepAlive task drives it: one long-poll KeepAlive at
+//! a time, the cache off in jeopardy, a new session after expiry. One operation at a time:
 //! open, get (from the cache when it can), put, compare-and-swap, try-lock, unlock, and
 //! writes to a fenced resource while it believes it holds the lock.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chubby_client::cache::Cache;
-use chubby_client::session::{LeaseClock, SessionStatus, Transition};
+use chubby_client::session::{
+    ClientSession, SessionConfig, SessionEvent, SessionStatus, Transition,
+};
 use chubby_protocol::client_msg::{Answer, Call, CallError, LockState, Reply, Request};
 use chubby_protocol::db::OpenArgs;
 use chubby_protocol::{
-    Ballot, Creation, EventMask, Generation, HandleId, Instant, LockMode, NodeId, NodeKind, Notice,
+    Ballot, Creation, EventMask, Generation, HandleId, Instant, LockMode, NodeId, NodeKind,
     OpenMode, Refusal, SessionId,
 };
 
@@ -58,12 +58,8 @@ pub fn net_id(c: usize) -> NodeId {
 /// The session a client holds.
 #[derive(Debug)]
 pub(crate) struct Sess {
-    pub id: SessionId,
-    pub epoch: Ballot,
-    pub acked: u64,
-    pub lease: LeaseClock,
-    pub lease_ms: u64,
-    pub cache: Cache,
+    /// The session's rules and cache: the library's own.
+    pub session: ClientSession,
     pub handles: BTreeMap<String, HandleId>,
     /// The lock generation it believes it holds (and may act on), if any.
     pub holds: Option<Generation>,
@@ -75,8 +71,6 @@ pub(crate) struct Sess {
     pub check_lock: bool,
     /// Ephemeral files it created, by path.
     pub ephemerals: Vec<String>,
-    /// Invalidations acknowledged but not yet applied (the injected client bug).
-    pub deferred: Vec<(u64, Vec<String>)>,
     /// Contents last seen per file, by generation (for CAS).
     pub seen: BTreeMap<String, (Generation, Vec<u8>)>,
 }
@@ -122,8 +116,6 @@ pub(crate) struct InFlight {
 #[derive(Debug)]
 pub(crate) struct KeepAliveInFlight {
     pub call: u64,
-    pub sent_local: u64,
-    pub epoch: Ballot,
     pub deadline_us: u64,
 }
 
@@ -277,7 +269,7 @@ impl Sim {
         let using = client
             .sess
             .as_ref()
-            .filter(|s| s.lease.status() == SessionStatus::Safe)
+            .filter(|s| s.session.status() == SessionStatus::Safe)
             .and_then(|s| s.holds)
             .filter(|_| !client.releasing);
         if let Some(generation) = using {
@@ -296,6 +288,7 @@ impl Sim {
         let client = &self.cell_mut().clients[c];
         if client.ka.as_ref().is_some_and(|k| k.deadline_us <= now) {
             self.cell_mut().clients[c].ka = None;
+            self.keepalive_lost(c);
             self.next_replica(c);
         }
         let client = &self.cell_mut().clients[c];
@@ -327,7 +320,7 @@ impl Sim {
         } else if client.sess.is_some() {
             at = at.min(client.next_ka_us);
         }
-        if let Some(d) = client.sess.as_ref().and_then(|s| s.lease.next_deadline()) {
+        if let Some(d) = client.sess.as_ref().and_then(|s| s.session.next_deadline()) {
             at = at.min(client.clock.true_time_of(Instant(d)));
         }
         if at != u64::MAX {
@@ -338,32 +331,70 @@ impl Sim {
     fn tick_lease(&mut self, c: usize) {
         let now_us = self.now_us;
         let now_local = self.cell_mut().clients[c].local(now_us);
-        let t = self.cell_mut().clients[c]
-            .sess
-            .as_mut()
-            .and_then(|s| s.lease.tick(now_local));
-        self.transition(c, t);
+        let mut events = Vec::new();
+        if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+            s.session.tick(now_local, &mut events);
+        }
+        self.react(c, events);
     }
 
-    fn transition(&mut self, c: usize, t: Option<Transition>) {
-        let Some(t) = t else { return };
+    /// Acts on what a step of client `c`'s session asked for (its cache already follows).
+    fn react(&mut self, c: usize, events: Vec<SessionEvent>) {
+        let mut granted = None;
+        for event in events {
+            match event {
+                SessionEvent::Transition(t) => self.transition(c, t),
+                SessionEvent::FailOver => {
+                    self.cell_mut().stats.fail_overs += 1;
+                    if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                        // A grant may have been lost with the old master: like the real
+                        // client, ask what became of the wait.
+                        if s.waiting {
+                            s.waiting = false;
+                            s.check_lock = true;
+                        }
+                    }
+                }
+                SessionEvent::LockGranted { handle, sequencer } => {
+                    if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                        if s.waiting && s.handles.get(LOCK) == Some(&handle) {
+                            s.waiting = false;
+                            granted = Some(sequencer.lock_generation);
+                        }
+                    }
+                }
+                SessionEvent::LockWaitEnded { handle, .. } => {
+                    if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                        if s.handles.get(LOCK) == Some(&handle) {
+                            s.waiting = false;
+                        }
+                    }
+                }
+                // No read handles, events or downstream cache here.
+                SessionEvent::Invalidated { .. }
+                | SessionEvent::NewEpoch(_)
+                | SessionEvent::Downstream { .. }
+                | SessionEvent::Event { .. } => {}
+            }
+        }
+        if let Some(generation) = granted {
+            self.lock_acquired(c, generation);
+        }
+    }
+
+    fn transition(&mut self, c: usize, t: Transition) {
         let id = self.cell_mut().clients[c].id;
         self.trace(|| format!("client {id}: {t:?}"));
         match t {
             Transition::Jeopardy => {
                 if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
-                    s.cache.disable();
                     // Like `chubby lock`: stop acting on the lock.
                     s.holds = None;
                 }
                 self.cell_mut().checks.lock_belief_ends(c);
                 self.cell_mut().clients[c].releasing = false;
             }
-            Transition::Safe => {
-                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
-                    s.cache.enable();
-                }
-            }
+            Transition::Safe => {}
             Transition::Expired => {
                 self.cell_mut().stats.expiries += 1;
                 self.cell_mut().checks.lock_belief_ends(c);
@@ -422,20 +453,21 @@ impl Sim {
     fn send_keepalive(&mut self, c: usize) {
         let now_us = self.now_us;
         let now_local = self.cell_mut().clients[c].local(now_us);
-        let Some(s) = self.cell_mut().clients[c].sess.as_ref() else {
+        let Some(s) = self.cell_mut().clients[c].sess.as_mut() else {
             return;
         };
-        let (session, acked, epoch, lease_ms) = (s.id, s.acked, s.epoch, s.lease_ms);
+        let lease_ms = s.session.lease_ms();
+        let Some((epoch, keepalive)) = s.session.keepalive(now_local) else {
+            return;
+        };
         let call = self.new_call();
         self.cell_mut().clients[c].ka = Some(KeepAliveInFlight {
             call,
-            sent_local: now_local,
-            epoch,
             deadline_us: self.now_us + lease_ms * 1000,
         });
         let request = Request {
             epoch: Some(epoch),
-            call: Call::KeepAlive { session, acked },
+            call: keepalive,
         };
         self.send_call(c, call, request);
     }
@@ -447,7 +479,7 @@ impl Sim {
         let status = self.cell_mut().clients[c]
             .sess
             .as_ref()
-            .map(|s| s.lease.status());
+            .map(|s| s.session.status());
         let kind = match status {
             None => OpKind::CreateSession,
             Some(SessionStatus::Safe) => match self.choose_op(c) {
@@ -465,7 +497,7 @@ impl Sim {
             let hit = self.cell_mut().clients[c]
                 .sess
                 .as_mut()
-                .and_then(|s| s.cache.contents(path));
+                .and_then(|s| s.session.cache_mut().contents(path));
             if let Some((contents, stat)) = hit {
                 self.trace(|| {
                     format!(
@@ -488,7 +520,11 @@ impl Sim {
         }
         let call = self.new_call();
         let (session, epoch, lease_ms) = match self.cell_mut().clients[c].sess.as_ref() {
-            Some(s) => (s.id, Some(s.epoch), s.lease_ms),
+            Some(s) => (
+                s.session.id(),
+                Some(s.session.epoch()),
+                s.session.lease_ms(),
+            ),
             None => (SessionId(0), None, 0),
         };
         let handle = |this: &mut Sim, path: &str| -> HandleId {
@@ -824,6 +860,7 @@ impl Sim {
         if client.ka.as_ref().is_some_and(|k| k.call == call) {
             client.ka = None;
             client.next_ka_us = now + 100_000;
+            self.keepalive_lost(c);
             self.next_replica(c);
         } else if client.op.as_ref().is_some_and(|o| o.call == call) {
             // Sent, no answer: it may or may not have been applied.
@@ -867,108 +904,61 @@ impl Sim {
 
     fn keepalive_reply(&mut self, c: usize, reply: Reply) {
         self.trace(|| format!("client {c} KeepAlive reply {reply:?}"));
-        let Some(ka) = self.cell_mut().clients[c].ka.take() else {
+        if self.cell_mut().clients[c].ka.take().is_none() {
             return;
-        };
+        }
         let now = self.now_us;
+        let mut events = Vec::new();
         match reply {
             Reply::Ok(Answer::KeepAlive(r)) => {
-                let bug = self.cell_mut().bugs.client_acks_before_drop;
                 let Some(s) = self.cell_mut().clients[c].sess.as_mut() else {
                     return;
                 };
-                if s.epoch != ka.epoch {
-                    return;
-                }
-                s.lease_ms = r.lease_ms;
-                let t = s.lease.renewed(ka.sent_local, r.lease_ms);
-                // The bug: invalidations acknowledged by the previous reply are applied
-                // only now, one KeepAlive late.
-                for (seq, paths) in std::mem::take(&mut s.deferred) {
-                    s.cache.invalidate(seq, &paths);
-                }
-                let mut fail_over = false;
-                let mut granted = None;
-                let lock_handle = s.handles.get(LOCK).copied();
-                for n in r.notices {
-                    if n.seq <= s.acked {
-                        continue;
-                    }
-                    s.acked = n.seq;
-                    match n.notice {
-                        Notice::Invalidate { paths } => {
-                            if bug {
-                                s.deferred.push((n.seq, paths));
-                            } else {
-                                s.cache.invalidate(n.seq, &paths);
-                            }
-                        }
-                        Notice::FailOver => {
-                            let epoch = s.epoch;
-                            s.cache.flush(epoch);
-                            fail_over = true;
-                            // A grant may have been lost with the old master: like the real
-                            // client, ask what became of the wait.
-                            if s.waiting {
-                                s.waiting = false;
-                                s.check_lock = true;
-                            }
-                        }
-                        Notice::LockGranted { handle, sequencer } => {
-                            if s.waiting && Some(handle) == lock_handle {
-                                s.waiting = false;
-                                granted = Some(sequencer.lock_generation);
-                            }
-                        }
-                        Notice::LockWaitEnded { handle, .. } => {
-                            if Some(handle) == lock_handle {
-                                s.waiting = false;
-                            }
-                        }
-                        Notice::Event { .. } => {}
-                    }
-                }
-                if fail_over {
-                    self.cell_mut().stats.fail_overs += 1;
-                }
-                self.transition(c, t);
-                if let Some(generation) = granted {
-                    self.lock_acquired(c, generation);
-                }
+                s.session.keepalive_answered(r, &mut events);
+                self.react(c, events);
                 // The next long poll goes out at once (it carries the acknowledgement).
                 self.cell_mut().clients[c].next_ka_us = now;
+                return;
             }
             Reply::Err(CallError::WrongEpoch { current }) => {
-                self.follow_epoch(c, current);
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.session.keepalive_failed();
+                    s.session.wrong_epoch(current, &mut events);
+                }
                 self.cell_mut().clients[c].next_ka_us = now;
             }
             Reply::Err(CallError::Refused(Refusal::SessionExpired)) => {
-                let t = self.cell_mut().clients[c]
-                    .sess
-                    .as_mut()
-                    .and_then(|s| s.lease.ended());
-                self.transition(c, t);
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.session.ended_by_master(&mut events);
+                }
             }
             Reply::Err(CallError::NotMaster { master: Some(hint) }) => {
+                self.keepalive_lost(c);
                 self.redirect(c, hint.id);
                 self.cell_mut().clients[c].next_ka_us = now + 10_000;
             }
             Reply::Ok(_) | Reply::Err(_) => {
+                self.keepalive_lost(c);
                 self.next_replica(c);
                 self.cell_mut().clients[c].next_ka_us = now + 100_000;
             }
         }
+        self.react(c, events);
+    }
+
+    /// The KeepAlive in flight got no useful answer.
+    fn keepalive_lost(&mut self, c: usize) {
+        if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+            s.session.keepalive_failed();
+        }
     }
 
     fn follow_epoch(&mut self, c: usize, current: Ballot) {
+        let mut events = Vec::new();
         if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
-            if current > s.epoch {
-                s.epoch = current;
-                s.acked = 0;
-                s.deferred.clear();
-                s.cache.flush(current);
-            }
+            s.session.wrong_epoch(current, &mut events);
         }
+        self.react(c, events);
     }
 
     fn redirect(&mut self, c: usize, hint: NodeId) {
@@ -1003,23 +993,22 @@ impl Sim {
                     lease_ms,
                 },
             ) => {
-                let grace = self.cell_mut().timing.grace_ms;
+                let cfg = SessionConfig {
+                    grace_ms: self.cell_mut().timing.grace_ms,
+                    downstream: false,
+                    bug_acks_before_drop: self.cell_mut().bugs.client_acks_before_drop,
+                };
                 self.cell_mut().stats.sessions += 1;
                 self.cell_mut().checks.session_of.insert(session, c);
+                let session = ClientSession::new(session, epoch, lease_ms, op.sent_local, cfg);
                 self.cell_mut().clients[c].sess = Some(Sess {
-                    id: session,
-                    epoch,
-                    acked: 0,
-                    lease: LeaseClock::new(op.sent_local, lease_ms, grace),
-                    lease_ms,
-                    cache: Cache::new(epoch),
+                    session,
                     handles: BTreeMap::new(),
                     holds: None,
                     maybe_holds: false,
                     waiting: false,
                     check_lock: false,
                     ephemerals: Vec::new(),
-                    deferred: Vec::new(),
                     seen: BTreeMap::new(),
                 });
                 self.cell_mut().clients[c].next_ka_us = now;
@@ -1060,8 +1049,10 @@ impl Sim {
             }
             (OpKind::StatDir, Answer::Stat { stat, cache }) => {
                 if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
-                    if s.cache.install_allowed(cache) {
-                        s.cache.install_stat(EPHEMERAL_DIR, cache, stat);
+                    if s.session.cache().install_allowed(cache) {
+                        s.session
+                            .cache_mut()
+                            .install_stat(EPHEMERAL_DIR, cache, stat);
                     }
                 }
             }
@@ -1084,9 +1075,13 @@ impl Sim {
                     generation: stat.content_generation,
                 };
                 if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
-                    if s.cache.install_allowed(cache) {
-                        s.cache
-                            .install_contents(&path, cache, Arc::new(contents), stat.clone());
+                    if s.session.cache().install_allowed(cache) {
+                        s.session.cache_mut().install_contents(
+                            &path,
+                            cache,
+                            Arc::new(contents),
+                            stat.clone(),
+                        );
                     }
                 }
                 if let Some(h) = op.hist {
@@ -1145,14 +1140,17 @@ impl Sim {
         let safe = self.cell_mut().clients[c]
             .sess
             .as_ref()
-            .is_some_and(|s| s.lease.status() == SessionStatus::Safe);
+            .is_some_and(|s| s.session.status() == SessionStatus::Safe);
         if safe {
             let cell = self.cell.as_mut().expect("cell mode");
             let clients = &cell.clients;
             let acting = |d: usize| {
                 clients[d].sess.as_ref().is_some_and(|s| {
-                    s.lease.status() == SessionStatus::Safe
-                        && clients[d].clock.true_time_of(Instant(s.lease.local_end())) > now
+                    s.session.status() == SessionStatus::Safe
+                        && clients[d]
+                            .clock
+                            .true_time_of(Instant(s.session.local_end()))
+                            > now
                 })
             };
             let result = cell.checks.lock_belief_starts(c, generation, now, acting);
@@ -1200,11 +1198,11 @@ impl Sim {
             }
             CallError::Refused(Refusal::SessionExpired) => {
                 self.op_failed(c, false);
-                let t = self.cell_mut().clients[c]
-                    .sess
-                    .as_mut()
-                    .and_then(|s| s.lease.ended());
-                self.transition(c, t);
+                let mut events = Vec::new();
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.session.ended_by_master(&mut events);
+                }
+                self.react(c, events);
             }
             CallError::Refused(_) => {
                 // Busy lock, a handle the cell no longer knows, ...: nothing was done.
@@ -1306,13 +1304,13 @@ impl Sim {
             return;
         };
         let client = &self.cell_mut().clients[c];
-        let Some(s) = client.sess.as_ref().filter(|s| s.id == session) else {
+        let Some(s) = client.sess.as_ref().filter(|s| s.session.id() == session) else {
             return;
         };
-        if s.lease.status() == SessionStatus::Expired {
+        if s.session.status() == SessionStatus::Expired {
             return;
         }
-        let end = client.clock.true_time_of(Instant(s.lease.local_end()));
+        let end = client.clock.true_time_of(Instant(s.session.local_end()));
         if end > now {
             let detail = format!(
                 "the master expires session {} at {now}us but its client {c}'s local lease \
