@@ -32,9 +32,11 @@
 //! - [`serve`]: serving client calls at the master (pure): checks, reads under the lease,
 //!   writes gated by the master and proposed, KeepAlives parked, answers of applied writes.
 //! - [`storage`]: the durable acceptor state and log: a checksummed write-ahead log that
-//!   tells corruption from a torn write, and an in-memory twin for the simulator.
+//!   tells corruption from a torn write, and an in-memory twin for the simulator; the data
+//!   directory and the snapshot file.
 //! - [`transport`]: QUIC with mutual TLS: rustls configs, the connection's principal,
-//!   length-prefixed framing and the replica-to-replica [`transport::PeerTransport`].
+//!   length-prefixed framing, the replica-to-replica [`transport::PeerTransport`] and the
+//!   client port.
 #![warn(missing_docs)]
 
 pub mod db;

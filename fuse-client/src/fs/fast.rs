@@ -15,8 +15,9 @@
 use chubby_protocol::NodeKind;
 use fuser::{FileAttr, FopenFlags};
 
+use super::file_ops::slice;
 use super::inodes::Share;
-use super::{guard, metrics, slice, Desc, File, Shared, ATTR_TTL, NO_TTL};
+use super::{guard, metrics, Desc, File, Shared, ATTR_TTL, NO_TTL};
 use crate::session::SessionStatus;
 use std::time::Duration;
 

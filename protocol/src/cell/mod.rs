@@ -172,7 +172,7 @@ pub fn init_cell_on(dir: &Path, hosts: &[String], base_port: u16) -> Result<Cell
         create_dir(&rdir)?;
         create_dir(&rdir.join("data"))?;
         // A founding member formats its empty store as a voter only when this marker is
-        // present; an empty store without it is a lost disk (chubby-server node::disk).
+        // present; an empty store without it is a lost disk (chubby-server storage::disk).
         write_public(
             &rdir.join("data").join(NEW_CELL_MARKER),
             "founding member of a new cell: the first start formats the store as a voter\n",

@@ -5,9 +5,9 @@
 use chubby_protocol::client_msg::{Answer, Call, CallError, Reply, BACKUP_CHUNK_BYTES};
 use chubby_protocol::{Refusal, Slot};
 
-use super::client_port::ClientCall;
 use super::core::{Core, Parked};
 use crate::serve::{CallId, ReplicaView};
+use crate::transport::client_port::ClientCall;
 
 impl Core {
     pub(super) fn on_call(&mut self, call: ClientCall) {

@@ -6,23 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chubby_protocol::cell::ReplicaConfig;
-use chubby_protocol::client_msg::{CallError, MasterHint, ReplicaRole, Reply, StatusReport};
-use chubby_protocol::{Ballot, Instant, MemberAddr, NodeId, PaxosMsg, Refusal, Slot};
+use chubby_protocol::client_msg::{CallError, Reply};
+use chubby_protocol::{Instant, MemberAddr, NodeId, PaxosMsg, Slot};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use super::client_port::ClientCall;
 use super::metrics::{Metrics, PageRequest};
-use super::snapshot_file::SnapshotFile;
+use super::snapshots::SnapshotEvent;
 use super::NodeError;
-use crate::db::snapshot::{SnapshotInfo, SNAPSHOT_FILE_BYTES_MAX};
 use crate::db::Db;
 use crate::master::MasterConfig;
-use crate::paxos::{Action, Input, PersistBatch, Replica, RoleKind};
+use crate::paxos::{Action, Input, PersistBatch, Replica};
 use crate::replica::plan::Planner;
 use crate::replica::{Composite, CompositeConfig, Effect};
 use crate::serve::{CallId, ServeConfig};
+use crate::storage::snapshot_file::SnapshotFile;
 use crate::storage::{Storage, WalStorage};
+use crate::transport::client_port::ClientCall;
 use crate::transport::{PeerAddr, PeerTransport};
 
 /// Inputs stepped before the actions they caused are executed (bounds a group commit).
@@ -51,30 +51,13 @@ pub(super) struct Parked {
     pub since: std::time::Instant,
 }
 
-/// Results of snapshot work done off the core task.
-enum SnapshotEvent {
-    /// A backup was encoded (`chubby admin backup`); hold it and answer the caller.
-    Backup {
-        slot: Slot,
-        bytes: Arc<Vec<u8>>,
-        reply: Parked,
-        /// The epoch this replica served as master when the backup was taken.
-        epoch: Option<Ballot>,
-    },
-    /// A snapshot of our own database was written (slot, bytes), found already covered by
-    /// the file (`None`), or failed.
-    Written(Result<Option<(Slot, usize)>, String>),
-    /// A peer's snapshot was fetched, verified and made durable, or not.
-    Fetched(Result<Box<(Db, SnapshotInfo)>, String>),
-}
-
 pub(super) struct Core {
     pub(super) cfg: ReplicaConfig,
     pub(super) me: NodeId,
     /// Paxos, database, serving and master logic (pure; see crate::replica).
     pub(super) composite: Composite,
     storage: Option<WalStorage>,
-    transport: PeerTransport,
+    pub(super) transport: PeerTransport,
     /// Reply channels of calls serving has not answered yet.
     pub(super) replies: BTreeMap<CallId, Parked>,
     /// What the metrics endpoint shows.
@@ -87,18 +70,18 @@ pub(super) struct Core {
     start: tokio::time::Instant,
     pub(super) inputs: Vec<Input>,
     actions: Vec<Action>,
-    snapshots: SnapshotFile,
-    members: Vec<NodeId>,
+    pub(super) snapshots: SnapshotFile,
+    pub(super) members: Vec<NodeId>,
     /// A snapshot of our own is being written.
-    snapshotting: bool,
+    pub(super) snapshotting: bool,
     /// The next own snapshot is due once this slot is applied.
-    snapshot_due: Slot,
-    snap_tx: mpsc::UnboundedSender<SnapshotEvent>,
+    pub(super) snapshot_due: Slot,
+    pub(super) snap_tx: mpsc::UnboundedSender<SnapshotEvent>,
     snap_rx: Option<mpsc::UnboundedReceiver<SnapshotEvent>>,
     /// The addresses learned from membership changes that the transport was given.
     peer_addrs: BTreeMap<NodeId, MemberAddr>,
     /// The order a round's actions are executed in (pure; see crate::replica::plan).
-    planner: Planner,
+    pub(super) planner: Planner,
 }
 
 impl std::fmt::Debug for Core {
@@ -367,180 +350,6 @@ impl Core {
         self.peer_addrs = addrs;
     }
 
-    // ---- Snapshots (PML §5.5): taken off this task, fetched from peers. ----
-
-    /// Starts a snapshot of the database when enough was applied since the last one. The
-    /// freeze is O(1)-ish (copy-on-write); encoding, writing and dropping the copy happen
-    /// on a blocking thread.
-    fn maybe_snapshot(&mut self) {
-        // Not while a chosen watermark waits to be written: a snapshot ahead of the durable
-        // watermark would make the next start adopt its slot as chosen without the member
-        // map's completeness for it (it is written with the next batch, in 100 ms at most).
-        if self.snapshotting
-            || self.composite.db().applied_slot() < self.snapshot_due
-            || self.planner.holds_watermark()
-        {
-            return;
-        }
-        self.snapshotting = true;
-        let file = self.snapshots.clone();
-        self.encode_off_task(move |slot, bytes| {
-            let result = file
-                .store(slot, &bytes)
-                .map(|written| written.then_some((slot, bytes.len())))
-                .map_err(|e| e.to_string());
-            SnapshotEvent::Written(result)
-        });
-    }
-
-    /// Freezes the applied database (copy-on-write, O(1)-ish here) and encodes it as a
-    /// snapshot on a blocking thread; `then` runs there too, and what it returns comes back
-    /// to this task ([`Core::on_snapshot_event`]). The frozen copy is dropped there as well.
-    fn encode_off_task(&self, then: impl FnOnce(Slot, Vec<u8>) -> SnapshotEvent + Send + 'static) {
-        let frozen = self.composite.db().freeze();
-        let members = self.members.clone();
-        // The member sets as of now: complete at least through the frozen slot.
-        let member_sets = self.composite.paxos().membership().to_wire();
-        let tx = self.snap_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let slot = frozen.slot();
-            let bytes = frozen.encode(&members, &member_sets);
-            drop(frozen);
-            let _ = tx.send(then(slot, bytes));
-        });
-    }
-
-    /// `chubby admin backup`: freezes the applied database now and encodes it as a snapshot
-    /// off this task; the caller is answered once it is held ([`SnapshotEvent::Backup`]).
-    /// The applied state is one the database really passed through, and it includes every
-    /// write this master acknowledged. Sessions, handles and locks are in it too.
-    pub(super) fn take_backup(&mut self, principal: &str, reply: Parked) {
-        let refuse = |reply: Parked, e: CallError, m: &mut Metrics| {
-            let answer = Reply::Err(e);
-            m.answered(reply.call, reply.since, &answer);
-            let _ = reply.tx.send(answer);
-        };
-        if principal != super::ADMIN_PRINCIPAL {
-            return refuse(
-                reply,
-                CallError::Refused(Refusal::PermissionDenied),
-                &mut self.metrics,
-            );
-        }
-        if let Err(e) = self.composite.serve().check_serving(&self.view()) {
-            return refuse(reply, e, &mut self.metrics);
-        }
-        let epoch = self.composite.serve().serving_epoch();
-        self.encode_off_task(move |slot, bytes| SnapshotEvent::Backup {
-            slot,
-            bytes: Arc::new(bytes),
-            reply,
-            epoch,
-        });
-    }
-
-    fn on_snapshot_event(&mut self, event: SnapshotEvent) {
-        let every = self.cfg.tuning.snapshot_every_entries;
-        match event {
-            SnapshotEvent::Backup {
-                slot,
-                bytes,
-                reply,
-                epoch,
-            } => {
-                if epoch.is_none() || self.composite.serve().serving_epoch() != epoch {
-                    // Mastership moved while it was encoded: only the master holds one.
-                    let answer = Reply::Err(CallError::Unavailable(
-                        "mastership changed while the backup was taken: take it again".into(),
-                    ));
-                    self.metrics.answered(reply.call, reply.since, &answer);
-                    let _ = reply.tx.send(answer);
-                    return;
-                }
-                info!(replica = self.me.0, %slot, bytes = bytes.len(), "backup taken");
-                self.metrics.backup_taken(bytes.len());
-                let answer = Reply::Ok(chubby_protocol::client_msg::Answer::Backup {
-                    slot,
-                    bytes: bytes.len() as u64,
-                });
-                self.backup = Some((slot, bytes));
-                self.metrics.answered(reply.call, reply.since, &answer);
-                let _ = reply.tx.send(answer);
-            }
-            SnapshotEvent::Written(Ok(None)) => {
-                // A fetched snapshot at least as new landed first; it set the next due slot.
-                self.snapshotting = false;
-            }
-            SnapshotEvent::Written(Ok(Some((slot, bytes)))) => {
-                self.snapshotting = false;
-                self.metrics.snapshot_written(bytes);
-                self.snapshot_due = self.snapshot_due.max(Slot(slot.0 + every));
-                let through = Slot(slot.0.saturating_sub(self.cfg.tuning.log_keep_entries));
-                info!(replica = self.me.0, %slot, bytes, truncate_through = %through,
-                    "snapshot written");
-                self.inputs.push(Input::SnapshotTaken { slot: through });
-            }
-            SnapshotEvent::Written(Err(e)) => {
-                self.snapshotting = false;
-                self.snapshot_due = Slot(self.composite.db().applied_slot().0 + every);
-                error!(replica = self.me.0, error = %e,
-                    "cannot write a snapshot: the log is not truncated; retrying later");
-            }
-            SnapshotEvent::Fetched(Ok(fetched)) => {
-                let (db, info) = *fetched;
-                let slot = info.slot;
-                if slot > self.composite.db().applied_slot() {
-                    let old = self.composite.install(db);
-                    // Freeing a large database takes milliseconds: not on this task.
-                    tokio::task::spawn_blocking(move || drop(old));
-                    self.snapshot_due = Slot(slot.0 + every);
-                    self.metrics.snapshot_installed();
-                    info!(replica = self.me.0, %slot, digest = self.composite.db().digest().0,
-                        "installed a peer's snapshot");
-                }
-                self.inputs.push(Input::SnapshotInstalled {
-                    slot,
-                    members: info.member_sets,
-                });
-            }
-            SnapshotEvent::Fetched(Err(e)) => {
-                warn!(replica = self.me.0, error = %e, "snapshot fetch failed");
-                self.inputs.push(Input::SnapshotFetchFailed);
-            }
-        }
-    }
-
-    /// Fetches `from`'s snapshot, verifies it and makes it durable, off this task.
-    fn fetch_snapshot(&mut self, from: NodeId, after: Slot) {
-        let fetcher = self.transport.snapshot_fetcher();
-        let file = self.snapshots.clone();
-        let tx = self.snap_tx.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let bytes = fetcher
-                    .fetch(from, after, SNAPSHOT_FILE_BYTES_MAX)
-                    .await
-                    .map_err(|e| format!("fetching from {from}: {e}"))?;
-                tokio::task::spawn_blocking(move || {
-                    let (db, info) = Db::restore(&bytes)
-                        .map_err(|e| format!("snapshot from {from} refused: {e}"))?;
-                    if info.slot <= after {
-                        return Err(format!(
-                            "snapshot from {from} covers slot {} only; we have {after}",
-                            info.slot
-                        ));
-                    }
-                    file.store(info.slot, &bytes).map_err(|e| e.to_string())?;
-                    Ok(Box::new((db, info)))
-                })
-                .await
-                .map_err(|e| format!("snapshot thread: {e}"))?
-            }
-            .await;
-            let _ = tx.send(SnapshotEvent::Fetched(result));
-        });
-    }
-
     async fn persist(&mut self, batch: PersistBatch) -> Result<(), NodeError> {
         let mut storage = self
             .storage
@@ -556,19 +365,6 @@ impl Core {
         self.storage = Some(storage);
         self.metrics.synced(since);
         result.map_err(NodeError::Storage)
-    }
-
-    /// Logs a role change with this replica's id (serving logs the rest).
-    fn role_changed(&self, role: RoleKind, epoch: Option<Ballot>) {
-        if role == RoleKind::Master {
-            info!(
-                replica = self.me.0,
-                ?epoch,
-                "became master; starting the epoch"
-            );
-        } else if self.composite.serve().serving_epoch().is_some() {
-            warn!(replica = self.me.0, ?role, "lost mastership");
-        }
     }
 
     // ---- Client calls (the rest is in calls.rs). ----
@@ -591,51 +387,5 @@ impl Core {
         let mut effects = Vec::new();
         self.composite.tick(self.now(), Self::wall(), &mut effects);
         self.effects(effects);
-    }
-
-    // ---- Status. ----
-
-    /// Replica `id`'s client address: learned from a membership change, else configured.
-    pub(super) fn hint_of(&self, id: NodeId) -> Option<MasterHint> {
-        self.composite.hint_of(id)
-    }
-
-    pub(super) fn status(&self) -> StatusReport {
-        let now = self.now();
-        let replica = self.composite.paxos();
-        let db = self.composite.db();
-        let role = if !replica.is_voter() {
-            ReplicaRole::Rebuilding
-        } else {
-            match replica.role() {
-                RoleKind::Follower => ReplicaRole::Follower,
-                RoleKind::Candidate => ReplicaRole::Candidate,
-                RoleKind::Master => ReplicaRole::Master,
-            }
-        };
-        StatusReport {
-            id: self.me,
-            role,
-            epoch: db.epoch(),
-            master: replica.master_hint().and_then(|id| self.hint_of(id)),
-            lease_remaining_ms: replica.lease_until(now).map(|until| until.ms_since(now)),
-            applied: db.applied_slot(),
-            chosen_through: replica.chosen_through(),
-            known_chosen: replica.known_chosen_through(),
-            snapshot: self.snapshots.latest(),
-            log_entries: replica.log_len() as u64,
-            digest: db.digest().0,
-            last_checksum: self.composite.last_checksum(),
-            divergence: self.composite.divergence().map(str::to_owned),
-            members: {
-                let mut ids = replica.membership().everyone();
-                ids.extend(self.cfg.members.iter().map(|m| NodeId(m.id)));
-                ids.extend(replica.membership().addrs().keys().copied());
-                ids.into_iter().filter_map(|id| self.hint_of(id)).collect()
-            },
-            member_sets: replica.membership().to_wire().sets,
-            sessions: db.sessions().count() as u64,
-            client_calls: self.client_calls,
-        }
     }
 }

@@ -1,4 +1,5 @@
-//! The async shell: one replica process around the pure cores (DESIGN §1, §2).
+//! The async shell: one replica process around the pure [`crate::replica::Composite`]
+//! (DESIGN §1, §2).
 //!
 //! ```text
 //!  peer port (chubby-peer/1) ─► PeerTransport ─┐
@@ -10,15 +11,29 @@
 //!                                       → replies to parked client calls · Role changes
 //! ```
 //!
-//! Client calls are served by the pure [`crate::serve::Serve`]; `calls.rs` keeps their
-//! reply channels and executes what it asks for.
+//! Client calls are served by the pure [`crate::serve::Serve`] inside the composite;
+//! `calls.rs` keeps their reply channels and sends the replies it asks for.
+//!
+//! # Files
+//! - `mod.rs`: start-up: the certificate and addresses checked, the data directory opened,
+//!   the ports bound, the core built and run.
+//! - `core.rs`: the core loop and its round: inputs stepped, actions executed, the one sync.
+//! - `calls.rs`: client calls: reply channels, and what serving asks for done.
+//! - `snapshots.rs`: snapshots and backups, taken, fetched and encoded off the core task.
+//! - `status.rs`: `chubby status` reports and role-change logs.
+//! - `metrics.rs`: the replica's Prometheus metrics.
+//!
+//! The client listener is [`crate::transport::client_port`]; the data directory and the
+//! snapshot file are [`crate::storage::disk`] and [`crate::storage::snapshot_file`].
 //!
 //! # Ordering (the Persist-before-Send contract)
 //! The core loop gathers every input that is ready, steps the replica with each, and then
-//! executes the actions: all `Persist` batches merged into one and made durable first
-//! (moving a Persist earlier is always allowed), then every other action in its original
-//! order. So no message leaves before the state it reports is on disk, and a burst of
-//! Accepts costs one sync (group commit).
+//! executes the actions in the order the pure [`crate::replica::plan::Planner`] gives (the
+//! simulator executes the same plan): sends that precede any vote-holding `Persist`, then
+//! all `Persist` batches merged into one and made durable (moving a Persist earlier is
+//! always allowed), then every other action in its original order. So no message leaves
+//! before the state it reports is on disk, and a burst of Accepts costs one sync (group
+//! commit).
 //!
 //! # Reads
 //! The master answers reads from its applied database, with no Paxos round, while it holds
@@ -30,11 +45,10 @@
 //! commands are stamped with wall-clock milliseconds through [`crate::replica::entry::Stamper`], which never
 //! goes below a stamp already in the log.
 mod calls;
-mod client_port;
 mod core;
-pub mod disk;
 mod metrics;
-pub mod snapshot_file;
+mod snapshots;
+mod status;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -48,10 +62,10 @@ use tracing::info;
 
 use crate::db::{Db, DbConfig};
 use crate::paxos::{self, Replica};
-use crate::storage::StorageError;
+use crate::storage::{disk, StorageError};
 use crate::transport::{PeerConfig, PeerTransport};
 
-pub use client_port::{ClientCall, ClientPort};
+pub use crate::transport::client_port::{ClientCall, ClientPort};
 pub use disk::StartKind;
 
 /// The principal with every right in a new cell's database (`/acl/admin`).

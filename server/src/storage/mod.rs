@@ -4,8 +4,16 @@
 //! Two implementations share one record format ([`record`]): [`WalStorage`] on disk (our
 //! own checksummed write-ahead log; `wal.rs` says why not sled) and [`MemStorage`], its
 //! in-memory twin for the simulator.
+//!
+//! Beside the log, a replica's data directory:
+//! - [`disk`]: opening the data directory: which cell it belongs to, a founding member's
+//!   first start, and what to do with an empty or corrupt store.
+//! - [`snapshot_file`]: the database snapshot file, `DATA/snapshot`, replaced whole and
+//!   never by an older one (PML §5.5).
+pub mod disk;
 pub mod mem;
 pub mod record;
+pub mod snapshot_file;
 pub mod wal;
 
 pub use mem::MemStorage;

@@ -8,10 +8,13 @@
 //! - [`framing`]: `[u32 BE length][version byte + bincode]`, bounded before allocation.
 //! - [`peer`]: [`PeerTransport`], Paxos messages between replicas.
 //! - [`snapshot_xfer`]: snapshot fetches between replicas (PML §5.5 catch-up).
+//! - [`client_port`]: [`client_port::ClientPort`], the client endpoint (`chubby/1`): one
+//!   request and one reply per stream, handed to the node's core loop.
 //!
 //! Nothing here panics on input a peer controls: a bad frame ends that stream, a bad
 //! certificate ends that connection, and both are logged.
 
+pub mod client_port;
 pub mod peer;
 pub mod snapshot_xfer;
 
