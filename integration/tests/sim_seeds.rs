@@ -36,6 +36,7 @@ fn a_seed_replays_exactly() {
 #[test]
 fn cell_seeds_keep_every_property_and_exercise_clients() {
     let mut total = chubby_integration::sim::cell::CellStats::default();
+    let (mut snapshots, mut installs) = (0, 0);
     for seed in 20_000..20_030 {
         let mut options = SimOptions::new(seed);
         options.cell = Some(chubby_integration::sim::cell::CellBugs::default());
@@ -44,7 +45,15 @@ fn cell_seeds_keep_every_property_and_exercise_clients() {
             panic!("seed {seed}: {v}\nREPRODUCE: cargo run --release -p chubby-integration --bin sim -- cell --seed {seed}");
         }
         total.add(&outcome.stats.cell);
+        snapshots += outcome.stats.snapshots;
+        installs += outcome.stats.snapshot_installs;
     }
+    // Snapshots of the real database are taken, fetched and installed by the shipped code.
+    assert!(snapshots > 100, "{snapshots} database snapshots");
+    assert!(
+        installs > 0,
+        "{installs} database snapshots installed from peers"
+    );
     assert!(total.ops > 10_000, "{total:?}");
     assert!(total.cache_hits > 1_000, "{total:?}");
     assert!(total.expiries > 10, "{total:?}");

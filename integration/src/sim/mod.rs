@@ -439,10 +439,9 @@ impl Sim {
             None => (clients, snapshots, nodes, None),
             Some(bugs) => {
                 let (nodes, cell) = cell::setup(opts.seed, bugs, nodes, epsilon);
-                // The cell run keeps its logs whole (replay rebuilds the database); the
-                // paxos run covers snapshots.
-                let no_snapshots = SnapshotPolicy { every: 0, keep: 0 };
-                (Vec::new(), no_snapshots, nodes, Some(cell))
+                // Snapshots of the real database, taken, fetched and restored by the
+                // shipped code.
+                (Vec::new(), snapshots, nodes, Some(cell))
             }
         };
         let majority = n / 2 + 1;

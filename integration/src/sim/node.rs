@@ -9,6 +9,7 @@
 //! source's durable snapshot if the source is up and reachable when the fetch lands.
 
 use chubby_protocol::{MemberSets, NodeId, PaxosMsg, Slot};
+use chubby_server::db::Db;
 use chubby_server::paxos::{Action, Config, DurableState, Input, PersistBatch, Replica, RoleKind};
 use chubby_server::replica::plan::{Plan, Planner};
 use chubby_server::replica::Composite;
@@ -50,11 +51,29 @@ pub(super) struct SimNode {
 const CHOSEN_LAG_MAX_MS: u64 = 100;
 
 /// A durable snapshot: the application state and the member sets its creator knew when
-/// it took it (they travel with it, as in the shipped snapshot format).
+/// it took it (they travel with it, as in the shipped snapshot format). In `sim cell` runs
+/// it also holds the real database, encoded by the shipped snapshot code.
 #[derive(Clone, Debug)]
 pub(super) struct SimSnapshot {
     pub state: AppState,
     pub members: MemberSets,
+    pub db: Option<std::sync::Arc<Vec<u8>>>,
+}
+
+/// The database a `sim cell` snapshot holds, restored by the shipped code (it checks every
+/// invariant); `None` in `sim paxos` runs.
+fn restore_db(snapshot: &SimSnapshot) -> Result<Option<Db>, String> {
+    let Some(bytes) = &snapshot.db else {
+        return Ok(None);
+    };
+    let (db, info) = Db::restore(bytes).map_err(|e| e.to_string())?;
+    if info.slot != snapshot.state.applied {
+        return Err(format!(
+            "database snapshot at {} inside an application snapshot at {}",
+            info.slot, snapshot.state.applied
+        ));
+    }
+    Ok(Some(db))
 }
 
 /// The simulated application: the slots it applied and the chain hash of their values.
@@ -143,9 +162,18 @@ impl Sim {
                 return;
             }
         };
-        let (cfg, db) = self.composite_parts(i);
+        let (cfg, fresh) = self.composite_parts(i);
+        let restored = match self.nodes[i].snapshot.as_ref().map(restore_db) {
+            Some(Err(e)) => {
+                let v = super::checkers::violation("snapshot", format!("{id}: {e}"));
+                self.fail(Err(v));
+                return;
+            }
+            Some(Ok(db)) => db,
+            None => None,
+        };
         let node = &mut self.nodes[i];
-        node.replica = Some(Composite::new(cfg, replica, db));
+        node.replica = Some(Composite::new(cfg, replica, restored.unwrap_or(fresh)));
         node.planner = Planner::new(CHOSEN_LAG_MAX_MS);
         self.cell_start(i);
         let result = self
@@ -290,13 +318,21 @@ impl Sim {
         {
             return;
         }
-        node.snapshotting = true;
-        let Some(members) = node.paxos().map(|p| p.membership().to_wire()) else {
+        let Some(core) = node.replica.as_ref() else {
             return;
         };
+        let members = core.paxos().membership().to_wire();
+        // `sim cell`: the real database, frozen and encoded as the node shell does.
+        let db = (self.cell.is_some() && core.db().applied_slot() == node.app.applied)
+            .then(|| std::sync::Arc::new(core.db().freeze().encode(&[], &members)));
+        if self.cell.is_some() && db.is_none() {
+            return;
+        }
+        node.snapshotting = true;
         let state = SimSnapshot {
             state: node.app,
             members,
+            db,
         };
         let incarnation = node.incarnation;
         let at = self.now_us + self.rng.between(100, 20_000);
@@ -363,14 +399,28 @@ impl Sim {
             self.step(i, Input::SnapshotFetchFailed);
             return;
         };
-        let node = &mut self.nodes[i];
         let state = snapshot.state;
         let members = if self.opts.bugs.snapshot_drops_members {
             MemberSets::default()
         } else {
             snapshot.members.clone()
         };
-        if state.applied > node.app.applied {
+        if state.applied > self.nodes[i].app.applied {
+            // `sim cell`: the fetched database replaces the applied one, as in the node.
+            match restore_db(&snapshot) {
+                Ok(Some(db)) => {
+                    if let Some(core) = self.nodes[i].replica.as_mut() {
+                        drop(core.install(db));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let v = super::checkers::violation("snapshot", format!("{id}: {e}"));
+                    self.fail(Err(v));
+                    return;
+                }
+            }
+            let node = &mut self.nodes[i];
             node.app = state;
             if node
                 .snapshot
