@@ -741,7 +741,9 @@ impl Replica {
     }
 
     fn lease_from_receipt(&self) -> bool {
-        cfg!(feature = "bug-injection") && self.cfg.bugs.lease_from_receipt
+        // Planted only in builds that inject bugs (the simulator's) and in this crate's
+        // own unit tests.
+        (cfg!(feature = "bug-injection") || cfg!(test)) && self.cfg.bugs.lease_from_receipt
     }
 
     /// Called when the chosen watermark moved on a master: tell the followers now if no

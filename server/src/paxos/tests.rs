@@ -1044,3 +1044,109 @@ fn the_application_can_depose_a_master_whose_epoch_went_stale() {
     cell.run_for(10_000);
     assert!(cell.master().is_some());
 }
+
+/// Whether, with `lease_from_receipt` planted or not, the old master believes in its lease
+/// while a new master holds one. The scenario aims at the bug's window: the master's last
+/// lease round reaches the acceptors at once, then the master process stalls (a long pause)
+/// and is cut off; the others campaign as soon as they may; the acceptors' acknowledgements
+/// of that last round are the first thing the old master reads when it resumes, right as the
+/// new master is elected.
+fn lease_overlap(lease_from_receipt: bool) -> bool {
+    let n = 3;
+    let replicas = (1..=n)
+        .map(|i| {
+            let mut cfg = config(i, n);
+            cfg.bugs.lease_from_receipt = lease_from_receipt;
+            // Campaign faster than a lease (as some simulator seeds do): acceptors refuse
+            // a candidate until the lease they granted ends and elect it right after, so
+            // the lease arithmetic alone stands between two masters.
+            cfg.election_timeout_ms =
+                (5 * cfg.heartbeat_interval_ms / 2).max(cfg.master_lease_ms / 2);
+            Replica::new(cfg, DurableState::bootstrap(), Slot::ZERO).unwrap()
+        })
+        .collect();
+    let mut cell = Cell {
+        replicas,
+        now: Instant(1_000),
+        wire: VecDeque::new(),
+        delivered: vec![Vec::new(); n as usize],
+        down: vec![false; n as usize],
+        fetches: Vec::new(),
+    };
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master");
+    let me = cell.replicas[m].id();
+    let index = |id: NodeId| (id.0 - 1) as usize;
+    // Tick the master alone until it starts a lease round.
+    for _ in 0..1_000 {
+        cell.now = cell.now.plus_ms(5);
+        cell.step(m, Input::Tick);
+        let round = cell
+            .wire
+            .iter()
+            .any(|(f, _, msg)| *f == me && matches!(msg, PaxosMsg::Heartbeat { .. }));
+        if round {
+            break;
+        }
+        cell.settle();
+    }
+    // The round reaches the acceptors now; their answers are held.
+    let mut held = Vec::new();
+    while let Some((from, to, msg)) = cell.wire.pop_front() {
+        if to == me {
+            held.push((from, msg));
+        } else {
+            cell.step(index(to), Input::Peer { from, msg });
+        }
+    }
+    // One 10 ms tick of the cell with the old master cut off (and stalled, if `stalled`);
+    // then whether two replicas believe in a lease.
+    let tick = |cell: &mut Cell, stalled: bool| -> bool {
+        cell.now = cell.now.plus_ms(10);
+        for i in 0..cell.replicas.len() {
+            if i != m || !stalled {
+                cell.step(i, Input::Tick);
+            }
+        }
+        while let Some((from, to, msg)) = cell.wire.pop_front() {
+            if from != me && to != me {
+                cell.step(index(to), Input::Peer { from, msg });
+            }
+        }
+        let now = cell.now;
+        let old = cell.replicas[m].lease_until(now).is_some();
+        let new =
+            (0..cell.replicas.len()).any(|i| i != m && cell.replicas[i].lease_until(now).is_some());
+        old && new
+    };
+    let mut overlap = false;
+    let elected = |cell: &Cell| {
+        (0..cell.replicas.len()).any(|i| i != m && cell.replicas[i].role() == RoleKind::Master)
+    };
+    for _ in 0..1_000 {
+        if elected(&cell) {
+            break;
+        }
+        overlap |= tick(&mut cell, true);
+    }
+    assert!(elected(&cell), "the others elect a master");
+    // The old master resumes and reads the late acknowledgements first.
+    for (from, msg) in held {
+        cell.step(m, Input::Peer { from, msg });
+    }
+    cell.wire.retain(|(from, _, _)| *from != me);
+    for _ in 0..100 {
+        overlap |= tick(&mut cell, false);
+    }
+    overlap
+}
+
+/// The planted bug `lease-from-receipt` (the master counts its lease from when the
+/// acknowledgement arrived, not from when it sent the round) is caught: with
+/// acknowledgements read late, two replicas believe in a lease at once. Counted from the
+/// send, as shipped, they never do.
+#[test]
+fn a_lease_counted_from_the_acks_arrival_overlaps_the_next_master() {
+    assert!(lease_overlap(true), "the planted bug opens an overlap");
+    assert!(!lease_overlap(false), "the shipped lease never overlaps");
+}
