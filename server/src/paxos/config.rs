@@ -56,16 +56,21 @@ pub struct Bugs {
     /// A shell installs a peer's snapshot without the member sets it carries (the gap
     /// before snapshot format 4). Read by the simulator's shell, not by the core.
     pub snapshot_drops_members: bool,
+    /// The master counts a slot chosen by a majority of the founding member set, as if
+    /// membership never changed (docs/paxos.md "Membership changes": phase 2 for slot `j`
+    /// needs a majority of the set governing `j`).
+    pub phase2_founders_set: bool,
 }
 
 impl Bugs {
     /// The names accepted by [`Bugs::enable`].
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "reply-before-persist",
         "acceptor-ignores-lease",
         "lease-from-receipt",
         "skip-no-vote-rule",
         "snapshot-drops-members",
+        "phase2-founders-set",
     ];
 
     /// Turns on the bug called `name`; false if there is no such bug.
@@ -76,6 +81,7 @@ impl Bugs {
             "lease-from-receipt" => self.lease_from_receipt = true,
             "skip-no-vote-rule" => self.skip_no_vote_rule = true,
             "snapshot-drops-members" => self.snapshot_drops_members = true,
+            "phase2-founders-set" => self.phase2_founders_set = true,
             _ => return false,
         }
         true

@@ -193,6 +193,22 @@ impl Replica {
         self.catchup.retry_at = Some(now.plus_ms(self.cfg.retry_interval_ms));
     }
 
+    /// A warm replica outside the newest set never campaigns, and a new master does not
+    /// know it (only the replicas it talked to count it as warm). Having heard no master
+    /// for an election timeout, it asks the next peer in turn for the log: the reply starts
+    /// its catch-up, and the peer now counts it as warm (a master then sends it
+    /// heartbeats), so it stays caught up until it is added.
+    pub(super) fn ask_for_news(&mut self, out: &mut Vec<Action>) {
+        let Some(to) = self.next_peer() else {
+            return;
+        };
+        let msg = PaxosMsg::CatchUpRequest {
+            from_slot: self.chosen_through.next(),
+            entries_max: self.cfg.catchup_entries_max,
+        };
+        Self::send(out, to, msg);
+    }
+
     /// The next peer in turn to ask for catch-up, if there is any peer.
     fn next_peer(&mut self) -> Option<NodeId> {
         let peers = self.peers();

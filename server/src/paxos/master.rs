@@ -362,10 +362,15 @@ impl Replica {
         let Role::Master(m) = &mut self.role else {
             return;
         };
+        let governing = if cfg!(feature = "bug-injection") && self.cfg.bugs.phase2_founders_set {
+            Slot(1)
+        } else {
+            slot
+        };
         let chosen = m
             .inflight
             .get(&slot)
-            .is_some_and(|i| self.membership.is_quorum_at(slot, &i.acks));
+            .is_some_and(|i| self.membership.is_quorum_at(governing, &i.acks));
         if chosen {
             let inflight = m.inflight.remove(&slot).expect("checked above");
             if slot > self.chosen_through {
@@ -549,9 +554,14 @@ impl Replica {
             if resend {
                 Self::resend_prepare(&self.cfg, &peers, p1, now, out);
             }
-        } else if now >= m.boost_at && staying {
-            tracing::debug!(me = %self.cfg.me, "boosting ballot");
-            self.start_boost(now, out);
+        } else if now >= m.boost_at {
+            if staying {
+                tracing::debug!(me = %self.cfg.me, "boosting ballot");
+                self.start_boost(now, out);
+            } else {
+                // Not boosting still moves the timer on, or every tick finds it due.
+                m.boost_at = now.plus_ms(self.cfg.boost_interval_ms);
+            }
         }
         self.resend_accepts(now, out);
         let heartbeat_due = matches!(&self.role, Role::Master(m) if now >= m.heartbeat_at);

@@ -176,6 +176,17 @@ impl Membership {
         self.sets.last_key_value().map_or(Slot(1), |(s, _)| *s)
     }
 
+    /// Whether `set` is one of our sets that a later one replaced (and not the newest):
+    /// a peer that names it as its newest lags behind a change we know was chosen.
+    #[must_use]
+    pub fn is_superseded(&self, set: &[NodeId]) -> bool {
+        self.newest() != set
+            && self
+                .sets
+                .values()
+                .any(|known| !known.is_empty() && known.as_slice() == set)
+    }
+
     /// Addresses learned from changes.
     #[must_use]
     pub fn addrs(&self) -> &BTreeMap<NodeId, MemberAddr> {

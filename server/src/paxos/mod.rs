@@ -232,8 +232,9 @@ enum Role {
 struct Rebuild {
     nonce: u64,
     replies: BTreeMap<NodeId, (Ballot, Slot)>,
-    /// Every replica some reply named as a member of the newest set: each must answer.
-    named: BTreeSet<NodeId>,
+    /// The newest sets replies named: the members of each one our map does not know to be
+    /// superseded must answer.
+    named: BTreeSet<Vec<NodeId>>,
     target: Option<Slot>,
     retry_at: Instant,
 }
@@ -768,6 +769,10 @@ impl Replica {
                     if self.can_campaign(now) {
                         self.start_election(now, out);
                     } else {
+                        let newest = self.membership.newest();
+                        if !newest.is_empty() && !newest.contains(&self.cfg.me) {
+                            self.ask_for_news(out);
+                        }
                         let wait = self.election_wait();
                         self.election_at = Some(now.plus_ms(wait));
                     }

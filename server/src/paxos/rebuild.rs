@@ -10,8 +10,8 @@
 //! pre-crash promise from us for a ballot *above* the current master's could still complete
 //! phase 1 with it later, while we accept the current master's lower ballot. So we make the
 //! rule precise with two bounds taken from **every** other member after the restart (of the
-//! newest member set we know, and of every newest set a reply names; docs/paxos.md,
-//! "Membership changes", says what that leaves out):
+//! newest member set we know, and of every newest set a reply names that our map does not
+//! show replaced; docs/paxos.md, "Membership changes", says what that leaves out):
 //!
 //! 1. Every ballot we could have promised was first promised, durably, by its proposer to
 //!    itself (a candidate persists its own promise before any Prepare leaves). We adopt the
@@ -54,7 +54,19 @@ impl Replica {
         let msg = PaxosMsg::RebuildQuery {
             nonce: rebuild.nonce,
         };
-        if rebuild.target.is_none() {
+        let bounding = rebuild.target.is_none();
+        // The set whose members must answer may have become known since the last reply
+        // (a catch-up reply carries the sets): contacts asked only for want of a set, and
+        // perhaps removed and stopped since, are then no longer waited for.
+        let bounded = bounding && self.bound_rebuild(out);
+        let Some(rebuild) = &mut self.rebuild else {
+            return;
+        };
+        if bounded {
+            // Bounds known in a tick: remind the master at once, then every retry.
+            rebuild.retry_at = now.plus_ms(self.cfg.retry_interval_ms);
+        }
+        if bounding && !bounded {
             for to in peers
                 .into_iter()
                 .filter(|p| !rebuild.replies.contains_key(p))
@@ -91,14 +103,20 @@ impl Replica {
     }
 
     /// Whom the rebuild must hear from: every other member of the newest set we know, of
-    /// every newest set a reply named, and (while we know no set) of our configuration.
+    /// every newest set a reply named (unless our map shows a later set replaced it: the
+    /// replier lags, and a replica removed since need not, and after removal should not,
+    /// be running), and (while we know no set) of our configuration.
     fn rebuild_peers(&self) -> Vec<NodeId> {
         let mut peers: BTreeSet<NodeId> = self.membership.newest().iter().copied().collect();
         if peers.is_empty() {
             peers.extend(self.cfg.members.iter().copied());
         }
         if let Some(rebuild) = &self.rebuild {
-            peers.extend(rebuild.named.iter().copied());
+            for set in &rebuild.named {
+                if !self.membership.is_superseded(set) {
+                    peers.extend(set.iter().copied());
+                }
+            }
         }
         peers.remove(&self.cfg.me);
         peers.into_iter().collect()
@@ -118,20 +136,24 @@ impl Replica {
             return;
         }
         rebuild.replies.insert(from, (promised, accepted_through));
-        let named_before = rebuild.named.len();
-        if Membership::well_formed(&newest) {
-            rebuild.named.extend(newest);
-        }
-        let named_more = rebuild.named.len() > named_before;
-        let peers = self.rebuild_peers();
-        let Some(rebuild) = &mut self.rebuild else {
-            return;
-        };
-        if peers.iter().any(|p| !rebuild.replies.contains_key(p)) {
-            if named_more {
+        let named_more = Membership::well_formed(&newest) && rebuild.named.insert(newest);
+        if !self.bound_rebuild(out) && named_more {
+            if let Some(rebuild) = &mut self.rebuild {
                 rebuild.retry_at = Instant::ZERO; // ask the newly named at once
             }
-            return;
+        }
+    }
+
+    /// Once every replica [`Self::rebuild_peers`] names has answered, adopts the highest
+    /// promise reported and sets the slot whose choice ends the rebuild. Returns whether it
+    /// did.
+    fn bound_rebuild(&mut self, out: &mut Vec<Action>) -> bool {
+        let peers = self.rebuild_peers();
+        let Some(rebuild) = &mut self.rebuild else {
+            return false;
+        };
+        if rebuild.target.is_some() || peers.iter().any(|p| !rebuild.replies.contains_key(p)) {
+            return false;
         }
         let promised_max = rebuild
             .replies
@@ -160,6 +182,7 @@ impl Replica {
                 },
             );
         }
+        true
     }
 
     /// Becomes a voter once an instance begun after the restart is known chosen.

@@ -1150,3 +1150,210 @@ fn a_lease_counted_from_the_acks_arrival_overlaps_the_next_master() {
     assert!(lease_overlap(true), "the planted bug opens an overlap");
     assert!(!lease_overlap(false), "the shipped lease never overlaps");
 }
+
+#[test]
+fn a_leaving_master_whose_boost_comes_due_moves_its_timer_on() {
+    // Found by the simulator's membership changes (`sim paxos --membership always`, seed
+    // 10): a master whose removal is chosen but not yet in effect does not boost (acceptors
+    // that know it left ignore its Prepares), but it left the boost timer where it was, so
+    // every tick found it due again and the node's loop would spin.
+    let mut cell = Cell::new(3);
+    for i in 0..3u32 {
+        let mut cfg = config(i + 1, 3);
+        cfg.boost_interval_ms = 700;
+        cell.replicas[i as usize] =
+            Replica::new(cfg, DurableState::bootstrap(), Slot::ZERO).unwrap();
+    }
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master");
+    let me = cell.replicas[m].id();
+    let others: Vec<NodeId> = ids(3).into_iter().filter(|&n| n != me).collect();
+    let (now, mut out) = (cell.now, Vec::new());
+    cell.replicas[m]
+        .propose_change(now, others, Vec::new(), &mut out)
+        .unwrap();
+    cell.route(m, out);
+    // Deliver only until the master learns its removal chosen, then cut it off, so the
+    // change stays pending (not yet in effect) while its boost comes due.
+    while cell.replicas[m].membership().newest().contains(&me) {
+        let (from, to, msg) = cell.wire.pop_front().expect("the change gets chosen");
+        let i = (to.0 - 1) as usize;
+        cell.step(i, Input::Peer { from, msg });
+    }
+    cell.wire.clear();
+    for i in 0..3 {
+        cell.down[i] = i != m;
+    }
+    let mut ticks_as_master = 0;
+    for _ in 0..40 {
+        cell.now = cell.now.plus_ms(50);
+        cell.step(m, Input::Tick);
+        cell.wire.clear();
+        let r = &cell.replicas[m];
+        if r.role() == RoleKind::Master {
+            ticks_as_master += 1;
+        }
+        let due = r.next_deadline().expect("a master or follower has a timer");
+        assert!(
+            due > cell.now,
+            "a tick left a timer due at {due} (now {})",
+            cell.now
+        );
+    }
+    assert!(
+        ticks_as_master > 14,
+        "the leaving master stayed master past a boost interval"
+    );
+}
+
+#[test]
+fn a_warm_replica_keeps_up_after_the_master_it_knew_is_gone() {
+    // Found by the simulator's membership changes (`sim paxos --membership always`, seed
+    // 8): a warm replica outside the member set learned the sets from one replica, then
+    // the master changed; the new master did not know it, so it heard nothing and fell
+    // behind (docs/paxos.md promises a warm replica catches up before it is added).
+    let mut cell = Cell::new(3);
+    join(&mut cell, 4);
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master");
+    for k in 0..5 {
+        submit(&mut cell, m, &format!("a{k}"));
+    }
+    cell.run_for(1_000);
+    cell.down[m] = true;
+    // The others restarted since the warm replica last talked to them: whom a replica
+    // counts as warm is memory, lost in a restart.
+    for i in 0..3 {
+        cell.replicas[i].warm.clear();
+    }
+    cell.run_for(15_000);
+    let m2 = cell.master().expect("a new master");
+    assert_ne!(m2, m);
+    for k in 0..5 {
+        submit(&mut cell, m2, &format!("b{k}"));
+    }
+    cell.run_for(10_000);
+    let warm = &cell.replicas[3];
+    assert!(!warm.membership().newest().contains(&warm.id()));
+    assert_eq!(
+        warm.chosen_through(),
+        cell.replicas[m2].chosen_through(),
+        "the warm replica caught up with the new master's log"
+    );
+}
+
+/// A cell of founders 1..=3 that added replica 4 and then removed a founder that is not
+/// the master (stopped for good). Returns the cell, the master and the removed founder.
+fn grown_then_shrunk() -> (Cell, usize, usize) {
+    let mut cell = Cell::new(3);
+    join(&mut cell, 4);
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master");
+    let gone = (0..3)
+        .find(|&i| i != m)
+        .expect("a founder that is not master");
+    change(&mut cell, m, &[1, 2, 3, 4]).unwrap();
+    cell.run_for(2_000);
+    let rest: Vec<u32> = (1..=4).filter(|&n| n != gone as u32 + 1).collect();
+    change(&mut cell, m, &rest).unwrap();
+    cell.run_for(3_000);
+    submit(&mut cell, m, "a");
+    assert_eq!(
+        in_effect(&cell.replicas[m]),
+        rest.iter().map(|&n| NodeId(n)).collect::<Vec<_>>()
+    );
+    cell.down[gone] = true;
+    (cell, m, gone)
+}
+
+/// Writes through whoever is master for a few seconds, so new instances complete.
+fn keep_writing(cell: &mut Cell) {
+    for k in 0..3 {
+        cell.run_for(1_000);
+        let m = cell.master().expect("a master");
+        submit(cell, m, &format!("b{k}"));
+    }
+    cell.run_for(5_000);
+}
+
+#[test]
+fn a_rebuild_stops_waiting_for_a_removed_contact_once_it_learns_the_sets() {
+    // Found by the simulator's membership changes (`sim paxos --membership always`, seed
+    // 14): a joined replica lost its store; knowing no set, it asked its configured
+    // contacts, one of them removed and stopped since. Every member of the newest set
+    // answered and a catch-up reply brought the sets, but nothing looked again, so it
+    // waited for the removed one forever and never voted again.
+    let (mut cell, _, _) = grown_then_shrunk();
+
+    // Replica 4 restarts with an empty store; its rebuild queries are answered before any
+    // catch-up reply tells it the sets.
+    let mut cfg = config(4, 3);
+    cfg.members = ids(3);
+    cfg.joining = true;
+    cell.replicas[3] = Replica::new(cfg, DurableState::lost(), Slot::ZERO).unwrap();
+    cell.step(3, Input::Tick);
+    let queries: Vec<_> = cell
+        .wire
+        .drain(..)
+        .filter(|(_, _, msg)| matches!(msg, PaxosMsg::RebuildQuery { .. }))
+        .collect();
+    assert!(!queries.is_empty(), "the rebuild asks its contacts");
+    cell.wire.extend(queries);
+    cell.settle();
+    assert!(!cell.replicas[3].is_voter());
+
+    keep_writing(&mut cell);
+    let r4 = &cell.replicas[3];
+    assert!(
+        r4.membership().newest().contains(&r4.id()),
+        "it learned the sets"
+    );
+    assert!(
+        r4.is_voter(),
+        "the rebuild finished without the removed contact"
+    );
+}
+
+#[test]
+fn a_rebuild_ignores_a_lagging_reply_that_names_a_replaced_set() {
+    // Found by the simulator's membership changes (`sim cell --membership always`, seed
+    // 28): a member rebuilding after a disk loss got a reply from a lagging peer naming an
+    // older set, one whose member was removed and stopped since, and waited for that
+    // member forever although its own map showed the set replaced.
+    let (mut cell, m, gone) = grown_then_shrunk();
+    let lost = (0..3)
+        .find(|&i| i != m && i != gone)
+        .expect("a third founder");
+    cell.replicas[lost] =
+        Replica::new(config(lost as u32 + 1, 3), DurableState::lost(), Slot::ZERO).unwrap();
+    // Its first tick asks for the sets and queries its contacts; the answers come at once.
+    cell.step(lost, Input::Tick);
+    cell.settle();
+    let me = cell.replicas[lost].id();
+    assert!(
+        cell.replicas[lost].membership().is_superseded(&ids(4)),
+        "catch-up taught it the sets"
+    );
+    // A lagging peer's reply names the set before the removal.
+    let nonce = cell.replicas[lost].rebuild.as_ref().map(|r| r.nonce);
+    assert!(nonce.is_some(), "the rebuild is still under way");
+    if let Some(nonce) = nonce {
+        let from = cell.replicas[m].id();
+        cell.wire.push_back((
+            from,
+            me,
+            PaxosMsg::RebuildReply {
+                nonce,
+                promised: Ballot::ZERO,
+                accepted_through: Slot::ZERO,
+                newest: ids(4),
+            },
+        ));
+        cell.settle();
+    }
+    keep_writing(&mut cell);
+    assert!(
+        cell.replicas[lost].is_voter(),
+        "the rebuild finished without the removed replica"
+    );
+}
