@@ -491,7 +491,7 @@ impl Composite {
             }
         }
         members.sort();
-        match self.paxos.propose_change(now, members.clone(), addrs, out) {
+        match self.propose_members(now, members.clone(), addrs, out) {
             Ok(()) => {
                 info!(members = ?members, "membership change proposed");
                 Ok(())
@@ -502,6 +502,23 @@ impl Composite {
             Err(e @ ChangeRefusal::Pending) => Err(CallError::Unavailable(e.to_string())),
             Err(ChangeRefusal::Invalid(why)) => Err(CallError::BadRequest(why)),
         }
+    }
+
+    /// Proposes `members` (the newest set with one replica added or removed) to Paxos
+    /// directly. [`Self::change_members`] is the admin call's path; a shell that runs the
+    /// replicated log alone (the simulator's `sim paxos`) changes membership through here.
+    ///
+    /// # Errors
+    /// [`ChangeRefusal`]: not the master, another change pending, or not a one-replica
+    /// change.
+    pub fn propose_members(
+        &mut self,
+        now: Instant,
+        members: Vec<NodeId>,
+        addrs: Vec<MemberAddr>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), ChangeRefusal> {
+        self.paxos.propose_change(now, members, addrs, out)
     }
 
     // ---- Glue. ----
