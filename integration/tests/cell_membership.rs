@@ -154,7 +154,12 @@ fn a_running_cell_grows_to_five_and_shrinks_to_three_under_writes() {
                 vec!["remove-replica".into(), "--id".into(), id.to_string()],
             )
         };
-        println!("{}", remove(master).await.trim());
+        let said = remove(master).await;
+        println!("{}", said.trim());
+        assert!(
+            said.contains(&format!("replica {master} may be stopped now")),
+            "remove-replica says when the removed replica may be stopped: {said}"
+        );
         // Then a founder that is not the new master (removing that too would cost a second
         // election, which is not what this test measures).
         let fresh = cell.connect();

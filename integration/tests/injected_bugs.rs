@@ -98,3 +98,35 @@ fn a_snapshot_without_member_sets_is_caught() {
     assert!(fixed.violation.is_none(), "{:?}", fixed.violation);
     assert!(fixed.stats.snapshot_installs > 0, "{:?}", fixed.stats);
 }
+
+/// Phase 2 must count a majority of the member set governing the slot. A master that
+/// counts the founders' set instead is caught once the simulator changes membership: the
+/// agreement oracle keeps its own map of the sets (a fixed majority, as it had before the
+/// simulator changed members, would have agreed with the buggy master), and the first
+/// value delivered without a real majority is a delivery-order violation. Without
+/// membership changes the bug is harmless, and the same seed passes.
+#[test]
+fn counting_the_founders_set_in_phase_two_is_caught() {
+    let mut bugs = Bugs::default();
+    assert!(bugs.enable("phase2-founders-set"));
+    let mut found = None;
+    for seed in 0..50 {
+        let mut options = SimOptions::new(seed);
+        options.bugs = bugs;
+        options.membership = Some(true);
+        if let Some(v) = run(&options).violation {
+            found = Some((seed, v));
+            break;
+        }
+    }
+    let (seed, v) = found.expect("the bug went unnoticed for 50 seeds");
+    assert!(
+        ["agreement", "delivery_order"].contains(&v.checker),
+        "seed {seed}: {v}"
+    );
+    let mut fixed = SimOptions::new(seed);
+    fixed.bugs = bugs;
+    fixed.membership = Some(false);
+    let outcome = run(&fixed);
+    assert!(outcome.violation.is_none(), "{:?}", outcome.violation);
+}

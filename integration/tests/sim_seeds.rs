@@ -8,6 +8,7 @@ use chubby_integration::sim::{run, SimOptions};
 fn seeds_keep_every_property_and_exercise_faults() {
     let mut faults = 0;
     let mut chosen = 0;
+    let (mut changes, mut master_removals, mut retired) = (0, 0, 0);
     for seed in 10_000..10_040 {
         let outcome = run(&SimOptions::new(seed));
         if let Some(v) = outcome.violation {
@@ -16,10 +17,20 @@ fn seeds_keep_every_property_and_exercise_faults() {
         let s = outcome.stats;
         faults += s.crashes + s.partitions + s.wipes;
         chosen += s.slots_chosen;
+        changes += s.changes_chosen;
+        master_removals += s.master_removals;
+        retired += s.retired;
         assert!(s.elections >= 1, "seed {seed} never elected a master");
     }
     assert!(faults > 100, "the sweep injected {faults} faults");
     assert!(chosen > 1_000, "the sweep chose {chosen} slots");
+    // Half the seeds add and remove replicas during the faults, the master included.
+    assert!(changes > 10, "{changes} membership changes chosen");
+    assert!(
+        master_removals > 0,
+        "{master_removals} removals of the master asked"
+    );
+    assert!(retired > 5, "{retired} removed replicas stopped");
 }
 
 #[test]
@@ -36,7 +47,7 @@ fn a_seed_replays_exactly() {
 #[test]
 fn cell_seeds_keep_every_property_and_exercise_clients() {
     let mut total = chubby_integration::sim::cell::CellStats::default();
-    let (mut snapshots, mut installs) = (0, 0);
+    let (mut snapshots, mut installs, mut changes) = (0, 0, 0);
     for seed in 20_000..20_030 {
         let mut options = SimOptions::new(seed);
         options.cell = Some(chubby_integration::sim::cell::CellBugs::default());
@@ -47,7 +58,10 @@ fn cell_seeds_keep_every_property_and_exercise_clients() {
         total.add(&outcome.stats.cell);
         snapshots += outcome.stats.snapshots;
         installs += outcome.stats.snapshot_installs;
+        changes += outcome.stats.changes_chosen;
     }
+    // Membership changes go through the admin call of the shipped composite.
+    assert!(changes > 5, "{changes} membership changes chosen");
     // Snapshots of the real database are taken, fetched and installed by the shipped code.
     assert!(snapshots > 100, "{snapshots} database snapshots");
     assert!(

@@ -6,6 +6,7 @@
 //! sim paxos --seeds 300 --bug lease-from-receipt   # prove a checker catches a planted bug
 //! sim cell --seeds 1000             # the whole cell: database, sessions, caches, clients
 //! sim cell --seeds 200 --bug master-skips-cache-wait
+//! sim paxos --seeds 500 --membership always   # every seed adds and removes replicas
 //! ```
 
 use std::process::ExitCode;
@@ -56,7 +57,8 @@ struct PaxosArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=9))]
     replicas: Option<u64>,
     /// Inject a deliberate bug (repeatable). paxos: reply-before-persist,
-    /// acceptor-ignores-lease, lease-from-receipt, skip-no-vote-rule. cell: those, and
+    /// acceptor-ignores-lease, lease-from-receipt, skip-no-vote-rule,
+    /// snapshot-drops-members, phase2-founders-set. cell: those, and
     /// client-acks-before-drop, master-skips-cache-wait, lock-delay-ignored.
     #[arg(long = "bug")]
     bugs: Vec<String>,
@@ -72,6 +74,10 @@ struct PaxosArgs {
     /// Simulated milliseconds after healing, in which progress is required.
     #[arg(long, default_value_t = 40_000)]
     liveness_ms: u64,
+    /// Membership changes during faults: `auto` (half the seeds add and remove replicas,
+    /// the master included), `always` or `never`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    membership: String,
 }
 
 fn main() -> ExitCode {
@@ -105,6 +111,11 @@ fn main() -> ExitCode {
         safety_ms: args.safety_ms,
         liveness_ms: args.liveness_ms,
         cell: (mode == "cell").then_some(cell_bugs),
+        membership: match args.membership.as_str() {
+            "always" => Some(true),
+            "never" => Some(false),
+            _ => None,
+        },
     };
     let reproduce = |seed: u64| {
         let mut line =
@@ -117,6 +128,9 @@ fn main() -> ExitCode {
         }
         if args.drift_beyond_bound {
             line.push_str(" --drift-beyond-bound");
+        }
+        if args.membership != "auto" {
+            line.push_str(&format!(" --membership {}", args.membership));
         }
         line
     };

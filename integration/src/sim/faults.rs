@@ -104,7 +104,7 @@ impl Sim {
         self.net.cfg = NetConfig::calm();
         self.trace(|| "faults stop: healing".to_string());
         for i in 0..self.nodes.len() {
-            if !self.nodes[i].is_up() {
+            if !self.nodes[i].is_up() && !self.nodes[i].retired {
                 self.restart(i);
             }
         }

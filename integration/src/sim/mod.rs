@@ -23,6 +23,7 @@ pub mod clock;
 mod faults;
 pub mod net;
 mod node;
+mod reconfigure;
 pub mod rng;
 mod workload;
 
@@ -64,6 +65,8 @@ pub struct SimOptions {
     /// Run the whole cell (database, sessions, clients) with these client-level bugs;
     /// `None`: the replicated log alone.
     pub cell: Option<cell::CellBugs>,
+    /// Whether to change membership during faults; `None`: drawn per seed (half of them).
+    pub membership: Option<bool>,
 }
 
 impl SimOptions {
@@ -79,6 +82,7 @@ impl SimOptions {
             safety_ms: 20_000,
             liveness_ms: 40_000,
             cell: None,
+            membership: None,
         }
     }
 }
@@ -124,6 +128,14 @@ pub struct RunStats {
     pub snapshots: u64,
     /// Snapshots fetched from a peer and installed.
     pub snapshot_installs: u64,
+    /// Membership changes the simulator asked a master for.
+    pub changes_proposed: u64,
+    /// Of those, changes that removed the master itself.
+    pub master_removals: u64,
+    /// Membership changes chosen (the oracle's count of valid ones).
+    pub changes_chosen: u64,
+    /// Removed replicas stopped for good.
+    pub retired: u64,
     /// Client-level coverage of `sim cell` runs.
     pub cell: cell::CellStats,
 }
@@ -131,7 +143,7 @@ pub struct RunStats {
 impl RunStats {
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &RunStats) {
-        let fields: [(&mut u64, u64); 19] = [
+        let fields: [(&mut u64, u64); 23] = [
             (&mut self.replicas, other.replicas),
             (&mut self.events, other.events),
             (&mut self.submitted, other.submitted),
@@ -151,6 +163,10 @@ impl RunStats {
             (&mut self.lease_observations, other.lease_observations),
             (&mut self.snapshots, other.snapshots),
             (&mut self.snapshot_installs, other.snapshot_installs),
+            (&mut self.changes_proposed, other.changes_proposed),
+            (&mut self.master_removals, other.master_removals),
+            (&mut self.changes_chosen, other.changes_chosen),
+            (&mut self.retired, other.retired),
         ];
         for (mine, theirs) in fields {
             *mine += theirs;
@@ -186,7 +202,8 @@ impl RunStats {
             "{} events; ops: {} submitted, {} committed, {} slots chosen, {} deliveries checked, {} elections; \
              faults: {} crashes, {} torn persists, {} wiped disks, {} corrupt records, {} rebuilds, \
              {} partitions, {} of {} messages dropped, {} duplicated; \
-             {} snapshots, {} installed from peers",
+             {} snapshots, {} installed from peers; membership: {} changes asked ({} of the \
+             master), {} chosen, {} removed replicas stopped",
             self.events,
             self.submitted,
             self.committed,
@@ -204,6 +221,10 @@ impl RunStats {
             self.duplicated,
             self.snapshots,
             self.snapshot_installs,
+            self.changes_proposed,
+            self.master_removals,
+            self.changes_chosen,
+            self.retired,
         );
         log + &clients
     }
@@ -281,6 +302,7 @@ enum Event {
     Heal {
         links: Vec<(NodeId, NodeId)>,
     },
+    Reconfigure,
     EndSafety,
     End,
 }
@@ -355,6 +377,8 @@ struct Sim {
     violation: Option<Violation>,
     /// The cell part of a `sim cell` run.
     cell: Option<cell::CellSim>,
+    /// Membership changes during faults.
+    reconfig: reconfigure::Reconfig,
 }
 
 /// Runs one seed to completion or to its first violation.
@@ -366,6 +390,7 @@ pub fn run(opts: &SimOptions) -> Outcome {
         sim.stats.cell = cell.stats.clone();
     }
     sim.stats.slots_chosen = sim.agreement.chosen_count() as u64;
+    sim.stats.changes_chosen = sim.agreement.change_counts().0;
     sim.stats.deliveries = sim.delivery.delivered;
     sim.stats.messages = sim.net.sent;
     sim.stats.dropped = sim.net.dropped;
@@ -387,7 +412,7 @@ impl Sim {
         let members: Vec<NodeId> = (1..=n as u32).map(NodeId).collect();
         let base = random_paxos_config(&mut rng, &members, opts.bugs);
         let epsilon = i64::try_from(base.drift_ppm).unwrap_or(0);
-        let nodes = members
+        let nodes: Vec<SimNode> = members
             .iter()
             .map(|&id| {
                 let bound = if opts.drift_beyond_bound {
@@ -435,6 +460,16 @@ impl Sim {
         let clients: Vec<Client> = (0..rng.between(1, 4) as usize)
             .map(|i| Client::new(i, members[0]))
             .collect();
+        // Spare replicas (membership changes), from a stream of their own.
+        let founders = members.clone();
+        let mut reconfig = reconfigure::Reconfig::new(opts.seed, opts.membership);
+        let spares = reconfig.spares(&founders, &base, epsilon);
+        let mut nodes = nodes;
+        let mut members = members;
+        for spare in spares {
+            members.push(spare.id);
+            nodes.push(spare);
+        }
         let (clients, snapshots, nodes, cell) = match opts.cell {
             None => (clients, snapshots, nodes, None),
             Some(bugs) => {
@@ -444,7 +479,6 @@ impl Sim {
                 (Vec::new(), snapshots, nodes, Some(cell))
             }
         };
-        let majority = n / 2 + 1;
         let safety_us = opts.safety_ms * 1000;
         let healed_us = safety_us + 10_000_000;
         let end_us = safety_us + opts.liveness_ms * 1000;
@@ -466,13 +500,14 @@ impl Sim {
                 replicas: n as u64,
                 ..RunStats::default()
             },
-            agreement: Agreement::new(majority),
+            agreement: Agreement::new(&founders),
             delivery: DeliveryOrder::default(),
             promises: PromiseMonotonic::default(),
             single_master: SingleMaster::default(),
             liveness: Liveness::default(),
             violation: None,
             cell,
+            reconfig,
             opts,
         }
     }
@@ -528,6 +563,7 @@ impl Sim {
             self.wake_client(c, at);
         }
         self.start_cell_clients();
+        self.start_reconfig();
         let first_fault = self.rng.between(500_000, 3_000_000);
         self.schedule(first_fault, Event::Fault);
         self.schedule(self.opts.safety_ms * 1000, Event::EndSafety);
@@ -542,6 +578,7 @@ impl Sim {
             let done = matches!(next.event, Event::End);
             self.handle(next.event);
             self.check_single_master();
+            self.retire_removed();
             if self.violation.is_some() || done {
                 return;
             }
@@ -589,6 +626,7 @@ impl Sim {
                 sent,
             } => self.resource(client, generation, sent),
             Event::Fault => self.inject_fault(),
+            Event::Reconfigure => self.reconfigure(),
             Event::Heal { links } => self.net.restore(&links),
             Event::EndSafety => self.end_safety(),
             Event::End => self.finish(),
@@ -630,7 +668,12 @@ impl Sim {
     }
 
     fn finish(&mut self) {
-        let states: Vec<_> = self.nodes.iter().map(SimNode::final_state).collect();
+        let states: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.retired)
+            .map(SimNode::final_state)
+            .collect();
         self.trace(|| format!("final: {states:?}"));
         let result = self.liveness.check(&states);
         self.fail(result);

@@ -8,7 +8,7 @@
 //! and then tells the core to truncate; a fetch asked for by the core is served from the
 //! source's durable snapshot if the source is up and reachable when the fetch lands.
 
-use chubby_protocol::{MemberSets, NodeId, PaxosMsg, Slot};
+use chubby_protocol::{Instant, MemberSets, NodeId, PaxosMsg, Slot};
 use chubby_server::db::Db;
 use chubby_server::paxos::{Action, Config, DurableState, Input, PersistBatch, Replica, RoleKind};
 use chubby_server::replica::plan::{Plan, Planner};
@@ -45,6 +45,8 @@ pub(super) struct SimNode {
     pub incarnation: u64,
     /// `sim cell`: the database and serving state (lost in a crash).
     pub cell: Option<super::cell::CellApp>,
+    /// Removed from the cell and stopped for good (never restarted).
+    pub retired: bool,
 }
 
 /// How long the planner may hold a watermark-only batch (the shipped shell's value).
@@ -99,6 +101,7 @@ impl SimNode {
             snapshotting: false,
             incarnation: 0,
             cell: None,
+            retired: false,
         }
     }
 
@@ -185,7 +188,7 @@ impl Sim {
 
     /// Restarts a crashed replica, possibly after losing or corrupting its disk.
     pub(super) fn restart(&mut self, i: usize) {
-        if self.nodes[i].is_up() {
+        if self.nodes[i].is_up() || self.nodes[i].retired {
             return;
         }
         let others_intact = (0..self.nodes.len())
@@ -269,13 +272,29 @@ impl Sim {
     /// Steps replica `i` with `input` at its local time and executes what it asks, as the
     /// shipped planner orders it. Returns the commands Paxos rejected in this step.
     pub(super) fn step(&mut self, i: usize, input: Input) -> Vec<Vec<u8>> {
+        let is_tick = input == Input::Tick;
+        let ((), rejected) = self.drive(i, is_tick, |replica, local, actions| {
+            replica.step(local, input, actions);
+        });
+        rejected
+    }
+
+    /// Runs `f` on replica `i`'s composite at its local time, then checks its invariants
+    /// and executes the actions `f` produced as the shipped planner orders them. Returns
+    /// `f`'s result (`R::default()` when the replica is down) and the commands Paxos
+    /// rejected.
+    pub(super) fn drive<R: Default>(
+        &mut self,
+        i: usize,
+        is_tick: bool,
+        f: impl FnOnce(&mut Composite, Instant, &mut Vec<Action>) -> R,
+    ) -> (R, Vec<Vec<u8>>) {
         let local = self.nodes[i].clock.local(self.now_us);
         let mut actions = Vec::new();
-        let is_tick = input == Input::Tick;
         let Some(replica) = self.nodes[i].replica.as_mut() else {
-            return Vec::new();
+            return (R::default(), Vec::new());
         };
-        replica.step(local, input, &mut actions);
+        let result = f(replica, local, &mut actions);
         replica.check_invariants();
         // A tick must move every due timer into the future, or the replica spins.
         if is_tick && replica.paxos().next_deadline().is_some_and(|d| d <= local) {
@@ -297,7 +316,7 @@ impl Sim {
         self.maybe_snapshot(i);
         self.reschedule_tick(i);
         self.flush_submits(i);
-        rejected
+        (result, rejected)
     }
 
     /// Starts a snapshot write when enough was applied since the last one.

@@ -4,7 +4,8 @@
 //! The master proposes the change as a log entry; it takes effect a fixed number of slots
 //! after it is chosen (the master fills them with no-ops, so this takes well under a second
 //! in a healthy cell). The command waits until the master reports the new set in effect,
-//! so a script can run the next change right after it.
+//! so a script can run the next change right after it; a removal also waits until every
+//! remaining member knows it in effect, and then says the removed replica may be stopped.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -42,7 +43,8 @@ pub enum AdminCommand {
         timeout: u64,
     },
     /// Remove replica ID from the running cell. Returns once the new member set is in
-    /// effect; the removed replica can then be stopped.
+    /// effect and every remaining member knows it (it then says "replica ID may be
+    /// stopped now"); stop the removed replica only after that line.
     RemoveReplica {
         #[command(flatten)]
         cell: CellArg,
@@ -132,11 +134,16 @@ async fn change(
         if let Some(report) = master_status(conn).await {
             let (effect, pending) = sets_of(&report);
             if effect.contains(&id) == adding && pending.is_none() {
+                let from = effect_from(&report);
                 println!(
                     "members now: {} (in effect from slot {})",
                     show(&effect),
-                    report.chosen_through.next()
+                    from.0
                 );
+                if !adding {
+                    let left = timeout.saturating_sub(started.elapsed());
+                    confirm_removal(conn, id, &effect, from, left).await;
+                }
                 return Ok(());
             }
         }
@@ -145,6 +152,61 @@ async fn change(
                 "the change was proposed but is not in effect after {} s; see `chubby status`",
                 timeout.as_secs()
             );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The first slot the set in effect governs.
+fn effect_from(report: &StatusReport) -> Slot {
+    let next = report.chosen_through.next();
+    report
+        .member_sets
+        .iter()
+        .rev()
+        .find(|(from, _)| *from <= next)
+        .map_or(Slot(1), |(from, _)| *from)
+}
+
+/// Waits until every member of the new set knows it in effect (its chosen prefix reaches
+/// `from`), then says the removed replica may be stopped. Until then, slots just below the
+/// new set may be known chosen only to the removed replica (say, the master that was
+/// removed), and a new master could need a majority of the old set, the removed replica
+/// included, to find them again (docs/paxos.md, "Membership changes").
+async fn confirm_removal(
+    conn: &CellConn,
+    id: NodeId,
+    members: &[NodeId],
+    from: Slot,
+    timeout: Duration,
+) {
+    let started = Instant::now();
+    let mut behind: Vec<NodeId> = members.to_vec();
+    loop {
+        let mut known = Vec::new();
+        for i in 0..conn.replica_addrs().len() {
+            if let Ok(report) = conn.status_of(i).await {
+                if report.chosen_through.next() >= from {
+                    known.push(report.id);
+                }
+            }
+        }
+        behind.retain(|m| !known.contains(m));
+        if behind.is_empty() {
+            println!(
+                "replica {} may be stopped now: every member knows the new set in effect",
+                id.0
+            );
+            return;
+        }
+        if started.elapsed() >= timeout {
+            eprintln!(
+                "warning: members {} have not confirmed the new set yet; stop replica {} only                  once `chubby status` shows each of them past slot {}",
+                show(&behind),
+                id.0,
+                from.0.saturating_sub(1)
+            );
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
