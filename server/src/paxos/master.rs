@@ -398,7 +398,10 @@ impl Replica {
             self.step_down(now, out);
             return;
         }
-        if !self.membership.at(next).contains(&self.cfg.me) {
+        // A replica being added may lead before its set is in effect (its own votes count
+        // only where it is a member); one being removed leads until the set without it is.
+        let me = self.cfg.me;
+        if !self.membership.at(next).contains(&me) && !self.membership.newest().contains(&me) {
             tracing::info!(me = %self.cfg.me, slot = %next,
                 "no longer a member from this slot on: stepping down");
             self.step_down(now, out);

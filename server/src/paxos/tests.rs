@@ -1357,3 +1357,55 @@ fn a_rebuild_ignores_a_lagging_reply_that_names_a_replaced_set() {
         "the rebuild finished without the removed replica"
     );
 }
+
+#[test]
+fn a_replica_being_added_may_lead_before_its_set_is_in_effect() {
+    // Found by the simulator's membership changes (`sim cell`, seed 1909): a replica in the
+    // newest set may campaign, but once master it stepped down at the first chosen slot
+    // because the set in effect there did not yet include it. Elected again and again, it
+    // chose one slot per term and the cell crawled towards the change instead of serving.
+    let mut cell = Cell::new(3);
+    join(&mut cell, 4);
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master");
+    let (now, mut out) = (cell.now, Vec::new());
+    cell.replicas[m]
+        .propose_change(now, ids(4), Vec::new(), &mut out)
+        .unwrap();
+    cell.route(m, out);
+    // Deliver until every founder learns the change chosen; then the master dies before
+    // the slots up to the new set are filled.
+    let knows =
+        |cell: &Cell| (0..3).all(|i| cell.replicas[i].membership().newest().contains(&NodeId(4)));
+    while !knows(&cell) {
+        let (from, to, msg) = cell.wire.pop_front().expect("the change gets chosen");
+        let i = (to.0 - 1) as usize;
+        cell.step(i, Input::Peer { from, msg });
+    }
+    cell.wire.clear();
+    cell.down[m] = true;
+    // Once the leases the dead master held lapse, the new replica campaigns first and
+    // wins (a majority of both sets promises).
+    let lease_ms = cell.replicas[3].cfg.master_lease_ms;
+    cell.now = cell.now.plus_ms(2 * lease_ms);
+    let (now, mut out) = (cell.now, Vec::new());
+    cell.replicas[3].start_election(now, &mut out);
+    cell.route(3, out);
+    cell.settle();
+    assert_eq!(cell.master(), Some(3), "the added replica won the election");
+    let from = cell.replicas[3].membership().newest_from();
+    assert!(
+        cell.replicas[3].chosen_through() < from,
+        "the new set is not yet in effect"
+    );
+    for k in 0..3 {
+        submit(&mut cell, 3, &format!("w{k}"));
+        cell.run_for(200);
+    }
+    assert_eq!(cell.master(), Some(3), "it stays master");
+    assert!(
+        cell.replicas[3].chosen_through() >= from,
+        "the new set is in effect"
+    );
+    assert_eq!(in_effect(&cell.replicas[3]), ids(4));
+}
