@@ -171,10 +171,10 @@ impl Sim {
     }
 
     /// Stops, for good, every replica the newest set removed, once every member of that
-    /// set knows it in effect (its chosen prefix reaches the set's first slot), as an
-    /// operator reads it off `chubby status`. Stopping earlier can cost liveness, not
-    /// safety: slots just below the new set may be known chosen only to the removed master,
-    /// and rediscovering them takes a majority of the old set.
+    /// set knows it in effect (its chosen prefix reaches the set's first slot), which is
+    /// when `chubby admin remove-replica` says it may be stopped. Stopping earlier can cost
+    /// liveness, not safety: slots just below the new set may be known chosen only to the
+    /// removed master, and rediscovering them takes a majority of the old set.
     pub(super) fn retire_removed(&mut self) {
         let (changes, _) = self.agreement.change_counts();
         if changes == self.reconfig.retired_for || !self.agreement.newest_in_effect() {
