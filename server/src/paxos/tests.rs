@@ -1151,6 +1151,22 @@ fn a_lease_counted_from_the_acks_arrival_overlaps_the_next_master() {
     assert!(!lease_overlap(false), "the shipped lease never overlaps");
 }
 
+/// Has replica `m` propose `members`, then delivers messages one at a time only until
+/// `done` holds, and drops the rest: the change is chosen but not yet in effect.
+fn propose_until(cell: &mut Cell, m: usize, members: Vec<NodeId>, done: impl Fn(&Cell) -> bool) {
+    let (now, mut out) = (cell.now, Vec::new());
+    cell.replicas[m]
+        .propose_change(now, members, Vec::new(), &mut out)
+        .unwrap();
+    cell.route(m, out);
+    while !done(cell) {
+        let (from, to, msg) = cell.wire.pop_front().expect("the change gets chosen");
+        let i = (to.0 - 1) as usize;
+        cell.step(i, Input::Peer { from, msg });
+    }
+    cell.wire.clear();
+}
+
 #[test]
 fn a_leaving_master_whose_boost_comes_due_moves_its_timer_on() {
     // Found by the simulator's membership changes (`sim paxos --membership always`, seed
@@ -1168,19 +1184,11 @@ fn a_leaving_master_whose_boost_comes_due_moves_its_timer_on() {
     let m = cell.master().expect("a master");
     let me = cell.replicas[m].id();
     let others: Vec<NodeId> = ids(3).into_iter().filter(|&n| n != me).collect();
-    let (now, mut out) = (cell.now, Vec::new());
-    cell.replicas[m]
-        .propose_change(now, others, Vec::new(), &mut out)
-        .unwrap();
-    cell.route(m, out);
     // Deliver only until the master learns its removal chosen, then cut it off, so the
     // change stays pending (not yet in effect) while its boost comes due.
-    while cell.replicas[m].membership().newest().contains(&me) {
-        let (from, to, msg) = cell.wire.pop_front().expect("the change gets chosen");
-        let i = (to.0 - 1) as usize;
-        cell.step(i, Input::Peer { from, msg });
-    }
-    cell.wire.clear();
+    propose_until(&mut cell, m, others, |cell| {
+        !cell.replicas[m].membership().newest().contains(&me)
+    });
     for i in 0..3 {
         cell.down[i] = i != m;
     }
@@ -1368,21 +1376,11 @@ fn a_replica_being_added_may_lead_before_its_set_is_in_effect() {
     join(&mut cell, 4);
     cell.run_for(5_000);
     let m = cell.master().expect("a master");
-    let (now, mut out) = (cell.now, Vec::new());
-    cell.replicas[m]
-        .propose_change(now, ids(4), Vec::new(), &mut out)
-        .unwrap();
-    cell.route(m, out);
     // Deliver until every founder learns the change chosen; then the master dies before
     // the slots up to the new set are filled.
-    let knows =
-        |cell: &Cell| (0..3).all(|i| cell.replicas[i].membership().newest().contains(&NodeId(4)));
-    while !knows(&cell) {
-        let (from, to, msg) = cell.wire.pop_front().expect("the change gets chosen");
-        let i = (to.0 - 1) as usize;
-        cell.step(i, Input::Peer { from, msg });
-    }
-    cell.wire.clear();
+    propose_until(&mut cell, m, ids(4), |cell| {
+        (0..3).all(|i| cell.replicas[i].membership().newest().contains(&NodeId(4)))
+    });
     cell.down[m] = true;
     // Once the leases the dead master held lapse, the new replica campaigns first and
     // wins (a majority of both sets promises).
