@@ -541,12 +541,13 @@ impl Sim {
             let cfg = &self.nodes[0].cfg;
             let clocks: Vec<i64> = self.nodes.iter().map(|n| n.clock.rate_ppm).collect();
             format!(
-                "setup: {} replicas, lease {}ms, heartbeat {}ms, election {}ms, window {}, batch {}, \
+                "setup: {} replicas, lease {}ms, heartbeat {}ms, election {}ms + [0, {}ms), window {}, batch {}, \
                  clock ppm {clocks:?}, net {:?}, slow links {:?}, faults {:?}, snapshots {:?}",
                 self.members.len(),
                 cfg.master_lease_ms,
                 cfg.heartbeat_interval_ms,
                 cfg.election_timeout_ms,
+                cfg.election_jitter_ms,
                 cfg.window,
                 cfg.batch_commands_max,
                 self.net.cfg,
@@ -690,10 +691,23 @@ fn random_paxos_config(rng: &mut Rng, members: &[NodeId], bugs: Bugs) -> Config 
     let mut cfg = Config::new(members[0], members.to_vec());
     cfg.master_lease_ms = rng.pick(&[300, 1_000, 2_000]).unwrap_or(1_000);
     cfg.heartbeat_interval_ms = cfg.master_lease_ms / rng.pick(&[3, 4, 8]).unwrap_or(4);
+    // The shipped default campaigns as soon as the lease can have lapsed (the drift margin
+    // alone); the others wait longer.
+    let drift = chubby_server::paxos::config::drift_margin_ms(cfg.master_lease_ms, cfg.drift_ppm);
     let margin_ms = rng
-        .pick(&[5, 50, cfg.master_lease_ms / 2, cfg.master_lease_ms])
-        .unwrap_or(50);
+        .pick(&[
+            drift,
+            drift,
+            50,
+            cfg.master_lease_ms / 2,
+            cfg.master_lease_ms,
+        ])
+        .unwrap_or(drift);
     cfg.election_timeout_ms = cfg.master_lease_ms + margin_ms;
+    // 1 ms makes followers that heard the same heartbeat campaign together.
+    cfg.election_jitter_ms = rng
+        .pick(&[1, 20, 50, cfg.heartbeat_interval_ms, cfg.master_lease_ms])
+        .unwrap_or(50);
     if rng.chance(250_000) {
         // Campaign faster than a lease (safety must not depend on the waiting): candidates are
         // refused until the lease ends and win right after, so the lease arithmetic alone

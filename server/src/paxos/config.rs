@@ -20,23 +20,43 @@
 
 use chubby_protocol::NodeId;
 
-/// Default master lease (DESIGN §7).
-pub const MASTER_LEASE_MS_DEFAULT: u64 = 1_000;
-/// Default heartbeat interval (DESIGN §7).
-pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 250;
-/// Default election timeout; each wait is drawn from `[t, 2t)`.
-pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_500;
+/// Default master lease. DESIGN §7 says 1 s; a fail-over costs about one lease (followers
+/// cannot elect a successor before the lease they granted lapses), and issue 21 asks for
+/// fail-over in well under a second, so the lease is 300 ms (docs/paxos.md "Timings").
+pub const MASTER_LEASE_MS_DEFAULT: u64 = 300;
+/// Default heartbeat interval: four per lease, so two lost heartbeats in a row do not
+/// cost the lease.
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 75;
 /// Default drift bound ε, parts per million.
 pub const DRIFT_PPM_DEFAULT: u64 = 10_000;
+/// Default election timeout: how long after the last lease it granted (or the last word
+/// from a master) a follower waits before campaigning. It is the lease plus the drift
+/// margin, so a follower campaigns as soon as the lease it granted can have lapsed on
+/// every acceptor that got the same heartbeat (see [`drift_margin_ms`]).
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 =
+    MASTER_LEASE_MS_DEFAULT + drift_margin_ms(MASTER_LEASE_MS_DEFAULT, DRIFT_PPM_DEFAULT);
+/// Default election jitter: each wait adds a random `[0, j)` ms, so followers that heard
+/// the same heartbeat rarely campaign together (and when they do, the higher ballot wins
+/// in one round: the lower candidate promises it and steps down).
+pub const ELECTION_JITTER_MS_DEFAULT: u64 = 50;
 /// Default interval between sequence-number boosts (PML §5.2: "the right frequency" is not
 /// stated; every 30 s keeps full rounds far below 1% of instances under load).
 pub const BOOST_INTERVAL_MS_DEFAULT: u64 = 30_000;
 
 // Two heartbeats fit in a lease, so one lost heartbeat does not cost the lease.
 const _: () = assert!(2 * HEARTBEAT_INTERVAL_MS_DEFAULT < MASTER_LEASE_MS_DEFAULT);
-// A follower waits longer than a lease before campaigning, so it does not bang on
-// acceptors that must refuse it while the old master's lease runs.
+// A follower waits out the lease (and the drift margin) before campaigning, so it does not
+// bang on acceptors that must refuse it while the old master's lease runs.
 const _: () = assert!(MASTER_LEASE_MS_DEFAULT < ELECTION_TIMEOUT_MS_DEFAULT);
+
+/// How much longer than `lease_ms` on its own clock a follower waits so that another
+/// acceptor's grant of the same length, counted from the same heartbeat, has ended too:
+/// their clock rates may differ by up to 2ε, so `2·ε·lease`, rounded up, plus 1 ms for
+/// the heartbeat's arrival times differing.
+#[must_use]
+pub const fn drift_margin_ms(lease_ms: u64, drift_ppm: u64) -> u64 {
+    (2 * lease_ms * drift_ppm).div_ceil(1_000_000) + 1
+}
 // The drift bound must leave a positive lease.
 const _: () = assert!(DRIFT_PPM_DEFAULT < 1_000_000);
 
@@ -103,9 +123,12 @@ pub struct Config {
     pub master_lease_ms: u64,
     /// How often the master renews its lease and announces what is chosen.
     pub heartbeat_interval_ms: u64,
-    /// Base election timeout; a follower that hears no master for a random time in
-    /// `[t, 2t)` starts phase 1.
+    /// Election timeout `t`: a follower starts phase 1 once it has heard no master for `t`
+    /// plus a random jitter in `[0, election_jitter_ms)` (at start, `2t` plus jitter, so a
+    /// restarted replica first hears from a running master).
     pub election_timeout_ms: u64,
+    /// The random part of each election wait.
+    pub election_jitter_ms: u64,
     /// Clock-rate drift bound ε in parts per million.
     pub drift_ppm: u64,
     /// How often the master boosts its ballot with a full phase 1 (PML §5.2).
@@ -153,6 +176,7 @@ impl Config {
             master_lease_ms: MASTER_LEASE_MS_DEFAULT,
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
+            election_jitter_ms: ELECTION_JITTER_MS_DEFAULT,
             drift_ppm: DRIFT_PPM_DEFAULT,
             boost_interval_ms: BOOST_INTERVAL_MS_DEFAULT,
             retry_interval_ms: 200,
@@ -176,12 +200,20 @@ impl Config {
     /// [`ConfigError::Invalid`] naming the first violated relationship.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_safety()?;
-        // Followers wait longer than a lease before campaigning, so they do not bang on
-        // acceptors that must refuse them. Safety does not depend on it (acceptors refuse
-        // promises during a lease), so the simulator may break it on purpose.
-        if self.master_lease_ms >= self.election_timeout_ms {
+        // Followers wait out a lease (with the drift margin) before campaigning, so they do
+        // not bang on acceptors that must refuse them. Safety does not depend on it
+        // (acceptors refuse promises during a lease), so the simulator may break it on
+        // purpose.
+        if self.election_timeout_ms
+            < self.master_lease_ms + drift_margin_ms(self.master_lease_ms, self.drift_ppm)
+        {
             return Err(ConfigError::Invalid(
-                "master lease shorter than the election timeout",
+                "election timeout below the master lease plus its drift margin",
+            ));
+        }
+        if self.election_jitter_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "election jitter must be at least 1 ms",
             ));
         }
         Ok(())
@@ -260,18 +292,27 @@ mod tests {
 
     #[test]
     fn believed_lease_is_shorter_by_the_drift_bound() {
-        let c = three();
+        let mut c = three();
+        c.master_lease_ms = 1_000;
         // 1000 * 0.99 / 1.01 = 980.19...
         assert_eq!(c.master_lease_believed_ms(), 980);
+        // 300 * 0.99 / 1.01 = 294.05...
+        assert_eq!(three().master_lease_believed_ms(), 294);
     }
 
     #[test]
     fn bad_relationships_are_refused() {
         let mut c = three();
-        c.heartbeat_interval_ms = 600;
+        c.heartbeat_interval_ms = 150;
         assert!(c.validate().is_err());
         let mut c = three();
-        c.election_timeout_ms = 900;
+        // The lease plus 2·1%·300 ms + 1 ms: campaigning a millisecond earlier could meet
+        // an acceptor whose grant from the same heartbeat still runs.
+        assert_eq!(c.election_timeout_ms, 307);
+        c.election_timeout_ms = 306;
+        assert!(c.validate().is_err());
+        let mut c = three();
+        c.election_jitter_ms = 0;
         assert!(c.validate().is_err());
         let mut c = three();
         c.members = vec![NodeId(2), NodeId(3)];

@@ -643,7 +643,10 @@ impl Replica {
                 // We forgot any lease we granted before this start: promise nothing to
                 // anyone for one lease (DESIGN §7).
                 self.promise_not_before = now.plus_ms(self.cfg.master_lease_ms);
-                let wait = self.election_wait();
+                // Twice the usual wait: a running master's heartbeats reach a restarted
+                // replica first (its peers' connections to it are being replaced), so a
+                // restart costs the cell no election.
+                let wait = self.cfg.election_timeout_ms + self.election_wait();
                 self.election_at = Some(now.plus_ms(wait));
             }
             Some(last) => assert!(now >= last, "time went backwards: {last} then {now}"),
@@ -783,10 +786,12 @@ impl Replica {
         }
     }
 
-    /// A random election wait in `[t, 2t)`.
+    /// A random election wait in `[t, t + jitter)`: counted from the last word of a
+    /// master (when the lease granted with it began), it ends once that lease can have
+    /// lapsed on every acceptor (see [`config::drift_margin_ms`]).
     fn election_wait(&mut self) -> u64 {
         let t = self.cfg.election_timeout_ms;
-        self.rng.range(t, 2 * t)
+        self.rng.range(t, t + self.cfg.election_jitter_ms.max(1))
     }
 
     /// Whether this replica currently counts as a voter (the bug switch can fake it).

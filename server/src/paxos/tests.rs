@@ -215,6 +215,7 @@ fn a_restarted_acceptor_promises_nothing_for_one_lease() {
     // DESIGN §7: a restarted replica forgot the leases it granted, so it waits one lease.
     let mut r = Replica::new(config(2, 3), DurableState::bootstrap(), Slot::ZERO).unwrap();
     let start = Instant(5_000);
+    let lease = r.cfg.master_lease_ms;
     let mut out = Vec::new();
     r.step(start, Input::Tick, &mut out);
     out.clear();
@@ -225,7 +226,7 @@ fn a_restarted_acceptor_promises_nothing_for_one_lease() {
             from_slot: Slot(1),
         },
     };
-    r.step(start.plus_ms(999), prepare(ballot(1, 1)), &mut out);
+    r.step(start.plus_ms(lease - 1), prepare(ballot(1, 1)), &mut out);
     assert_eq!(
         out,
         vec![Action::Send {
@@ -238,7 +239,7 @@ fn a_restarted_acceptor_promises_nothing_for_one_lease() {
         }]
     );
     out.clear();
-    r.step(start.plus_ms(1_000), prepare(ballot(2, 1)), &mut out);
+    r.step(start.plus_ms(lease), prepare(ballot(2, 1)), &mut out);
     assert!(ends_with_promise(&out), "{out:?}");
 }
 
@@ -248,6 +249,7 @@ fn an_acceptor_refuses_other_replicas_while_a_lease_it_granted_runs() {
     // lease is held.
     let mut r = Replica::new(config(3, 3), DurableState::bootstrap(), Slot::ZERO).unwrap();
     let t = Instant(10_000);
+    let lease = r.cfg.master_lease_ms;
     let mut out = Vec::new();
     r.step(t, Input::Tick, &mut out);
     let b1 = ballot(1, 1);
@@ -271,7 +273,7 @@ fn an_acceptor_refuses_other_replicas_while_a_lease_it_granted_runs() {
         from_slot: Slot(1),
     };
     r.step(
-        t.plus_ms(999),
+        t.plus_ms(lease - 1),
         Input::Peer {
             from: NodeId(2),
             msg: prepare.clone(),
@@ -296,7 +298,7 @@ fn an_acceptor_refuses_other_replicas_while_a_lease_it_granted_runs() {
         lease_seq: 0,
     };
     r.step(
-        t.plus_ms(999),
+        t.plus_ms(lease - 1),
         Input::Peer {
             from: NodeId(2),
             msg: hb2,
@@ -318,7 +320,7 @@ fn an_acceptor_refuses_other_replicas_while_a_lease_it_granted_runs() {
     );
     out.clear();
     r.step(
-        t.plus_ms(1_000),
+        t.plus_ms(lease),
         Input::Peer {
             from: NodeId(2),
             msg: prepare,
@@ -1406,4 +1408,55 @@ fn a_replica_being_added_may_lead_before_its_set_is_in_effect() {
         "the new set is in effect"
     );
     assert_eq!(in_effect(&cell.replicas[3]), ids(4));
+}
+
+#[test]
+fn a_follower_campaigns_as_soon_as_the_lease_it_granted_can_have_lapsed() {
+    // Issue 21: a fail-over costs one lease plus the drift margin and the jitter, not a
+    // fixed timeout of several leases; and never less than the lease (PML §5.2).
+    let mut cell = Cell::new(3);
+    cell.run_for(5_000);
+    let m = cell.master().expect("a master after five seconds");
+    // The master's last heartbeat, then it dies.
+    let heard_at = loop {
+        cell.now = cell.now.plus_ms(1);
+        let out = cell.step(m, Input::Tick);
+        let beat = out.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: PaxosMsg::Heartbeat { .. },
+                    ..
+                }
+            )
+        });
+        cell.settle();
+        if beat {
+            break cell.now;
+        }
+    };
+    cell.down[m] = true;
+    let elected_at = loop {
+        cell.now = cell.now.plus_ms(1);
+        for i in 0..3 {
+            cell.step(i, Input::Tick);
+        }
+        cell.settle();
+        if cell.master().is_some() {
+            break cell.now;
+        }
+        assert!(cell.now.0 < heard_at.0 + 10_000, "no new master in 10 s");
+    };
+    let cfg = &cell.replicas[(m + 1) % 3].cfg;
+    let waited = elected_at.0 - heard_at.0;
+    assert!(
+        waited > cfg.master_lease_ms,
+        "elected {waited} ms after the last heartbeat, inside the lease"
+    );
+    assert!(
+        waited <= cfg.election_timeout_ms + cfg.election_jitter_ms,
+        "elected {waited} ms after the last heartbeat: later than lease {} + margin + jitter {}",
+        cfg.master_lease_ms,
+        cfg.election_jitter_ms
+    );
 }
