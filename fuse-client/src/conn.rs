@@ -6,6 +6,17 @@
 //! or "unavailable" (both mean nothing was done). Once a write has been sent, a lost
 //! connection is reported as [`ClientError::Lost`]: the write may or may not have been
 //! applied, and only the caller knows whether retrying is harmless.
+//!
+//! # Noticing a dead master
+//! A master killed with a call in flight sends nothing more, and QUIC's idle timeout (3 s)
+//! is far longer than a fail-over (about one 300 ms master lease). So while a call waits
+//! for the master, [`CellConn`] watches the connection: client connections send a QUIC
+//! keep-alive every [`CLIENT_KEEP_ALIVE`] of quiet, which a live replica acknowledges at
+//! once, so nothing received for [`SILENT_AFTER`] means the master may be gone. The client
+//! then asks the other replicas who is master; only when one names another replica does it
+//! give the call up (as [`ClientError::Lost`]: the caller decides what to resend) and go to
+//! the new master. A master that is merely slow (a loaded machine) keeps its calls: no
+//! other replica can be elected while its lease runs, so none is named.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Mutex;
@@ -14,6 +25,7 @@ use std::time::Duration;
 use chubby_protocol::cell::CellFile;
 use chubby_protocol::client_msg::{Answer, Call, CallError, Reply, Request, StatusReport};
 use chubby_protocol::net::framing::{read_msg, write_msg};
+pub use chubby_protocol::net::tls::CLIENT_KEEP_ALIVE;
 use chubby_protocol::net::tls::{chubby_client_config, TlsIdentity};
 use tokio::time::Instant;
 
@@ -25,6 +37,17 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SUSPECT_FOR: Duration = Duration::from_secs(3);
 /// How long [`CellConn::call`] keeps looking for a master that can serve.
 pub const FIND_MASTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection to the master that received nothing for this long, with a call waiting,
+/// makes the client ask the other replicas whether another one is master (two and a half
+/// keep-alives: a live replica acknowledges each within QUIC's 25 ms ack delay).
+pub const SILENT_AFTER: Duration = Duration::from_millis(250);
+/// How often a waiting call looks at its connection.
+const SILENCE_CHECK: Duration = Duration::from_millis(50);
+/// How long asking one other replica who is master may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// The longest pause between attempts to find a master that serves (a fail-over ends
+/// within a lease or two; waiting longer between attempts would add to it).
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +90,19 @@ pub enum ClientError {
         last: String,
     },
 }
+
+/// How a call to the master failed: on its own, or because another replica was named
+/// master while the connection was silent.
+enum Superseded {
+    No(ClientError),
+    By {
+        new_master: usize,
+        lost: ClientError,
+    },
+}
+
+/// Connection close code: the client left a silent replica for another master.
+pub const CLOSE_SUPERSEDED: u32 = 3;
 
 #[derive(Debug)]
 struct ReplicaSlot {
@@ -181,7 +217,7 @@ impl CellConn {
                 Some(m) => m,
                 None => self.pick(next),
             };
-            let failure = match self.call_replica(target, &request, reply_timeout).await {
+            let failure = match self.call_master(target, &request, reply_timeout).await {
                 Ok(Reply::Ok(answer)) => {
                     *lock(&self.master) = Some(target);
                     self.set_failed(target, None);
@@ -205,12 +241,18 @@ impl CellConn {
                     e.to_string()
                 }
                 Ok(Reply::Err(e)) => return Err(ClientError::Call(e)),
-                Err(e @ ClientError::Unreachable { .. }) => {
+                Err(Superseded::No(e @ ClientError::Unreachable { .. })) => {
                     *lock(&self.master) = None;
                     self.set_failed(target, Some(Instant::now()));
                     e.to_string()
                 }
-                Err(e) => {
+                Err(Superseded::By { new_master, lost }) => {
+                    // Another replica serves: go there next, and leave the silent one be.
+                    self.set_failed(target, Some(Instant::now()));
+                    *lock(&self.master) = Some(new_master);
+                    return Err(lost);
+                }
+                Err(Superseded::No(e)) => {
                     if matches!(e, ClientError::Lost { .. }) {
                         *lock(&self.master) = None;
                         self.set_failed(target, Some(Instant::now()));
@@ -226,7 +268,7 @@ impl CellConn {
                 });
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(RETRY_PAUSE_MAX);
         }
     }
 
@@ -261,6 +303,89 @@ impl CellConn {
         // A master the cell file does not list (added later): remember it.
         replicas.push(resolve(endpoint)?);
         Ok(replicas.len() - 1)
+    }
+
+    /// [`CellConn::call_replica`] to the replica believed master, giving the call up if
+    /// its connection falls silent and another replica is named master meanwhile (module
+    /// docs, "Noticing a dead master").
+    async fn call_master(
+        &self,
+        index: usize,
+        request: &Request,
+        reply_timeout: Duration,
+    ) -> Result<Reply, Superseded> {
+        let conn = match self.connection(index).await {
+            Ok((_, conn)) => conn,
+            Err(e) => return Err(Superseded::No(e)),
+        };
+        tokio::select! {
+            reply = self.call_replica(index, request, reply_timeout) => reply.map_err(Superseded::No),
+            (new_master, why) = self.superseded(index, &conn) => {
+                self.forget(index);
+                // Every other call waiting on that replica learns it at once too.
+                conn.close(CLOSE_SUPERSEDED.into(), b"another replica is master");
+                Err(Superseded::By {
+                    new_master,
+                    lost: ClientError::Lost {
+                        addr: target_name(self, index),
+                        reason: why,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Resolves once `conn` (to replica `index`) has been silent for [`SILENT_AFTER`] and
+    /// another replica names a master other than `index`: with that master's index, and
+    /// words for the log.
+    async fn superseded(&self, index: usize, conn: &quinn::Connection) -> (usize, String) {
+        let mut seen = conn.stats().udp_rx.datagrams;
+        let mut heard = Instant::now();
+        loop {
+            tokio::time::sleep(SILENCE_CHECK).await;
+            let now_seen = conn.stats().udp_rx.datagrams;
+            if now_seen != seen {
+                seen = now_seen;
+                heard = Instant::now();
+                continue;
+            }
+            let silent = heard.elapsed();
+            if silent < SILENT_AFTER {
+                continue;
+            }
+            if let Some((new_master, named_by)) = self.other_master(index).await {
+                let why = format!(
+                    "nothing heard from it for {} ms, and {named_by} names {} as master",
+                    silent.as_millis(),
+                    target_name(self, new_master)
+                );
+                tracing::info!(replica = %target_name(self, index), %why, "leaving a silent master");
+                return (new_master, why);
+            }
+        }
+    }
+
+    /// Asks every replica but `index` who is master; the first that names another one,
+    /// as `(its index, the replica that named it)`.
+    async fn other_master(&self, index: usize) -> Option<(usize, String)> {
+        let count = lock(&self.replicas).len();
+        let target = target_name(self, index);
+        for i in (0..count).filter(|&i| i != index) {
+            let status = Request::unbound(Call::Status);
+            let asked =
+                tokio::time::timeout(PROBE_TIMEOUT, self.call_replica(i, &status, PROBE_TIMEOUT))
+                    .await;
+            let Ok(Ok(Reply::Ok(Answer::Status(report)))) = asked else {
+                continue;
+            };
+            let Some(hint) = report.master.filter(|m| m.addr != target) else {
+                continue;
+            };
+            if let Ok(new_master) = self.index_of(&hint.addr) {
+                return Some((new_master, target_name(self, i)));
+            }
+        }
+        None
     }
 
     /// One request to one replica, on a fresh stream of a cached connection.

@@ -38,9 +38,17 @@ impl Alpn {
     }
 }
 
-/// QUIC keep-alive: well inside the 1 s master lease, so a silent path is noticed and NAT or
-/// firewall state never expires between heartbeats.
-pub const KEEP_ALIVE: Duration = Duration::from_millis(200);
+/// QUIC keep-alive between replicas: a replica hears from a live peer at least this often
+/// (the keep-alive's acknowledgement, when no Paxos message flows), so a connection to a
+/// peer that died or restarted is noticed as silent within a few of these (see
+/// `chubby_server::transport::peer`), well inside the 300 ms master lease.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(100);
+/// QUIC keep-alive of a client's connections to replicas: a client waiting for the master
+/// hears from a live one at least this often (the keep-alive's acknowledgement), so a
+/// silent master is suspected within a few of these (`chubby_client::conn::SILENT_AFTER`).
+/// The replica does not ping its clients: theirs keep the connection (and any NAT state)
+/// alive, and a cell with many sessions would otherwise spend its time on pings.
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_millis(100);
 /// QUIC idle timeout (the effective one is the minimum of both sides'): 15 keep-alives,
 /// long enough not to drop a connection over a short burst of loss, short enough that a dead
 /// peer's connection is replaced within a few leases. Paxos never waits for it: its own
@@ -122,12 +130,18 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The QUIC transport parameters every chubby endpoint uses (see [`KEEP_ALIVE`],
+/// The QUIC transport parameters of replica-to-replica connections (see [`KEEP_ALIVE`],
 /// [`IDLE_TIMEOUT`]).
 #[must_use]
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    transport_config_with(Some(KEEP_ALIVE))
+}
+
+/// The transport parameters of one side of a connection: `keep_alive` for the pings it
+/// sends itself (`None`: it relies on the other side's).
+fn transport_config_with(keep_alive: Option<Duration>) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.keep_alive_interval(keep_alive);
     // 3 s is far below the 2^62 ms VarInt bound, so the conversion cannot fail; fall back to
     // quinn's default rather than unwrap.
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
@@ -157,7 +171,9 @@ pub fn server_config(
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| TransportError::Config(format!("QUIC server crypto: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config());
+    // Clients ping their replicas; a replica pings only its peers.
+    let pings_itself = alpns.contains(&Alpn::Peer);
+    config.transport_config(transport_config_with(pings_itself.then_some(KEEP_ALIVE)));
     Ok(config)
 }
 
@@ -177,7 +193,10 @@ pub fn client_config(
     let crypto = QuicClientConfig::try_from(tls)
         .map_err(|e| TransportError::Config(format!("QUIC client crypto: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(match alpn {
+        Alpn::Peer => transport_config(),
+        Alpn::Client => transport_config_with(Some(CLIENT_KEEP_ALIVE)),
+    });
     Ok(config)
 }
 

@@ -21,7 +21,11 @@
 //!   for the restarted replica to miss heartbeats and call a needless election). So the
 //!   accepting side tells that peer's sender, which replaces a connection older than
 //!   [`STALE_AFTER`] at once (the age rule keeps two fresh connections from chasing each
-//!   other). A sender still connecting, or waiting to retry, starts a fresh attempt at
+//!   other). A younger one is replaced once it has heard nothing for [`PEER_SILENT_AFTER`]
+//!   (a live peer acknowledges our keep-alives within milliseconds), and so is any
+//!   connection that falls silent: a peer restarted within a second of our connecting
+//!   would otherwise miss heartbeats until the idle timeout (found when the election wait
+//!   shrank to about a lease). A sender still connecting, or waiting to retry, starts a fresh attempt at
 //!   once: an attempt begun while the peer was down waits for QUIC's backed-off Initial
 //!   retransmission, which can come seconds after the peer is back.
 //!
@@ -60,6 +64,13 @@ pub const CLOSE_WRONG_SERVER: u32 = 2;
 pub const STREAM_MALFORMED: u32 = 1;
 /// A new incoming connection from a peer replaces our connection to it when ours is older.
 pub const STALE_AFTER: Duration = Duration::from_secs(1);
+/// A connection to a peer that received nothing (not even the acknowledgement of a QUIC
+/// keep-alive, sent every 100 ms of quiet) for this long is replaced: the peer died or
+/// restarted. A restarted peer must hear the master's heartbeats before its first
+/// election wait (about two master leases) ends; QUIC's idle timeout (3 s) is far longer.
+pub const PEER_SILENT_AFTER: Duration = Duration::from_millis(400);
+/// How often a sender looks at its connection for silence.
+const SILENCE_CHECK: Duration = Duration::from_millis(100);
 
 /// How to reach one peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -493,11 +504,27 @@ impl PeerSender {
                 let _ = hello.finish();
             }
             let connected_at = tokio::time::Instant::now();
+            let mut check = tokio::time::interval(SILENCE_CHECK);
+            let (mut seen, mut heard) = (conn.stats().udp_rx.datagrams, connected_at);
             loop {
                 let msg = tokio::select! {
                     msg = queue.recv() => msg,
                     reason = conn.closed() => {
                         warn!(%me, %peer, reason = %reason, "peer connection lost");
+                        break;
+                    }
+                    _ = check.tick() => {
+                        let now_seen = conn.stats().udp_rx.datagrams;
+                        if now_seen != seen {
+                            (seen, heard) = (now_seen, tokio::time::Instant::now());
+                            continue;
+                        }
+                        if heard.elapsed() < PEER_SILENT_AFTER {
+                            continue;
+                        }
+                        info!(%me, %peer, silent_ms = heard.elapsed().as_millis(),
+                            "peer silent (restarted or gone?): replacing our connection to it");
+                        conn.close(CLOSE_SHUTDOWN.into(), b"silent");
                         break;
                     }
                     () = self.reconnected.notified() => {
