@@ -17,6 +17,8 @@ fn bench_prints_every_figure_and_stops_its_cell() {
             "3",
             "--contenders",
             "2",
+            "--kills",
+            "2",
             "--json",
         ])
         .output()
@@ -42,12 +44,19 @@ fn bench_prints_every_figure_and_stops_its_cell() {
         "lock acquire+release",
         "contended lock hand-offs",
         "fail-over gap",
+        "fail-over gap, worst",
+        "fail-over: client-visible errors",
     ] {
         assert!(names.contains(&want), "no {want:?} in {names:?}");
     }
     for f in &figures {
         let v = f["value"].as_f64().expect("a number");
-        assert!(v > 0.0, "figure {f} is not positive");
+        if f["unit"] == "errors" {
+            // The session survives every kill and what was in flight is resent.
+            assert!(v == 0.0, "figure {f}: errors seen");
+        } else {
+            assert!(v > 0.0, "figure {f} is not positive");
+        }
     }
     let fail_over = figures
         .iter()
@@ -79,4 +88,41 @@ fn bench_prints_every_figure_and_stops_its_cell() {
         "a replica of {dir} outlived the bench:\n{ps}"
     );
     assert!(!std::path::Path::new(dir).exists(), "{dir} was not removed");
+}
+
+#[test]
+fn the_soak_counts_elections_and_lost_sessions() {
+    // Seconds, not minutes: that the soak runs its hog, counts from the replicas' metrics
+    // and exits 0 only without elections or lost sessions; `--soak 300` is the real one.
+    let out = Command::new(env!("CARGO_BIN_EXE_chubby-bench"))
+        .args(["--soak", "3", "--clients", "2", "--json"])
+        .output()
+        .expect("run chubby-bench --soak");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "soak failed:\n{stdout}\n{stderr}");
+    let figures: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let value = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| f["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {name:?} in {stdout}"))
+    };
+    assert!(value("soak: writes") > 0.0, "{stdout}");
+    assert_eq!(value("soak: elections"), 0.0, "{stdout}");
+    assert_eq!(value("soak: sessions lost"), 0.0, "{stdout}");
+    assert_eq!(value("soak: client-visible errors"), 0.0, "{stdout}");
+    // The busy loops are gone with the bench.
+    let ps = Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("while :; do :; done"),
+        "a CPU hog outlived the soak"
+    );
 }

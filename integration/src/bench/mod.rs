@@ -8,8 +8,10 @@
 //! latency samples with percentiles, counted operations over a fixed span, and the table.
 
 pub mod compare;
+pub mod failover;
 pub mod mount;
 pub mod peers;
+pub mod soak;
 pub mod workloads;
 
 /// CPU time (user + system) process `pid` has used, in seconds (`/proc`, USER_HZ = 100).
@@ -50,6 +52,11 @@ impl Latencies {
     /// Records one operation's latency.
     pub fn record(&mut self, d: Duration) {
         self.samples.push(d);
+    }
+
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &Latencies) {
+        self.samples.extend_from_slice(&other.samples);
     }
 
     /// Number of samples.

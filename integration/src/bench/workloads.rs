@@ -8,15 +8,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chubby_client::client::{Client, ClientEvent, ClientOptions, OpenOptions};
+use chubby_client::client::{Client, ClientOptions, OpenOptions};
 use chubby_client::conn::ClientError;
-use chubby_client::session::SessionStatus;
 use chubby_protocol::cell::CellFile;
 use chubby_protocol::client_msg::CallError;
 use chubby_protocol::{HandleId, LockMode, Refusal};
 
 use super::{Figure, Latencies};
-use crate::real_cell::RealCell;
 
 /// Directory every workload works in.
 pub const BENCH_DIR: &str = "/bench";
@@ -55,7 +53,7 @@ pub enum BenchError {
     Check(String),
 }
 
-fn ctx<T>(what: &str, r: Result<T, ClientError>) -> Result<T, BenchError> {
+pub(super) fn ctx<T>(what: &str, r: Result<T, ClientError>) -> Result<T, BenchError> {
     r.map_err(|source| BenchError::Client {
         what: what.to_owned(),
         source,
@@ -63,7 +61,7 @@ fn ctx<T>(what: &str, r: Result<T, ClientError>) -> Result<T, BenchError> {
 }
 
 /// A session with the bench directory made.
-async fn session(cell: &CellFile) -> Result<Client, BenchError> {
+pub(super) async fn session(cell: &CellFile) -> Result<Client, BenchError> {
     let client = ctx(
         "starting a session",
         Client::connect(cell, ClientOptions::default()).await,
@@ -75,7 +73,7 @@ async fn session(cell: &CellFile) -> Result<Client, BenchError> {
 }
 
 /// A write handle on `/bench/<name>`.
-async fn write_handle(client: &Client, name: &str) -> Result<HandleId, BenchError> {
+pub(super) async fn write_handle(client: &Client, name: &str) -> Result<HandleId, BenchError> {
     let path = format!("{BENCH_DIR}/{name}");
     let opened = ctx(
         &format!("opening {path}"),
@@ -84,7 +82,7 @@ async fn write_handle(client: &Client, name: &str) -> Result<HandleId, BenchErro
     Ok(opened.handle)
 }
 
-fn value(i: u64) -> Vec<u8> {
+pub(super) fn value(i: u64) -> Vec<u8> {
     let mut v = format!("value {i} ").into_bytes();
     v.resize(VALUE_BYTES, b'.');
     v
@@ -349,118 +347,6 @@ pub async fn locks(cell: &CellFile, s: &Settings) -> Result<Vec<Figure>, BenchEr
         ),
     ));
     Ok(figures)
-}
-
-/// The fail-over gap: one session writes in a loop; the master is killed with `kill -9`;
-/// the gap is the time from the kill to the completion of the first write sent after it.
-/// The session must survive (no expiry, same session) and hear the fail-over event; writes
-/// that fail around the kill are counted and reported with the figure.
-///
-/// # Errors
-/// The session did not survive, or no write completed within 60 s.
-pub async fn fail_over(cell: &mut RealCell, master: usize) -> Result<Vec<Figure>, BenchError> {
-    let file = CellFile::load(cell.cell_file())
-        .map_err(|e| BenchError::Check(format!("cell file: {e}")))?;
-    let client = Arc::new(session(&file).await?);
-    let before = client.session();
-    let handle = write_handle(&client, "failover").await?;
-    let mut events = client.subscribe();
-    // (sent, completed, result) of every write.
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<(Instant, Instant, Result<(), String>)>();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (client, stop) = (Arc::clone(&client), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                let r = client.set_contents(handle, value(i), None).await;
-                i += 1;
-                let r = r.map(|_| ()).map_err(|e| e.to_string());
-                if tx.send((sent, Instant::now(), r)).is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    // Steady state first: a few hundred writes.
-    let mut steady = 0;
-    while steady < 200 {
-        match rx.recv().await {
-            Some((_, _, Ok(()))) => steady += 1,
-            Some((_, _, Err(e))) => {
-                return Err(BenchError::Check(format!("write before the kill: {e}")))
-            }
-            None => return Err(BenchError::Check("the writer stopped".into())),
-        }
-    }
-    // Every session the new master restores must acknowledge the fail-over (or end) before
-    // writes proceed: report how many there were.
-    let sessions = cell.statuses(&cell.connect()).await[master - 1]
-        .as_ref()
-        .map_or(0, |s| s.sessions);
-    let killed = Instant::now();
-    cell.kill9(master);
-    let mut errors = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let first = loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            // A write sent after the kill went through the new master.
-            Ok(Some((sent, done, Ok(())))) if sent >= killed => break done,
-            Ok(Some((_, _, Ok(())))) => {}
-            Ok(Some((_, _, Err(e)))) => errors.push(e),
-            Ok(None) => return Err(BenchError::Check("the writer stopped".into())),
-            Err(_) => {
-                return Err(BenchError::Check(
-                    "no write completed within 60 s of killing the master".into(),
-                ))
-            }
-        }
-    };
-    let gap = first.duration_since(killed);
-    // The event arrives with the first KeepAlive the new master answers, which may be after
-    // the first write.
-    let heard = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match events.recv().await {
-                Ok(ClientEvent::FailOver) => break true,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break false,
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    stop.store(true, Ordering::Relaxed);
-    let _ = writer.await;
-    let status = client.status();
-    if status != SessionStatus::Safe || client.session() != before {
-        return Err(BenchError::Check(format!(
-            "the session did not survive the fail-over: {status:?}"
-        )));
-    }
-    if !heard {
-        return Err(BenchError::Check(
-            "no fail-over event reached the client".into(),
-        ));
-    }
-    if let Ok(client) = Arc::try_unwrap(client) {
-        client.shutdown().await;
-    }
-    Ok(vec![Figure::ms(
-        "fail-over gap",
-        gap,
-        format!(
-            "kill -9 of the master to the completion of the first write sent after it; {sessions} \
-             session(s) in the cell; session survived; {} client-visible errors{}",
-            errors.len(),
-            errors
-                .first()
-                .map(|e| format!(" (first: {e})"))
-                .unwrap_or_default()
-        ),
-    )])
 }
 
 /// Session death as a lock holder's: a `session-holder` process takes an exclusive lock

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use chubby_integration::bench::workloads::{self, BenchError, Settings};
 use chubby_integration::bench::{
-    compare, json_lines, peers, proc_cpu_seconds, proc_rss_mb, table, Figure,
+    compare, failover, json_lines, peers, proc_cpu_seconds, proc_rss_mb, soak, table, Figure,
 };
 use chubby_integration::real_cell::{find_binary, sample, RealCell};
 use chubby_protocol::cell::CellFile;
@@ -57,6 +57,16 @@ struct Cli {
     /// Skip the fail-over measurement (it kills the master).
     #[arg(long)]
     skip_failover: bool,
+    /// How many times the fail-over measurement kills the master (each killed replica is
+    /// restarted and caught up before the next kill); the figures are the median and the
+    /// worst gap.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
+    kills: u64,
+    /// Instead of the figures: the soak. --clients sessions write their own files for this
+    /// many seconds beside a busy loop on every core; prints writes, latencies, elections
+    /// and lost sessions, and exits non-zero if there was any election or lost session.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    soak: Option<u64>,
     /// Skip the figures through a FUSE mount (they need /dev/fuse and root).
     #[arg(long)]
     skip_mount: bool,
@@ -198,6 +208,33 @@ async fn run(
         cell.cell_dir().display()
     );
     let file = CellFile::load(cell.cell_file()).map_err(|e| format!("cell file: {e}"))?;
+    if let Some(secs) = cli.soak {
+        let clients = usize::try_from(cli.clients).unwrap_or(16);
+        eprintln!("chubby-bench: soak: {clients} clients for {secs} s beside a CPU hog ...");
+        let figs = soak::soak(&cell, clients, Duration::from_secs(secs))
+            .await
+            .map_err(|e| format!("soak: {e}"))?;
+        let of = |name: &str| {
+            figs.iter()
+                .find(|f| f.name == name)
+                .map_or(0.0, |f| f.value)
+        };
+        let (elections, lost) = (of("soak: elections"), of("soak: sessions lost"));
+        if elections > 0.0 || lost > 0.0 {
+            print!(
+                "{}",
+                if cli.json {
+                    json_lines(&figs)
+                } else {
+                    table(&figs)
+                }
+            );
+            return Err(format!(
+                "soak: {elections} election(s) and {lost} lost session(s); there must be none"
+            ));
+        }
+        return Ok((figs, None));
+    }
     let mut figures = Vec::new();
     let step = |name: &str, r: Result<Vec<Figure>, BenchError>| {
         r.map_err(|e| format!("{name}: {e}")).inspect(|f| {
@@ -333,24 +370,10 @@ async fn run(
         }
     }
     if !cli.skip_failover {
-        // The master may have moved since the start; kill the current one.
-        let master = wait_master(&cell, &conn).await?;
         figures.extend(step(
             "fail-over",
-            workloads::fail_over(&mut cell, master).await,
+            failover::kills(&mut cell, usize::try_from(cli.kills).unwrap_or(10)).await,
         )?);
-        // Back to three replicas for what follows.
-        cell.spawn(master);
-        let ids: Vec<usize> = (1..=cell.len()).collect();
-        let at = cell
-            .statuses(&conn)
-            .await
-            .into_iter()
-            .flatten()
-            .map(|s| s.applied)
-            .max();
-        cell.wait_converged(&conn, &ids, at.unwrap_or_default(), Duration::from_secs(60))
-            .await;
     }
     let Some(h) = harness else {
         return Ok((figures, None));

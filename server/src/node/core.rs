@@ -291,6 +291,9 @@ impl Core {
                     .rejected(now, wall, &command, &reason, &mut effects);
             }
             Action::Role { role, epoch } => {
+                if role == crate::paxos::RoleKind::Candidate {
+                    self.metrics.election_started();
+                }
                 self.role_changed(role, epoch);
                 self.composite
                     .role_changed(now, wall, role, epoch, &mut effects);

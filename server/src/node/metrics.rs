@@ -41,6 +41,8 @@ pub(super) struct Metrics {
     snapshots_written: u64,
     snapshot_bytes: u64,
     snapshots_installed: u64,
+    /// Elections this replica started (each campaign, won or not).
+    elections: u64,
     backups: u64,
     backup_bytes: u64,
 }
@@ -57,6 +59,7 @@ impl Default for Metrics {
             snapshots_written: 0,
             snapshot_bytes: 0,
             snapshots_installed: 0,
+            elections: 0,
             backups: 0,
             backup_bytes: 0,
         }
@@ -130,6 +133,10 @@ impl Metrics {
 
     pub(super) fn snapshot_installed(&mut self) {
         self.snapshots_installed += 1;
+    }
+
+    pub(super) fn election_started(&mut self) {
+        self.elections += 1;
     }
 
     pub(super) fn backup_taken(&mut self, bytes: usize) {
@@ -300,6 +307,14 @@ impl Core {
             "Snapshots fetched from peers and installed.",
             &[],
             m.snapshots_installed,
+        );
+        e.counter(
+            "chubby_elections_total",
+            "Elections this replica started (won or not). A healthy cell starts none between \
+             fail-overs; a rising count on a live master's cell means followers stopped \
+             hearing its heartbeats within a master lease (overload, stalls, a bad network).",
+            &[],
+            m.elections,
         );
         e.counter(
             "chubby_backups_total",
