@@ -45,7 +45,8 @@ use tracing::{debug, info, warn};
 use crate::cache::{Cache, CacheStats};
 use crate::conn::{CellConn, ClientError};
 use crate::session::{
-    ClientSession, SessionConfig, SessionEvent, SessionStatus, Transition, GRACE_MS_DEFAULT,
+    CallNumbers, ClientSession, SessionConfig, SessionEvent, SessionStatus, Transition,
+    GRACE_MS_DEFAULT,
 };
 
 /// Read handles kept open for cached reads (Chubby §2.7 handle caching).
@@ -206,6 +207,8 @@ struct Inner {
     poisoned: watch::Sender<HashSet<HandleId>>,
     /// `shutdown` closes the session: its end is expected, not news.
     closing: std::sync::atomic::AtomicBool,
+    /// The numbers of the session's calls that change the database.
+    numbers: Mutex<CallNumbers>,
     start: tokio::time::Instant,
     downstream: Option<Arc<dyn DownstreamCache>>,
     /// Work for the downstream worker, in notice order.
@@ -230,7 +233,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
     state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -622,6 +625,7 @@ impl Client {
             downstream_jobs: options.downstream.is_some().then_some(jobs_tx),
             downstream: options.downstream,
             ack_moved: tokio::sync::Notify::new(),
+            numbers: Mutex::new(CallNumbers::new()),
         });
         info!(session = session.0, epoch = %epoch, lease_ms, "session started");
         let keepalive = tokio::spawn(keepalive_loop(Arc::clone(&inner)));
@@ -720,23 +724,32 @@ impl Client {
     }
 
     /// Sends a session call to the master with the current epoch, following epoch changes.
-    /// A call whose repetition is harmless ([`retry_safe`]) is sent again when its outcome
-    /// is unknown (the master died with it in flight): a fail-over is a delay, not an error.
+    /// A call that changes the database is numbered ([`CallNumbers`]) and sent again with
+    /// its number when its outcome is unknown (the connection or the master went away with
+    /// it in flight): the master answers a copy from the record of the first, so it takes
+    /// effect once and the answer is the true one. Reads are sent again as they are. A
+    /// fail-over is a delay, not an error, while the session lives.
     async fn call(&self, call: Call) -> Result<Answer, ClientError> {
-        let mut backoff = Duration::from_millis(50);
+        let number = CallNumbers::numbered(&call).then(|| NumberGuard::begin(&self.inner));
+        let mut backoff = Duration::from_millis(20);
         loop {
-            match self.call_once(call.clone()).await {
-                Err(e) if outcome_unknown(&e) && retry_safe(&call) => {
-                    debug!(error = %e, "outcome unknown; sending the call again");
+            let stamped = number.as_ref().map(|n| n.stamp());
+            match self.call_once(call.clone(), stamped).await {
+                Err(e) if outcome_unknown(&e) && (number.is_some() || retry_safe(&call)) => {
+                    debug!(error = %e, call = call.name(), "outcome unknown; sending the call again");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 other => return other,
             }
         }
     }
 
-    async fn call_once(&self, call: Call) -> Result<Answer, ClientError> {
+    async fn call_once(
+        &self,
+        call: Call,
+        number: Option<chubby_protocol::client_msg::CallNumber>,
+    ) -> Result<Answer, ClientError> {
         loop {
             self.usable().await?;
             let (epoch, lease_ms) = {
@@ -748,7 +761,7 @@ impl Client {
             match self
                 .inner
                 .conn
-                .call_in(Some(epoch), call.clone(), timeout)
+                .call_numbered(Some(epoch), call.clone(), number, timeout)
                 .await
             {
                 Err(ClientError::Call(CallError::WrongEpoch { current })) => {
@@ -1338,39 +1351,11 @@ impl Client {
         }
     }
 
-    /// Sends an Acquire or TryAcquire whose outcome may become unknown (the master died
-    /// with it in flight): the handle's lock state at the next master then says whether it
-    /// took effect (held, or queued), and it is sent again if it did not. A master serves
-    /// only once every slot its predecessors proposed is decided and applied, so "not in
-    /// effect" is final. A fail-over is thus a delay for lock calls too, and a lock is
-    /// never taken twice.
-    ///
-    /// If the master was only unreachable for a moment (the connection was lost, not the
-    /// master), the first copy may still be applied after the state was asked: the copy
-    /// sent again is then refused `AlreadyHeld`, and the state asked once more says what
-    /// the first one did.
+    /// Sends an Acquire or TryAcquire: numbered like every write ([`Client::call`]), so a
+    /// copy sent again after a fail-over is answered from the record of the first, and a
+    /// lock is never taken twice nor its grant lost.
     async fn lock_call(&self, handle: HandleId, call: Call) -> Result<Answer, ClientError> {
-        let mut resent = false;
-        loop {
-            match self.handle_call(handle, call.clone()).await {
-                Err(e)
-                    if outcome_unknown(&e)
-                        || (resent
-                            && matches!(
-                                e,
-                                ClientError::Call(CallError::Refused(Refusal::AlreadyHeld))
-                            )) =>
-                {
-                    debug!(handle = handle.0, error = %e, "lock call's outcome unknown: asking");
-                    match self.lock_state(handle).await? {
-                        LockState::Held(sequencer) => return Ok(Answer::Acquired { sequencer }),
-                        LockState::Waiting => return Ok(Answer::Queued),
-                        LockState::None => resent = true,
-                    }
-                }
-                other => return other,
-            }
-        }
+        self.handle_call(handle, call).await
     }
 
     /// Releases the lock (or cancels a queued Acquire).
@@ -1480,6 +1465,29 @@ impl Drop for Client {
     }
 }
 
+/// A call's number, awaiting its answer until dropped (answered, failed, or given up).
+struct NumberGuard<'a> {
+    inner: &'a Inner,
+    number: u64,
+}
+
+impl<'a> NumberGuard<'a> {
+    fn begin(inner: &'a Inner) -> NumberGuard<'a> {
+        let number = lock(&inner.numbers).begin();
+        NumberGuard { inner, number }
+    }
+
+    fn stamp(&self) -> chubby_protocol::client_msg::CallNumber {
+        lock(&self.inner.numbers).stamp(self.number)
+    }
+}
+
+impl Drop for NumberGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.numbers).end(self.number);
+    }
+}
+
 /// True if `e` leaves the call's outcome unknown (the connection or the master went away
 /// with it in flight). Finding a master again is the connection's job, bounded by
 /// [`crate::conn::FIND_MASTER_TIMEOUT`].
@@ -1493,29 +1501,19 @@ fn outcome_unknown(e: &ClientError) -> bool {
 /// A lock's mode while held (`None`: free) and its holders.
 pub type LockHolders = (Option<LockMode>, Vec<(SessionId, HandleId)>);
 
-/// Calls that may be sent again after an unknown outcome: reads; a whole-file write
-/// without a generation check (the file ends the same); Open without exclusive creation
-/// (a second handle at worst, closed with the session); Close and Release (a repeat is
-/// refused harmlessly).
+/// Unnumbered calls that may be sent again after an unknown outcome: the reads (numbered
+/// calls are sent again with their number).
 fn retry_safe(call: &Call) -> bool {
-    match call {
-        Call::Open(args) => args.creation != Creation::Must,
-        Call::SetContents { expected, .. } => expected.is_none(),
+    matches!(
+        call,
         Call::GetContentsAndStat { .. }
-        | Call::StatPath { .. }
-        | Call::ReadDir { .. }
-        | Call::GetSequencer { .. }
-        | Call::CheckSequencer { .. }
-        | Call::LockHolders { .. }
-        | Call::Close { .. }
-        | Call::Release { .. } => true,
-        // Setting the same attributes twice leaves the same node (only ctime moves).
-        Call::SetAttr { change, .. } => {
-            !matches!(change.atime, Some(chubby_protocol::TimeSet::Now))
-                && !matches!(change.mtime, Some(chubby_protocol::TimeSet::Now))
-        }
-        _ => false,
-    }
+            | Call::GetStat { .. }
+            | Call::StatPath { .. }
+            | Call::ReadDir { .. }
+            | Call::GetSequencer { .. }
+            | Call::CheckSequencer { .. }
+            | Call::LockHolders { .. }
+    )
 }
 
 fn expired() -> ClientError {

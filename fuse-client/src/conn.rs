@@ -207,7 +207,26 @@ impl CellConn {
         call: Call,
         reply_timeout: Duration,
     ) -> Result<Answer, ClientError> {
-        let request = Request { epoch, call };
+        self.call_numbered(epoch, call, None, reply_timeout).await
+    }
+
+    /// Like [`CellConn::call_in`], with the call's number in its session (protocol
+    /// `client_msg`, "Exactly once").
+    ///
+    /// # Errors
+    /// As [`CellConn::call`].
+    pub async fn call_numbered(
+        &self,
+        epoch: Option<chubby_protocol::Ballot>,
+        call: Call,
+        number: Option<chubby_protocol::client_msg::CallNumber>,
+        reply_timeout: Duration,
+    ) -> Result<Answer, ClientError> {
+        let request = Request {
+            epoch,
+            call,
+            number,
+        };
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         let mut next = 0usize;

@@ -134,6 +134,15 @@ fn master_kill9_under_load_loses_no_acknowledged_write() {
         let (acked, unknown) = check_outcomes(&writer, &outcomes).await;
         println!("{acked} acknowledged writes all present; {unknown} with unknown outcome");
         assert!(acked >= 100);
+        // Exactly-once calls (issue 21): the exclusive create in flight at the kill is sent
+        // again with its number and answered once, with its true outcome; none is left
+        // unknown or refused `Exists` because its first copy was applied.
+        let failed: Vec<_> = outcomes
+            .iter()
+            .filter(|(_, o)| **o != WriteOutcome::Acked)
+            .collect();
+        assert!(failed.is_empty(), "writes not acknowledged: {failed:?}");
+        assert_eq!(unknown, 0);
         conn.close().await;
     });
 }

@@ -132,3 +132,30 @@ fn counting_the_founders_set_in_phase_two_is_caught() {
     let outcome = run(&fixed);
     assert!(outcome.violation.is_none(), "{:?}", outcome.violation);
 }
+
+/// Exactly-once calls (issue 21): a database that applies numbered calls but forgets their
+/// outcomes applies a copy sent again a second time. The simulator's clients send copies
+/// like the library (after a lost answer, and in most seeds after a short wait while the
+/// first copy may still be applied), and the checkers catch the second application: a
+/// written value seen at two generations, or a history no single application explains.
+/// With the records kept, the same seed passes.
+#[test]
+fn forgetting_the_outcomes_of_numbered_calls_is_caught() {
+    let (seed, checker) = hunt_cell("forget-call-outcomes", 20);
+    assert!(
+        ["write_applied_once", "linearizable"].contains(&checker.as_str()),
+        "seed {seed}: {checker}"
+    );
+    let mut fixed = SimOptions::new(seed);
+    fixed.cell = Some(chubby_integration::sim::cell::CellBugs::default());
+    let outcome = run(&fixed);
+    assert!(
+        outcome.violation.is_none(),
+        "seed {seed}: {:?}",
+        outcome.violation
+    );
+    assert!(
+        outcome.stats.cell.resent > 0,
+        "seed {seed}: no call was sent again"
+    );
+}

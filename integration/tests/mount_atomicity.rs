@@ -450,15 +450,12 @@ fn a_history_of_six_processes_on_two_mounts_is_linearizable() {
     history_of_six_processes_on_two_mounts(false);
 }
 
-/// Failed once in 7 runs (in CI), with no unknown outcome and no failed read. The cause
-/// read from the code (a failure now keeps the clients' logs to confirm it): a whole-file
-/// write in flight when the master dies is resent to the next master (`client::retry_safe` counts
-/// a SetContents without a generation check as repeatable), and if its first copy was
-/// applied and another client's write landed in between, the resent copy applies it a
-/// second time; a read sees the first copy, then the other write, then the first again.
-/// Issue 21's exactly-once calls fix it; run with `--ignored` until then.
+/// Failed once in 7 runs (in CI) before exactly-once calls: a whole-file write in flight
+/// when the master died was resent to the next master, and when its first copy had been
+/// applied and another client's write landed in between, the copy applied it a second time
+/// (a reader saw A, B, A). Calls are numbered now, and the next master answers the copy from
+/// the log's record of the first (docs/sessions.md, "Exactly once").
 #[test]
-#[ignore = "known bug: a resent SetContents can apply twice across a fail-over (issue 21)"]
 fn a_history_of_six_processes_on_two_mounts_through_a_master_kill_is_linearizable() {
     history_of_six_processes_on_two_mounts(true);
 }

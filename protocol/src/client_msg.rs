@@ -19,11 +19,21 @@
 //! [`Call::KeepAlive`] is a long poll (see [`crate::events`]); every other session call names
 //! its session and is refused with `SessionExpired` once the master has ended it.
 //!
+//! # Exactly once
+//! A session call that changes the database carries a [`CallNumber`]: the session's own
+//! count of its calls, and the lowest number it still waits on. The master records each
+//! numbered call's outcome in the replicated database with the command that applies it;
+//! the same number sent again (to the same master after a lost connection, or to the next
+//! one after a fail-over) is answered from that record and never applied twice. A number
+//! below `done_below` frees its record (docs/sessions.md, "Exactly once").
+//!
 //! Variants are only ever appended, and the wire version byte guards against a peer of
-//! another version.
+//! another version. A [`Request`] of a build before call numbers (no `number`) still
+//! decodes ([`Request::decode`]), so older clients keep working, without exactly-once.
 
 use bincode::{Decode, Encode};
 
+use crate::codec::{self, DecodeError};
 use crate::db::{AclNames, Generation, HandleId, LockMode, OpenArgs, Sequencer, SessionId, Stat};
 use crate::error::Refusal;
 use crate::events::{CacheToken, KeepAliveReply};
@@ -37,14 +47,60 @@ pub struct Request {
     pub epoch: Option<Ballot>,
     /// What to do.
     pub call: Call,
+    /// The call's number in its session, for a call that changes the database (see the
+    /// module docs); `None` for reads, and from clients of earlier builds.
+    pub number: Option<CallNumber>,
+}
+
+/// A request as builds before call numbers encoded it.
+#[derive(Decode)]
+struct RequestV1 {
+    epoch: Option<Ballot>,
+    call: Call,
 }
 
 impl Request {
     /// A request without an epoch (Status, CreateSession, CheckSequencer).
     #[must_use]
     pub fn unbound(call: Call) -> Request {
-        Request { epoch: None, call }
+        Request {
+            epoch: None,
+            call,
+            number: None,
+        }
     }
+
+    /// The request in `frame`, in this build's encoding or the one before call numbers
+    /// (whose bytes are a strict prefix of this one's, so neither is mistaken for the
+    /// other: `codec::decode` refuses trailing bytes).
+    ///
+    /// # Errors
+    /// This build's decoding error when neither reads the frame.
+    pub fn decode(frame: &[u8]) -> Result<Request, DecodeError> {
+        match codec::decode::<Request>(frame) {
+            Ok(r) => Ok(r),
+            Err(e @ DecodeError::Malformed(_)) => match codec::decode::<RequestV1>(frame) {
+                Ok(old) => Ok(Request {
+                    epoch: old.epoch,
+                    call: old.call,
+                    number: None,
+                }),
+                Err(_) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A session call's number (see the module docs, "Exactly once").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct CallNumber {
+    /// This call's number: the session's calls count from 1, each new call one up; a call
+    /// sent again keeps its number.
+    pub number: u64,
+    /// Every call of the session numbered below this was answered, so the master may
+    /// forget their outcomes; never above `number`.
+    pub done_below: u64,
 }
 
 /// The calls.
@@ -520,14 +576,51 @@ mod tests {
                 contents: b"hello".to_vec(),
                 expected: Some(Generation(2)),
             },
+            number: Some(CallNumber {
+                number: 12,
+                done_below: 10,
+            }),
         };
         let bytes = codec::encode(&req).unwrap();
-        let back: Request = codec::decode(&bytes).unwrap();
+        let back = Request::decode(&bytes).unwrap();
         assert_eq!(back, req);
         let mut bad = bytes.clone();
         bad.push(0);
-        assert!(codec::decode::<Request>(&bad).is_err(), "trailing byte");
-        assert!(codec::decode::<Request>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Request::decode(&bad).is_err(), "trailing byte");
+        // A cut frame is refused, except the one cut just before the number: that is the
+        // same call as a client of the build before numbers sent it.
+        let unnumbered = Request {
+            number: None,
+            ..req.clone()
+        };
+        for cut in 1..bytes.len() {
+            match Request::decode(&bytes[..cut]) {
+                Err(_) => {}
+                Ok(r) => assert_eq!(r, unnumbered, "cut at {cut}"),
+            }
+        }
+    }
+
+    /// A client of the build before call numbers sent `(epoch, call)`: its requests still
+    /// decode, as unnumbered.
+    #[test]
+    fn requests_without_a_number_from_earlier_builds_decode() {
+        #[derive(Encode)]
+        struct Old {
+            epoch: Option<Ballot>,
+            call: Call,
+        }
+        let call = Call::Close {
+            session: SessionId(3),
+            handle: HandleId(9),
+        };
+        let bytes = codec::encode(&Old {
+            epoch: None,
+            call: call.clone(),
+        })
+        .unwrap();
+        let back = Request::decode(&bytes).unwrap();
+        assert_eq!(back, Request::unbound(call));
     }
 
     #[test]

@@ -40,13 +40,15 @@ pub const DIR_MODE_DEFAULT: u32 = 0o755;
 /// Start of every database snapshot and backup (the layout is in chubby-server's
 /// `db::snapshot`; `chubby cell restore` checks the frame before creating anything).
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHBYSNAP";
-/// The snapshot format this build writes and reads (4: the creator's Paxos member sets
-/// ride along, so a replica that installs the snapshot knows the membership of the slots
-/// it skipped).
-pub const SNAPSHOT_FORMAT: u8 = 4;
-/// The oldest snapshot format this build still reads (format 3 has no member sets: they
-/// load as unknown; format 2 has no POSIX attributes and no ephemeral-children marker
-/// either: they load as the defaults).
+/// The snapshot format this build writes and reads (5: the database carries the outcomes
+/// of numbered calls, for exactly-once calls; 4: the creator's Paxos member sets ride
+/// along, so a replica that installs the snapshot knows the membership of the slots it
+/// skipped).
+pub const SNAPSHOT_FORMAT: u8 = 5;
+/// The oldest snapshot format this build still reads (format 4 has no call records: they
+/// load as none; format 3 has no member sets either: they load as unknown; format 2 has
+/// no POSIX attributes and no ephemeral-children marker either: they load as the
+/// defaults).
 pub const SNAPSHOT_FORMAT_OLDEST: u8 = 2;
 /// The largest snapshot body accepted.
 pub const SNAPSHOT_BYTES_MAX: usize = 1 << 31;

@@ -86,4 +86,12 @@ pub enum Refusal {
     /// A bound was reached (handles per session).
     #[error("too many")]
     TooMany,
+    /// A numbered call sent again after the session said it had its answer (or after the
+    /// master dropped the record of it to bound the session's records): nothing was done
+    /// now, and its first copy's outcome is no longer known.
+    #[error("call {number} was answered before and its outcome is forgotten")]
+    CallForgotten {
+        /// The call's number.
+        number: u64,
+    },
 }

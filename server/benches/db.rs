@@ -44,11 +44,7 @@ impl Feed {
     fn ok(&mut self, op: Op) -> Outcome {
         self.slot = self.slot.next();
         self.now += 1;
-        let cmd = Command {
-            epoch: EPOCH,
-            now: Stamp(self.now),
-            op,
-        };
+        let cmd = Command::new(EPOCH, Stamp(self.now), op);
         let applied = self.db.apply(self.slot, &cmd);
         applied.result.expect("bench commands succeed")
     }

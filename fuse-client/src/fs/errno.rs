@@ -29,7 +29,8 @@ pub fn of_refusal(r: &Refusal) -> Errno {
         Refusal::StaleEpoch { .. }
         | Refusal::BadHandle
         | Refusal::SessionExpired
-        | Refusal::StaleSequencer => libc::EIO,
+        | Refusal::StaleSequencer
+        | Refusal::CallForgotten { .. } => libc::EIO,
     };
     Errno::from_i32(n)
 }

@@ -13,8 +13,10 @@
 //! cache before the master can let a write past it.
 
 mod machine;
+mod numbers;
 
 pub use machine::{ClientSession, SessionConfig, SessionEvent};
+pub use numbers::CallNumbers;
 
 /// How much faster (per thousand) the master's clock may run than the client's. The
 /// paper requires such a bound and gives none (SPEC C.1); 1% is far above the drift of

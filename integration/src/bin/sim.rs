@@ -59,7 +59,8 @@ struct PaxosArgs {
     /// Inject a deliberate bug (repeatable). paxos: reply-before-persist,
     /// acceptor-ignores-lease, lease-from-receipt, skip-no-vote-rule,
     /// snapshot-drops-members, phase2-founders-set. cell: those, and
-    /// client-acks-before-drop, master-skips-cache-wait, lock-delay-ignored.
+    /// client-acks-before-drop, master-skips-cache-wait, lock-delay-ignored,
+    /// forget-call-outcomes.
     #[arg(long = "bug")]
     bugs: Vec<String>,
     /// Draw clock rates beyond the drift bound the lease math assumes (a negative test).

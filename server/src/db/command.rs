@@ -12,11 +12,15 @@
 //!   backwards (TigerBeetle's rule; the database asserts it). At fail-over a new master
 //!   must include the stamps of the values it re-proposes from phase 1.
 //!
+//! - `call`: for a client's call, the session's number for it ([`CallNumber`]), so that a
+//!   copy sent again is answered from the record of the first (`calls.rs`).
+//!
 //! Commands travel as opaque bytes inside Paxos values ([`chubby_protocol::Value`]):
 //! [`Command::encode`] and [`Command::decode`] use the size-limited wire codec, and
 //! decoding arbitrary bytes never panics.
 
 use bincode::{Decode, Encode};
+use chubby_protocol::client_msg::CallNumber;
 use chubby_protocol::codec::{self, DecodeError, EncodeError};
 use chubby_protocol::{
     AclNames, AttrChange, Ballot, Generation, HandleId, InstanceNumber, Instant, LockMode,
@@ -34,6 +38,10 @@ pub struct Command {
     pub now: Instant,
     /// What to do.
     pub op: Op,
+    /// The client's number for the call, if it numbered it. Last, so that a command of an
+    /// earlier build, which has no such field, encodes as a strict prefix of this one's:
+    /// the log's entries of such a build still decode (`replica::entry`).
+    pub call: Option<CallNumber>,
 }
 
 /// The operations. Every variant is one atomic change (or a refusal that changes nothing
@@ -200,6 +208,40 @@ impl Command {
     pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
         codec::decode(bytes)
     }
+
+    /// A command without a call number.
+    #[must_use]
+    pub fn new(epoch: Ballot, now: Instant, op: Op) -> Command {
+        Command {
+            epoch,
+            now,
+            op,
+            call: None,
+        }
+    }
+}
+
+impl Op {
+    /// The session the operation acts for, if any.
+    #[must_use]
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Op::Open(args) => Some(args.session),
+            Op::CloseSession { session }
+            | Op::ExpireSession { session }
+            | Op::Close { session, .. }
+            | Op::SetContents { session, .. }
+            | Op::Delete { session, .. }
+            | Op::SetAcl { session, .. }
+            | Op::Acquire { session, .. }
+            | Op::TryAcquire { session, .. }
+            | Op::Release { session, .. }
+            | Op::SetSequencer { session, .. }
+            | Op::Rename { session, .. }
+            | Op::SetAttr { session, .. } => Some(*session),
+            Op::NewEpoch | Op::CreateSession { .. } | Op::Noop | Op::Checksum => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +271,10 @@ mod tests {
                 create_mode: Some(0o600),
                 create_owner: Some((1000, 100)),
             })),
+            call: Some(CallNumber {
+                number: 5,
+                done_below: 3,
+            }),
         }
     }
 
@@ -241,6 +287,7 @@ mod tests {
             epoch: Ballot::ZERO,
             now: Instant(1),
             op: Op::Noop,
+            call: None,
         };
         assert_eq!(Command::decode(&noop.encode().unwrap()).unwrap(), noop);
     }

@@ -54,6 +54,7 @@
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod acl;
+pub mod calls;
 pub mod command;
 pub mod cow_map;
 pub mod locks;
@@ -111,6 +112,10 @@ pub struct DbConfig {
     /// A deliberate bug for the simulator's self-test (only with the `bug-injection`
     /// feature): every handle gets lock-delay 0 whatever it asked for.
     pub bug_ignore_lock_delay: bool,
+    /// A deliberate bug for the simulator's self-test (only with the `bug-injection`
+    /// feature): numbered calls are applied but their outcomes never recorded, so a copy
+    /// sent again is applied again.
+    pub bug_forget_call_outcomes: bool,
 }
 
 impl DbConfig {
@@ -121,6 +126,7 @@ impl DbConfig {
             admin: admin.to_owned(),
             lock_delay_ms_default: chubby_protocol::db::LOCK_DELAY_MS_DEFAULT,
             bug_ignore_lock_delay: false,
+            bug_forget_call_outcomes: false,
         }
     }
 }
@@ -141,7 +147,7 @@ pub enum DbConfigError {
 pub struct Digest(pub u64);
 
 /// What a successful command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Outcome {
     /// The epoch moved to the command's.
     EpochStarted,
@@ -384,6 +390,7 @@ pub struct Db {
     ns: Namespace,
     sessions: Sessions,
     locks: locks::Locks,
+    calls: calls::Calls,
 }
 
 impl Db {
@@ -423,6 +430,7 @@ impl Db {
             ns,
             sessions: Sessions::default(),
             locks: locks::Locks::default(),
+            calls: calls::Calls::default(),
         };
         db.check_invariants();
         Ok(db)
@@ -446,7 +454,7 @@ impl Db {
             Err(refusal) => Err(refusal),
             Ok(()) => {
                 self.advance_time(cmd.now, &mut changes);
-                self.dispatch(cmd, &mut changes)
+                self.dispatch_once(cmd, &mut changes)
             }
         };
         if cfg!(debug_assertions) {
@@ -492,6 +500,39 @@ impl Db {
         self.now = now;
         for instance in self.locks.expire_delays(now) {
             self.hand_off(instance, changes);
+        }
+    }
+
+    /// Applies a numbered call at most once (`calls.rs` gives the rule); anything else as
+    /// it comes.
+    fn dispatch_once(
+        &mut self,
+        cmd: &Command,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        let numbered = cmd
+            .call
+            .zip(cmd.op.session())
+            .filter(|(_, s)| self.sessions.session(*s).is_some());
+        let Some((call, session)) = numbered else {
+            return self.dispatch(cmd, changes);
+        };
+        self.calls
+            .acknowledge(session, call.done_below.min(call.number));
+        match self.calls.seen(session, call.number) {
+            calls::Seen::Answered(result) => *result,
+            calls::Seen::Forgotten => Err(Refusal::CallForgotten {
+                number: call.number,
+            }),
+            calls::Seen::New => {
+                let result = self.dispatch(cmd, changes);
+                let forget =
+                    cfg!(feature = "bug-injection") && self.config.bug_forget_call_outcomes;
+                if self.sessions.session(session).is_some() && !forget {
+                    self.calls.record(session, call.number, result.clone());
+                }
+                result
+            }
         }
     }
 
@@ -630,6 +671,19 @@ impl Db {
         self.sessions.handle_of(session, handle)
     }
 
+    /// What the records say of call `number` of `session` (`calls.rs`): the master
+    /// answers a copy sent again from them without a Paxos round.
+    #[must_use]
+    pub fn call_seen(&self, session: SessionId, number: u64) -> calls::Seen {
+        self.calls.seen(session, number)
+    }
+
+    /// Call outcomes recorded, over all sessions.
+    #[must_use]
+    pub fn call_records(&self) -> usize {
+        self.calls.len()
+    }
+
     /// The session `id`, if it is live.
     #[must_use]
     pub fn session(&self, id: SessionId) -> Option<&sessions::Session> {
@@ -754,6 +808,13 @@ impl Db {
         self.ns.validate()?;
         self.sessions.validate()?;
         self.locks.validate()?;
+        self.calls.validate()?;
+        for session in self.calls.sessions() {
+            ensure!(
+                self.sessions.session(session).is_some(),
+                "call records of ended session {session:?}"
+            );
+        }
         ensure!(
             acl::valid_principal(&self.config.admin),
             "bad admin principal"

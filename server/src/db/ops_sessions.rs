@@ -39,6 +39,7 @@ impl Db {
             changes.push(Change::HandleClosed { session, handle });
         }
         self.sessions.remove_session(session);
+        self.calls.end_session(session);
         assert!(
             self.sessions.session(session).is_none(),
             "session survived its end"

@@ -321,11 +321,7 @@ impl Driver {
             other => (self.op(other), epoch),
         };
         let epoch = if t.stale { Ballot::ZERO } else { epoch };
-        Command {
-            epoch,
-            now: self.now,
-            op,
-        }
+        Command::new(epoch, self.now, op)
     }
 
     fn op(&self, step: &Step) -> Op {
@@ -585,11 +581,7 @@ fn prelude() -> Vec<Command> {
         },
     ];
     ops.into_iter()
-        .map(|op| Command {
-            epoch,
-            now: Instant::ZERO,
-            op,
-        })
+        .map(|op| Command::new(epoch, Instant::ZERO, op))
         .collect()
 }
 

@@ -20,10 +20,10 @@
 //! # Format
 //! ```text
 //! "CHBYSNAP" | format: u8 | body_len: u64 LE | crc32(body): u32 LE | body
-//! body = bincode(slot covered, membership, member sets, database state)     format 4
+//! body = bincode(slot covered, membership, member sets, database state)     formats 4, 5
 //! body = bincode(slot covered, membership, database state)                  formats 2, 3
 //! ```
-//! This build writes format 4. The member sets are the creator's Paxos membership map
+//! This build writes format 5 (format 4 without the call records: `snapshot_v2.rs`). The member sets are the creator's Paxos membership map
 //! (sets, addresses, and the slot through which it is complete): a replica that installs
 //! the snapshot skips the values that carried those changes, and without the map no
 //! replica could campaign once the creator was gone (docs/paxos.md). It also reads
@@ -160,11 +160,25 @@ impl Db {
                 )
                 .map_err(malformed)?
             }
+            4 => {
+                let ((slot, membership, member_sets, db), used) =
+                    bincode::decode_from_slice::<
+                        (Slot, Vec<NodeId>, MemberSets, super::snapshot_v2::DbV4),
+                        _,
+                    >(body, SNAPSHOT_CONFIG)
+                    .map_err(malformed)?;
+                ((slot, membership, member_sets, db.upgrade()), used)
+            }
             3 => {
-                let ((slot, membership, db), used) =
-                    bincode::decode_from_slice::<(Slot, Vec<NodeId>, Db), _>(body, SNAPSHOT_CONFIG)
-                        .map_err(malformed)?;
-                ((slot, membership, MemberSets::default(), db), used)
+                let ((slot, membership, db), used) = bincode::decode_from_slice::<
+                    (Slot, Vec<NodeId>, super::snapshot_v2::DbV4),
+                    _,
+                >(body, SNAPSHOT_CONFIG)
+                .map_err(malformed)?;
+                (
+                    (slot, membership, MemberSets::default(), db.upgrade()),
+                    used,
+                )
             }
             // Format 2 (`check_header` admits only OLDEST..=FORMAT).
             _ => {
@@ -265,6 +279,7 @@ pub(super) fn digest_of(db: &Db) -> Digest {
         .u64(db.ns.node_sum())
         .u64(db.ns.next_instance())
         .u64(db.sessions.digest())
-        .u64(db.locks.digest());
+        .u64(db.locks.digest())
+        .u64(db.calls.digest());
     Digest(fnv1a64(h.finish(), &config))
 }

@@ -1,4 +1,8 @@
-//! Reading snapshots and backups of format 2, written before nodes carried POSIX
+//! Reading snapshots and backups of formats 2 to 4. Formats 3 and 4 hold today's database
+//! without the call records and the configuration's `bug_forget_call_outcomes` ([`DbV4`]);
+//! format 2, described below, lacks more.
+//!
+//! Format 2 was written written before nodes carried POSIX
 //! attributes and the ephemeral-children marker (`protocol::db::SNAPSHOT_FORMAT_OLDEST`).
 //!
 //! Format 2's body is format 3's with each node lacking its last two fields, so this
@@ -18,10 +22,58 @@ use chubby_protocol::{
     Timespec,
 };
 
+use super::calls::Calls;
 use super::locks::Locks;
 use super::namespace::{Namespace, Node};
 use super::sessions::Sessions;
 use super::{Db, DbConfig};
+
+/// The configuration as formats 2 to 4 stored it.
+#[derive(Decode)]
+pub(super) struct DbConfigV4 {
+    admin: String,
+    lock_delay_ms_default: u64,
+    bug_ignore_lock_delay: bool,
+}
+
+impl DbConfigV4 {
+    fn upgrade(self) -> DbConfig {
+        DbConfig {
+            admin: self.admin,
+            lock_delay_ms_default: self.lock_delay_ms_default,
+            bug_ignore_lock_delay: self.bug_ignore_lock_delay,
+            bug_forget_call_outcomes: false,
+        }
+    }
+}
+
+/// The database as formats 3 and 4 stored it.
+#[derive(Decode)]
+pub(super) struct DbV4 {
+    config: DbConfigV4,
+    epoch: Ballot,
+    now: Instant,
+    applied: Slot,
+    ns: Namespace,
+    sessions: Sessions,
+    locks: Locks,
+}
+
+impl DbV4 {
+    /// The database of today's format, with no call records (validated by the caller).
+    pub(super) fn upgrade(self) -> Db {
+        Db {
+            config: self.config.upgrade(),
+            epoch: self.epoch,
+            now: self.now,
+            applied: self.applied,
+            ns: self.ns,
+            sessions: self.sessions,
+            locks: self.locks,
+            calls: Calls::default(),
+        }
+    }
+}
 
 /// A node as format 2 stored it.
 #[derive(Decode)]
@@ -73,7 +125,7 @@ struct NamespaceV2 {
 /// The database as format 2 stored it.
 #[derive(Decode)]
 pub(super) struct DbV2 {
-    config: DbConfig,
+    config: DbConfigV4,
     epoch: Ballot,
     now: Instant,
     applied: Slot,
@@ -87,13 +139,14 @@ impl DbV2 {
     pub(super) fn upgrade(self) -> Db {
         let nodes = self.ns.nodes.into_iter().map(|(k, n)| (k, n.upgrade()));
         Db {
-            config: self.config,
+            config: self.config.upgrade(),
             epoch: self.epoch,
             now: self.now,
             applied: self.applied,
             ns: Namespace::from_nodes(nodes, self.ns.next_instance),
             sessions: self.sessions,
             locks: self.locks,
+            calls: Calls::default(),
         }
     }
 }

@@ -43,11 +43,7 @@ impl Harness {
 
     pub fn run(&mut self, op: Op) -> Applied {
         self.slot = self.slot.next();
-        let cmd = Command {
-            epoch: self.epoch,
-            now: self.now,
-            op,
-        };
+        let cmd = Command::new(self.epoch, self.now, op);
         self.db.apply(self.slot, &cmd)
     }
 
@@ -1643,8 +1639,20 @@ fn a_format_3_snapshot_still_restores() {
     let h = t.file(s, "/f");
     t.write(s, h, b"contents").unwrap();
     let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    // Format 3's database: today's without the call records and the configuration's
+    // last flag (a tuple encodes like the struct of its fields).
+    let c = &t.db.config;
+    let old_db = (
+        (&c.admin, c.lock_delay_ms_default, c.bug_ignore_lock_delay),
+        t.db.epoch,
+        t.db.now,
+        t.db.applied,
+        &t.db.ns,
+        &t.db.sessions,
+        &t.db.locks,
+    );
     let body = bincode::encode_to_vec(
-        (t.db.applied_slot(), &members, &t.db),
+        (t.db.applied_slot(), &members, old_db),
         bincode::config::standard(),
     )
     .unwrap();
@@ -1853,4 +1861,165 @@ fn empty_slots_advance_the_snapshot_slot() {
         Ok(Outcome::Noop),
         "later slots still apply"
     );
+}
+
+// ---------------------------------------------------------------- exactly-once calls
+
+impl Harness {
+    /// Applies `op` as the session's call `number`, with `done_below`.
+    fn numbered(&mut self, op: Op, number: u64, done_below: u64) -> Applied {
+        self.slot = self.slot.next();
+        let cmd = Command {
+            call: Some(chubby_protocol::client_msg::CallNumber { number, done_below }),
+            ..Command::new(self.epoch, self.now, op)
+        };
+        self.db.apply(self.slot, &cmd)
+    }
+}
+
+/// A numbered call applied twice (a copy sent again after a fail-over) takes effect once,
+/// and the copy gets the first one's answer: a compare-and-swap that won is not told it
+/// lost, an exclusive create is not told the file exists, an Acquire is not refused as
+/// already held.
+#[test]
+fn a_numbered_call_sent_twice_takes_effect_once_with_the_first_answer() {
+    let mut t = Harness::new();
+    let s = t.session("admin");
+    let h = t.file(s, "/f");
+    let cas = Op::SetContents {
+        session: s,
+        handle: h,
+        contents: b"one".to_vec(),
+        expected: Some(Generation(0)),
+    };
+    let first = t.numbered(cas.clone(), 1, 1);
+    assert!(matches!(first.result, Ok(Outcome::ContentsSet { .. })));
+    let again = t.numbered(cas.clone(), 1, 1);
+    assert_eq!(
+        again.result, first.result,
+        "the first answer, not CasMismatch"
+    );
+    assert!(
+        again.changes.is_empty(),
+        "nothing changed: {:?}",
+        again.changes
+    );
+    assert_eq!(
+        t.db.stat_path("/f").unwrap().content_generation,
+        Generation(1)
+    );
+    // Unnumbered, the same command is a second application (and loses its CAS).
+    assert!(matches!(t.err(cas), Refusal::CasMismatch { .. }));
+
+    let create = Harness::open_op(s, "/new", OpenMode::READ_WRITE, Creation::Must);
+    let opened = t.numbered(create.clone(), 2, 2);
+    assert!(matches!(
+        opened.result,
+        Ok(Outcome::Opened { created: true, .. })
+    ));
+    assert_eq!(t.numbered(create, 2, 2).result, opened.result);
+
+    let lock = t.file(s, "/lock");
+    let acquire = Op::Acquire {
+        session: s,
+        handle: lock,
+        mode: LockMode::Exclusive,
+    };
+    let got = t.numbered(acquire.clone(), 3, 3);
+    assert!(matches!(got.result, Ok(Outcome::Acquired { .. })));
+    assert_eq!(t.numbered(acquire, 3, 3).result, got.result);
+    t.db.check_invariants();
+}
+
+/// `done_below` frees the records below it, and a late copy of a freed call is refused,
+/// never applied again; the records are bounded per session and go with the session.
+#[test]
+fn call_records_are_freed_by_acknowledgement_bounded_and_end_with_the_session() {
+    let mut t = Harness::new();
+    let s = t.session("admin");
+    let h = t.file(s, "/f");
+    let put = |n: u8| Op::SetContents {
+        session: s,
+        handle: h,
+        contents: vec![n],
+        expected: None,
+    };
+    for n in 1..=3u8 {
+        assert!(t.numbered(put(n), u64::from(n), 1).result.is_ok());
+    }
+    assert_eq!(t.db.call_records(), 3);
+    // Call 4 says 1..3 were answered: their records go.
+    assert!(t.numbered(put(4), 4, 4).result.is_ok());
+    assert_eq!(t.db.call_records(), 1);
+    let before = t.db.stat_path("/f").unwrap().content_generation;
+    let late = t.numbered(put(2), 2, 2);
+    assert_eq!(late.result, Err(Refusal::CallForgotten { number: 2 }));
+    assert_eq!(
+        t.db.stat_path("/f").unwrap().content_generation,
+        before,
+        "a late copy of an answered call is not applied"
+    );
+    // A client that never acknowledges is held to the bound.
+    let max = calls::CALL_RECORDS_PER_SESSION_MAX;
+    for n in 5..5 + max + 10 {
+        assert!(t.numbered(put(0), n, 4).result.is_ok());
+    }
+    assert_eq!(t.db.call_records() as u64, max);
+    assert_eq!(
+        t.db.call_seen(s, 5),
+        calls::Seen::Forgotten,
+        "the oldest went over the bound"
+    );
+    t.db.check_invariants();
+    t.ok(Op::CloseSession { session: s });
+    assert_eq!(t.db.call_records(), 0, "records go with their session");
+    t.db.check_invariants();
+}
+
+/// The records are replicated state: in the digest and in snapshots.
+#[test]
+fn call_records_are_in_the_digest_and_survive_a_snapshot() {
+    let mut a = Harness::new();
+    let mut b = Harness::new();
+    for t in [&mut a, &mut b] {
+        let s = t.session("admin");
+        t.file(s, "/f");
+    }
+    let s = SessionId(1);
+    let h = HandleId(1);
+    let put = Op::SetContents {
+        session: s,
+        handle: h,
+        contents: b"x".to_vec(),
+        expected: None,
+    };
+    assert!(a.numbered(put.clone(), 7, 7).result.is_ok());
+    assert!(b.run(put.clone()).result.is_ok());
+    assert_ne!(a.db.digest(), b.db.digest(), "a record changes the digest");
+    let bytes =
+        a.db.freeze()
+            .encode(&[NodeId(1)], &chubby_protocol::MemberSets::default());
+    let (restored, _) = Db::restore(&bytes).unwrap();
+    assert_eq!(restored.digest(), a.db.digest());
+    assert!(matches!(
+        restored.call_seen(s, 7),
+        calls::Seen::Answered(r) if r.is_ok()
+    ));
+}
+
+/// A backup written by the last format-4 build (before call records) still restores,
+/// with no records.
+#[test]
+fn a_format_4_backup_still_restores() {
+    let bytes = include_bytes!("../../tests/data/backup-format4.snap");
+    assert_eq!(bytes[8], 4, "the test file is of format 4");
+    let (db, _) = Db::restore(bytes).expect("format 4 restores");
+    let app = db.stat_path("/ls/svc/app.toml").expect("the file is there");
+    assert_eq!(app.content_generation, Generation(1));
+    assert_eq!(db.call_records(), 0);
+    let again = db
+        .freeze()
+        .encode(&[NodeId(1)], &chubby_protocol::MemberSets::default());
+    assert_eq!(again[8], snapshot::SNAPSHOT_FORMAT);
+    assert_eq!(Db::restore(&again).unwrap().0.digest(), db.digest());
 }

@@ -47,12 +47,34 @@ impl Entry {
         codec::encode(self)
     }
 
-    /// Decodes one command of a delivered value.
+    /// Decodes one command of a delivered value: of this build, or of a build before call
+    /// numbers (whose encoding is a strict prefix of this one's, so neither is mistaken
+    /// for the other), so that a log written by it still applies.
     ///
     /// # Errors
-    /// Bytes that are not an entry of this version.
+    /// Bytes that are not an entry of either.
     pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
-        codec::decode(bytes)
+        match codec::decode::<Entry>(bytes) {
+            Ok(entry) => Ok(entry),
+            Err(e @ DecodeError::Malformed(_)) => match codec::decode::<EntryV1>(bytes) {
+                Ok(EntryV1::Db {
+                    origin,
+                    request,
+                    epoch,
+                    now,
+                    op,
+                }) => Ok(Entry::Db {
+                    origin,
+                    request,
+                    cmd: Command::new(epoch, now, op),
+                }),
+                Ok(EntryV1::DigestCheck { slot, digest }) => {
+                    Ok(Entry::DigestCheck { slot, digest })
+                }
+                Err(_) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The database time stamp an encoded entry carries, if any, read from its first
@@ -79,6 +101,22 @@ enum EntryHead {
         #[allow(dead_code)]
         epoch: chubby_protocol::Ballot,
         now: Instant,
+    },
+}
+
+/// An [`Entry`] as builds before call numbers encoded it: the command had no `call`.
+#[derive(Decode)]
+enum EntryV1 {
+    Db {
+        origin: u64,
+        request: u64,
+        epoch: chubby_protocol::Ballot,
+        now: Instant,
+        op: crate::db::Op,
+    },
+    DigestCheck {
+        slot: Slot,
+        digest: u64,
     },
 }
 
@@ -122,11 +160,7 @@ mod tests {
         Entry::Db {
             origin: 7,
             request: 1,
-            cmd: Command {
-                epoch: Ballot::ZERO,
-                now: Instant(now),
-                op: Op::Noop,
-            },
+            cmd: Command::new(Ballot::ZERO, Instant(now), Op::Noop),
         }
         .encode()
         .unwrap()
@@ -169,5 +203,59 @@ mod tests {
         };
         assert_eq!(Entry::decode(&e.encode().unwrap()).unwrap(), e);
         assert!(Entry::decode(b"\x01\xff\xff").is_err());
+        let numbered = Entry::Db {
+            origin: 7,
+            request: 1,
+            cmd: Command {
+                call: Some(chubby_protocol::client_msg::CallNumber {
+                    number: 9,
+                    done_below: 8,
+                }),
+                ..Command::new(Ballot::ZERO, Instant(3), Op::Noop)
+            },
+        };
+        assert_eq!(
+            Entry::decode(&numbered.encode().unwrap()).unwrap(),
+            numbered
+        );
+    }
+
+    /// A log written by a build before call numbers still applies: its entries decode,
+    /// unnumbered; and a cut entry of either build is refused, not misread.
+    #[test]
+    fn entries_of_the_build_before_call_numbers_decode() {
+        #[derive(bincode::Encode)]
+        enum Old {
+            Db {
+                origin: u64,
+                request: u64,
+                epoch: Ballot,
+                now: Instant,
+                op: Op,
+            },
+        }
+        let op = Op::Close {
+            session: chubby_protocol::SessionId(4),
+            handle: chubby_protocol::HandleId(5),
+        };
+        let bytes = codec::encode(&Old::Db {
+            origin: 7,
+            request: 2,
+            epoch: Ballot::ZERO,
+            now: Instant(11),
+            op: op.clone(),
+        })
+        .unwrap();
+        let want = Entry::Db {
+            origin: 7,
+            request: 2,
+            cmd: Command::new(Ballot::ZERO, Instant(11), op),
+        };
+        assert_eq!(Entry::decode(&bytes).unwrap(), want);
+        assert_eq!(Entry::stamp_of(&bytes), Some(Instant(11)));
+        let new = want.encode().unwrap();
+        for cut in 1..new.len() - 1 {
+            assert!(Entry::decode(&new[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -531,12 +531,18 @@ impl Composite {
                 ServeAction::Reply { call, reply } => effects.push(Effect::Reply { call, reply }),
                 ServeAction::Expiring { session } => effects.push(Effect::Expiring { session }),
                 ServeAction::StepDown { epoch } => self.queued.push(Input::StepDown { epoch }),
-                ServeAction::Propose { request, epoch, op } => {
+                ServeAction::Propose {
+                    request,
+                    epoch,
+                    op,
+                    call,
+                } => {
                     effects.push(Effect::Proposed { request });
                     let cmd = Command {
                         epoch,
                         now: self.stamper.stamp(wall),
                         op,
+                        call,
                     };
                     self.submit(Entry::Db {
                         origin: self.cfg.origin,

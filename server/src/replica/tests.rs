@@ -33,11 +33,7 @@ fn db_entry(request: u64, now: u64, op: Op) -> Vec<u8> {
     Entry::Db {
         origin: 99,
         request,
-        cmd: Command {
-            epoch: Ballot::ZERO,
-            now: Instant(now),
-            op,
-        },
+        cmd: Command::new(Ballot::ZERO, Instant(now), op),
     }
     .encode()
     .expect("encodes")
@@ -50,11 +46,7 @@ fn db_entry(request: u64, now: u64, op: Op) -> Vec<u8> {
 fn two_checksums_in_one_value_are_no_divergence() {
     let mut reference = Db::new(DbConfig::new("admin")).expect("valid");
     let checksum = |db: &mut Db, slot| {
-        let cmd = Command {
-            epoch: Ballot::ZERO,
-            now: Instant(10),
-            op: Op::Checksum,
-        };
+        let cmd = Command::new(Ballot::ZERO, Instant(10), Op::Checksum);
         match db.apply(Slot(slot), &cmd).result {
             Ok(Outcome::Checksum { digest }) => digest.0,
             other => panic!("not a checksum: {other:?}"),

@@ -24,11 +24,14 @@ mod shape;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chubby_protocol::client_msg::{Answer, Call, CallError, MasterHint, Reply, Request};
+use chubby_protocol::client_msg::{
+    Answer, Call, CallError, CallNumber, MasterHint, Reply, Request,
+};
 use chubby_protocol::db::FILE_BYTES_MAX;
 use chubby_protocol::{Ballot, CacheToken, Instant, Refusal, SessionId, Slot};
 use tracing::{debug, info, warn};
 
+use crate::db::calls::Seen;
 use crate::db::{Applied, Change, Command, Db, Op, Outcome};
 use crate::master::{Master, MasterAction, MasterConfig, NoticeCounts};
 use crate::paxos::{Rejection, RoleKind};
@@ -82,6 +85,8 @@ pub enum ServeAction {
         epoch: Ballot,
         /// The operation.
         op: Op,
+        /// The client's number for the call (stamped on the command: `db::calls`).
+        call: Option<CallNumber>,
     },
 }
 
@@ -100,6 +105,7 @@ pub struct ServeConfig {
 struct Gated {
     op: Op,
     call: Option<CallId>,
+    number: Option<CallNumber>,
     what: &'static str,
 }
 
@@ -240,6 +246,7 @@ impl Serve {
             return reply(out, Err(e));
         }
         let call = request.call;
+        let number = request.number;
         let what = call.name();
         if let Some(session) = session_of(&call) {
             let keepalive = matches!(call, Call::KeepAlive { .. });
@@ -310,11 +317,26 @@ impl Serve {
             }
             call => match op_of(principal, call) {
                 Ok(op) => {
-                    if op_too_large(&op) {
-                        Err(refused(Refusal::TooLarge))
-                    } else {
-                        self.write(v, db, now, op, Some(call_id), what, out);
-                        return;
+                    // A copy of a numbered call the log already answered: that answer,
+                    // with no Paxos round (`db::calls`).
+                    let seen = number
+                        .zip(op.session())
+                        .map(|(n, s)| (n.number, db.call_seen(s, n.number)));
+                    match seen {
+                        Some((_, Seen::Answered(result))) => {
+                            debug!(what, "a call sent again: answered from its record");
+                            (*result).map(|o| self.answer_of(&o)).map_err(refused)
+                        }
+                        Some((n, Seen::Forgotten)) => {
+                            Err(refused(Refusal::CallForgotten { number: n }))
+                        }
+                        Some((_, Seen::New)) | None if op_too_large(&op) => {
+                            Err(refused(Refusal::TooLarge))
+                        }
+                        Some((_, Seen::New)) | None => {
+                            self.write(v, db, now, op, Some(call_id), number, what, out);
+                            return;
+                        }
                     }
                 }
                 Err(e) => Err(e),
@@ -390,6 +412,7 @@ impl Serve {
         now: Instant,
         op: Op,
         call: Option<CallId>,
+        number: Option<CallNumber>,
         what: &'static str,
         out: &mut Vec<ServeAction>,
     ) {
@@ -398,7 +421,12 @@ impl Serve {
                 what,
                 "write waits for an earlier write that changes what it touches"
             );
-            self.held.push(Gated { op, call, what });
+            self.held.push(Gated {
+                op,
+                call,
+                number,
+                what,
+            });
             return;
         }
         let request = self.next_request;
@@ -419,10 +447,18 @@ impl Serve {
             },
         );
         if open {
-            self.propose_as(request, op, call, what, now, out);
+            self.propose_as(request, op, call, number, what, now, out);
         } else {
             debug!(what, request, "write waits for cache invalidations");
-            self.gated.insert(request, Gated { op, call, what });
+            self.gated.insert(
+                request,
+                Gated {
+                    op,
+                    call,
+                    number,
+                    what,
+                },
+            );
         }
         self.master_actions(v, db, now, acts, out);
     }
@@ -471,22 +507,29 @@ impl Serve {
         }
         if self.flying.remove(&request).is_some() && !self.held.is_empty() {
             for g in std::mem::take(&mut self.held) {
-                self.write(v, db, now, g.op, g.call, g.what, out);
+                self.write(v, db, now, g.op, g.call, g.number, g.what, out);
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn propose_as(
         &mut self,
         request: u64,
         op: Op,
         call: Option<CallId>,
+        number: Option<CallNumber>,
         what: &'static str,
         now: Instant,
         out: &mut Vec<ServeAction>,
     ) {
         let epoch = self.master_epoch.unwrap_or_default();
-        out.push(ServeAction::Propose { request, epoch, op });
+        out.push(ServeAction::Propose {
+            request,
+            epoch,
+            op,
+            call: number,
+        });
         self.pending.insert(
             request,
             Pending {
@@ -507,7 +550,12 @@ impl Serve {
     fn propose_untracked(&mut self, epoch: Ballot, op: Op, out: &mut Vec<ServeAction>) -> u64 {
         let request = self.next_request;
         self.next_request += 1;
-        out.push(ServeAction::Propose { request, epoch, op });
+        out.push(ServeAction::Propose {
+            request,
+            epoch,
+            op,
+            call: None,
+        });
         request
     }
 
@@ -538,19 +586,19 @@ impl Serve {
                 }
                 MasterAction::Propose { request } => {
                     if let Some(g) = self.gated.remove(&request) {
-                        self.propose_as(request, g.op, g.call, g.what, now, out);
+                        self.propose_as(request, g.op, g.call, g.number, g.what, now, out);
                     }
                 }
                 MasterAction::Expire { session } => {
                     info!(session = session.0, "session lease ended: expiring it");
                     out.push(ServeAction::Expiring { session });
                     let op = Op::ExpireSession { session };
-                    self.write(v, db, now, op, None, "ExpireSession", out);
+                    self.write(v, db, now, op, None, None, "ExpireSession", out);
                 }
                 MasterAction::CloseIdle { session } => {
                     info!(session = session.0, "session idle: closing it");
                     let op = Op::CloseSession { session };
-                    self.write(v, db, now, op, None, "CloseSession", out);
+                    self.write(v, db, now, op, None, None, "CloseSession", out);
                 }
             }
         }

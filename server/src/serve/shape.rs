@@ -98,22 +98,7 @@ pub(super) fn op_of(principal: &str, call: Call) -> Result<Op, CallError> {
 
 /// The session a database operation acts for, if any.
 pub(super) fn op_session(op: &Op) -> Option<SessionId> {
-    match op {
-        Op::Open(args) => Some(args.session),
-        Op::CloseSession { session }
-        | Op::ExpireSession { session }
-        | Op::Close { session, .. }
-        | Op::SetContents { session, .. }
-        | Op::Delete { session, .. }
-        | Op::SetAcl { session, .. }
-        | Op::Acquire { session, .. }
-        | Op::TryAcquire { session, .. }
-        | Op::Release { session, .. }
-        | Op::SetSequencer { session, .. }
-        | Op::Rename { session, .. }
-        | Op::SetAttr { session, .. } => Some(*session),
-        Op::NewEpoch | Op::CreateSession { .. } | Op::Noop | Op::Checksum => None,
-    }
+    op.session()
 }
 
 /// The session a call names, if any.

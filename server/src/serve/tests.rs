@@ -2,9 +2,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use chubby_protocol::client_msg::{Answer, Call, CallError, MasterHint, Reply, Request};
+use chubby_protocol::client_msg::{
+    Answer, Call, CallError, CallNumber, MasterHint, Reply, Request,
+};
 use chubby_protocol::{
-    Ballot, Creation, HandleId, Instant, NodeId, NodeKind, Notice, OpenMode, SessionId, Slot,
+    Ballot, Creation, HandleId, Instant, NodeId, NodeKind, Notice, OpenMode, Refusal, SessionId,
+    Slot,
 };
 
 use super::{CallId, ReplicaView, Serve, ServeAction, ServeConfig};
@@ -26,7 +29,7 @@ struct One {
     view: ReplicaView,
     next_call: u64,
     replies: BTreeMap<CallId, Reply>,
-    proposed: VecDeque<(u64, Ballot, Op)>,
+    proposed: VecDeque<(u64, Ballot, Op, Option<CallNumber>)>,
 }
 
 impl One {
@@ -87,8 +90,13 @@ impl One {
                         "call {call:?} answered twice"
                     );
                 }
-                ServeAction::Propose { request, epoch, op } => {
-                    self.proposed.push_back((request, epoch, op));
+                ServeAction::Propose {
+                    request,
+                    epoch,
+                    op,
+                    call,
+                } => {
+                    self.proposed.push_back((request, epoch, op, call));
                 }
                 ServeAction::Expiring { .. } | ServeAction::StepDown { .. } => {}
             }
@@ -96,11 +104,16 @@ impl One {
     }
 
     fn call(&mut self, call: Call) -> CallId {
+        self.call_numbered(call, None)
+    }
+
+    fn call_numbered(&mut self, call: Call, number: Option<CallNumber>) -> CallId {
         let id = CallId(self.next_call);
         self.next_call += 1;
         let request = Request {
             epoch: Some(EPOCH),
             call,
+            number,
         };
         let mut out = Vec::new();
         let v = self.view.clone();
@@ -112,12 +125,13 @@ impl One {
 
     /// Applies every proposal, in order, as Paxos would choose them.
     fn settle(&mut self) {
-        while let Some((request, epoch, op)) = self.proposed.pop_front() {
+        while let Some((request, epoch, op, call)) = self.proposed.pop_front() {
             self.slot = self.slot.next();
             let cmd = Command {
                 epoch,
                 now: self.now,
                 op,
+                call,
             };
             let applied = self.db.apply(self.slot, &cmd);
             let mut out = Vec::new();
@@ -199,7 +213,7 @@ fn a_new_master_serves_only_once_its_epoch_is_applied() {
     t.serve
         .role_changed(&v, RoleKind::Master, Some(EPOCH), &mut out);
     t.take(out);
-    assert!(matches!(t.proposed.front(), Some((_, e, Op::NewEpoch)) if *e == EPOCH));
+    assert!(matches!(t.proposed.front(), Some((_, e, Op::NewEpoch, None)) if *e == EPOCH));
     let early = t.call(Call::CreateSession);
     assert!(matches!(
         t.replies.remove(&early),
@@ -216,6 +230,7 @@ fn a_new_master_serves_only_once_its_epoch_is_applied() {
             session: s,
             acked: 0,
         },
+        number: None,
     };
     t.serve
         .on_call(&v, &t.db, t.now, "admin", stale, CallId(99), &mut out);
@@ -357,11 +372,7 @@ fn a_newer_epoch_applied_under_a_master_deposes_it() {
         node: NodeId(3),
     };
     t.slot = t.slot.next();
-    let cmd = Command {
-        epoch: newer,
-        now: t.now,
-        op: Op::NewEpoch,
-    };
+    let cmd = Command::new(newer, t.now, Op::NewEpoch);
     let applied = t.db.apply(t.slot, &cmd);
     assert!(applied.result.is_ok());
     let mut out = Vec::new();
@@ -373,4 +384,55 @@ fn a_newer_epoch_applied_under_a_master_deposes_it() {
             .any(|a| matches!(a, ServeAction::StepDown { epoch } if *epoch == EPOCH)),
         "{out:?}"
     );
+}
+
+/// A copy of a numbered call that the log already applied (sent again after its answer
+/// was lost) is answered from the record with no Paxos round, with the first answer; a
+/// copy of a call the session said it has the answer to is refused, not applied.
+#[test]
+fn a_numbered_call_sent_again_is_answered_from_its_record() {
+    let mut t = One::master();
+    let s = t.session();
+    let h = t.open(s, "/f");
+    let cas = Call::SetContents {
+        session: s,
+        handle: h,
+        contents: b"v2".to_vec(),
+        expected: Some(chubby_protocol::Generation(0)),
+    };
+    let n = |number, done_below| Some(CallNumber { number, done_below });
+    let first = t.call_numbered(cas.clone(), n(1, 1));
+    assert_eq!(t.proposed.len(), 1);
+    assert!(matches!(
+        t.proposed[0].3,
+        Some(CallNumber { number: 1, .. })
+    ));
+    t.settle();
+    let answered = t.answer(first);
+    assert!(matches!(answered, Answer::Written { .. }), "{answered:?}");
+    let again = t.call_numbered(cas.clone(), n(1, 1));
+    assert!(t.proposed.is_empty(), "no Paxos round for a recorded call");
+    assert_eq!(
+        t.answer(again),
+        answered,
+        "the first answer, not CasMismatch"
+    );
+    // Call 2 says call 1 was answered: its record goes, and a late copy is refused.
+    let put = Call::SetContents {
+        session: s,
+        handle: h,
+        contents: b"v3".to_vec(),
+        expected: None,
+    };
+    let second = t.call_numbered(put, n(2, 2));
+    t.settle();
+    assert!(matches!(t.answer(second), Answer::Written { .. }));
+    let late = t.call_numbered(cas, n(1, 1));
+    assert!(t.proposed.is_empty());
+    assert!(matches!(
+        t.replies.remove(&late),
+        Some(Reply::Err(CallError::Refused(Refusal::CallForgotten {
+            number: 1
+        })))
+    ));
 }

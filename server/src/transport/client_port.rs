@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chubby_protocol::client_msg::{CallError, Reply, Request};
-use chubby_protocol::net::framing::{read_msg, write_msg};
+use chubby_protocol::net::framing::{read_frame, write_msg, FrameError};
 use chubby_protocol::net::identity::peer_certificate;
 use chubby_protocol::net::tls::{server_config, Alpn, TlsIdentity};
 use chubby_protocol::net::TransportError;
@@ -122,7 +122,13 @@ async fn serve_stream(
     principal: String,
     calls: mpsc::Sender<ClientCall>,
 ) {
-    let reply = match read_msg::<Request, _>(&mut recv).await {
+    // Not `read_msg`: a request of an earlier build (no call number) decodes too.
+    let request = match read_frame(&mut recv).await {
+        Ok(Some(frame)) => Request::decode(&frame).map(Some).map_err(FrameError::from),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let reply = match request {
         Ok(Some(request)) => {
             let (tx, rx) = oneshot::channel();
             let call = ClientCall {

@@ -9,7 +9,10 @@
 //! - **fenced resource**: messages lock holders send to a resource (delayed less than the
 //!   lock-delay) arrive in lock-generation order — what lock-delay is for;
 //! - **linearizable files**: every file's history of get, put and CAS
-//!   ([`super::super::checkers::linearizable`]).
+//!   ([`super::super::checkers::linearizable`]);
+//! - **each write applied once**: every value written is unique, so a value seen (read, or
+//!   answered to its writer) at two content generations was applied twice — what
+//!   exactly-once calls prevent when a copy of a write is sent again.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +58,8 @@ pub(crate) struct Checks {
     resource_max: Option<(Generation, usize)>,
     /// Every lock grant applied, by its place in the log (slot, command): its generation.
     grants: BTreeMap<(chubby_protocol::Slot, usize, usize), Generation>,
+    /// The content generation each written value was seen at, per file.
+    generation_of: BTreeMap<(String, Vec<u8>), Generation>,
     /// Histories checked for linearizability, and undecided ones.
     pub linearized: u64,
     pub undecided: u64,
@@ -80,7 +85,42 @@ impl Checks {
         self.ops.len() - 1
     }
 
+    /// `value` was seen in `path` at `generation` (by `client`, at `now`): it must be the
+    /// generation it was seen at before, if any.
+    fn seen_at(
+        &mut self,
+        path: &str,
+        value: &[u8],
+        generation: Generation,
+        client: usize,
+        now: u64,
+    ) -> Result<(), Violation> {
+        if value.is_empty() {
+            return Ok(()); // the initial contents, and nothing else, are empty
+        }
+        let key = (path.to_owned(), value.to_vec());
+        match self.generation_of.get(&key) {
+            Some(g) if *g != generation => Err(violation(
+                "write_applied_once",
+                format!(
+                    "{path}: value {:?} seen by client {client} at {now}us at generation {}, \
+                     and before at generation {}: one write applied twice",
+                    String::from_utf8_lossy(value),
+                    generation.0,
+                    g.0
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.generation_of.insert(key, generation);
+                Ok(())
+            }
+        }
+    }
+
     pub fn read_done(&mut self, h: usize, now: u64, seen: ReadSeen) -> Result<(), Violation> {
+        let (path, client) = (self.ops[h].path.clone(), self.ops[h].op.client);
+        self.seen_at(&path, &seen.contents, seen.generation, client, now)?;
         let op = &mut self.ops[h];
         op.op.ret = Some((now, RegResult::Value(seen.contents)));
         let began = op.op.call;
@@ -105,13 +145,24 @@ impl Checks {
         }
     }
 
-    pub fn write_done(&mut self, h: usize, now: u64, generation: Generation) {
+    pub fn write_done(
+        &mut self,
+        h: usize,
+        now: u64,
+        generation: Generation,
+    ) -> Result<(), Violation> {
         let op = &mut self.ops[h];
         op.op.ret = Some((now, RegResult::Done));
         self.writes
             .entry(op.path.clone())
             .or_default()
             .push((now, generation));
+        let value = match &op.op.op {
+            RegOp::Put(v) | RegOp::Cas { new: v, .. } => v.clone(),
+            RegOp::Get => return Ok(()),
+        };
+        let (path, client) = (op.path.clone(), op.op.client);
+        self.seen_at(&path, &value, generation, client, now)
     }
 
     pub fn cas_mismatch(&mut self, h: usize, now: u64) {

@@ -5,12 +5,17 @@
 //! a time, the cache off in jeopardy, a new session after expiry. One operation at a time:
 //! open, get (from the cache when it can), put, compare-and-swap, try-lock, unlock, and
 //! writes to a fenced resource while it believes it holds the lock.
+//!
+//! Like the library, it numbers every call that changes the database ([`CallNumbers`])
+//! and sends a call whose outcome became unknown (no reply in time, a lost connection,
+//! "outcome unknown") again with its number while the session lives: the answer it gets is
+//! the true outcome of its one application, and the history records it as such.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chubby_client::session::{
-    ClientSession, SessionConfig, SessionEvent, SessionStatus, Transition,
+    CallNumbers, ClientSession, SessionConfig, SessionEvent, SessionStatus, Transition,
 };
 use chubby_protocol::client_msg::{Answer, Call, CallError, LockState, Reply, Request};
 use chubby_protocol::db::OpenArgs;
@@ -73,6 +78,8 @@ pub(crate) struct Sess {
     pub ephemerals: Vec<String>,
     /// Contents last seen per file, by generation (for CAS).
     pub seen: BTreeMap<String, (Generation, Vec<u8>)>,
+    /// The numbers of its calls that change the database.
+    pub numbers: CallNumbers,
 }
 
 /// What an outstanding call is for.
@@ -111,6 +118,19 @@ pub(crate) struct InFlight {
     pub deadline_us: u64,
     /// The history entry of a register operation.
     pub hist: Option<usize>,
+    /// The call as sent, and its number if numbered (sent again with it while the
+    /// outcome is unknown).
+    pub msg: Call,
+    pub number: Option<u64>,
+    /// A copy was sent again after the outcome became unknown: a later copy's "not
+    /// applied" says nothing of the first, so such answers mean "send again".
+    pub uncertain: bool,
+    /// Earlier copies' call ids: an answer to any of them is the call's answer (a copy
+    /// answered is the one application's outcome), so a client that gives up quickly is
+    /// not left waiting on its newest copy alone.
+    pub copies: Vec<u64>,
+    /// How long the newest copy is waited for (doubling with each copy, up to a lease).
+    pub wait_ms: u64,
 }
 
 #[derive(Debug)]
@@ -282,8 +302,19 @@ impl Sim {
         // Calls whose reply never came.
         let client = &self.cell_mut().clients[c];
         if client.op.as_ref().is_some_and(|o| o.deadline_us <= now) {
-            self.op_failed(c, true);
-            self.next_replica(c);
+            // A quick give-up (`CellTiming::give_up_ms`) sends the copy to the same replica,
+            // which may still apply the first; a full wait suspects the replica.
+            let lease_ms = client.sess.as_ref().map_or(0, |s| s.session.lease_ms());
+            let quick = client
+                .op
+                .as_ref()
+                .is_some_and(|o| o.number.is_some() && o.wait_ms < lease_ms + CALL_SLACK_MS);
+            if !quick {
+                self.next_replica(c);
+            }
+            if !self.resend(c) {
+                self.op_failed(c, true);
+            }
         }
         let client = &self.cell_mut().clients[c];
         if client.ka.as_ref().is_some_and(|k| k.deadline_us <= now) {
@@ -468,6 +499,7 @@ impl Sim {
         let request = Request {
             epoch: Some(epoch),
             call: keepalive,
+            number: None,
         };
         self.send_call(c, call, request);
     }
@@ -681,12 +713,30 @@ impl Sim {
         };
         let target = self.cell_mut().clients[c].target;
         self.trace(|| format!("client {c} call {call} {kind:?} to replica index {target}"));
+        let numbered = CallNumbers::numbered(&call_msg);
+        let number = self.cell_mut().clients[c]
+            .sess
+            .as_mut()
+            .filter(|_| numbered)
+            .map(|s| s.numbers.begin());
+        let stamp = number.and_then(|n| {
+            self.cell_mut().clients[c]
+                .sess
+                .as_ref()
+                .map(|s| s.numbers.stamp(n))
+        });
+        let wait_ms = self.call_wait_ms(lease_ms, number.is_some());
         self.cell_mut().clients[c].op = Some(InFlight {
             call,
             kind,
             sent_local: now_local,
-            deadline_us: now + (lease_ms + CALL_SLACK_MS) * 1000,
+            deadline_us: now + wait_ms * 1000,
             hist,
+            msg: call_msg.clone(),
+            number,
+            uncertain: false,
+            copies: Vec::new(),
+            wait_ms,
         });
         self.send_call(
             c,
@@ -694,8 +744,73 @@ impl Sim {
             Request {
                 epoch,
                 call: call_msg,
+                number: stamp,
             },
         );
+    }
+
+    /// How long a call waits for its answer before the client gives it up (a numbered one
+    /// is then sent again: `CellTiming::give_up_ms`).
+    fn call_wait_ms(&mut self, lease_ms: u64, numbered: bool) -> u64 {
+        let give_up = self.cell_mut().timing.give_up_ms;
+        if numbered && give_up > 0 {
+            give_up
+        } else {
+            lease_ms + CALL_SLACK_MS
+        }
+    }
+
+    /// The outcome of the numbered call in flight is unknown: send it again, with its
+    /// number and the current epoch, as a new copy (true), or leave it (false: not
+    /// numbered, or the session is gone).
+    fn resend(&mut self, c: usize) -> bool {
+        let now = self.now_us;
+        let now_local = self.cell_mut().clients[c].local(now);
+        let Some(number) = self.cell_mut().clients[c]
+            .op
+            .as_ref()
+            .and_then(|o| o.number)
+        else {
+            return false;
+        };
+        let Some((epoch, lease_ms, stamp)) = self.cell_mut().clients[c]
+            .sess
+            .as_ref()
+            .filter(|s| s.session.status() != SessionStatus::Expired)
+            .map(|s| {
+                (
+                    s.session.epoch(),
+                    s.session.lease_ms(),
+                    s.numbers.stamp(number),
+                )
+            })
+        else {
+            return false;
+        };
+        let call = self.new_call();
+        let longest = lease_ms + CALL_SLACK_MS;
+        let Some(op) = self.cell_mut().clients[c].op.as_mut() else {
+            return false;
+        };
+        op.copies.push(op.call);
+        op.call = call;
+        op.uncertain = true;
+        op.sent_local = now_local;
+        op.wait_ms = (op.wait_ms * 2).min(longest);
+        op.deadline_us = now + op.wait_ms * 1000;
+        let msg = op.msg.clone();
+        self.cell_mut().stats.resent += 1;
+        self.trace(|| format!("client {c} sends call {number} again as {call}"));
+        self.send_call(
+            c,
+            call,
+            Request {
+                epoch: Some(epoch),
+                call: msg,
+                number: Some(stamp),
+            },
+        );
+        true
     }
 
     /// What to do next with a safe session: open what is not open yet, else a random
@@ -863,9 +978,13 @@ impl Sim {
             self.keepalive_lost(c);
             self.next_replica(c);
         } else if client.op.as_ref().is_some_and(|o| o.call == call) {
-            // Sent, no answer: it may or may not have been applied.
-            self.op_failed(c, true);
+            // (Only the newest copy's loss matters: an older copy's is old news.)
+            // Sent, no answer: it may or may not have been applied. A numbered call is
+            // sent again (to the next replica), to be answered once.
             self.next_replica(c);
+            if !self.resend(c) {
+                self.op_failed(c, true);
+            }
         }
         self.client_step(c);
     }
@@ -895,7 +1014,7 @@ impl Sim {
         } else if self.cell_mut().clients[c]
             .op
             .as_ref()
-            .is_some_and(|o| o.call == call)
+            .is_some_and(|o| o.call == call || o.copies.contains(&call))
         {
             self.op_reply(c, reply);
         }
@@ -983,6 +1102,7 @@ impl Sim {
                 return;
             }
         };
+        self.call_ended(c, op.number);
         self.cell_mut().stats.ops += 1;
         match (op.kind, answer) {
             (
@@ -1010,6 +1130,7 @@ impl Sim {
                     check_lock: false,
                     ephemerals: Vec::new(),
                     seen: BTreeMap::new(),
+                    numbers: CallNumbers::new(),
                 });
                 self.cell_mut().clients[c].next_ka_us = now;
             }
@@ -1090,9 +1211,11 @@ impl Sim {
             }
             (OpKind::Put(path, v) | OpKind::Cas(path, _, v), Answer::Written { stat }) => {
                 if let Some(h) = op.hist {
-                    self.cell_mut()
+                    let result = self
+                        .cell_mut()
                         .checks
                         .write_done(h, now, stat.content_generation);
+                    self.fail(result);
                 }
                 if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
                     s.seen.insert(path, (stat.content_generation, v));
@@ -1164,9 +1287,61 @@ impl Sim {
         }
     }
 
+    /// A copy of the uncertain call in flight was refused before it could be applied: send
+    /// another after `pause_us` (the deadline path sends it).
+    fn resend_after(&mut self, c: usize, pause_us: u64) {
+        let now = self.now_us;
+        if let Some(op) = self.cell_mut().clients[c].op.as_mut() {
+            op.deadline_us = now + pause_us;
+        }
+    }
+
     /// The operation in flight failed with `e`.
     fn op_error(&mut self, c: usize, e: CallError) {
         let now = self.now_us;
+        let uncertain = self.cell_mut().clients[c]
+            .op
+            .as_ref()
+            .is_some_and(|o| o.uncertain);
+        if uncertain {
+            // An earlier copy may have been applied: only the log's record can say, so the
+            // call goes on until a copy is answered (as the library's `call` does).
+            match e {
+                CallError::WrongEpoch { current } => {
+                    self.follow_epoch(c, current);
+                    return self.resend_after(c, 1_000);
+                }
+                CallError::NotMaster { master } => {
+                    let pause = match master {
+                        Some(h) => {
+                            self.redirect(c, h.id);
+                            10_000
+                        }
+                        None => {
+                            self.next_replica(c);
+                            50_000
+                        }
+                    };
+                    return self.resend_after(c, pause);
+                }
+                CallError::Unavailable(_) => {
+                    self.next_replica(c);
+                    return self.resend_after(c, 50_000);
+                }
+                CallError::Refused(Refusal::SessionExpired) | CallError::BadRequest(_) => {
+                    self.op_failed(c, true);
+                    let mut events = Vec::new();
+                    if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                        if matches!(e, CallError::Refused(Refusal::SessionExpired)) {
+                            s.session.ended_by_master(&mut events);
+                        }
+                    }
+                    return self.react(c, events);
+                }
+                // The record's answer, or the first application's: the true outcome.
+                CallError::OutcomeUnknown(_) | CallError::Refused(_) => {}
+            }
+        }
         match e {
             CallError::WrongEpoch { current } => {
                 self.follow_epoch(c, current);
@@ -1186,11 +1361,16 @@ impl Sim {
                 self.op_failed(c, false);
                 self.cell_mut().clients[c].next_op_us = now + 50_000;
             }
-            CallError::OutcomeUnknown(_) => self.op_failed(c, true),
+            CallError::OutcomeUnknown(_) => {
+                if !self.resend(c) {
+                    self.op_failed(c, true);
+                }
+            }
             CallError::Refused(Refusal::CasMismatch { .. }) => {
                 let Some(op) = self.cell_mut().clients[c].op.take() else {
                     return;
                 };
+                self.call_ended(c, op.number);
                 self.cell_mut().stats.ops += 1;
                 if let Some(h) = op.hist {
                     self.cell_mut().checks.cas_mismatch(h, now);
@@ -1243,6 +1423,7 @@ impl Sim {
         let Some(op) = self.cell_mut().clients[c].op.take() else {
             return;
         };
+        self.call_ended(c, op.number);
         if unknown {
             self.cell_mut().stats.unknown += 1;
         }
@@ -1272,6 +1453,13 @@ impl Sim {
         }
         let now = self.now_us;
         self.cell_mut().clients[c].next_op_us = now + 20_000;
+    }
+
+    /// Numbered call `number` has its answer, or was given up.
+    fn call_ended(&mut self, c: usize, number: Option<u64>) {
+        if let (Some(n), Some(s)) = (number, self.cell_mut().clients[c].sess.as_mut()) {
+            s.numbers.end(n);
+        }
     }
 
     fn read_done(&mut self, c: usize, path: &str, h: usize, seen: ReadSeen) {

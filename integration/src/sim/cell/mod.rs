@@ -42,14 +42,18 @@ pub struct CellBugs {
     pub master_skips_cache_wait: bool,
     /// Lock-delay is ignored: a lock of an expired session is free at once.
     pub lock_delay_ignored: bool,
+    /// The database forgets the outcomes of numbered calls: a copy sent again after a
+    /// fail-over is applied a second time.
+    pub forget_call_outcomes: bool,
 }
 
 impl CellBugs {
     /// Names accepted by `sim cell --bug`.
-    pub const NAMES: [&'static str; 3] = [
+    pub const NAMES: [&'static str; 4] = [
         "client-acks-before-drop",
         "master-skips-cache-wait",
         "lock-delay-ignored",
+        "forget-call-outcomes",
     ];
 
     /// Turns on bug `name`; false if unknown.
@@ -58,6 +62,7 @@ impl CellBugs {
             "client-acks-before-drop" => self.client_acks_before_drop = true,
             "master-skips-cache-wait" => self.master_skips_cache_wait = true,
             "lock-delay-ignored" => self.lock_delay_ignored = true,
+            "forget-call-outcomes" => self.forget_call_outcomes = true,
             _ => return false,
         }
         true
@@ -71,6 +76,12 @@ pub(super) struct CellTiming {
     pub grace_ms: u64,
     pub lock_delay_ms: u64,
     pub idle_ms: u64,
+    /// How long a client waits for the answer to a numbered call before it sends a copy
+    /// (0: a lease plus the call slack, like the library's time-out). Short waits stand for
+    /// the library giving a call up on a silent master (conn.rs) while its first copy may
+    /// still be applied: copies then race in flight, and only the log's record of the
+    /// number keeps the call to one application.
+    pub give_up_ms: u64,
 }
 
 /// The cell part of a run.
@@ -104,6 +115,8 @@ pub struct CellStats {
     pub cache_hits: u64,
     /// Operations whose outcome stayed unknown.
     pub unknown: u64,
+    /// Copies of numbered calls sent again after their outcome became unknown.
+    pub resent: u64,
     /// Sessions created.
     pub sessions: u64,
     /// Sessions that expired under their client.
@@ -128,6 +141,7 @@ impl CellStats {
         self.ops += o.ops;
         self.cache_hits += o.cache_hits;
         self.unknown += o.unknown;
+        self.resent += o.resent;
         self.sessions += o.sessions;
         self.expiries += o.expiries;
         self.locks += o.locks;
@@ -166,6 +180,7 @@ pub(super) fn setup(
         grace_ms: rng.pick(&[1_000, 3_000]).unwrap_or(1_000),
         lock_delay_ms: rng.pick(&[1_000, 2_000, 3_000]).unwrap_or(1_000),
         idle_ms: 60_000,
+        give_up_ms: 0,
     };
     let count = rng.between(2, 4) as usize;
     let clients = (0..count)
@@ -179,6 +194,9 @@ pub(super) fn setup(
         })
         .collect();
     let wall_skew_ms = nodes.iter().map(|_| rng.between(0, 50)).collect();
+    // Drawn last, so that the draws above stay what they were.
+    let mut timing = timing;
+    timing.give_up_ms = rng.pick(&[0, 0, 20, 60, 200]).unwrap_or(0);
     let cell = CellSim {
         bugs,
         timing,
@@ -250,12 +268,14 @@ impl Sim {
                     grace_ms: 1_000,
                     lock_delay_ms: 1_000,
                     idle_ms: 60_000,
+                    give_up_ms: 0,
                 },
                 CellBugs::default(),
             ),
         };
         let mut db_cfg = DbConfig::new(client::PRINCIPAL);
         db_cfg.bug_ignore_lock_delay = bugs.lock_delay_ignored;
+        db_cfg.bug_forget_call_outcomes = bugs.forget_call_outcomes;
         let db = Db::new(db_cfg).expect("the default database configuration is valid");
         let cfg = CompositeConfig {
             serve: ServeConfig {
