@@ -18,6 +18,11 @@ use serde_json::Value;
 /// etcd-only variant).
 pub const TESTS: &str = "idle,write1,write16,read1,read16,lock1,lockc,failover,expiry";
 
+/// The harness kills the leader 3 times per fail-over test (`failover_reps`, not a
+/// command-line option): runs of `--tests failover` this many times over give ≥ 10 kills per
+/// system, as issue 21 asks (the first run's 3 and 3 more per extra run).
+pub const FAILOVER_EXTRA_RUNS: usize = 3;
+
 /// Where the harness and its Python are.
 #[derive(Debug, Clone)]
 pub struct Harness {
@@ -88,14 +93,15 @@ impl Harness {
         }
     }
 
-    /// Runs `bench.py --system SYSTEM` (a fresh cluster first for etcd and zk, stopped
-    /// after) and returns its JSON. `env` is given to bench.py (the `fs` hooks).
+    /// Runs `bench.py --system SYSTEM --tests TESTS` (a fresh cluster first for etcd and
+    /// zk, stopped after) and returns its JSON. `env` is given to bench.py (the `fs` hooks).
     ///
     /// # Errors
     /// The cluster did not start, bench.py failed or wrote no JSON.
     pub fn run(
         &self,
         system: &str,
+        tests: &str,
         tag: &str,
         scale: f64,
         env: &[(String, String)],
@@ -111,7 +117,7 @@ impl Harness {
             .arg("1500")
             .arg(&self.python)
             .arg(self.dir.join("bench.py"))
-            .args(["--system", system, "--tests", TESTS, "--tag", tag])
+            .args(["--system", system, "--tests", tests, "--tag", tag])
             .arg("--scale")
             .arg(scale.to_string())
             .arg("--out")
@@ -257,6 +263,24 @@ fn median(mut xs: Vec<f64>) -> Option<f64> {
     Some(xs[xs.len() / 2])
 }
 
+/// The fail-over reps of one run's results: each kill's gap (ms), the kills with no write
+/// after them, and the failed writes in all (`None` without a fail-over test).
+fn failover_reps(r: &Value) -> (Vec<f64>, usize, Option<f64>) {
+    let Some(reps) = r["failover"]["reps"].as_array() else {
+        return (Vec::new(), 0, None);
+    };
+    let gaps: Vec<f64> = reps
+        .iter()
+        .filter_map(|x| x["gap_kill_to_first_ok_ms"].as_f64())
+        .collect();
+    let stuck = reps.len() - gaps.len();
+    let errors = reps
+        .iter()
+        .filter_map(|x| x["writes_failed"].as_f64())
+        .sum::<f64>();
+    (gaps, stuck, Some(errors))
+}
+
 /// The figures of one bench.py run that the comparison table uses.
 #[derive(Clone, Debug, Default)]
 pub struct PeerFigures {
@@ -278,6 +302,16 @@ pub struct PeerFigures {
     pub violations: Option<f64>,
     /// Median fail-over gap, ms.
     pub failover_ms: Option<f64>,
+    /// The worst fail-over gap, ms.
+    pub failover_worst_ms: Option<f64>,
+    /// Every kill's gap, ms, in order (kills whose client never wrote again are left out
+    /// and counted in `failover_stuck`).
+    pub failover_gaps_ms: Vec<f64>,
+    /// Kills after which the client never wrote again within the harness's 40 s.
+    pub failover_stuck: usize,
+    /// Failed writes the client saw around the kills, in all (the harness's client gives
+    /// each write 200 ms).
+    pub failover_errors: Option<f64>,
     /// Median time from the holder's kill -9 to the waiter's acquisition, ms.
     pub expiry_ms: Option<f64>,
     /// Server CPU per 16-client write, ms (all servers summed).
@@ -287,6 +321,24 @@ pub struct PeerFigures {
 }
 
 impl PeerFigures {
+    /// Adds the fail-over reps of further `--tests failover` runs (`extra`: their JSON) to
+    /// the figures of the first.
+    #[must_use]
+    pub fn with_failovers(mut self, extra: &[Value]) -> PeerFigures {
+        for v in extra {
+            let (gaps, stuck, errors) = failover_reps(&v["results"]);
+            self.failover_gaps_ms.extend(gaps);
+            self.failover_stuck += stuck;
+            self.failover_errors = match (self.failover_errors, errors) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+        }
+        self.failover_ms = median(self.failover_gaps_ms.clone());
+        self.failover_worst_ms = self.failover_gaps_ms.iter().copied().reduce(f64::max);
+        self
+    }
+
     /// Reads the figures out of bench.py's JSON for `system`.
     #[must_use]
     pub fn of(system: &str, v: &Value) -> PeerFigures {
@@ -310,6 +362,7 @@ impl PeerFigures {
                     .unwrap_or_default(),
             )
         };
+        let failover = failover_reps(r);
         PeerFigures {
             write_p50_ms: num(r, &["write1", target, "p50_ms"]),
             write_p99_ms: num(r, &["write1", target, "p99_ms"]),
@@ -319,7 +372,11 @@ impl PeerFigures {
             lock1_ops: num(r, &["lock1", target, "ops_per_s"]),
             handoffs: num(r, &["lockc", "handoffs_per_s"]),
             violations: num(r, &["lockc", "mutual_exclusion_violations"]),
-            failover_ms: reps("failover", "gap_kill_to_first_ok_ms"),
+            failover_ms: median(failover.0.clone()),
+            failover_worst_ms: failover.0.iter().copied().reduce(f64::max),
+            failover_gaps_ms: failover.0,
+            failover_stuck: failover.1,
+            failover_errors: failover.2,
             expiry_ms: reps("expiry", "kill_to_acquire_ms"),
             // CPU % of one core over the window, at `write16` ops/s: ms of CPU per write.
             cpu_ms_per_write: match (cpu_pct, write16) {

@@ -82,6 +82,11 @@ struct Cli {
     /// per system).
     #[arg(long, default_value_t = 1.0)]
     peer_scale: f64,
+    /// Extra runs of the peer harness's fail-over test per system (3 kills of the leader
+    /// each, after the 3 of the main run): the default gives 12 kills, for a median and a
+    /// worst case like chubby's own `--kills`.
+    #[arg(long, default_value_t = peers::FAILOVER_EXTRA_RUNS)]
+    peer_failover_runs: usize,
     /// Log filter of the replicas and this process (e.g. `info`).
     #[arg(long, default_value = "warn")]
     log: String,
@@ -157,14 +162,24 @@ async fn harness_run(
     h: &peers::Harness,
     system: &'static str,
     scale: f64,
-    env: Vec<(String, String)>,
+    failover_runs: usize,
 ) -> Result<peers::PeerFigures, String> {
     let h = h.clone();
     eprintln!("chubby-bench: peer harness: {system} ...");
-    let json = tokio::task::spawn_blocking(move || h.run(system, "run1", scale, &env))
-        .await
-        .map_err(|e| format!("{system}: {e}"))??;
-    Ok(peers::PeerFigures::of(system, &json))
+    tokio::task::spawn_blocking(move || {
+        let first = h.run(system, peers::TESTS, "run1", scale, &[])?;
+        let mut extra = Vec::new();
+        for i in 0..failover_runs {
+            eprintln!(
+                "chubby-bench: peer harness: {system}, fail-over run {} ...",
+                i + 2
+            );
+            extra.push(h.run(system, "failover", &format!("fo{}", i + 2), scale, &[])?);
+        }
+        Ok(peers::PeerFigures::of(system, &first).with_failovers(&extra))
+    })
+    .await
+    .map_err(|e| format!("{system}: {e}"))?
 }
 
 /// The machine, for the table's heading.
@@ -189,7 +204,7 @@ async fn run(
 ) -> Result<(Vec<Figure>, Option<String>), String> {
     let scale = cli.peer_scale;
     let etcd = match harness {
-        Some(h) => Some(harness_run(h, "etcd", scale, Vec::new()).await?),
+        Some(h) => Some(harness_run(h, "etcd", scale, cli.peer_failover_runs).await?),
         None => None,
     };
     let settings = Settings {
@@ -378,8 +393,8 @@ async fn run(
     let Some(h) = harness else {
         return Ok((figures, None));
     };
-    let zk = harness_run(h, "zk", scale, Vec::new()).await?;
-    let fs = fs_run(h, &cell, scale).await?;
+    let zk = harness_run(h, "zk", scale, cli.peer_failover_runs).await?;
+    let fs = fs_run(h, &cell, scale, cli.peer_failover_runs).await?;
     let etcd = etcd.unwrap_or_default();
     let rows = compare::rows(&etcd, &zk, &fs, &figures);
     let violations: Vec<String> = [("etcd", &etcd), ("ZooKeeper", &zk), ("chubby mount", &fs)]
@@ -403,6 +418,7 @@ async fn run(
         h.results().display()
     );
     text.push_str(&compare::markdown(&rows));
+    text.push_str(&compare::failover_lines(&etcd, &zk, &fs));
     if !violations.is_empty() {
         text.push_str(&format!(
             "\nMUTUAL-EXCLUSION VIOLATIONS: {}\n",
@@ -418,6 +434,7 @@ async fn fs_run(
     h: &peers::Harness,
     cell: &RealCell,
     scale: f64,
+    failover_runs: usize,
 ) -> Result<peers::PeerFigures, String> {
     let work = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let configs: Vec<PathBuf> = (1..=cell.len())
@@ -439,7 +456,30 @@ async fn fs_run(
         let root = mount.at("peerbench");
         std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
         eprintln!("chubby-bench: peer harness: fs on the chubby mount ...");
-        let json = h.run("fs", "run1", scale, &hooks.env(&root));
+        let first = h.run("fs", peers::TESTS, "run1", scale, &hooks.env(&root));
+        let mut extra = Vec::new();
+        for i in 0..failover_runs {
+            if first.is_err() {
+                break;
+            }
+            eprintln!(
+                "chubby-bench: peer harness: fs, fail-over run {} ...",
+                i + 2
+            );
+            match h.run(
+                "fs",
+                "failover",
+                &format!("fo{}", i + 2),
+                scale,
+                &hooks.env(&root),
+            ) {
+                Ok(j) => extra.push(j),
+                Err(e) => {
+                    eprintln!("chubby-bench: fs fail-over run {}: {e}", i + 2);
+                    break;
+                }
+            }
+        }
         // Replicas the harness restarted are not the cell's children: stop them here.
         for pid in hooks.pids() {
             if !pids.contains(&pid) && pid != 0 {
@@ -450,7 +490,7 @@ async fn fs_run(
             }
         }
         drop(mount);
-        json.map(|j| peers::PeerFigures::of("fs", &j))
+        first.map(|j| peers::PeerFigures::of("fs", &j).with_failovers(&extra))
     })
     .await
     .map_err(|e| format!("fs: {e}"))?;
