@@ -1253,7 +1253,7 @@ impl Client {
         lock(&self.inner.state).lock_waiters.insert(handle, tx);
         let session = self.session();
         let answer = self
-            .lock_call(
+            .handle_call(
                 handle,
                 Call::Acquire {
                     session,
@@ -1336,7 +1336,7 @@ impl Client {
     ) -> Result<Sequencer, ClientError> {
         let session = self.session();
         match self
-            .lock_call(
+            .handle_call(
                 handle,
                 Call::TryAcquire {
                     session,
@@ -1349,13 +1349,6 @@ impl Client {
             Answer::Acquired { sequencer } => Ok(sequencer),
             other => Err(unexpected(&other)),
         }
-    }
-
-    /// Sends an Acquire or TryAcquire: numbered like every write ([`Client::call`]), so a
-    /// copy sent again after a fail-over is answered from the record of the first, and a
-    /// lock is never taken twice nor its grant lost.
-    async fn lock_call(&self, handle: HandleId, call: Call) -> Result<Answer, ClientError> {
-        self.handle_call(handle, call).await
     }
 
     /// Releases the lock (or cancels a queued Acquire).
