@@ -89,3 +89,19 @@ fn a_cell_seed_replays_exactly() {
     assert_eq!(a.violation, b.violation);
     assert!(a.stats.cell.ops > 0);
 }
+
+/// Seed 1961 once stopped a removed replica when the new set's members knew it in effect only
+/// in memory: two of them had the slots just below it chosen on disk only through an earlier
+/// slot, crashed, and could never again form the old set's majority there (no master for the
+/// rest of the run). A removed replica is stopped only once every member knows the new set
+/// on disk, as `chubby status` reports it.
+#[test]
+fn a_removed_replica_is_stopped_only_once_the_new_set_is_known_on_disk() {
+    let mut options = SimOptions::new(1961);
+    options.cell = Some(chubby_integration::sim::cell::CellBugs::default());
+    let outcome = run(&options);
+    if let Some(v) = outcome.violation {
+        panic!("seed 1961: {v}\nREPRODUCE: cargo run --release -p chubby-integration --bin sim -- cell --seed 1961");
+    }
+    assert!(outcome.stats.retired >= 1, "{:?}", outcome.stats);
+}

@@ -47,6 +47,9 @@ pub(super) struct SimNode {
     pub cell: Option<super::cell::CellApp>,
     /// Removed from the cell and stopped for good (never restarted).
     pub retired: bool,
+    /// The chosen prefix its disk's log records (lost only with the disk); see
+    /// [`SimNode::durably_chosen`].
+    pub log_chosen: Slot,
 }
 
 /// How long the planner may hold a watermark-only batch (the shipped shell's value).
@@ -102,7 +105,18 @@ impl SimNode {
             incarnation: 0,
             cell: None,
             retired: false,
+            log_chosen: Slot::ZERO,
         }
+    }
+
+    /// Every slot through here is known chosen on its disk (log or snapshot): what a crash
+    /// keeps, and what the shipped `chubby status` reports as `chosen_through`.
+    pub fn durably_chosen(&self) -> Slot {
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .map_or(Slot::ZERO, |s| s.state.applied);
+        self.log_chosen.max(snapshot)
     }
 
     pub fn is_up(&self) -> bool {
@@ -202,6 +216,7 @@ impl Sim {
                 .storage
                 .wipe()
                 .expect("memory storage does not fail");
+            self.nodes[i].log_chosen = Slot::ZERO;
             self.nodes[i].snapshot = None;
             self.stats.wipes += 1;
             self.trace(|| format!("{id} restarts with a wiped disk"));
@@ -224,6 +239,7 @@ impl Sim {
                     .storage
                     .wipe()
                     .expect("memory storage does not fail");
+                self.nodes[i].log_chosen = Slot::ZERO;
                 // Like the real shell: a store that starts over keeps no old snapshot.
                 self.nodes[i].snapshot = None;
                 lost = true;
@@ -605,6 +621,10 @@ impl Sim {
             .storage
             .persist(batch)
             .expect("memory storage does not fail");
+        if let Some(chosen) = batch.chosen_through {
+            let node = &mut self.nodes[i];
+            node.log_chosen = node.log_chosen.max(chosen);
+        }
         if let Some(promised) = batch.promised {
             let result = self.promises.on_persist_promise(id, promised);
             self.fail(result);

@@ -182,10 +182,12 @@ impl Sim {
         }
         let from = self.agreement.newest_from();
         let newest = self.agreement.newest().clone();
+        // Known on disk, not only in memory (what `chubby status` reports): a member that
+        // knew it only in memory and crashed would need the old set, the removed replica
+        // included, to learn the slots just below `from` again (seed 1961 of `sim cell`).
         let all_know = newest.iter().all(|&id| {
-            self.nodes[self.index(id)]
-                .paxos()
-                .is_some_and(|p| p.chosen_through().next() >= from)
+            let node = &self.nodes[self.index(id)];
+            node.is_up() && node.durably_chosen().next() >= from
         });
         if !all_know {
             return;

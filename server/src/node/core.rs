@@ -82,6 +82,11 @@ pub(super) struct Core {
     peer_addrs: BTreeMap<NodeId, MemberAddr>,
     /// The order a round's actions are executed in (pure; see crate::replica::plan).
     pub(super) planner: Planner,
+    /// Every slot through here is known chosen on disk: a crash keeps that knowledge. The
+    /// replica's own chosen prefix may run ahead of it while a watermark-only batch waits
+    /// for the next sync (`CHOSEN_LAG_MAX_MS`); `chubby status` reports the lower of the two,
+    /// so "every member knows the new set in effect" survives a crash (docs/paxos.md).
+    pub(super) durable_chosen: Slot,
 }
 
 impl std::fmt::Debug for Core {
@@ -98,6 +103,7 @@ impl Core {
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let snapshot_due =
             Slot(parts.snapshots.latest().0 + parts.cfg.tuning.snapshot_every_entries);
+        let durable_chosen = parts.replica.chosen_through();
         let composite = Composite::new(
             CompositeConfig {
                 serve: ServeConfig {
@@ -137,6 +143,7 @@ impl Core {
             members: parts.members,
             snapshotting: false,
             snapshot_due,
+            durable_chosen,
             snap_tx,
             snap_rx: Some(snap_rx),
             peer_addrs: BTreeMap::new(),
@@ -359,6 +366,7 @@ impl Core {
             .take()
             .ok_or_else(|| NodeError::Internal("store lost by an earlier failure".into()))?;
         let since = std::time::Instant::now();
+        let chosen = batch.chosen_through;
         let (storage, result) = tokio::task::spawn_blocking(move || {
             let result = storage.persist(&batch);
             (storage, result)
@@ -367,7 +375,11 @@ impl Core {
         .map_err(|e| NodeError::Internal(format!("storage thread: {e}")))?;
         self.storage = Some(storage);
         self.metrics.synced(since);
-        result.map_err(NodeError::Storage)
+        result.map_err(NodeError::Storage)?;
+        if let Some(chosen) = chosen {
+            self.durable_chosen = self.durable_chosen.max(chosen);
+        }
+        Ok(())
     }
 
     // ---- Client calls (the rest is in calls.rs). ----

@@ -46,7 +46,10 @@ impl Core {
             master: replica.master_hint().and_then(|id| self.hint_of(id)),
             lease_remaining_ms: replica.lease_until(now).map(|until| until.ms_since(now)),
             applied: db.applied_slot(),
-            chosen_through: replica.chosen_through(),
+            // Known on disk (a snapshot counts): what a crash keeps.
+            chosen_through: replica
+                .chosen_through()
+                .min(self.durable_chosen.max(self.snapshots.latest())),
             known_chosen: replica.known_chosen_through(),
             snapshot: self.snapshots.latest(),
             log_entries: replica.log_len() as u64,
