@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::{Cache, CacheStats};
 use crate::conn::{CellConn, ClientError};
+use crate::idle_handles::{IdleHandles, IdleKey, IDLE_HANDLES_DEFAULT};
 use crate::session::{
     CallNumbers, ClientSession, SessionConfig, SessionEvent, SessionStatus, Transition,
     GRACE_MS_DEFAULT,
@@ -64,6 +65,9 @@ pub struct ClientOptions {
     /// A second cache downstream of this one (the kernel's, for `chubby mount`), told of
     /// every invalidation before it is acknowledged.
     pub downstream: Option<Arc<dyn DownstreamCache>>,
+    /// Writable handles kept open for the next writer or locker of their node
+    /// ([`crate::idle_handles`]; default 256, 0 keeps none).
+    pub idle_handles: usize,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +75,7 @@ impl Default for ClientOptions {
         ClientOptions {
             grace_ms: GRACE_MS_DEFAULT,
             downstream: None,
+            idle_handles: IDLE_HANDLES_DEFAULT,
         }
     }
 }
@@ -193,8 +198,10 @@ struct State {
     dirs: HashMap<HandleId, String>,
     /// Read handles kept for cached reads, by path, with the instance they were opened on.
     read_handles: HashMap<String, (HandleId, InstanceNumber)>,
-    /// Handles dropped from `read_handles` that still need a Close.
+    /// Handles dropped from `read_handles` or `idle` that still need a Close.
     to_close: Vec<HandleId>,
+    /// Writable handles kept for the next writer or locker of their node.
+    idle: IdleHandles,
 }
 
 struct Inner {
@@ -608,6 +615,7 @@ impl Client {
             dirs: HashMap::new(),
             read_handles: HashMap::new(),
             to_close: Vec::new(),
+            idle: IdleHandles::new(options.idle_handles),
         };
         let (status, _) = watch::channel(SessionStatus::Safe);
         let (events, _) = broadcast::channel(4096);
@@ -1027,6 +1035,106 @@ impl Client {
         }
         let opened = self.open(path, OpenOptions::read()).await?;
         Ok((opened.handle, opened.stat.instance))
+    }
+
+    /// Opens the file at `path` for reading, writing and locking, never creating it, with
+    /// the lock-delay `lock_delay_ms` (`None`: the cell's). A handle kept from an earlier
+    /// user of the same node ([`Client::keep`]) is used again instead when the master
+    /// confirms with a Reopen that `path` still names `instance` and that the rights are
+    /// still granted: a read at the master, no Paxos instance. A handle refused that is
+    /// closed, and a new one opened.
+    ///
+    /// # Errors
+    /// As [`Client::open`].
+    pub async fn open_writer(
+        &self,
+        path: &str,
+        instance: InstanceNumber,
+        lock_delay_ms: Option<u64>,
+    ) -> Result<Opened, ClientError> {
+        let key: IdleKey = (instance, lock_delay_ms);
+        let kept = lock(&self.inner.state).idle.take(key);
+        if let Some(handle) = kept {
+            let session = self.session();
+            let call = Call::Reopen {
+                session,
+                handle,
+                path: path.to_owned(),
+            };
+            match self.handle_call(handle, call).await {
+                Ok(Answer::Stat {
+                    stat: Some(stat), ..
+                }) if stat.instance == instance
+                    && stat.kind == NodeKind::File
+                    && !stat.ephemeral =>
+                {
+                    debug!(path, handle = handle.0, "kept handle used again");
+                    return Ok(Opened {
+                        handle,
+                        created: false,
+                        stat,
+                    });
+                }
+                // Refused (the node left `path`: deleted, replaced or moved, since a
+                // handle follows its node, not the name; or a right was revoked), or
+                // not answered: closed after the next KeepAlive, and a fresh Open says
+                // what is the matter.
+                other => {
+                    debug!(
+                        path,
+                        handle = handle.0,
+                        ?other,
+                        "kept handle not used again"
+                    );
+                    lock(&self.inner.state).to_close.push(handle);
+                }
+            }
+        }
+        let mut o = OpenOptions::write();
+        o.creation = Creation::Never;
+        o.lock_delay_ms = lock_delay_ms;
+        self.open(path, o).await
+    }
+
+    /// Keeps `handle`, a writable handle on the file `instance` opened with
+    /// `lock_delay_ms`, for the next [`Client::open_writer`] of that file instead of
+    /// closing it ([`crate::idle_handles`] says which may be kept). The caller must hold
+    /// no lock and no queued Acquire through it. Returns false when it is not kept (the
+    /// node is ephemeral, the handle poisoned, keeping is off, or the session is ending):
+    /// the caller closes it then. Handles kept beyond the bound are closed after the next
+    /// KeepAlive.
+    pub fn keep(
+        &self,
+        handle: HandleId,
+        instance: InstanceNumber,
+        lock_delay_ms: Option<u64>,
+        ephemeral: bool,
+    ) -> bool {
+        if ephemeral
+            || self.inner.poisoned.borrow().contains(&handle)
+            || self
+                .inner
+                .closing
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return false;
+        }
+        let mut state = lock(&self.inner.state);
+        if state.session.status() == SessionStatus::Expired {
+            return false;
+        }
+        let evicted = state.idle.keep((instance, lock_delay_ms), handle);
+        if evicted.contains(&handle) {
+            return false;
+        }
+        state.to_close.extend(evicted);
+        true
+    }
+
+    /// How many writable handles are kept ([`Client::keep`]).
+    #[must_use]
+    pub fn kept_handles(&self) -> usize {
+        lock(&self.inner.state).idle.len()
     }
 
     /// The metadata of `path`, or `None` if there is no node there; from the cache when
@@ -1506,6 +1614,7 @@ fn retry_safe(call: &Call) -> bool {
             | Call::GetSequencer { .. }
             | Call::CheckSequencer { .. }
             | Call::LockHolders { .. }
+            | Call::Reopen { .. }
     )
 }
 

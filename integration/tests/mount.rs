@@ -239,6 +239,143 @@ fn writes_through_one_mount_are_read_at_once_through_another() {
     eprintln!("1000 writes checked; the tight loop read {reads} times");
 }
 
+/// Calls the replicas answered `ok`, by call name (summed over replicas: whichever was
+/// master).
+fn calls_ok(cell: &RealCell, call: &str) -> f64 {
+    let name = format!("chubby_requests_total{{call=\"{call}\",outcome=\"ok\"}}");
+    (1..=cell.len())
+        .map(|id| sample(&cell.metrics(id), &name).unwrap_or(0.0))
+        .sum()
+}
+
+/// Chubby's handle caching (§2.8): a write of a file this mount wrote before, and an
+/// `flock` cycle, take the handle its last user left instead of opening one, so the cell
+/// sees one SetContents per write and an Acquire and a Release per cycle, with no Open or
+/// Close (a write was three Paxos instances, a cycle four). A kept handle follows its node,
+/// never the name: a file replaced or deleted by another mount is written afresh.
+#[test]
+fn writes_and_lock_cycles_reuse_kept_handles_and_never_a_replaced_file() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let a = Mount::new(&cell, &[]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("f"), "0").unwrap();
+    let (opens, closes) = (calls_ok(&cell, "Open"), calls_ok(&cell, "Close"));
+    let sets = calls_ok(&cell, "SetContents");
+    for i in 1..=20 {
+        std::fs::write(a.at("f"), i.to_string()).unwrap();
+    }
+    assert_eq!(calls_ok(&cell, "SetContents") - sets, 20.0);
+    assert_eq!(
+        calls_ok(&cell, "Open") - opens,
+        0.0,
+        "20 writes opened handles"
+    );
+    assert_eq!(
+        calls_ok(&cell, "Close") - closes,
+        0.0,
+        "20 writes closed handles"
+    );
+    assert_eq!(std::fs::read_to_string(b.at("f")).unwrap(), "20");
+
+    let f = std::fs::File::open(a.at("f")).unwrap();
+    f.lock().unwrap();
+    f.unlock().unwrap();
+    let (opens, closes) = (calls_ok(&cell, "Open"), calls_ok(&cell, "Close"));
+    let (acquires, releases) = (calls_ok(&cell, "Acquire"), calls_ok(&cell, "Release"));
+    for _ in 0..20 {
+        f.lock().unwrap();
+        f.unlock().unwrap();
+    }
+    assert_eq!(calls_ok(&cell, "Acquire") - acquires, 20.0);
+    assert_eq!(calls_ok(&cell, "Release") - releases, 20.0);
+    assert_eq!(
+        calls_ok(&cell, "Open") - opens,
+        0.0,
+        "20 lock cycles opened handles"
+    );
+    assert_eq!(
+        calls_ok(&cell, "Close") - closes,
+        0.0,
+        "20 lock cycles closed handles"
+    );
+    // The lock taken through a kept handle is the cell's: another mount cannot take it.
+    f.lock().unwrap();
+    fails(&b.path(), "flock -n f true", "");
+    f.unlock().unwrap();
+    ok(&b.path(), "flock -n f true");
+    drop(f);
+
+    // Replaced through B (rename over it): A's next write goes to the new file.
+    std::fs::write(b.at("g"), "from b").unwrap();
+    std::fs::rename(b.at("g"), b.at("f")).unwrap();
+    std::fs::write(a.at("f"), "after the rename").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(b.at("f")).unwrap(),
+        "after the rename"
+    );
+    // Deleted through B: A's next write creates it again.
+    std::fs::remove_file(b.at("f")).unwrap();
+    std::fs::write(a.at("f"), "again").unwrap();
+    assert_eq!(std::fs::read_to_string(b.at("f")).unwrap(), "again");
+    // And a lock through A after the replacement is on the new file.
+    let f = std::fs::File::open(a.at("f")).unwrap();
+    f.lock().unwrap();
+    fails(&b.path(), "flock -n f true", "");
+    drop(f);
+    ok(&b.path(), "flock -n f true");
+}
+
+/// A cell file for a new client principal of `cell` (`chubby cell issue-client`).
+fn client_cell_file(cell: &RealCell, principal: &str) -> std::path::PathBuf {
+    let tls =
+        chubby_client::protocol::cell::issue_client_cert(&cell.cell_dir(), principal).unwrap();
+    let admin = chubby_client::protocol::cell::CellFile::load(cell.cell_file()).unwrap();
+    let replicas: Vec<String> = admin.replicas.iter().map(|r| format!("{r:?}")).collect();
+    let text = format!(
+        "replicas = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        replicas.join(", "),
+        tls.ca.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string()
+    );
+    let path = cell.cell_dir().join(format!("{principal}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A kept handle is used again only if the master confirms the rights an open would
+/// check: a write right revoked since this mount last wrote the file fails the next
+/// `open` with EACCES (the shell says so), not its close, which a shell ignores.
+#[test]
+fn a_kept_handle_is_not_used_again_once_its_right_is_revoked() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let admin = Mount::new(&cell, &[]);
+    let web = Mount::of_cell_file(&client_cell_file(&cell, "web"), &[]);
+    let (a, w) = (admin.path(), web.path());
+    ok(
+        &a,
+        "echo web > acl/readers && echo web > acl/writers && echo 0 > f",
+    );
+    ok(&a, "setfattr -n user.chubby.acl.read -v readers . f");
+    ok(&a, "setfattr -n user.chubby.acl.write -v writers f");
+    ok(&w, "echo 1 > f && echo 2 > f");
+    assert_eq!(ok(&a, "cat f"), "2\n");
+    // Revoked: the ACL file no longer names `web`.
+    ok(&a, "echo nobody > acl/writers");
+    fails(&w, "echo 3 > f", "Permission denied");
+    assert_eq!(ok(&a, "cat f"), "2\n");
+    // Granted again: writes go through.
+    ok(&a, "echo web > acl/writers");
+    ok(&w, "echo 4 > f");
+    assert_eq!(ok(&a, "cat f"), "4\n");
+}
+
 #[test]
 fn cached_reads_reach_no_replica_and_writes_are_still_seen() {
     if !fuse_available() {

@@ -289,6 +289,19 @@ pub enum Call {
         /// The first byte wanted.
         offset: u64,
     },
+    /// Our extension, for a handle the client kept open to use again (Chubby §2.8 handle
+    /// caching): checks what an Open of `path` with the handle's mode would (the node at
+    /// `path` is the one the handle is bound to, and the principal still has every right
+    /// of the mode) and answers the node's metadata, with no Paxos round and nothing
+    /// changed. (Last, so that earlier builds' calls keep their encoding.)
+    Reopen {
+        /// The session.
+        session: SessionId,
+        /// The kept handle.
+        handle: HandleId,
+        /// The path it is to be used at.
+        path: String,
+    },
 }
 
 /// The most bytes one [`Call::BackupRead`] answers (well within a frame).
@@ -324,6 +337,7 @@ impl Call {
             Call::SetAttr { .. } => "SetAttr",
             Call::Backup => "Backup",
             Call::BackupRead { .. } => "BackupRead",
+            Call::Reopen { .. } => "Reopen",
         }
     }
 
@@ -531,7 +545,8 @@ pub struct StatusReport {
     pub lease_remaining_ms: Option<u64>,
     /// The last slot applied to its database.
     pub applied: Slot,
-    /// Every slot up to here is known chosen.
+    /// Every slot up to here is known chosen, durably: on its disk (log or snapshot), so a
+    /// crash keeps the knowledge. In memory it may know a little more (`known_chosen`).
     pub chosen_through: Slot,
     /// The highest chosen slot it has heard of (catch-up target); `applied` trails it by
     /// the replica's lag.

@@ -390,9 +390,12 @@ impl Shared {
         }
         let cur = self.session().await?;
         let client = &cur.client;
-        let mut o = OpenOptions::write();
-        o.creation = Creation::Never;
-        let opened = client.open(&path, o).await.map_err(|e| ce(&e))?;
+        // A handle kept from the file's last writer or locker when `path` still names
+        // the inode's instance (no Open at the cell), else a new one.
+        let opened = client
+            .open_writer(&path, node.stat.instance, None)
+            .await
+            .map_err(|e| ce(&e))?;
         if opened.stat.kind == NodeKind::Directory {
             client.close(opened.handle).await;
             return Err(Errno::from_i32(libc::EISDIR));
@@ -770,13 +773,25 @@ impl Shared {
         let Some(slot) = slot else { return };
         guard(&self.files).remove(&fh);
         let file = slot.file.lock().await;
-        let handle = match &file.desc {
-            Desc::Write { handle, .. } => Some(*handle),
-            Desc::Read { handle, .. } => *handle,
+        let (handle, writer) = match &file.desc {
+            Desc::Write { handle, .. } => (Some(*handle), true),
+            Desc::Read { handle, .. } => (*handle, false),
         };
         if let Some(handle) = handle {
             if let Ok(client) = self.sessions.of(file.generation).await {
-                close_surely(&client, handle).await;
+                // A writer's handle is kept for the file's next writer or locker (not one
+                // on an ephemeral file: its last close must reach the cell).
+                let node = guard(&self.inodes)
+                    .file(file.ino)
+                    .map(|f| (f.stat.instance, f.stat.ephemeral));
+                let kept = writer
+                    && !fenced
+                    && node.is_some_and(|(instance, ephemeral)| {
+                        client.keep(handle, instance, None, ephemeral)
+                    });
+                if !kept {
+                    close_surely(&client, handle).await;
+                }
             }
         }
         guard(&self.inodes).closed(file.ino);

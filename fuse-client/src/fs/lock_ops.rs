@@ -5,8 +5,7 @@
 use super::*;
 
 use super::locks::{SIGNAL_POLL, WHOLE_FILE_END};
-use crate::client::OpenOptions;
-use chubby_protocol::{Creation, LockMode};
+use chubby_protocol::{InstanceNumber, LockMode};
 
 impl Shared {
     /// The mode of a lock on the file of `ino` held by another client of the cell that
@@ -124,11 +123,22 @@ impl Shared {
         })
     }
 
-    /// Closes the handle of a lock removed from the table (which gives it up at the cell).
+    /// Gives up a lock removed from the table at the cell. A held one is released and its
+    /// handle kept for the file's next lock or write; a wait (whose grant may be on its way)
+    /// or a lock on an ephemeral file closes its handle, which gives up both.
     pub(super) async fn close_lock(&self, lock: Option<Lock>) {
         if let Some(l) = lock {
             if let Ok(client) = self.sessions.of(l.generation).await {
-                close_surely(&client, l.handle).await;
+                let kept = match (&l.state, l.keep_as) {
+                    (LockState::Held(_), Some((instance, delay))) => {
+                        client.release(l.handle).await.is_ok()
+                            && client.keep(l.handle, instance, delay, false)
+                    }
+                    _ => false,
+                };
+                if !kept {
+                    close_surely(&client, l.handle).await;
+                }
             }
             debug!(path = %l.path, pid = l.pid, "lock released");
         }
@@ -234,10 +244,13 @@ impl Shared {
         let path = self.path(ino)?;
         let cur = self.session().await?;
         let client = &cur.client;
-        let mut o = OpenOptions::write();
-        o.creation = Creation::Never;
-        o.lock_delay_ms = guard(&self.lock_delay).get(&instance).copied();
-        let opened = client.open(&path, o).await.map_err(|e| ce(&e))?;
+        let delay = guard(&self.lock_delay).get(&instance).copied();
+        // A handle kept from the file's last lock or write when `path` still names
+        // `instance` (no Open at the cell), else a new one.
+        let opened = client
+            .open_writer(&path, InstanceNumber(instance), delay)
+            .await
+            .map_err(|e| ce(&e))?;
         let handle = opened.handle;
         if opened.stat.instance.0 != instance {
             client.close(handle).await;
@@ -245,6 +258,7 @@ impl Shared {
         }
         let lock = Lock {
             handle,
+            keep_as: (!opened.stat.ephemeral).then_some((InstanceNumber(instance), delay)),
             fh,
             generation: cur.generation,
             mode,

@@ -3,8 +3,10 @@
 //!
 //! The kernel names a lock's owner: the open file description for `flock`, the process
 //! for `fcntl`. Each (inode, owner) that locks gets its own Chubby handle, opened for the
-//! lock and closed when it is released, so closing the handle always gives up both a held
-//! lock and a queued wait. `flock` locks go at the last close of the description
+//! lock. Unlocking a held lock releases it and keeps the handle for the file's next lock or
+//! write (`crate::idle_handles`: an `flock` cycle then costs two Paxos instances, not four);
+//! a wait given up, or a lock on an ephemeral file, closes its handle, which always gives up
+//! both a held lock and a queued wait (and no late grant can reach a reused handle). `flock` locks go at the last close of the description
 //! (`release` with the owner), `fcntl` locks at any close by the process (`flush` with the
 //! owner). A blocked wait ends with `EINTR` when the caller has a signal pending (fuser
 //! passes no FUSE_INTERRUPT): [`signal_pending`] is polled, which is how Ctrl-C and
@@ -14,6 +16,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chubby_protocol::{HandleId, LockMode, Sequencer};
+
+use crate::idle_handles::IdleKey;
 
 /// How often a blocked wait checks its caller for pending signals.
 pub const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -35,6 +39,10 @@ pub enum LockState {
 pub struct Lock {
     /// The Chubby handle opened for it.
     pub handle: HandleId,
+    /// How the handle may be kept for the file's next lock or write once the lock is
+    /// released (`crate::idle_handles`): its instance and lock-delay; `None` on an
+    /// ephemeral file, whose handles are always closed.
+    pub keep_as: Option<IdleKey>,
     /// The open file description (FUSE file handle) it was taken through: fails with
     /// `EIO` once the lock is lost with its session.
     pub fh: u64,
@@ -190,6 +198,7 @@ mod tests {
     fn lock(handle: u64, mode: LockMode, held: bool) -> Lock {
         Lock {
             handle: HandleId(handle),
+            keep_as: None,
             fh: handle,
             generation: 1,
             mode,

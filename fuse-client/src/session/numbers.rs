@@ -95,7 +95,8 @@ impl CallNumbers {
             | Call::LockHolders { .. }
             | Call::CheckSequencer { .. }
             | Call::Backup
-            | Call::BackupRead { .. } => false,
+            | Call::BackupRead { .. }
+            | Call::Reopen { .. } => false,
         }
     }
 }

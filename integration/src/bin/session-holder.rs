@@ -39,7 +39,7 @@ fn main() -> ExitCode {
                 &file,
                 ClientOptions {
                     grace_ms,
-                    downstream: None,
+                    ..ClientOptions::default()
                 },
             )
             .await

@@ -195,6 +195,38 @@ impl Db {
         Ok(self.ns.get(path).map(|n| n.stat()))
     }
 
+    /// Reopen: a handle the session kept, to be used again at `path` (Chubby §2.8 handle
+    /// caching). Checks what an Open of `path` with the handle's mode would check: the
+    /// handle is the session's and its sequencer not stale, the node at `path` is the
+    /// instance it is bound to, and the principal still has every right of its mode (so a
+    /// right revoked since shows at the open, not at the first write). Changes nothing.
+    ///
+    /// # Errors
+    /// `BadHandle`, `StaleSequencer`, `InvalidPath`, `NotFound` (no node at `path`, or
+    /// another one than the handle's), `PermissionDenied`.
+    pub fn reopen(
+        &self,
+        session: SessionId,
+        handle: HandleId,
+        path: &str,
+    ) -> Result<Stat, Refusal> {
+        let principal = self.principal(session)?;
+        chubby_protocol::db::check_path(path).map_err(|_| Refusal::InvalidPath)?;
+        let (h, node) = self.use_handle(session, handle)?;
+        if self.ns.get_instance(path, h.instance).is_none() {
+            return Err(Refusal::NotFound);
+        }
+        let rights = [
+            (h.mode.read, acl::Right::Read),
+            (h.mode.write, acl::Right::Write),
+            (h.mode.change_acl, acl::Right::ChangeAcl),
+        ];
+        for (_, right) in rights.into_iter().filter(|(wanted, _)| *wanted) {
+            self.handle_permits(principal, h, node, right)?;
+        }
+        Ok(node.stat())
+    }
+
     /// LockHolders: the mode and holders of the lock of the node at `path` (`None`: free),
     /// for a session that may read it (`F_GETLK` on a mount).
     ///

@@ -2023,3 +2023,49 @@ fn a_format_4_backup_still_restores() {
     assert_eq!(again[8], snapshot::SNAPSHOT_FORMAT);
     assert_eq!(Db::restore(&again).unwrap().0.digest(), db.digest());
 }
+
+/// Reopen (Chubby §2.8 handle caching): a kept handle is confirmed only where an Open of
+/// the same path with its mode would succeed, and confirming changes nothing.
+#[test]
+fn reopen_checks_what_an_open_would_and_changes_nothing() {
+    let mut t = Harness::new();
+    t.acl_file("team", &["alice"]);
+    let admin = t.session("admin");
+    let d = t.open_with(admin, "/d", |a| {
+        a.kind = NodeKind::Directory;
+        a.acl = Some(AclNames::all("team"));
+    });
+    assert!(d.is_ok());
+    let alice = t.session("alice");
+    let bob = t.session("bob");
+    let h = t.file(alice, "/d/f");
+    let digest = t.db.digest();
+    let stat = t.db.reopen(alice, h, "/d/f").unwrap();
+    assert_eq!(stat.kind, NodeKind::File);
+    assert_eq!(t.db.digest(), digest, "a Reopen changed the database");
+    // Another session's handle, a forged one, a bad path.
+    assert_eq!(t.db.reopen(bob, h, "/d/f"), Err(Refusal::BadHandle));
+    assert_eq!(
+        t.db.reopen(alice, HandleId(9_999), "/d/f"),
+        Err(Refusal::BadHandle)
+    );
+    assert_eq!(t.db.reopen(alice, h, "/d/../f"), Err(Refusal::InvalidPath));
+    // Another name than the handle's node.
+    t.file(alice, "/d/g");
+    assert_eq!(t.db.reopen(alice, h, "/d/g"), Err(Refusal::NotFound));
+    // A right revoked, then granted again.
+    t.acl_file("team", &["carol"]);
+    assert_eq!(
+        t.db.reopen(alice, h, "/d/f"),
+        Err(Refusal::PermissionDenied)
+    );
+    t.acl_file("team", &["alice"]);
+    assert!(t.db.reopen(alice, h, "/d/f").is_ok());
+    // The file replaced by a rename over it: the handle's node is gone from the name.
+    t.ok(Op::Rename {
+        session: alice,
+        from: "/d/g".into(),
+        to: "/d/f".into(),
+    });
+    assert_eq!(t.db.reopen(alice, h, "/d/f"), Err(Refusal::NotFound));
+}

@@ -315,6 +315,17 @@ impl Serve {
             Call::CheckSequencer { sequencer } => {
                 Ok(Answer::SequencerValid(db.check_sequencer(&sequencer)))
             }
+            Call::Reopen {
+                session,
+                handle,
+                path,
+            } => db
+                .reopen(session, handle, &path)
+                .map_err(refused)
+                .map(|stat| Answer::Stat {
+                    stat: Some(stat),
+                    cache: None,
+                }),
             call => match op_of(principal, call) {
                 Ok(op) => {
                     // A copy of a numbered call the log already answered: that answer,

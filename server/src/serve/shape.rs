@@ -90,9 +90,8 @@ pub(super) fn op_of(principal: &str, call: Call) -> Result<Op, CallError> {
         | Call::Status
         | Call::ChangeMembers { .. }
         | Call::Backup
-        | Call::BackupRead { .. } => {
-            return Err(CallError::BadRequest("not a session write".into()))
-        }
+        | Call::BackupRead { .. }
+        | Call::Reopen { .. } => return Err(CallError::BadRequest("not a session write".into())),
     })
 }
 
@@ -122,7 +121,8 @@ pub(super) fn session_of(call: &Call) -> Option<SessionId> {
         | Call::LockHolders { session, .. }
         | Call::SetSequencer { session, .. }
         | Call::Rename { session, .. }
-        | Call::SetAttr { session, .. } => Some(*session),
+        | Call::SetAttr { session, .. }
+        | Call::Reopen { session, .. } => Some(*session),
         Call::Status
         | Call::CreateSession
         | Call::ChangeMembers { .. }
