@@ -1131,12 +1131,6 @@ impl Client {
         true
     }
 
-    /// How many writable handles are kept ([`Client::keep`]).
-    #[must_use]
-    pub fn kept_handles(&self) -> usize {
-        lock(&self.inner.state).idle.len()
-    }
-
     /// The metadata of `path`, or `None` if there is no node there; from the cache when
     /// it holds it (lock generations in it may be old: see [`crate::cache`]).
     ///

@@ -15,9 +15,10 @@
 //! checks rights on every write and lock call, not only at Open, and a handle on a deleted
 //! node is simply bound to nothing.
 //!
-//! Handles are found by node *instance* (and lock-delay, which the handle carries): the
-//! caller checks that the path it opens still names that instance before taking one.
-//! Least recently kept go first when the bound is reached; the caller closes them.
+//! Handles are found by node *instance* (and lock-delay, which the handle carries). Before
+//! one is used again the master confirms, with a Reopen, what an Open would check (the
+//! path still names that instance, the rights are still granted). Least recently kept go
+//! first when the bound is reached; the caller closes them.
 //!
 //! Pure: no I/O; [`crate::client::Client`] holds one per session.
 
@@ -72,25 +73,6 @@ impl IdleHandles {
         evicted
     }
 
-    /// Takes out every kept handle of `instance` (its node is gone or moved): to close.
-    pub fn forget_instance(&mut self, instance: InstanceNumber) -> Vec<HandleId> {
-        let mut gone = Vec::new();
-        self.kept.retain(|((i, _), h)| {
-            if *i == instance {
-                gone.push(*h);
-                false
-            } else {
-                true
-            }
-        });
-        gone
-    }
-
-    /// Takes out every kept handle (the session is ending).
-    pub fn drain(&mut self) -> Vec<HandleId> {
-        self.kept.drain(..).map(|(_, h)| h).collect()
-    }
-
     /// How many handles are kept.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -138,18 +120,6 @@ mod tests {
         let mut idle = IdleHandles::new(0);
         assert_eq!(idle.keep(key(1), HandleId(7)), vec![HandleId(7)]);
         assert!(idle.is_empty());
-    }
-
-    #[test]
-    fn forgetting_an_instance_returns_its_handles_only() {
-        let mut idle = IdleHandles::new(8);
-        let _ = idle.keep(key(1), HandleId(1));
-        let _ = idle.keep((InstanceNumber(1), Some(0)), HandleId(2));
-        let _ = idle.keep(key(2), HandleId(3));
-        let mut gone = idle.forget_instance(InstanceNumber(1));
-        gone.sort_by_key(|h| h.0);
-        assert_eq!(gone, vec![HandleId(1), HandleId(2)]);
-        assert_eq!(idle.drain(), vec![HandleId(3)]);
     }
 
     #[test]

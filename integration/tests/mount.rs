@@ -324,6 +324,9 @@ fn writes_and_lock_cycles_reuse_kept_handles_and_never_a_replaced_file() {
     let f = std::fs::File::open(a.at("f")).unwrap();
     f.lock().unwrap();
     fails(&b.path(), "flock -n f true", "");
+    // Unlocked before the close: a close's release reaches the mount after `close`
+    // returns, so B's try could race it.
+    f.unlock().unwrap();
     drop(f);
     ok(&b.path(), "flock -n f true");
 }

@@ -6,11 +6,11 @@
 //! lock. Unlocking a held lock releases it and keeps the handle for the file's next lock or
 //! write (`crate::idle_handles`: an `flock` cycle then costs two Paxos instances, not four);
 //! a wait given up, or a lock on an ephemeral file, closes its handle, which always gives up
-//! both a held lock and a queued wait (and no late grant can reach a reused handle). `flock` locks go at the last close of the description
-//! (`release` with the owner), `fcntl` locks at any close by the process (`flush` with the
-//! owner). A blocked wait ends with `EINTR` when the caller has a signal pending (fuser
-//! passes no FUSE_INTERRUPT): [`signal_pending`] is polled, which is how Ctrl-C and
-//! `flock -w` work.
+//! both a held lock and a queued wait (and no late grant can reach a reused handle).
+//! `flock` locks go at the last close of the description (`release` with the owner),
+//! `fcntl` locks at any close by the process (`flush` with the owner). A blocked wait ends
+//! with `EINTR` when the caller has a signal pending (fuser passes no FUSE_INTERRUPT):
+//! [`signal_pending`] is polled, which is how Ctrl-C and `flock -w` work.
 
 use std::collections::HashMap;
 use std::time::Duration;

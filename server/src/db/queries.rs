@@ -216,13 +216,9 @@ impl Db {
         if self.ns.get_instance(path, h.instance).is_none() {
             return Err(Refusal::NotFound);
         }
-        let rights = [
-            (h.mode.read, acl::Right::Read),
-            (h.mode.write, acl::Right::Write),
-            (h.mode.change_acl, acl::Right::ChangeAcl),
-        ];
-        for (_, right) in rights.into_iter().filter(|(wanted, _)| *wanted) {
-            self.handle_permits(principal, h, node, right)?;
+        // The check Open makes (ops_nodes.rs), with the handle's mode.
+        if !acl::has_mode(&self.ns, &self.config.admin, principal, &node.acl, h.mode) {
+            return Err(Refusal::PermissionDenied);
         }
         Ok(node.stat())
     }
