@@ -202,6 +202,18 @@ struct State {
     to_close: Vec<HandleId>,
     /// Writable handles kept for the next writer or locker of their node.
     idle: IdleHandles,
+    /// What the open handles the master keeps in its memory only record, to announce them
+    /// again to a new master (Chubby §2.9; [`HandleId::is_volatile`]).
+    announced: HashMap<HandleId, Announce>,
+}
+
+/// What a handle kept in the master's memory records, for [`Call::Reannounce`].
+#[derive(Clone, Debug)]
+struct Announce {
+    path: String,
+    instance: InstanceNumber,
+    mode: OpenMode,
+    lock_delay_ms: Option<u64>,
 }
 
 struct Inner {
@@ -616,6 +628,7 @@ impl Client {
             read_handles: HashMap::new(),
             to_close: Vec::new(),
             idle: IdleHandles::new(options.idle_handles),
+            announced: HashMap::new(),
         };
         let (status, _) = watch::channel(SessionStatus::Safe);
         let (events, _) = broadcast::channel(4096);
@@ -737,9 +750,15 @@ impl Client {
     /// it in flight): the master answers a copy from the record of the first, so it takes
     /// effect once and the answer is the true one. Reads are sent again as they are. A
     /// fail-over is a delay, not an error, while the session lives.
+    ///
+    /// A handle the master kept in its memory only is unknown to the next master: refused
+    /// with `BadHandle`, it is announced again from what it records (Chubby §2.9 steps
+    /// 6–8) and the call sent again, once. If the announcement is refused (the node was
+    /// deleted or renamed meanwhile, a right revoked), that refusal is the call's answer.
     async fn call(&self, call: Call) -> Result<Answer, ClientError> {
         let number = CallNumbers::numbered(&call).then(|| NumberGuard::begin(&self.inner));
         let mut backoff = Duration::from_millis(20);
+        let mut announced_again = false;
         loop {
             let stamped = number.as_ref().map(|n| n.stamp());
             match self.call_once(call.clone(), stamped).await {
@@ -748,9 +767,40 @@ impl Client {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
+                Err(ClientError::Call(CallError::Refused(Refusal::BadHandle)))
+                    if !announced_again =>
+                {
+                    let Some(again) = self.reannounce_call(&call) else {
+                        return Err(ClientError::Call(CallError::Refused(Refusal::BadHandle)));
+                    };
+                    announced_again = true;
+                    debug!(
+                        call = call.name(),
+                        "handle unknown to the master; announcing it again"
+                    );
+                    if let Err(e) = self.call_once(again, None).await {
+                        debug!(error = %e, "the handle's announcement was refused");
+                        return Err(e);
+                    }
+                }
                 other => return other,
             }
         }
+    }
+
+    /// The Reannounce of the handle `call` names, if the master keeps it in memory only and
+    /// this client opened it.
+    fn reannounce_call(&self, call: &Call) -> Option<Call> {
+        let handle = call.handle().filter(|h| h.is_volatile())?;
+        let a = lock(&self.inner.state).announced.get(&handle).cloned()?;
+        Some(Call::Reannounce {
+            session: self.session(),
+            handle,
+            path: a.path,
+            instance: a.instance,
+            mode: a.mode,
+            lock_delay_ms: a.lock_delay_ms,
+        })
     }
 
     async fn call_once(
@@ -810,9 +860,20 @@ impl Client {
                 created,
                 stat,
             } => {
+                let mut state = lock(&self.inner.state);
                 if stat.kind == NodeKind::Directory {
-                    lock(&self.inner.state).dirs.insert(handle, path.to_owned());
+                    state.dirs.insert(handle, path.to_owned());
                 }
+                if handle.is_volatile() {
+                    let announce = Announce {
+                        path: path.to_owned(),
+                        instance: stat.instance,
+                        mode: o.mode,
+                        lock_delay_ms: o.lock_delay_ms,
+                    };
+                    state.announced.insert(handle, announce);
+                }
+                drop(state);
                 Ok(Opened {
                     handle,
                     created,
@@ -864,7 +925,10 @@ impl Client {
         let session = self.session();
         let r = self.call(Call::Close { session, handle }).await;
         if r.is_ok() || matches!(r, Err(ClientError::Call(CallError::Refused(_)))) {
-            lock(&self.inner.state).dirs.remove(&handle);
+            let mut state = lock(&self.inner.state);
+            state.dirs.remove(&handle);
+            state.announced.remove(&handle);
+            drop(state);
             self.inner.poisoned.send_modify(|p| {
                 p.remove(&handle);
             });
@@ -877,7 +941,9 @@ impl Client {
     pub async fn close(&self, handle: HandleId) {
         let session = self.session();
         lock(&self.inner.state).dirs.remove(&handle);
-        if let Err(e) = self.call(Call::Close { session, handle }).await {
+        let r = self.call(Call::Close { session, handle }).await;
+        lock(&self.inner.state).announced.remove(&handle);
+        if let Err(e) = r {
             debug!(handle = handle.0, error = %e, "close failed; handle forgotten");
         }
         self.inner.poisoned.send_modify(|p| {
@@ -1609,6 +1675,7 @@ fn retry_safe(call: &Call) -> bool {
             | Call::CheckSequencer { .. }
             | Call::LockHolders { .. }
             | Call::Reopen { .. }
+            | Call::Reannounce { .. }
     )
 }
 

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -331,6 +331,62 @@ fn writes_and_lock_cycles_reuse_kept_handles_and_never_a_replaced_file() {
     ok(&b.path(), "flock -n f true");
 }
 
+/// Commands the cell applied (the most any replica counts: each applies every one).
+fn applied_commands(cell: &RealCell) -> f64 {
+    (1..=cell.len())
+        .map(|id| sample(&cell.metrics(id), "chubby_paxos_batch_commands_sum").unwrap_or(0.0))
+        .fold(0.0, f64::max)
+}
+
+/// Chubby §2.9: handles live in the master's memory. With no handle kept by the mount
+/// (`--idle-handles 0`), each write of an existing file still opens and closes a handle,
+/// but those are answered from the master's memory: 20 writes are 20 Paxos commands (they
+/// were 60: Open, SetContents, Close). A lock taken through such a handle is the cell's,
+/// and a cycle of `flock` is two commands once the mount keeps the lock's handle.
+#[test]
+fn opens_and_closes_of_existing_files_cost_no_paxos_command() {
+    if !fuse_available() {
+        return;
+    }
+    let cell = RealCell::start(3);
+    let a = Mount::new(&cell, &["--idle-handles", "0"]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("f"), "0").unwrap();
+    let (opens, closes) = (calls_ok(&cell, "Open"), calls_ok(&cell, "Close"));
+    let commands = applied_commands(&cell);
+    for i in 1..=20 {
+        std::fs::write(a.at("f"), i.to_string()).unwrap();
+    }
+    let spent = applied_commands(&cell) - commands;
+    assert!(
+        calls_ok(&cell, "Open") - opens >= 20.0 && calls_ok(&cell, "Close") - closes >= 20.0,
+        "the mount kept its handles: this test needs it to open and close each time"
+    );
+    // 20 SetContents, and at most two of the master's own (a lock-delay Noop, a Checksum).
+    assert!(
+        (20.0..=22.0).contains(&spent),
+        "20 writes of an existing file took {spent} Paxos commands"
+    );
+    assert_eq!(std::fs::read_to_string(b.at("f")).unwrap(), "20");
+
+    let f = std::fs::File::open(b.at("f")).unwrap();
+    f.lock().unwrap();
+    fails(&a.path(), "flock -n f true", "");
+    f.unlock().unwrap();
+    let commands = applied_commands(&cell);
+    for _ in 0..10 {
+        f.lock().unwrap();
+        f.unlock().unwrap();
+    }
+    let spent = applied_commands(&cell) - commands;
+    assert!(
+        (20.0..=22.0).contains(&spent),
+        "10 flock cycles took {spent} Paxos commands"
+    );
+    drop(f);
+    ok(&a.path(), "flock -n f true");
+}
+
 /// A cell file for a new client principal of `cell` (`chubby cell issue-client`).
 fn client_cell_file(cell: &RealCell, principal: &str) -> std::path::PathBuf {
     let tls =
@@ -609,6 +665,53 @@ fn ephemeral_files_go_with_their_holders() {
     a.clear_stale();
     // The permanent directory stays.
     assert!(b.at("members").is_dir());
+}
+
+/// Chubby §2.9 steps 6–8: a file held open across the master's `kill -9` is written at
+/// its close through the handle the old master kept in its memory, which the mount
+/// announces again to the new master; a reader's open file reads on.
+#[test]
+fn files_held_open_across_a_master_kill_are_written_and_read_through_announced_handles() {
+    if !fuse_available() {
+        return;
+    }
+    let mut cell = RealCell::start(3);
+    let a = Mount::new(&cell, &["--idle-handles", "0"]);
+    let b = Mount::new(&cell, &[]);
+    std::fs::write(a.at("f"), "before").unwrap();
+    let rt = runtime();
+    let _in_rt = rt.enter();
+    let conn = cell.connect();
+    let master = rt.block_on(cell.wait_master(&conn, ELECTION));
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(a.at("f"))
+        .unwrap();
+    let mut r = std::fs::File::open(a.at("f")).unwrap();
+    w.write_all(b"after the fail-over").unwrap();
+    cell.kill9(usize::try_from(master).unwrap());
+    let new_master = rt.block_on(cell.wait_master(&conn, ELECTION));
+    assert_ne!(new_master, master);
+    w.sync_all()
+        .expect("the write through the open file failed after the fail-over");
+    drop(w);
+    assert_eq!(
+        std::fs::read_to_string(b.at("f")).unwrap(),
+        "after the fail-over"
+    );
+    let mut seen = String::new();
+    r.read_to_string(&mut seen).unwrap();
+    assert!(
+        seen == "after the fail-over" || seen == "before",
+        "the open reader read {seen:?}"
+    );
+    let page = cell.metrics(usize::try_from(new_master).unwrap());
+    let announced = "chubby_requests_total{call=\"Reannounce\",outcome=\"ok\"}";
+    assert!(
+        sample(&page, announced).unwrap_or(0.0) >= 1.0,
+        "no handle was announced again to the new master"
+    );
 }
 
 #[test]

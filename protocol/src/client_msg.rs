@@ -34,7 +34,10 @@
 use bincode::{Decode, Encode};
 
 use crate::codec::{self, DecodeError};
-use crate::db::{AclNames, Generation, HandleId, LockMode, OpenArgs, Sequencer, SessionId, Stat};
+use crate::db::{
+    AclNames, Generation, HandleId, InstanceNumber, LockMode, OpenArgs, OpenMode, Sequencer,
+    SessionId, Stat,
+};
 use crate::error::Refusal;
 use crate::events::{CacheToken, KeepAliveReply};
 use crate::ids::{Ballot, NodeId, Slot};
@@ -302,6 +305,26 @@ pub enum Call {
         /// The path it is to be used at.
         path: String,
     },
+    /// A handle the master kept in its memory only ([`HandleId::is_volatile`]), announced
+    /// again to a new master after a fail-over from what the handle itself records (Chubby
+    /// §2.9 steps 6–8). The master checks what an Open of `path` with `mode` would (the
+    /// node at `path` is still `instance`, not ephemeral, and the principal has every right
+    /// of the mode), keeps the handle under its old id and answers the node's metadata;
+    /// no Paxos round. (Last, so that earlier builds' calls keep their encoding.)
+    Reannounce {
+        /// The session.
+        session: SessionId,
+        /// The handle, as an earlier master numbered it.
+        handle: HandleId,
+        /// The path it was opened at.
+        path: String,
+        /// The node instance it is bound to.
+        instance: InstanceNumber,
+        /// The rights it was opened with.
+        mode: OpenMode,
+        /// The lock-delay it was opened with (`None`: the cell's default).
+        lock_delay_ms: Option<u64>,
+    },
 }
 
 /// The most bytes one [`Call::BackupRead`] answers (well within a frame).
@@ -338,6 +361,42 @@ impl Call {
             Call::Backup => "Backup",
             Call::BackupRead { .. } => "BackupRead",
             Call::Reopen { .. } => "Reopen",
+            Call::Reannounce { .. } => "Reannounce",
+        }
+    }
+
+    /// The handle a call on a handle names (reads, writes and lock calls through a handle,
+    /// and Reopen; not Close, which ends it, nor Reannounce, which makes it known).
+    #[must_use]
+    pub fn handle(&self) -> Option<HandleId> {
+        match self {
+            Call::GetContentsAndStat { handle, .. }
+            | Call::GetStat { handle, .. }
+            | Call::ReadDir { handle, .. }
+            | Call::GetSequencer { handle, .. }
+            | Call::SetContents { handle, .. }
+            | Call::Delete { handle, .. }
+            | Call::SetAcl { handle, .. }
+            | Call::Acquire { handle, .. }
+            | Call::TryAcquire { handle, .. }
+            | Call::Release { handle, .. }
+            | Call::SetSequencer { handle, .. }
+            | Call::Reopen { handle, .. } => Some(*handle),
+            Call::Status
+            | Call::CreateSession
+            | Call::Open(_)
+            | Call::Close { .. }
+            | Call::KeepAlive { .. }
+            | Call::CloseSession { .. }
+            | Call::StatPath { .. }
+            | Call::LockHolders { .. }
+            | Call::CheckSequencer { .. }
+            | Call::ChangeMembers { .. }
+            | Call::Rename { .. }
+            | Call::SetAttr { .. }
+            | Call::Backup
+            | Call::BackupRead { .. }
+            | Call::Reannounce { .. } => None,
         }
     }
 

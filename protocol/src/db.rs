@@ -61,9 +61,26 @@ const _: () = assert!(PATH_BYTES_MAX + FILE_BYTES_MAX < crate::codec::FRAME_BYTE
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
 pub struct SessionId(pub u64);
 
-/// An open handle, allocated by the database at Open. Never reused in a cell.
+/// An open handle. Never reused in a session. Two kinds (docs/sessions.md "Handles"):
+/// - allocated by the database at an Open that goes through Paxos (creating a node, an
+///   ephemeral node, or asking for events): a counter in the replicated state;
+/// - allocated by the master in its memory only, for an Open of an existing node (Chubby
+///   §2.9): [`HandleId::VOLATILE`] is set, and the master's epoch is in the bits below it,
+///   so that two masters never hand out the same id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
 pub struct HandleId(pub u64);
+
+impl HandleId {
+    /// The bit of a handle kept in the master's memory only; the database's counter never
+    /// reaches it.
+    pub const VOLATILE: u64 = 1 << 63;
+
+    /// True for a handle the master keeps in its memory (see [`HandleId`]).
+    #[must_use]
+    pub fn is_volatile(self) -> bool {
+        self.0 & Self::VOLATILE != 0
+    }
+}
 
 /// A node's instance number: greater than that of any earlier node, so in particular
 /// greater than that of any earlier node with the same name (Chubby §2.3).

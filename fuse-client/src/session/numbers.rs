@@ -96,7 +96,8 @@ impl CallNumbers {
             | Call::CheckSequencer { .. }
             | Call::Backup
             | Call::BackupRead { .. }
-            | Call::Reopen { .. } => false,
+            | Call::Reopen { .. }
+            | Call::Reannounce { .. } => false,
         }
     }
 }

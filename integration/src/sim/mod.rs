@@ -180,14 +180,15 @@ impl RunStats {
         let c = &self.cell;
         let clients = if c.sessions > 0 {
             format!(
-                "; clients: {} ops ({} from the cache, {} unknown, {} calls sent again), {} \
-                 sessions, {} expired, \
+                "; clients: {} ops ({} from the cache, {} unknown, {} calls sent again, {} \
+                 handles announced again), {} sessions, {} expired, \
                  {} locks, {} trees moved, {} pauses, {} fail-overs followed; {} file histories \
                  linearizable, {} undecided",
                 c.ops,
                 c.cache_hits,
                 c.unknown,
                 c.resent,
+                c.reannounced,
                 c.sessions,
                 c.expiries,
                 c.locks,

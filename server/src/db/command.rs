@@ -29,6 +29,8 @@ use chubby_protocol::{
 
 pub use chubby_protocol::db::OpenArgs;
 
+use super::sessions::Handle;
+
 /// One log entry for the database.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Command {
@@ -163,6 +165,20 @@ pub enum Op {
     Noop,
     /// Every replica reports its digest at this point of the log (PML §6.2).
     Checksum,
+    /// `op` (a call on a handle) through a handle the master keeps in its memory only
+    /// ([`HandleId::is_volatile`], Chubby §2.9): the log does not know the handle, so the
+    /// command carries it whole. Each replica puts it in its table for the operation and
+    /// takes it out again after, unless the operation needs it to last (a lock held or
+    /// awaited, a sequencer set): then it stays, as any handle opened through the log.
+    /// (Last, so that earlier builds' commands keep their encoding.)
+    WithHandle {
+        /// The handle's id, as the master numbered it.
+        handle: HandleId,
+        /// The handle, as the master keeps it.
+        desc: Handle,
+        /// The call on it.
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -187,6 +203,7 @@ impl Op {
             Op::SetAttr { .. } => "SetAttr",
             Op::Noop => "Noop",
             Op::Checksum => "Checksum",
+            Op::WithHandle { .. } => "WithHandle",
         }
     }
 }
@@ -227,6 +244,7 @@ impl Op {
     pub fn session(&self) -> Option<SessionId> {
         match self {
             Op::Open(args) => Some(args.session),
+            Op::WithHandle { op, .. } => op.session(),
             Op::CloseSession { session }
             | Op::ExpireSession { session }
             | Op::Close { session, .. }
@@ -240,6 +258,32 @@ impl Op {
             | Op::Rename { session, .. }
             | Op::SetAttr { session, .. } => Some(*session),
             Op::NewEpoch | Op::CreateSession { .. } | Op::Noop | Op::Checksum => None,
+        }
+    }
+
+    /// The handle a call on a handle names, and whether the operation keeps a handle
+    /// that [`Op::WithHandle`] brought (`None`: not a call on a handle).
+    #[must_use]
+    pub fn handle_call(&self) -> Option<(HandleId, bool)> {
+        match self {
+            Op::SetContents { handle, .. }
+            | Op::Delete { handle, .. }
+            | Op::SetAcl { handle, .. }
+            | Op::Release { handle, .. } => Some((*handle, false)),
+            Op::Acquire { handle, .. }
+            | Op::TryAcquire { handle, .. }
+            | Op::SetSequencer { handle, .. } => Some((*handle, true)),
+            Op::NewEpoch
+            | Op::CreateSession { .. }
+            | Op::CloseSession { .. }
+            | Op::ExpireSession { .. }
+            | Op::Open(_)
+            | Op::Close { .. }
+            | Op::Rename { .. }
+            | Op::SetAttr { .. }
+            | Op::Noop
+            | Op::Checksum
+            | Op::WithHandle { .. } => None,
         }
     }
 }

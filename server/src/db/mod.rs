@@ -537,7 +537,19 @@ impl Db {
     }
 
     fn dispatch(&mut self, cmd: &Command, changes: &mut Vec<Change>) -> Result<Outcome, Refusal> {
-        match &cmd.op {
+        self.dispatch_op(cmd, &cmd.op, changes)
+    }
+
+    fn dispatch_op(
+        &mut self,
+        cmd: &Command,
+        op: &Op,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        match op {
+            Op::WithHandle { handle, desc, op } => {
+                self.with_handle(cmd, *handle, desc, op, changes)
+            }
             Op::NewEpoch => {
                 assert!(cmd.epoch > self.epoch, "guard let a stale NewEpoch through");
                 self.epoch = cmd.epoch;
@@ -593,6 +605,55 @@ impl Db {
         }
     }
 
+    /// [`Op::WithHandle`]: `op` through a handle the master kept in its memory. The handle
+    /// joins the table for the operation and leaves it after, unless the operation keeps
+    /// it (a lock held or awaited, a sequencer set). If the table has it already (an
+    /// earlier command kept it), that copy is used.
+    fn with_handle(
+        &mut self,
+        cmd: &Command,
+        id: HandleId,
+        desc: &Handle,
+        op: &Op,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        let Some((named, keeps)) = op.handle_call() else {
+            return Err(Refusal::InvalidArgument);
+        };
+        if named != id || !id.is_volatile() || op.session() != Some(desc.session) {
+            return Err(Refusal::InvalidArgument);
+        }
+        self.principal(desc.session)?;
+        let inserted = match self.sessions.handle(id) {
+            Some(h) if h.session == desc.session => false,
+            Some(_) => return Err(Refusal::BadHandle),
+            None => {
+                // The master keeps no sequencer, and no handle on an ephemeral node, in
+                // its memory: those need the log (docs/sessions.md "Handles").
+                if desc.sequencer.is_some() {
+                    return Err(Refusal::InvalidArgument);
+                }
+                let node = self
+                    .ns
+                    .get_instance(&desc.path, desc.instance)
+                    .ok_or(Refusal::NotFound)?;
+                if node.ephemeral {
+                    return Err(Refusal::BadHandle);
+                }
+                if !self.sessions.may_open(desc.session) {
+                    return Err(Refusal::TooMany);
+                }
+                self.sessions.insert_volatile(id, desc.clone());
+                true
+            }
+        };
+        let result = self.dispatch_op(cmd, op, changes);
+        if inserted && !(keeps && result.is_ok()) && self.sessions.handle(id).is_some() {
+            self.sessions.close(id);
+        }
+        result
+    }
+
     /// The principal of a live session.
     fn principal(&self, session: SessionId) -> Result<&str, Refusal> {
         self.sessions
@@ -609,10 +670,22 @@ impl Db {
         session: SessionId,
         id: HandleId,
     ) -> Result<(&Handle, &Arc<Node>), Refusal> {
+        self.use_handle_in(session, id, None)
+    }
+
+    /// [`Self::use_handle`], finding the handle in `kept` (the master's memory) if the
+    /// table does not have it.
+    fn use_handle_in<'a>(
+        &'a self,
+        session: SessionId,
+        id: HandleId,
+        kept: Option<&'a Handle>,
+    ) -> Result<(&'a Handle, &'a Arc<Node>), Refusal> {
         self.principal(session)?;
         let handle = self
             .sessions
             .handle_of(session, id)
+            .or(kept.filter(|h| h.session == session))
             .ok_or(Refusal::BadHandle)?;
         if let Some(seq) = &handle.sequencer {
             if !self.check_sequencer(seq) {
@@ -717,7 +790,20 @@ impl Db {
         session: SessionId,
         handle: HandleId,
     ) -> Result<(Stat, Arc<Vec<u8>>), Refusal> {
-        let node = self.readable(session, handle)?;
+        self.read_in(session, handle, None)
+    }
+
+    /// [`Self::read`] through a handle the table has or `kept` (the master's memory) is.
+    ///
+    /// # Errors
+    /// As [`Self::read`].
+    pub fn read_in(
+        &self,
+        session: SessionId,
+        handle: HandleId,
+        kept: Option<&Handle>,
+    ) -> Result<(Stat, Arc<Vec<u8>>), Refusal> {
+        let node = self.readable(session, handle, kept)?;
         if node.is_dir() {
             return Err(Refusal::IsADirectory);
         }
@@ -729,7 +815,20 @@ impl Db {
     /// # Errors
     /// The refusals of a handle call, `PermissionDenied`.
     pub fn stat(&self, session: SessionId, handle: HandleId) -> Result<Stat, Refusal> {
-        Ok(self.readable(session, handle)?.stat())
+        self.stat_in(session, handle, None)
+    }
+
+    /// [`Self::stat`] through a handle the table has or `kept` (the master's memory) is.
+    ///
+    /// # Errors
+    /// As [`Self::stat`].
+    pub fn stat_in(
+        &self,
+        session: SessionId,
+        handle: HandleId,
+        kept: Option<&Handle>,
+    ) -> Result<Stat, Refusal> {
+        Ok(self.readable(session, handle, kept)?.stat())
     }
 
     /// ReadDir: names and metadata of the children, in name order.
@@ -741,11 +840,25 @@ impl Db {
         session: SessionId,
         handle: HandleId,
     ) -> Result<Vec<(String, Stat)>, Refusal> {
-        let (h, node) = self.use_handle(session, handle)?;
+        self.read_dir_in(session, handle, None)
+    }
+
+    /// [`Self::read_dir`] through a handle the table has or `kept` (the master's memory)
+    /// is.
+    ///
+    /// # Errors
+    /// As [`Self::read_dir`].
+    pub fn read_dir_in(
+        &self,
+        session: SessionId,
+        handle: HandleId,
+        kept: Option<&Handle>,
+    ) -> Result<Vec<(String, Stat)>, Refusal> {
+        let (h, node) = self.use_handle_in(session, handle, kept)?;
         if !node.is_dir() {
             return Err(Refusal::NotADirectory);
         }
-        self.readable(session, handle)?;
+        self.readable(session, handle, kept)?;
         let children = self.ns.children(&h.path);
         Ok(children
             .iter()
@@ -775,9 +888,14 @@ impl Db {
         }
     }
 
-    fn readable(&self, session: SessionId, handle: HandleId) -> Result<&Arc<Node>, Refusal> {
+    fn readable<'a>(
+        &'a self,
+        session: SessionId,
+        handle: HandleId,
+        kept: Option<&'a Handle>,
+    ) -> Result<&'a Arc<Node>, Refusal> {
         let principal = self.principal(session)?;
-        let (h, node) = self.use_handle(session, handle)?;
+        let (h, node) = self.use_handle_in(session, handle, kept)?;
         self.handle_permits(principal, h, node, acl::Right::Read)?;
         Ok(node)
     }

@@ -15,7 +15,7 @@ use chubby_protocol::{
     Timespec,
 };
 
-use super::sessions::HANDLES_PER_SESSION_MAX;
+use super::sessions::{Handle, HANDLES_PER_SESSION_MAX};
 use super::{Command, Db, DbConfig, Digest, Op, OpenArgs, Outcome};
 
 /// What both implementations must agree on after every command.
@@ -465,7 +465,81 @@ impl Model {
     }
 
     fn dispatch(&mut self, cmd: &Command) -> R {
-        match &cmd.op {
+        self.dispatch_op(cmd, &cmd.op)
+    }
+
+    /// A call through a handle the master kept in its memory: in the table for the call,
+    /// and after it only if the call keeps it (written from the rule, not from `Db`).
+    fn with_handle(&mut self, cmd: &Command, id: HandleId, desc: &Handle, op: &Op) -> R {
+        let keeps = match op {
+            Op::SetContents { handle, .. }
+            | Op::Delete { handle, .. }
+            | Op::SetAcl { handle, .. }
+            | Op::Release { handle, .. }
+                if *handle == id =>
+            {
+                false
+            }
+            Op::Acquire { handle, .. }
+            | Op::TryAcquire { handle, .. }
+            | Op::SetSequencer { handle, .. }
+                if *handle == id =>
+            {
+                true
+            }
+            _ => return Err(Refusal::InvalidArgument),
+        };
+        if !id.is_volatile() || op.session() != Some(desc.session) {
+            return Err(Refusal::InvalidArgument);
+        }
+        self.principal(desc.session)?;
+        let mut inserted = false;
+        match self.handles.iter().find(|h| h.id == id.0) {
+            Some(h) if h.session == desc.session.0 => {}
+            Some(_) => return Err(Refusal::BadHandle),
+            None => {
+                if desc.sequencer.is_some() {
+                    return Err(Refusal::InvalidArgument);
+                }
+                let node = self
+                    .node(&desc.path)
+                    .filter(|&i| self.nodes[i].inst == desc.instance.0)
+                    .ok_or(Refusal::NotFound)?;
+                if self.nodes[node].eph {
+                    return Err(Refusal::BadHandle);
+                }
+                let count = self
+                    .handles
+                    .iter()
+                    .filter(|h| h.session == desc.session.0)
+                    .count();
+                if count >= HANDLES_PER_SESSION_MAX {
+                    return Err(Refusal::TooMany);
+                }
+                self.handles.push(MHandle {
+                    id: id.0,
+                    session: desc.session.0,
+                    path: desc.path.to_string(),
+                    inst: desc.instance.0,
+                    mode: desc.mode,
+                    delay: desc.lock_delay_ms,
+                    seq: None,
+                });
+                inserted = true;
+            }
+        }
+        let r = self.dispatch_op(cmd, op);
+        if inserted && !(keeps && r.is_ok()) {
+            if let Some(p) = self.handles.iter().position(|h| h.id == id.0) {
+                self.handles.remove(p);
+            }
+        }
+        r
+    }
+
+    fn dispatch_op(&mut self, cmd: &Command, op: &Op) -> R {
+        match op {
+            Op::WithHandle { handle, desc, op } => self.with_handle(cmd, *handle, desc, op),
             Op::NewEpoch => {
                 self.epoch = cmd.epoch;
                 Ok(Outcome::EpochStarted)

@@ -38,8 +38,8 @@ use std::sync::Arc;
 
 use chubby_protocol::db::{check_path, FILE_BYTES_MAX, LOCK_DELAY_MS_MAX, MODE_BITS};
 use chubby_protocol::{
-    AclNames, AttrChange, ContentChecksum, Creation, Generation, HandleId, InstanceNumber,
-    NodeKind, Posix, Refusal, SessionId, TimeSet, Timespec,
+    AclNames, AttrChange, ContentChecksum, Creation, EventMask, Generation, HandleId,
+    InstanceNumber, NodeKind, OpenMode, Posix, Refusal, SessionId, Stat, TimeSet, Timespec,
 };
 
 use super::acl::{self, Right};
@@ -55,19 +55,7 @@ impl Db {
         changes: &mut Vec<Change>,
     ) -> Result<Outcome, Refusal> {
         let principal = self.principal(args.session)?.to_owned();
-        check_path(&args.path).map_err(|_| Refusal::InvalidPath)?;
-        let lock_delay_ms = args
-            .lock_delay_ms
-            .unwrap_or(self.config.lock_delay_ms_default);
-        if args.mode.is_empty() || lock_delay_ms > LOCK_DELAY_MS_MAX || !args.events.is_valid() {
-            return Err(Refusal::InvalidArgument);
-        }
-        let lock_delay_ms = if cfg!(feature = "bug-injection") && self.config.bug_ignore_lock_delay
-        {
-            0
-        } else {
-            lock_delay_ms
-        };
+        let lock_delay_ms = self.check_open_args(args)?;
         if !self.sessions.may_open(args.session) {
             return Err(Refusal::TooMany);
         }
@@ -99,6 +87,111 @@ impl Db {
             created,
             stat,
         })
+    }
+
+    /// Open's checks of its arguments, after the session's: the path, the mode, the
+    /// lock-delay and the event mask. Returns the handle's lock-delay.
+    fn check_open_args(&self, args: &OpenArgs) -> Result<u64, Refusal> {
+        check_path(&args.path).map_err(|_| Refusal::InvalidPath)?;
+        let lock_delay_ms = args
+            .lock_delay_ms
+            .unwrap_or(self.config.lock_delay_ms_default);
+        if args.mode.is_empty() || lock_delay_ms > LOCK_DELAY_MS_MAX || !args.events.is_valid() {
+            return Err(Refusal::InvalidArgument);
+        }
+        Ok(self.effective_lock_delay(lock_delay_ms))
+    }
+
+    /// The lock-delay a handle gets (none with the planted bug that ignores them).
+    fn effective_lock_delay(&self, lock_delay_ms: u64) -> u64 {
+        if cfg!(feature = "bug-injection") && self.config.bug_ignore_lock_delay {
+            0
+        } else {
+            lock_delay_ms
+        }
+    }
+
+    /// An Open the master may answer from its memory (`master/kept.rs`, Chubby §2.9):
+    /// `Ok(None)` if it must go through the log (no node at the path, so it may create
+    /// one; an ephemeral node, whose last close must reach the log; events asked for);
+    /// otherwise what the log's Open would answer, checked in the same order: its refusal,
+    /// or the handle (to be numbered by the master) and the node's metadata. The master
+    /// checks the handle bound against its own table. Changes nothing.
+    ///
+    /// # Errors
+    /// The refusals of Open for an existing node.
+    pub fn open_in_memory(&self, args: &OpenArgs) -> Result<Option<(Handle, Stat)>, Refusal> {
+        let principal = self.principal(args.session)?;
+        let lock_delay_ms = self.check_open_args(args)?;
+        if args.events != EventMask::NONE || args.ephemeral {
+            return Ok(None);
+        }
+        let Some(node) = self.ns.get(&args.path) else {
+            return Ok(None);
+        };
+        if node.ephemeral {
+            return Ok(None);
+        }
+        self.check_open_existing(args, node, principal)?;
+        let path = self.ns.key(&args.path).expect("a node has a key");
+        let handle = Handle {
+            session: args.session,
+            path,
+            instance: node.instance,
+            mode: args.mode,
+            lock_delay_ms,
+            sequencer: None,
+            events: EventMask::NONE,
+        };
+        Ok(Some((handle, node.stat())))
+    }
+
+    /// Reannounce (Chubby §2.9 steps 6–8): a handle an earlier master kept in its memory,
+    /// announced again from what it records. Checks what an Open of `path` with `mode`
+    /// would: the node at `path` is still `instance` and not ephemeral, and the principal
+    /// has every right of the mode. Returns the handle for the master to keep, and the
+    /// node's metadata. Changes nothing.
+    ///
+    /// # Errors
+    /// `SessionExpired`, `InvalidPath`, `InvalidArgument` (not a volatile id, an empty
+    /// mode, a lock-delay over the bound), `NotFound`, `BadHandle` (an ephemeral node),
+    /// `PermissionDenied`.
+    pub fn reannounce_check(
+        &self,
+        session: SessionId,
+        id: HandleId,
+        path: &str,
+        instance: InstanceNumber,
+        mode: OpenMode,
+        lock_delay_ms: Option<u64>,
+    ) -> Result<(Handle, Stat), Refusal> {
+        let principal = self.principal(session)?;
+        check_path(path).map_err(|_| Refusal::InvalidPath)?;
+        let lock_delay_ms = lock_delay_ms.unwrap_or(self.config.lock_delay_ms_default);
+        if !id.is_volatile() || mode.is_empty() || lock_delay_ms > LOCK_DELAY_MS_MAX {
+            return Err(Refusal::InvalidArgument);
+        }
+        let lock_delay_ms = self.effective_lock_delay(lock_delay_ms);
+        let node = self
+            .ns
+            .get_instance(path, instance)
+            .ok_or(Refusal::NotFound)?;
+        if node.ephemeral {
+            return Err(Refusal::BadHandle);
+        }
+        if !acl::has_mode(&self.ns, &self.config.admin, principal, &node.acl, mode) {
+            return Err(Refusal::PermissionDenied);
+        }
+        let handle = Handle {
+            session,
+            path: self.ns.key(path).expect("a node has a key"),
+            instance,
+            mode,
+            lock_delay_ms,
+            sequencer: None,
+            events: EventMask::NONE,
+        };
+        Ok((handle, node.stat()))
     }
 
     fn check_open_existing(

@@ -16,6 +16,7 @@ use chubby_protocol::{
 use proptest::prelude::*;
 
 use super::model::{view_of, Model};
+use super::sessions::Handle;
 use super::{Applied, Change, Command, Db, DbConfig, Digest, Op, OpenArgs, Outcome};
 
 /// Paths: directories first, then files, then paths that are refused or special.
@@ -170,6 +171,9 @@ struct Timed {
     dt_ms: u64,
     stale: bool,
     step: Step,
+    /// A call on a handle goes through a copy of the handle the master kept in memory
+    /// ([`Op::WithHandle`]) under one of a few volatile ids.
+    kept: Option<u8>,
 }
 
 fn handle_ref() -> impl Strategy<Value = H> {
@@ -228,15 +232,71 @@ fn step() -> impl Strategy<Value = Step> {
 
 fn timed() -> impl Strategy<Value = Timed> {
     let dt = prop_oneof![6 => 0u64..5, 3 => 0u64..2_000, 1 => Just(1_000u64), 1 => 0u64..70_000];
-    (dt, prop::bool::weighted(0.04), step()).prop_map(|(dt_ms, stale, step)| Timed {
+    let kept = prop::option::weighted(0.25, any::<u8>());
+    (dt, prop::bool::weighted(0.04), step(), kept).prop_map(|(dt_ms, stale, step, kept)| Timed {
         dt_ms,
         stale,
         step,
+        kept,
     })
 }
 
 fn steps(max: usize) -> impl Strategy<Value = Vec<Timed>> {
     prop::collection::vec(timed(), 1..max)
+}
+
+/// `op` (a call on a handle) with its handle id replaced by `id`.
+fn renamed_handle(op: Op, id: HandleId) -> Op {
+    match op {
+        Op::SetContents {
+            session,
+            contents,
+            expected,
+            ..
+        } => Op::SetContents {
+            session,
+            handle: id,
+            contents,
+            expected,
+        },
+        Op::Delete { session, .. } => Op::Delete {
+            session,
+            handle: id,
+        },
+        Op::SetAcl {
+            session,
+            acl,
+            expected,
+            ..
+        } => Op::SetAcl {
+            session,
+            handle: id,
+            acl,
+            expected,
+        },
+        Op::Acquire { session, mode, .. } => Op::Acquire {
+            session,
+            handle: id,
+            mode,
+        },
+        Op::TryAcquire { session, mode, .. } => Op::TryAcquire {
+            session,
+            handle: id,
+            mode,
+        },
+        Op::Release { session, .. } => Op::Release {
+            session,
+            handle: id,
+        },
+        Op::SetSequencer {
+            session, sequencer, ..
+        } => Op::SetSequencer {
+            session,
+            handle: id,
+            sequencer,
+        },
+        other => other,
+    }
 }
 
 /// A SetAttr change from random bits: each low bit sets one field; some values are out of
@@ -308,7 +368,38 @@ impl Driver {
         (r.other.map_or(s, |o| self.session(o)), h)
     }
 
-    fn command(&mut self, t: &Timed, epoch: Ballot) -> Command {
+    fn command(&mut self, t: &Timed, db: &Db) -> Command {
+        let mut cmd = self.plain_command(t, db.epoch());
+        let Some(v) = t.kept else {
+            return cmd;
+        };
+        let (Some((named, _)), Some(session)) = (cmd.op.handle_call(), cmd.op.session()) else {
+            return cmd;
+        };
+        // Another session's handle now and then (refused), a sequencer dropped (the
+        // master keeps none in memory).
+        let Some(h) = db.handle(session, named).or_else(|| {
+            db.sessions()
+                .flat_map(|(s, x)| x.handles.iter().map(move |h| (*s, *h)))
+                .find(|(_, h)| *h == named)
+                .and_then(|(s, h)| db.handle(s, h))
+        }) else {
+            return cmd;
+        };
+        let desc = Handle {
+            sequencer: None,
+            ..h.clone()
+        };
+        let id = HandleId(HandleId::VOLATILE | u64::from(v % 6));
+        cmd.op = Op::WithHandle {
+            handle: id,
+            desc,
+            op: Box::new(renamed_handle(cmd.op, id)),
+        };
+        cmd
+    }
+
+    fn plain_command(&mut self, t: &Timed, epoch: Ballot) -> Command {
         self.now = self.now.plus_ms(t.dt_ms);
         let (op, epoch) = match &t.step {
             Step::NewEpoch { bump } => {
@@ -480,6 +571,16 @@ impl Driver {
             self.sessions.push(*session);
             self.live_sessions.push(*session);
         }
+        if let Op::WithHandle { handle, desc, op } = &cmd.op {
+            let kept = matches!(
+                **op,
+                Op::Acquire { .. } | Op::TryAcquire { .. } | Op::SetSequencer { .. }
+            );
+            if kept && !self.handles.contains(&(desc.session, *handle)) {
+                self.handles.push((desc.session, *handle));
+                self.live_handles.push((desc.session, *handle));
+            }
+        }
         if let (Op::Open(a), Outcome::Opened { handle, .. }) = (&cmd.op, outcome) {
             self.handles.push((a.session, *handle));
             self.live_handles.push((a.session, *handle));
@@ -610,7 +711,7 @@ proptest! {
             prop_assert!(model.apply(&cmd).0.is_ok());
         }
         for t in &script {
-            let cmd = driver.command(t, db.epoch());
+            let cmd = driver.command(t, &db);
             slot = slot.next();
             let applied = db.apply(slot, &cmd);
             let (expected, model_grants) = model.apply(&cmd);
@@ -641,7 +742,7 @@ proptest! {
                 prop_assert_eq!(restored.digest(), a.digest());
                 b = Some(restored);
             }
-            let cmd = driver.command(t, a.epoch());
+            let cmd = driver.command(t, &a);
             slot = slot.next();
             let applied = a.apply(slot, &cmd);
             if let Some(b) = b.as_mut() {
@@ -659,7 +760,7 @@ proptest! {
         let (mut a, mut driver, mut slot) = start();
         let (mut b, _, _) = start();
         for t in &script {
-            let cmd = driver.command(t, a.epoch());
+            let cmd = driver.command(t, &a);
             let decoded = Command::decode(&cmd.encode().unwrap()).unwrap();
             slot = slot.next();
             let applied = a.apply(slot, &cmd);
@@ -777,7 +878,7 @@ fn scripts_reach_every_outcome_and_refusal() {
         let script = steps(80).new_tree(&mut runner).unwrap().current();
         let (mut db, mut driver, mut slot) = start();
         for t in &script {
-            let cmd = driver.command(t, db.epoch());
+            let cmd = driver.command(t, &db);
             slot = slot.next();
             let applied = db.apply(slot, &cmd);
             tally(&mut seen, &cmd, &applied);

@@ -28,8 +28,30 @@ impl Db {
     /// node exists now.
     #[must_use]
     pub fn touched_paths(&self, op: &Op, busy: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+        let mut out = self.touched_paths_in(op, None, &busy);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// [`Self::touched_paths`], unsorted, finding a handle in `kept` (an
+    /// [`Op::WithHandle`]'s) if the table does not have it.
+    fn touched_paths_in(
+        &self,
+        op: &Op,
+        kept: Option<&Handle>,
+        busy: &impl Fn(&str) -> bool,
+    ) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = Vec::new();
+        let handle_of = |session: &SessionId, handle: &HandleId| {
+            self.sessions
+                .handle_of(*session, *handle)
+                .or(kept.filter(|h| h.session == *session))
+        };
         match op {
+            Op::WithHandle { desc, op, .. } => {
+                out = self.touched_paths_in(op, Some(desc), busy);
+            }
             Op::Open(args) => {
                 let Some(dir) = parent_of(&args.path) else {
                     return out;
@@ -51,12 +73,12 @@ impl Db {
             | Op::SetAcl {
                 session, handle, ..
             } => {
-                if let Some(h) = self.sessions.handle_of(*session, *handle) {
+                if let Some(h) = handle_of(session, handle) {
                     out.push(Arc::clone(&h.path));
                 }
             }
             Op::Delete { session, handle } => {
-                if let Some(h) = self.sessions.handle_of(*session, *handle) {
+                if let Some(h) = handle_of(session, handle) {
                     if let Some(dir) = parent_of(&h.path) {
                         out.push(Arc::clone(&h.path));
                         out.push(Arc::from(dir));
@@ -108,8 +130,6 @@ impl Db {
             | Op::Noop
             | Op::Checksum => {}
         }
-        out.sort();
-        out.dedup();
         out
     }
 
@@ -210,9 +230,23 @@ impl Db {
         handle: HandleId,
         path: &str,
     ) -> Result<Stat, Refusal> {
+        self.reopen_in(session, handle, path, None)
+    }
+
+    /// [`Self::reopen`] of a handle the table has or `kept` (the master's memory) is.
+    ///
+    /// # Errors
+    /// As [`Self::reopen`].
+    pub fn reopen_in(
+        &self,
+        session: SessionId,
+        handle: HandleId,
+        path: &str,
+        kept: Option<&Handle>,
+    ) -> Result<Stat, Refusal> {
         let principal = self.principal(session)?;
         chubby_protocol::db::check_path(path).map_err(|_| Refusal::InvalidPath)?;
-        let (h, node) = self.use_handle(session, handle)?;
+        let (h, node) = self.use_handle_in(session, handle, kept)?;
         if self.ns.get_instance(path, h.instance).is_none() {
             return Err(Refusal::NotFound);
         }
@@ -252,6 +286,24 @@ impl Db {
     /// # Errors
     /// The refusals of any handle call.
     pub fn lock_state(&self, session: SessionId, handle: HandleId) -> Result<LockState, Refusal> {
+        self.lock_state_in(session, handle, None)
+    }
+
+    /// [`Self::lock_state`] of a handle the table has or `kept` (the master's memory) is:
+    /// a handle that only the master's memory has holds no lock and awaits none.
+    ///
+    /// # Errors
+    /// As [`Self::lock_state`].
+    pub fn lock_state_in(
+        &self,
+        session: SessionId,
+        handle: HandleId,
+        kept: Option<&Handle>,
+    ) -> Result<LockState, Refusal> {
+        if self.sessions.handle_of(session, handle).is_none() {
+            self.use_handle_in(session, handle, kept)?;
+            return Ok(LockState::None);
+        }
         if let Some(seq) = self.get_sequencer(session, handle)? {
             return Ok(LockState::Held(seq));
         }

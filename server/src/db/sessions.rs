@@ -178,6 +178,19 @@ impl Sessions {
     pub fn open(&mut self, handle: Handle) -> HandleId {
         self.next_handle += 1;
         let id = HandleId(self.next_handle);
+        self.link(id, handle);
+        id
+    }
+
+    /// Puts a handle the master kept in its memory (`id` is volatile) into the table, on
+    /// a live node, for an [`super::Op::WithHandle`].
+    pub fn insert_volatile(&mut self, id: HandleId, handle: Handle) {
+        assert!(id.is_volatile(), "a counter id given as volatile");
+        self.link(id, handle);
+    }
+
+    /// Files `handle` under `id` in the table, its session and the openers index.
+    fn link(&mut self, id: HandleId, handle: Handle) {
         let listed = self.sessions.update(&handle.session, |s| {
             assert!(
                 s.handles.len() < HANDLES_PER_SESSION_MAX,
@@ -201,7 +214,6 @@ impl Sessions {
             self.handles.insert(id, handle).is_none(),
             "handle id reused"
         );
-        id
     }
 
     /// True if the session may open one more handle.
@@ -301,7 +313,10 @@ impl Sessions {
                 s.is_some_and(|s| s.handles.contains(id)),
                 "session does not list {id:?}"
             );
-            ensure!(id.0 <= self.next_handle, "handle id above the counter");
+            ensure!(
+                id.is_volatile() || id.0 <= self.next_handle,
+                "handle id above the counter"
+            );
         }
         for (sid, s) in self.sessions.iter() {
             ensure!(

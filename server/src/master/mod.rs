@@ -32,14 +32,19 @@
 //! cannot know what they cache, so until a session acknowledges that notice, every write
 //! waits for it as if it cached every path, and its reads are not cacheable. Other calls
 //! proceed at once (the paper's steps 4–7 block them all; only writes need to wait for
-//! the caches to be flushed). Handles and locks live in the database, so they need no
-//! re-creation (step 8); ephemeral files of sessions that never come back vanish when
-//! those sessions expire, one lease after the fail-over (step 9).
+//! the caches to be flushed). Handles of existing nodes live in this master's memory
+//! (`kept.rs`): clients announce them again to the next master (step 8). Locks, and the
+//! handles that hold them or open ephemeral nodes, live in the database and need no
+//! re-creation; ephemeral files of sessions that never come back vanish when those
+//! sessions expire, one lease after the fail-over (step 9).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod kept;
 mod notify;
 #[cfg(test)]
 mod tests;
+
+pub use kept::KeptHandles;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -172,6 +177,8 @@ pub struct Master {
     /// Sessions that have not acknowledged the fail-over notice (number 1).
     flushing: BTreeSet<SessionId>,
     counts: NoticeCounts,
+    /// Handles kept in memory only (`kept.rs`).
+    kept: KeptHandles,
 }
 
 impl Master {
@@ -188,6 +195,7 @@ impl Master {
             gates: BTreeMap::new(),
             flushing: BTreeSet::new(),
             counts: NoticeCounts::default(),
+            kept: KeptHandles::new(epoch),
         };
         let ids: Vec<SessionId> = db.sessions().map(|(id, _)| *id).collect();
         for id in ids {
@@ -196,6 +204,17 @@ impl Master {
             master.flushing.insert(id);
         }
         master
+    }
+
+    /// The handles kept in memory only (`kept.rs`).
+    #[must_use]
+    pub fn kept(&self) -> &KeptHandles {
+        &self.kept
+    }
+
+    /// The handles kept in memory only, to change.
+    pub fn kept_mut(&mut self) -> &mut KeptHandles {
+        &mut self.kept
     }
 
     /// The client epoch this master serves.
@@ -542,6 +561,7 @@ impl Master {
     /// The session ended in the database (expired or closed): forget it, failing its
     /// parked KeepAlive.
     pub fn session_ended(&mut self, id: SessionId, out: &mut Vec<MasterAction>) {
+        self.kept.session_ended(id);
         self.forget_waits(id, out);
         if let Some(live) = self.sessions.remove(&id) {
             if let Some((token, _)) = live.parked {
@@ -554,7 +574,8 @@ impl Master {
     }
 
     /// Time passes: answer KeepAlives that are due, end sessions whose lease ended, close
-    /// idle ones. `has_handles` tells whether a session has open handles.
+    /// idle ones. `has_handles` tells whether a session has open handles in the database
+    /// (those kept in this master's memory count too).
     pub fn tick(
         &mut self,
         now: Instant,
@@ -582,6 +603,7 @@ impl Master {
                 })
                 && now.ms_since(live.last_call) >= self.cfg.session_idle_ms
                 && !has_handles(*id)
+                && self.kept.count(*id) == 0
             {
                 idle.push(*id);
             }
@@ -607,6 +629,7 @@ impl Master {
     /// # Panics
     /// When an invariant is broken: that is a bug in this module.
     pub fn check_invariants(&self) {
+        self.kept.check_invariants();
         for (path, sessions) in &self.cachers {
             assert!(!sessions.is_empty(), "empty cacher set for {path}");
             assert!(

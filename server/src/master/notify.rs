@@ -24,6 +24,10 @@ impl Master {
         now: Instant,
         out: &mut Vec<MasterAction>,
     ) {
+        let op = match op {
+            Op::WithHandle { op, .. } => op.as_ref(),
+            op => op,
+        };
         let asker = match op {
             Op::Acquire {
                 session, handle, ..
@@ -45,7 +49,8 @@ impl Master {
             | Op::Rename { .. }
             | Op::SetAttr { .. }
             | Op::Noop
-            | Op::Checksum => None,
+            | Op::Checksum
+            | Op::WithHandle { .. } => None,
         };
         for change in changes {
             match change {
@@ -68,7 +73,13 @@ impl Master {
                     }
                     self.child_event(db, path, |n| Event::ChildRemoved { name: n }, now, out);
                 }
-                Change::Renamed { from, to, .. } => {
+                Change::Renamed {
+                    from,
+                    to,
+                    old_instance,
+                    instance,
+                } => {
+                    self.kept.renamed(*old_instance, *instance, to);
                     self.child_event(db, from, |n| Event::ChildRemoved { name: n }, now, out);
                     self.child_event(db, to, |n| Event::ChildAdded { name: n }, now, out);
                 }

@@ -28,7 +28,9 @@ use chubby_protocol::client_msg::{
     Answer, Call, CallError, CallNumber, MasterHint, Reply, Request,
 };
 use chubby_protocol::db::FILE_BYTES_MAX;
-use chubby_protocol::{Ballot, CacheToken, Instant, Refusal, SessionId, Slot};
+use chubby_protocol::{
+    Ballot, CacheToken, HandleId, InstanceNumber, Instant, OpenMode, Refusal, SessionId, Slot,
+};
 use tracing::{debug, info, warn};
 
 use crate::db::calls::Seen;
@@ -255,6 +257,12 @@ impl Serve {
             }
         }
         let refused = CallError::Refused;
+        let kept = session_of(&call)
+            .zip(call.handle())
+            .and_then(|(session, handle)| {
+                let master = self.master.as_ref()?;
+                master.kept().get(session, handle).cloned()
+            });
         let answer = match call {
             Call::KeepAlive { session, acked } => {
                 let token = self.next_token;
@@ -268,10 +276,11 @@ impl Serve {
                 return;
             }
             Call::GetContentsAndStat { session, handle } => db
-                .read(session, handle)
+                .read_in(session, handle, kept.as_ref())
                 .map_err(refused)
                 .map(|(stat, contents)| {
-                    let cache = self.cache_token(session, handle_path(db, session, handle));
+                    let path = handle_path(db, session, handle, kept.as_ref());
+                    let cache = self.cache_token(session, path);
                     Answer::Contents {
                         contents: contents.as_ref().clone(),
                         stat,
@@ -279,8 +288,10 @@ impl Serve {
                     }
                 }),
             Call::GetStat { session, handle } => {
-                db.stat(session, handle).map_err(refused).map(|stat| {
-                    let cache = self.cache_token(session, handle_path(db, session, handle));
+                let stat = db.stat_in(session, handle, kept.as_ref());
+                stat.map_err(refused).map(|stat| {
+                    let path = handle_path(db, session, handle, kept.as_ref());
+                    let cache = self.cache_token(session, path);
                     Answer::Stat {
                         stat: Some(stat),
                         cache,
@@ -296,16 +307,15 @@ impl Serve {
                 }),
             // Listings are not cached (their children's metadata would need invalidating
             // with every child write): no token, and the session is not recorded.
-            Call::ReadDir { session, handle } => {
-                db.read_dir(session, handle)
-                    .map_err(refused)
-                    .map(|children| Answer::Dir {
-                        children,
-                        cache: None,
-                    })
-            }
+            Call::ReadDir { session, handle } => db
+                .read_dir_in(session, handle, kept.as_ref())
+                .map_err(refused)
+                .map(|children| Answer::Dir {
+                    children,
+                    cache: None,
+                }),
             Call::GetSequencer { session, handle } => db
-                .lock_state(session, handle)
+                .lock_state_in(session, handle, kept.as_ref())
                 .map_err(refused)
                 .map(Answer::Lock),
             Call::LockHolders { session, path } => db
@@ -320,12 +330,30 @@ impl Serve {
                 handle,
                 path,
             } => db
-                .reopen(session, handle, &path)
+                .reopen_in(session, handle, &path, kept.as_ref())
                 .map_err(refused)
                 .map(|stat| Answer::Stat {
                     stat: Some(stat),
                     cache: None,
                 }),
+            Call::Reannounce {
+                session,
+                handle,
+                path,
+                instance,
+                mode,
+                lock_delay_ms,
+            } => self.reannounce(db, session, handle, &path, instance, mode, lock_delay_ms),
+            Call::Close { session, handle }
+                if handle.is_volatile() && db.handle(session, handle).is_none() =>
+            {
+                // Kept in memory only: nothing to tell the log (Chubby §2.9). Closing a
+                // handle an earlier master kept is a no-op too: it went with that master.
+                if let Some(m) = &mut self.master {
+                    m.kept_mut().remove(session, handle);
+                }
+                Ok(Answer::Done)
+            }
             call => match op_of(principal, call) {
                 Ok(op) => {
                     // A copy of a numbered call the log already answered: that answer,
@@ -344,16 +372,105 @@ impl Serve {
                         Some((_, Seen::New)) | None if op_too_large(&op) => {
                             Err(refused(Refusal::TooLarge))
                         }
-                        Some((_, Seen::New)) | None => {
-                            self.write(v, db, now, op, Some(call_id), number, what, out);
-                            return;
-                        }
+                        Some((_, Seen::New)) | None => match self.in_memory(db, op) {
+                            InMemory::Answered(answer) => answer,
+                            InMemory::Write(op) => {
+                                self.write(v, db, now, op, Some(call_id), number, what, out);
+                                return;
+                            }
+                        },
                     }
                 }
                 Err(e) => Err(e),
             },
         };
         reply(out, answer);
+    }
+
+    /// What the master's memory does with a write call's operation (`master/kept.rs`):
+    /// an Open of an existing node that needs nothing of the log is answered from it; a
+    /// call on a handle kept there carries the handle into the log; the rest go on as
+    /// they are.
+    fn in_memory(&mut self, db: &Db, op: Op) -> InMemory {
+        let Some(master) = &mut self.master else {
+            return InMemory::Write(op);
+        };
+        if let Op::Open(args) = &op {
+            return match db.open_in_memory(args) {
+                Ok(None) => InMemory::Write(op),
+                Err(refusal) => InMemory::Answered(Err(CallError::Refused(refusal))),
+                Ok(Some(_)) if !master.kept().may_open(args.session) => {
+                    InMemory::Answered(Err(CallError::Refused(Refusal::TooMany)))
+                }
+                Ok(Some((handle, stat))) => {
+                    let id = master.kept_mut().open(handle);
+                    debug!(handle = id.0, "open answered from the master's memory");
+                    InMemory::Answered(Ok(Answer::Opened {
+                        handle: id,
+                        created: false,
+                        stat,
+                    }))
+                }
+            };
+        }
+        let Some(session) = op.session() else {
+            return InMemory::Write(op);
+        };
+        match op.handle_call() {
+            Some((handle, _)) if handle.is_volatile() && db.handle(session, handle).is_none() => {
+                match master.kept().get(session, handle) {
+                    Some(desc) => InMemory::Write(Op::WithHandle {
+                        handle,
+                        desc: desc.clone(),
+                        op: Box::new(op),
+                    }),
+                    // Not here: an earlier master's (the client announces it again) or
+                    // closed.
+                    None => InMemory::Answered(Err(CallError::Refused(Refusal::BadHandle))),
+                }
+            }
+            _ => InMemory::Write(op),
+        }
+    }
+
+    /// Reannounce (Chubby §2.9 steps 6–8): keeps a handle an earlier master kept, after
+    /// the checks an Open would make.
+    #[allow(clippy::too_many_arguments)]
+    fn reannounce(
+        &mut self,
+        db: &Db,
+        session: SessionId,
+        handle: HandleId,
+        path: &str,
+        instance: InstanceNumber,
+        mode: OpenMode,
+        lock_delay_ms: Option<u64>,
+    ) -> Result<Answer, CallError> {
+        let refused = CallError::Refused;
+        let stat = |stat| Answer::Stat {
+            stat: Some(stat),
+            cache: None,
+        };
+        if db.handle(session, handle).is_some() {
+            // The log keeps it (a lock or a sequencer made it last): nothing to keep.
+            return db.reopen(session, handle, path).map(stat).map_err(refused);
+        }
+        let (desc, st) = db
+            .reannounce_check(session, handle, path, instance, mode, lock_delay_ms)
+            .map_err(refused)?;
+        let Some(master) = &mut self.master else {
+            return Err(CallError::Unavailable("not serving".into()));
+        };
+        let kept = master.kept_mut();
+        if kept.get(session, handle).is_none() && !kept.may_open(session) {
+            return Err(refused(Refusal::TooMany));
+        }
+        if kept.reannounce(handle, desc) {
+            debug!(handle = handle.0, "handle announced again");
+            Ok(stat(st))
+        } else {
+            Err(refused(Refusal::BadHandle))
+        }
     }
 
     /// Master, serving, and the call carries this master's client epoch (Chubby §2.9
@@ -481,6 +598,7 @@ impl Serve {
     fn must_wait(&self, op: &Op) -> bool {
         let renaming = || self.flying.values().any(|f| f.rename);
         match op {
+            Op::WithHandle { op, .. } => self.must_wait(op),
             Op::Rename { .. } => !self.flying.is_empty(),
             Op::SetContents { .. } | Op::SetAcl { .. } | Op::Delete { .. } | Op::Close { .. } => {
                 renaming()
@@ -701,6 +819,12 @@ impl Serve {
                 master.session_created(*session, now);
             }
             master.applied(&cmd.op, &applied.changes, db, now, &mut acts);
+            if let Op::WithHandle { handle, desc, .. } = &cmd.op {
+                if db.handle(desc.session, *handle).is_some() {
+                    // A lock or a sequencer made the log keep it: its copy rules now.
+                    master.kept_mut().remove(desc.session, *handle);
+                }
+            }
         }
         if let Some(request) = own {
             self.write_done(v, db, now, request, out);
@@ -939,11 +1063,20 @@ impl Serve {
     }
 }
 
+/// What [`Serve::in_memory`] made of a write call.
+enum InMemory {
+    /// Answered from the master's memory.
+    Answered(Result<Answer, CallError>),
+    /// To be proposed.
+    Write(Op),
+}
+
 /// A file write over the size limit (refused before it is proposed).
 fn op_too_large(op: &Op) -> bool {
     match op {
         Op::Open(args) => args.contents.len() > FILE_BYTES_MAX,
         Op::SetContents { contents, .. } => contents.len() > FILE_BYTES_MAX,
+        Op::WithHandle { op, .. } => op_too_large(op),
         Op::NewEpoch
         | Op::CreateSession { .. }
         | Op::CloseSession { .. }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use chubby_protocol::client_msg::{Call, CallError};
 use chubby_protocol::{HandleId, SessionId};
 
+use crate::db::sessions::Handle;
 use crate::db::{Db, Op};
 
 /// The database operation of a write call; reads, `Status` and `ChangeMembers` are not.
@@ -91,7 +92,10 @@ pub(super) fn op_of(principal: &str, call: Call) -> Result<Op, CallError> {
         | Call::ChangeMembers { .. }
         | Call::Backup
         | Call::BackupRead { .. }
-        | Call::Reopen { .. } => return Err(CallError::BadRequest("not a session write".into())),
+        | Call::Reopen { .. }
+        | Call::Reannounce { .. } => {
+            return Err(CallError::BadRequest("not a session write".into()))
+        }
     })
 }
 
@@ -122,7 +126,8 @@ pub(super) fn session_of(call: &Call) -> Option<SessionId> {
         | Call::SetSequencer { session, .. }
         | Call::Rename { session, .. }
         | Call::SetAttr { session, .. }
-        | Call::Reopen { session, .. } => Some(*session),
+        | Call::Reopen { session, .. }
+        | Call::Reannounce { session, .. } => Some(*session),
         Call::Status
         | Call::CreateSession
         | Call::ChangeMembers { .. }
@@ -132,7 +137,14 @@ pub(super) fn session_of(call: &Call) -> Option<SessionId> {
     }
 }
 
-/// The path handle `handle` of `session` is open on.
-pub(super) fn handle_path(db: &Db, session: SessionId, handle: HandleId) -> Option<Arc<str>> {
-    db.handle(session, handle).map(|h| Arc::clone(&h.path))
+/// The path handle `handle` of `session` is open on (`kept`: the master's memory has it).
+pub(super) fn handle_path(
+    db: &Db,
+    session: SessionId,
+    handle: HandleId,
+    kept: Option<&Handle>,
+) -> Option<Arc<str>> {
+    db.handle(session, handle)
+        .or(kept)
+        .map(|h| Arc::clone(&h.path))
 }

@@ -22,6 +22,8 @@ const EPOCH: Ballot = Ballot {
 };
 
 struct One {
+    /// The epoch calls carry.
+    epoch: Ballot,
     serve: Serve,
     db: Db,
     slot: Slot,
@@ -35,6 +37,7 @@ struct One {
 impl One {
     fn follower() -> One {
         One {
+            epoch: EPOCH,
             serve: Serve::new(
                 ServeConfig {
                     master: MasterConfig {
@@ -111,7 +114,7 @@ impl One {
         let id = CallId(self.next_call);
         self.next_call += 1;
         let request = Request {
-            epoch: Some(EPOCH),
+            epoch: Some(self.epoch),
             call,
             number,
         };
@@ -171,18 +174,8 @@ impl One {
 
     fn open(&mut self, session: SessionId, path: &str) -> HandleId {
         let id = self.call(Call::Open(OpenArgs {
-            session,
-            path: path.into(),
-            mode: OpenMode::READ_WRITE,
-            creation: Creation::IfMissing,
-            kind: NodeKind::File,
-            ephemeral: false,
             contents: b"v1".to_vec(),
-            acl: None,
-            lock_delay_ms: None,
-            events: chubby_protocol::EventMask::NONE,
-            create_mode: None,
-            create_owner: None,
+            ..open_args(session, path)
         }));
         self.settle();
         match self.answer(id) {
@@ -435,4 +428,213 @@ fn a_numbered_call_sent_again_is_answered_from_its_record() {
             number: 1
         })))
     ));
+}
+
+fn open_args(session: SessionId, path: &str) -> OpenArgs {
+    OpenArgs {
+        session,
+        path: path.into(),
+        mode: OpenMode::READ_WRITE,
+        creation: Creation::IfMissing,
+        kind: NodeKind::File,
+        ephemeral: false,
+        contents: Vec::new(),
+        acl: None,
+        lock_delay_ms: None,
+        events: chubby_protocol::EventMask::NONE,
+        create_mode: None,
+        create_owner: None,
+    }
+}
+
+impl One {
+    /// Opens an existing `path`, asserting that the master answered from its memory.
+    fn open_kept(&mut self, session: SessionId, path: &str) -> HandleId {
+        let id = self.call(Call::Open(open_args(session, path)));
+        assert!(
+            self.proposed.is_empty(),
+            "an Open of an existing node was proposed"
+        );
+        match self.answer(id) {
+            Answer::Opened {
+                handle,
+                created: false,
+                ..
+            } => {
+                assert!(handle.is_volatile(), "{handle:?} is not a kept handle");
+                handle
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn write(&mut self, session: SessionId, handle: HandleId, data: &[u8]) -> CallId {
+        self.call(Call::SetContents {
+            session,
+            handle,
+            contents: data.to_vec(),
+            expected: None,
+        })
+    }
+
+    fn read(&mut self, session: SessionId, handle: HandleId) -> Vec<u8> {
+        let id = self.call(Call::GetContentsAndStat { session, handle });
+        assert!(self.proposed.is_empty(), "a read was proposed");
+        match self.answer(id) {
+            Answer::Contents { contents, .. } => contents,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// This replica loses mastership and wins it back in `epoch`; the session `s`
+    /// acknowledges the fail-over notice so that its writes are not held.
+    fn fail_over(&mut self, epoch: Ballot, s: SessionId) {
+        let mut out = Vec::new();
+        let v = self.view.clone();
+        self.serve
+            .role_changed(&v, RoleKind::Follower, None, &mut out);
+        self.serve
+            .role_changed(&v, RoleKind::Master, Some(epoch), &mut out);
+        self.take(out);
+        self.settle();
+        assert_eq!(self.serve.serving_epoch(), Some(epoch));
+        self.epoch = epoch;
+        self.call(Call::KeepAlive {
+            session: s,
+            acked: 1,
+        });
+    }
+}
+
+/// Chubby §2.9: handles live in the master's memory. Opening and closing a handle on an
+/// existing file costs no Paxos instance; a write through it is one instance carrying the
+/// handle; a lock makes the log keep the handle; the handle follows a Rename.
+#[test]
+fn an_open_and_a_close_of_an_existing_file_cost_no_paxos_instance() {
+    let mut t = One::master();
+    let s = t.session();
+    let created = t.open(s, "/f");
+    assert!(
+        !created.is_volatile(),
+        "a creating Open goes through the log"
+    );
+    let h = t.open_kept(s, "/f");
+    let w = t.write(s, h, b"v2");
+    assert_eq!(t.proposed.len(), 1, "one instance for the write");
+    assert!(
+        matches!(&t.proposed[0].2, Op::WithHandle { handle, op, .. }
+            if *handle == h && matches!(**op, Op::SetContents { .. })),
+        "the write carries the handle: {:?}",
+        t.proposed[0].2
+    );
+    t.settle();
+    assert!(matches!(t.answer(w), Answer::Written { .. }));
+    assert!(
+        t.db.handle(s, h).is_none(),
+        "the log did not keep the handle"
+    );
+
+    // Handles follow a Rename, as the log's own do.
+    let r = t.call(Call::Rename {
+        session: s,
+        from: "/f".into(),
+        to: "/g".into(),
+    });
+    t.settle();
+    assert!(matches!(t.answer(r), Answer::Written { .. }));
+    let w = t.write(s, h, b"v3");
+    t.settle();
+    assert!(matches!(t.answer(w), Answer::Written { .. }));
+    let g = t.open_kept(s, "/g");
+    assert_eq!(t.read(s, g), b"v3");
+
+    // A lock makes the log keep the handle; its Release then names it plainly.
+    let l = t.open_kept(s, "/g");
+    let a = t.call(Call::Acquire {
+        session: s,
+        handle: l,
+        mode: chubby_protocol::LockMode::Exclusive,
+    });
+    assert!(matches!(&t.proposed[0].2, Op::WithHandle { .. }));
+    t.settle();
+    assert!(matches!(t.answer(a), Answer::Acquired { .. }));
+    assert!(
+        t.db.handle(s, l).is_some(),
+        "a held lock's handle is in the log"
+    );
+    let r = t.call(Call::Release {
+        session: s,
+        handle: l,
+    });
+    assert!(matches!(&t.proposed[0].2, Op::Release { .. }));
+    t.settle();
+    assert!(matches!(t.answer(r), Answer::Done));
+
+    // Closing a kept handle proposes nothing; the handle is gone after.
+    let c = t.call(Call::Close {
+        session: s,
+        handle: h,
+    });
+    assert!(
+        t.proposed.is_empty(),
+        "a Close of a kept handle was proposed"
+    );
+    assert!(matches!(t.answer(c), Answer::Done));
+    let w = t.write(s, h, b"v4");
+    assert!(t.proposed.is_empty());
+    assert!(matches!(
+        t.replies.remove(&w),
+        Some(Reply::Err(CallError::Refused(Refusal::BadHandle)))
+    ));
+}
+
+/// Chubby §2.9 steps 6–8: a new master does not know the handles the old one kept; a
+/// client announces them again from what they record, and the master checks what an Open
+/// would. Nothing is proposed for a handle it does not know.
+#[test]
+fn a_new_master_knows_a_kept_handle_once_it_is_announced_again() {
+    let mut t = One::master();
+    let s = t.session();
+    let created = t.open(s, "/f");
+    let h = t.open_kept(s, "/f");
+    let instance = t.db.handle(s, created).map(|x| x.instance).expect("open");
+    t.fail_over(
+        Ballot {
+            round: 2,
+            node: NodeId(1),
+        },
+        s,
+    );
+    let w = t.write(s, h, b"lost?");
+    assert!(
+        t.proposed.is_empty(),
+        "a write through an unknown handle was proposed"
+    );
+    assert!(matches!(
+        t.replies.remove(&w),
+        Some(Reply::Err(CallError::Refused(Refusal::BadHandle)))
+    ));
+    let announce = |instance| Call::Reannounce {
+        session: s,
+        handle: h,
+        path: "/f".into(),
+        instance,
+        mode: OpenMode::READ_WRITE,
+        lock_delay_ms: None,
+    };
+    let wrong = t.call(announce(chubby_protocol::InstanceNumber(instance.0 + 1)));
+    assert!(matches!(
+        t.replies.remove(&wrong),
+        Some(Reply::Err(CallError::Refused(Refusal::NotFound)))
+    ));
+    let again = t.call(announce(instance));
+    assert!(t.proposed.is_empty(), "an announcement was proposed");
+    assert!(matches!(
+        t.answer(again),
+        Answer::Stat { stat: Some(_), .. }
+    ));
+    let w = t.write(s, h, b"v2");
+    t.settle();
+    assert!(matches!(t.answer(w), Answer::Written { .. }));
+    assert_eq!(t.read(s, h), b"v2");
 }

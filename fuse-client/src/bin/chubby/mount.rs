@@ -61,8 +61,9 @@ pub struct MountArgs {
     on_lock_loss: LockLoss,
     /// How many writable Chubby handles to keep open after their file is closed or its
     /// lock released, for the next write or lock of the same file (Chubby's handle
-    /// caching): such a write then costs the cell one Paxos instance instead of three, a
-    /// lock cycle two instead of four. Each kept handle is a small record at the cell;
+    /// caching): such a write then skips the Open and Close round trips, and a lock cycle
+    /// also the Paxos instance that closing a lock's handle costs. Each kept handle is a
+    /// small entry in the master's memory (a lock's, a record in the cell's database);
     /// 0 keeps none.
     #[arg(long, value_name = "N", default_value_t = IDLE_HANDLES_DEFAULT)]
     idle_handles: usize,

@@ -80,6 +80,10 @@ pub(crate) struct Sess {
     pub seen: BTreeMap<String, (Generation, Vec<u8>)>,
     /// The numbers of its calls that change the database.
     pub numbers: CallNumbers,
+    /// For each open handle the master keeps in its memory only, the Reannounce that
+    /// recreates it at a new master (Chubby §2.9; the library's `Client::call` does the
+    /// same).
+    pub announce: BTreeMap<HandleId, Call>,
 }
 
 /// What an outstanding call is for.
@@ -131,6 +135,10 @@ pub(crate) struct InFlight {
     pub copies: Vec<u64>,
     /// How long the newest copy is waited for (doubling with each copy, up to a lease).
     pub wait_ms: u64,
+    /// The call id of a Reannounce sent for the call's handle, awaiting its answer.
+    pub reannouncing: Option<u64>,
+    /// A Reannounce was sent for it already (once per call, as the library does).
+    pub reannounced: bool,
 }
 
 #[derive(Debug)]
@@ -737,6 +745,8 @@ impl Sim {
             uncertain: false,
             copies: Vec::new(),
             wait_ms,
+            reannouncing: None,
+            reannounced: false,
         });
         self.send_call(
             c,
@@ -1009,8 +1019,14 @@ impl Sim {
             .ka
             .as_ref()
             .is_some_and(|k| k.call == call);
+        let reannounce = self.cell_mut().clients[c]
+            .op
+            .as_ref()
+            .is_some_and(|o| o.reannouncing == Some(call));
         if is_ka {
             self.keepalive_reply(c, reply);
+        } else if reannounce {
+            self.reannounce_reply(c, reply);
         } else if self.cell_mut().clients[c]
             .op
             .as_ref()
@@ -1102,6 +1118,21 @@ impl Sim {
                 return;
             }
         };
+        if let (Call::Open(args), Answer::Opened { handle, stat, .. }) = (&op.msg, &answer) {
+            if handle.is_volatile() {
+                let again = Call::Reannounce {
+                    session: args.session,
+                    handle: *handle,
+                    path: args.path.clone(),
+                    instance: stat.instance,
+                    mode: args.mode,
+                    lock_delay_ms: args.lock_delay_ms,
+                };
+                if let Some(s) = self.cell_mut().clients[c].sess.as_mut() {
+                    s.announce.insert(*handle, again);
+                }
+            }
+        }
         self.call_ended(c, op.number);
         self.cell_mut().stats.ops += 1;
         match (op.kind, answer) {
@@ -1131,6 +1162,7 @@ impl Sim {
                     ephemerals: Vec::new(),
                     seen: BTreeMap::new(),
                     numbers: CallNumbers::new(),
+                    announce: BTreeMap::new(),
                 });
                 self.cell_mut().clients[c].next_ka_us = now;
             }
@@ -1296,8 +1328,94 @@ impl Sim {
         }
     }
 
+    /// The call in flight was refused with `BadHandle`: if its handle is one the master
+    /// kept in memory and this session opened, announce it again (the master may be a new
+    /// one) and say so (true).
+    fn reannounce(&mut self, c: usize) -> bool {
+        let now = self.now_us;
+        let now_local = self.cell_mut().clients[c].local(now);
+        let call = self.new_call();
+        let client = &mut self.cell_mut().clients[c];
+        let (Some(op), Some(s)) = (client.op.as_mut(), client.sess.as_ref()) else {
+            return false;
+        };
+        if op.reannounced {
+            return false;
+        }
+        let Some(again) = op.msg.handle().and_then(|h| s.announce.get(&h)).cloned() else {
+            return false;
+        };
+        let epoch = s.session.epoch();
+        op.reannounced = true;
+        op.reannouncing = Some(call);
+        // Earlier copies' answers no longer count: this one said "not applied, unknown
+        // handle", which is no outcome (a duplicate of it must not end the call), and the
+        // copy sent after the announcement gets the record's answer if one was applied.
+        op.copies.clear();
+        op.call = call;
+        op.sent_local = now_local;
+        op.deadline_us = now + op.wait_ms * 1000;
+        self.cell_mut().stats.reannounced += 1;
+        self.trace(|| format!("client {c} announces its handle again as call {call}"));
+        self.send_call(
+            c,
+            call,
+            Request {
+                epoch: Some(epoch),
+                call: again,
+                number: None,
+            },
+        );
+        true
+    }
+
+    /// The answer to a Reannounce: on success the call goes again (with its number, if
+    /// any); otherwise the handle is dropped (the next operation opens the path afresh) and
+    /// the call ends refused.
+    fn reannounce_reply(&mut self, c: usize, reply: Reply) {
+        self.trace(|| format!("client {c} reannounce reply {reply:?}"));
+        let now = self.now_us;
+        let now_local = self.cell_mut().clients[c].local(now);
+        let call = self.new_call();
+        let client = &mut self.cell_mut().clients[c];
+        let Some(op) = client.op.as_mut() else {
+            return;
+        };
+        op.reannouncing = None;
+        if let Reply::Ok(_) = reply {
+            let Some(s) = client.sess.as_ref() else {
+                return;
+            };
+            let epoch = s.session.epoch();
+            let stamp = op.number.map(|n| s.numbers.stamp(n));
+            op.call = call;
+            op.sent_local = now_local;
+            op.deadline_us = now + op.wait_ms * 1000;
+            let msg = op.msg.clone();
+            self.send_call(
+                c,
+                call,
+                Request {
+                    epoch: Some(epoch),
+                    call: msg,
+                    number: stamp,
+                },
+            );
+            return;
+        }
+        let handle = op.msg.handle();
+        if let (Some(h), Some(s)) = (handle, client.sess.as_mut()) {
+            s.announce.remove(&h);
+            s.handles.retain(|_, x| *x != h);
+        }
+        self.op_error(c, CallError::Refused(Refusal::BadHandle));
+    }
+
     /// The operation in flight failed with `e`.
     fn op_error(&mut self, c: usize, e: CallError) {
+        if matches!(e, CallError::Refused(Refusal::BadHandle)) && self.reannounce(c) {
+            return;
+        }
         let now = self.now_us;
         let uncertain = self.cell_mut().clients[c]
             .op

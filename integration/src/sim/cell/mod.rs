@@ -117,6 +117,8 @@ pub struct CellStats {
     pub unknown: u64,
     /// Copies of numbered calls sent again after their outcome became unknown.
     pub resent: u64,
+    /// Handles announced again to a new master (Chubby §2.9).
+    pub reannounced: u64,
     /// Sessions created.
     pub sessions: u64,
     /// Sessions that expired under their client.
@@ -142,6 +144,7 @@ impl CellStats {
         self.cache_hits += o.cache_hits;
         self.unknown += o.unknown;
         self.resent += o.resent;
+        self.reannounced += o.reannounced;
         self.sessions += o.sessions;
         self.expiries += o.expiries;
         self.locks += o.locks;
