@@ -356,6 +356,7 @@ impl Inner {
                 self.flush_downstream_now();
                 state.read_handles.clear();
                 state.to_close.clear();
+                state.announced.clear();
                 for (_, w) in state.lock_waiters.drain() {
                     let _ = w.send(Err(Refusal::SessionExpired));
                 }
@@ -502,7 +503,11 @@ async fn keepalive_loop(inner: Arc<Inner>) {
                     let mut events = Vec::new();
                     state.session.keepalive_answered(reply, &mut events);
                     inner.react(&mut state, events);
-                    std::mem::take(&mut state.to_close)
+                    let to_close = std::mem::take(&mut state.to_close);
+                    for h in &to_close {
+                        state.announced.remove(h);
+                    }
+                    to_close
                 };
                 if !to_close.is_empty() {
                     tokio::spawn(close_all(Arc::clone(&inner), epoch, to_close));

@@ -417,19 +417,41 @@ impl Serve {
             return InMemory::Write(op);
         };
         match op.handle_call() {
-            Some((handle, _)) if handle.is_volatile() && db.handle(session, handle).is_none() => {
-                match master.kept().get(session, handle) {
-                    Some(desc) => InMemory::Write(Op::WithHandle {
-                        handle,
-                        desc: desc.clone(),
-                        op: Box::new(op),
-                    }),
-                    // Not here: an earlier master's (the client announces it again) or
-                    // closed.
-                    None => InMemory::Answered(Err(CallError::Refused(Refusal::BadHandle))),
-                }
+            // Not here: an earlier master's (the client announces it again) or closed.
+            Some((handle, _))
+                if handle.is_volatile()
+                    && db.handle(session, handle).is_none()
+                    && master.kept().get(session, handle).is_none() =>
+            {
+                InMemory::Answered(Err(CallError::Refused(Refusal::BadHandle)))
             }
+            // Carries its kept handle once it is proposed (`Serve::with_kept`).
             _ => InMemory::Write(op),
+        }
+    }
+
+    /// `op` as it is to be proposed now: a call on a handle only this master's memory
+    /// has carries the handle as it is *now* ([`Op::WithHandle`]). Done when the write
+    /// leaves `must_wait`, not when the call arrived, so that a Rename applied meanwhile
+    /// has moved the handle first.
+    fn with_kept(&self, db: &Db, op: Op) -> Op {
+        let (Some(master), Some(session)) = (&self.master, op.session()) else {
+            return op;
+        };
+        let Some((handle, _)) = op.handle_call() else {
+            return op;
+        };
+        if !handle.is_volatile() || db.handle(session, handle).is_some() {
+            return op;
+        }
+        match master.kept().get(session, handle) {
+            Some(desc) => Op::WithHandle {
+                handle,
+                desc: desc.clone(),
+                op: Box::new(op),
+            },
+            // Closed while the write waited: the log refuses it (BadHandle).
+            None => op,
         }
     }
 
@@ -557,6 +579,7 @@ impl Serve {
             });
             return;
         }
+        let op = self.with_kept(db, op);
         let request = self.next_request;
         self.next_request += 1;
         let mut acts = Vec::new();

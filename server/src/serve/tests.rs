@@ -638,3 +638,26 @@ fn a_new_master_knows_a_kept_handle_once_it_is_announced_again() {
     assert!(matches!(t.answer(w), Answer::Written { .. }));
     assert_eq!(t.read(s, h), b"v2");
 }
+
+/// A write through a kept handle that arrives while a Rename of its file is in flight waits
+/// for it, and then carries the handle as the Rename left it: it writes the moved file.
+#[test]
+fn a_write_held_behind_a_rename_carries_its_kept_handle_as_moved() {
+    let mut t = One::master();
+    let s = t.session();
+    t.open(s, "/f");
+    let h = t.open_kept(s, "/f");
+    let r = t.call(Call::Rename {
+        session: s,
+        from: "/f".into(),
+        to: "/g".into(),
+    });
+    assert_eq!(t.proposed.len(), 1, "the Rename is proposed");
+    let w = t.write(s, h, b"moved");
+    assert_eq!(t.proposed.len(), 1, "the write waits for the Rename");
+    t.settle();
+    assert!(matches!(t.answer(r), Answer::Written { .. }));
+    assert!(matches!(t.answer(w), Answer::Written { .. }));
+    let g = t.open_kept(s, "/g");
+    assert_eq!(t.read(s, g), b"moved");
+}
