@@ -341,8 +341,10 @@ fn applied_commands(cell: &RealCell) -> f64 {
 /// Chubby §2.9: handles live in the master's memory. With no handle kept by the mount
 /// (`--idle-handles 0`), each write of an existing file still opens and closes a handle,
 /// but those are answered from the master's memory: 20 writes are 20 Paxos commands (they
-/// were 60: Open, SetContents, Close). A lock taken through such a handle is the cell's,
-/// and a cycle of `flock` is two commands once the mount keeps the lock's handle.
+/// were 60: Open, SetContents, Close). A new file with contents is two (the create and
+/// the contents; the created handle is the master's too, so its close is free: it was
+/// three). A lock taken through such a handle is the cell's, and a cycle of `flock` is two
+/// commands once the mount keeps the lock's handle.
 #[test]
 fn opens_and_closes_of_existing_files_cost_no_paxos_command() {
     if !fuse_available() {
@@ -368,6 +370,27 @@ fn opens_and_closes_of_existing_files_cost_no_paxos_command() {
         "20 writes of an existing file took {spent} Paxos commands"
     );
     assert_eq!(std::fs::read_to_string(b.at("f")).unwrap(), "20");
+
+    let (creates, closes) = (calls_ok(&cell, "Open"), calls_ok(&cell, "Close"));
+    let commands = applied_commands(&cell);
+    for i in 1..=20 {
+        std::fs::write(a.at(&format!("new{i}")), i.to_string()).unwrap();
+    }
+    let spent = applied_commands(&cell) - commands;
+    assert!(
+        calls_ok(&cell, "Open") - creates >= 20.0 && calls_ok(&cell, "Close") - closes >= 20.0,
+        "the mount kept its handles: this test needs it to open and close each time"
+    );
+    assert!(
+        (40.0..=42.0).contains(&spent),
+        "20 new files took {spent} Paxos commands"
+    );
+    for i in 1..=20 {
+        assert_eq!(
+            std::fs::read_to_string(b.at(&format!("new{i}"))).unwrap(),
+            i.to_string()
+        );
+    }
 
     let f = std::fs::File::open(b.at("f")).unwrap();
     f.lock().unwrap();

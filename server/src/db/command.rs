@@ -179,6 +179,19 @@ pub enum Op {
         /// The call on it.
         op: Box<Op>,
     },
+    /// An Open whose handle the master keeps in its memory ([`HandleId::is_volatile`],
+    /// Chubby §2.9) while what it creates goes through the log: each replica applies it
+    /// exactly as [`Op::Open`] (the same checks, the same creation), under the id the
+    /// master chose, and keeps the handle in its table only if the opened node is
+    /// ephemeral (its last close must reach the log). The master proposes it for an Open
+    /// that may create and asks for no events, so a new file's handle costs no Paxos
+    /// instance to close. (Last, so that earlier builds' commands keep their encoding.)
+    OpenKept {
+        /// The handle's id, as the master numbered it (volatile).
+        handle: HandleId,
+        /// The Open.
+        args: Box<OpenArgs>,
+    },
 }
 
 impl Op {
@@ -204,6 +217,7 @@ impl Op {
             Op::Noop => "Noop",
             Op::Checksum => "Checksum",
             Op::WithHandle { .. } => "WithHandle",
+            Op::OpenKept { .. } => "OpenKept",
         }
     }
 }
@@ -243,7 +257,7 @@ impl Op {
     #[must_use]
     pub fn session(&self) -> Option<SessionId> {
         match self {
-            Op::Open(args) => Some(args.session),
+            Op::Open(args) | Op::OpenKept { args, .. } => Some(args.session),
             Op::WithHandle { op, .. } => op.session(),
             Op::CloseSession { session }
             | Op::ExpireSession { session }
@@ -283,7 +297,8 @@ impl Op {
             | Op::SetAttr { .. }
             | Op::Noop
             | Op::Checksum
-            | Op::WithHandle { .. } => None,
+            | Op::WithHandle { .. }
+            | Op::OpenKept { .. } => None,
         }
     }
 }

@@ -561,6 +561,7 @@ impl Db {
                 self.end_session(*session, SessionEnd::Expired, changes)
             }
             Op::Open(args) => self.open(args, changes),
+            Op::OpenKept { handle, args } => self.open_kept(*handle, args, changes),
             Op::Close { session, handle } => self.close(*session, *handle, changes),
             Op::SetContents {
                 session,

@@ -10,9 +10,9 @@ use chubby_protocol::db::{
     check_name, check_path, FILE_BYTES_MAX, LOCK_DELAY_MS_MAX, NAME_BYTES_MAX,
 };
 use chubby_protocol::{
-    AclNames, AttrChange, Ballot, ContentChecksum, Creation, Generation, HandleId, InstanceNumber,
-    Instant, LockMode, NodeKind, OpenMode, Posix, Refusal, Sequencer, SessionId, Stat, TimeSet,
-    Timespec,
+    AclNames, AttrChange, Ballot, ContentChecksum, Creation, EventMask, Generation, HandleId,
+    InstanceNumber, Instant, LockMode, NodeKind, OpenMode, Posix, Refusal, Sequencer, SessionId,
+    Stat, TimeSet, Timespec,
 };
 
 use super::sessions::{Handle, HANDLES_PER_SESSION_MAX};
@@ -540,6 +540,7 @@ impl Model {
     fn dispatch_op(&mut self, cmd: &Command, op: &Op) -> R {
         match op {
             Op::WithHandle { handle, desc, op } => self.with_handle(cmd, *handle, desc, op),
+            Op::OpenKept { handle, args } => self.open_kept(*handle, args),
             Op::NewEpoch => {
                 self.epoch = cmd.epoch;
                 Ok(Outcome::EpochStarted)
@@ -715,6 +716,32 @@ impl Model {
         let stat = self.full_stat(i);
         Ok(Outcome::Opened {
             handle: HandleId(self.next_handle),
+            created,
+            stat,
+        })
+    }
+
+    /// An Open whose handle the master keeps: as `open`, under `id`, and in the table
+    /// only if the node is ephemeral (written from the rule, not from `Db`).
+    fn open_kept(&mut self, id: HandleId, a: &OpenArgs) -> R {
+        if !id.is_volatile() || a.events != EventMask::NONE || a.ephemeral {
+            return Err(Refusal::InvalidArgument);
+        }
+        if self.handles.iter().any(|h| h.id == id.0) {
+            return Err(Refusal::BadHandle);
+        }
+        let numbered = self.next_handle;
+        let Outcome::Opened { created, stat, .. } = self.open(a)? else {
+            unreachable!("open answers Opened")
+        };
+        self.next_handle = numbered;
+        let mut h = self.handles.pop().expect("open added a handle");
+        if stat.ephemeral {
+            h.id = id.0;
+            self.handles.push(h);
+        }
+        Ok(Outcome::Opened {
+            handle: id,
             created,
             stat,
         })

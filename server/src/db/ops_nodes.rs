@@ -54,6 +54,48 @@ impl Db {
         args: &OpenArgs,
         changes: &mut Vec<Change>,
     ) -> Result<Outcome, Refusal> {
+        let (handle, created, stat) = self.open_node(args, changes)?;
+        let handle = self.sessions.open(handle);
+        Ok(Outcome::Opened {
+            handle,
+            created,
+            stat,
+        })
+    }
+
+    /// [`super::Op::OpenKept`]: Open under the master's volatile id `id`; the table keeps
+    /// the handle only if the node is ephemeral (a directory's ephemeral-children marker
+    /// can make a created node so), else the master keeps it in its memory.
+    pub(super) fn open_kept(
+        &mut self,
+        id: HandleId,
+        args: &OpenArgs,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, Refusal> {
+        if !id.is_volatile() || args.events != EventMask::NONE || args.ephemeral {
+            return Err(Refusal::InvalidArgument);
+        }
+        if self.sessions.handle(id).is_some() {
+            return Err(Refusal::BadHandle);
+        }
+        let (handle, created, stat) = self.open_node(args, changes)?;
+        if stat.ephemeral {
+            self.sessions.insert_volatile(id, handle);
+        }
+        Ok(Outcome::Opened {
+            handle: id,
+            created,
+            stat,
+        })
+    }
+
+    /// Open's checks and creation: the handle to number, whether the node was created,
+    /// and its metadata.
+    fn open_node(
+        &mut self,
+        args: &OpenArgs,
+        changes: &mut Vec<Change>,
+    ) -> Result<(Handle, bool, Stat), Refusal> {
         let principal = self.principal(args.session)?.to_owned();
         let lock_delay_ms = self.check_open_args(args)?;
         if !self.sessions.may_open(args.session) {
@@ -81,12 +123,7 @@ impl Db {
             sequencer: None,
             events: args.events,
         };
-        let handle = self.sessions.open(handle);
-        Ok(Outcome::Opened {
-            handle,
-            created,
-            stat,
-        })
+        Ok((handle, created, stat))
     }
 
     /// Open's checks of its arguments, after the session's: the path, the mode, the

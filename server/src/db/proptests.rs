@@ -373,6 +373,16 @@ impl Driver {
         let Some(v) = t.kept else {
             return cmd;
         };
+        // An Open under a volatile id the master chose ([`Op::OpenKept`]), taken or not.
+        if let Op::Open(args) = &cmd.op {
+            if args.events == chubby_protocol::EventMask::NONE && !args.ephemeral {
+                cmd.op = Op::OpenKept {
+                    handle: HandleId(HandleId::VOLATILE | u64::from(v % 6)),
+                    args: args.clone(),
+                };
+            }
+            return cmd;
+        }
         let (Some((named, _)), Some(session)) = (cmd.op.handle_call(), cmd.op.session()) else {
             return cmd;
         };
@@ -584,6 +594,14 @@ impl Driver {
         if let (Op::Open(a), Outcome::Opened { handle, .. }) = (&cmd.op, outcome) {
             self.handles.push((a.session, *handle));
             self.live_handles.push((a.session, *handle));
+        }
+        // Its handle is in the table only if the node is ephemeral; calls on it are
+        // refused (BadHandle) otherwise, by both.
+        if let (Op::OpenKept { args: a, .. }, Outcome::Opened { handle, .. }) = (&cmd.op, outcome) {
+            if !self.handles.contains(&(a.session, *handle)) {
+                self.handles.push((a.session, *handle));
+                self.live_handles.push((a.session, *handle));
+            }
         }
         if let Op::Close { handle, .. } = &cmd.op {
             self.live_handles.retain(|(_, h)| h != handle);

@@ -52,7 +52,7 @@ impl Db {
             Op::WithHandle { desc, op, .. } => {
                 out = self.touched_paths_in(op, Some(desc), busy);
             }
-            Op::Open(args) => {
+            Op::Open(args) | Op::OpenKept { args, .. } => {
                 let Some(dir) = parent_of(&args.path) else {
                     return out;
                 };

@@ -97,11 +97,18 @@ impl KeptHandles {
     /// Keeps `handle` under a fresh id of this master's, which it returns. The caller
     /// checked [`Self::may_open`].
     pub fn open(&mut self, handle: Handle) -> HandleId {
+        let id = self.fresh_id(handle.session);
+        self.insert(id, handle);
+        id
+    }
+
+    /// An id no handle of `session` here has, for a handle to be opened through the log
+    /// ([`crate::db::Op::OpenKept`]) and kept here once that is applied.
+    pub fn fresh_id(&mut self, session: SessionId) -> HandleId {
         loop {
             self.next = self.next.wrapping_add(1);
             let id = HandleId(self.tag | u64::from(self.next));
-            if self.get(handle.session, id).is_none() {
-                self.insert(id, handle);
+            if self.get(session, id).is_none() {
                 return id;
             }
         }

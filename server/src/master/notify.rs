@@ -50,7 +50,8 @@ impl Master {
             | Op::SetAttr { .. }
             | Op::Noop
             | Op::Checksum
-            | Op::WithHandle { .. } => None,
+            | Op::WithHandle { .. }
+            | Op::OpenKept { .. } => None,
         };
         for change in changes {
             match change {

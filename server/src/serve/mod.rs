@@ -395,9 +395,19 @@ impl Serve {
         let Some(master) = &mut self.master else {
             return InMemory::Write(op);
         };
-        if let Op::Open(args) = &op {
-            return match db.open_in_memory(args) {
-                Ok(None) => InMemory::Write(op),
+        if let Op::Open(args) = op {
+            return match db.open_in_memory(&args) {
+                // It may create, or names an ephemeral node: the log decides. The handle
+                // stays here unless the node turns out ephemeral (`Op::OpenKept`).
+                Ok(None)
+                    if args.events == chubby_protocol::EventMask::NONE
+                        && !args.ephemeral
+                        && master.kept().may_open(args.session) =>
+                {
+                    let handle = master.kept_mut().fresh_id(args.session);
+                    InMemory::Write(Op::OpenKept { handle, args })
+                }
+                Ok(None) => InMemory::Write(Op::Open(args)),
                 Err(refusal) => InMemory::Answered(Err(CallError::Refused(refusal))),
                 Ok(Some(_)) if !master.kept().may_open(args.session) => {
                     InMemory::Answered(Err(CallError::Refused(Refusal::TooMany)))
@@ -634,6 +644,7 @@ impl Serve {
             Op::NewEpoch
             | Op::CreateSession { .. }
             | Op::Open(_)
+            | Op::OpenKept { .. }
             | Op::Acquire { .. }
             | Op::TryAcquire { .. }
             | Op::Release { .. }
@@ -846,6 +857,30 @@ impl Serve {
                 if db.handle(desc.session, *handle).is_some() {
                     // A lock or a sequencer made the log keep it: its copy rules now.
                     master.kept_mut().remove(desc.session, *handle);
+                }
+            }
+            if let (Op::OpenKept { handle, args }, Ok(Outcome::Opened { stat, .. })) =
+                (&cmd.op, &applied.result)
+            {
+                // Opened under a volatile id; the log kept it only if the node is
+                // ephemeral. Whichever master applies it keeps it (a new master saves its
+                // client a Reannounce).
+                if db.handle(args.session, *handle).is_none() {
+                    match db.reannounce_check(
+                        args.session,
+                        *handle,
+                        &args.path,
+                        stat.instance,
+                        args.mode,
+                        args.lock_delay_ms,
+                    ) {
+                        Ok((desc, _)) => {
+                            master.kept_mut().reannounce(*handle, desc);
+                        }
+                        Err(refusal) => {
+                            debug!(?refusal, "an opened handle is not kept: its node went");
+                        }
+                    }
                 }
             }
         }
@@ -1097,7 +1132,7 @@ enum InMemory {
 /// A file write over the size limit (refused before it is proposed).
 fn op_too_large(op: &Op) -> bool {
     match op {
-        Op::Open(args) => args.contents.len() > FILE_BYTES_MAX,
+        Op::Open(args) | Op::OpenKept { args, .. } => args.contents.len() > FILE_BYTES_MAX,
         Op::SetContents { contents, .. } => contents.len() > FILE_BYTES_MAX,
         Op::WithHandle { op, .. } => op_too_large(op),
         Op::NewEpoch

@@ -7,7 +7,7 @@ use chubby_protocol::client_msg::{
 };
 use chubby_protocol::{
     Ballot, Creation, HandleId, Instant, NodeId, NodeKind, Notice, OpenMode, Refusal, SessionId,
-    Slot,
+    Slot, Stat,
 };
 
 use super::{CallId, ReplicaView, Serve, ServeAction, ServeConfig};
@@ -448,6 +448,23 @@ fn open_args(session: SessionId, path: &str) -> OpenArgs {
 }
 
 impl One {
+    /// The metadata of `path` (None: no such node), from the master.
+    fn stat_of(&mut self, session: SessionId, path: &str) -> Option<Stat> {
+        let id = self.call(Call::StatPath {
+            session,
+            path: path.into(),
+        });
+        match self.answer(id) {
+            Answer::Stat { stat, .. } => stat,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The metadata of the node at `path`.
+    fn stat(&mut self, session: SessionId, path: &str) -> Stat {
+        self.stat_of(session, path).expect("no such node")
+    }
+
     /// Opens an existing `path`, asserting that the master answered from its memory.
     fn open_kept(&mut self, session: SessionId, path: &str) -> HandleId {
         let id = self.call(Call::Open(open_args(session, path)));
@@ -513,11 +530,7 @@ impl One {
 fn an_open_and_a_close_of_an_existing_file_cost_no_paxos_instance() {
     let mut t = One::master();
     let s = t.session();
-    let created = t.open(s, "/f");
-    assert!(
-        !created.is_volatile(),
-        "a creating Open goes through the log"
-    );
+    t.open(s, "/f");
     let h = t.open_kept(s, "/f");
     let w = t.write(s, h, b"v2");
     assert_eq!(t.proposed.len(), 1, "one instance for the write");
@@ -588,6 +601,90 @@ fn an_open_and_a_close_of_an_existing_file_cost_no_paxos_instance() {
     ));
 }
 
+/// An Open that creates is one Paxos instance ([`Op::OpenKept`]), and the master keeps
+/// its handle in its memory, so that closing it costs none; unless the created node is
+/// ephemeral (here by its directory's marker): then the log keeps the handle, and its
+/// Close goes through the log, where it deletes the node.
+#[test]
+fn a_creating_open_is_one_instance_and_its_handle_is_kept_in_memory() {
+    let mut t = One::master();
+    let s = t.session();
+    let o = t.call(Call::Open(OpenArgs {
+        contents: b"v1".to_vec(),
+        ..open_args(s, "/f")
+    }));
+    assert_eq!(t.proposed.len(), 1, "one instance for a create");
+    assert!(
+        matches!(&t.proposed[0].2, Op::OpenKept { handle, .. } if handle.is_volatile()),
+        "{:?}",
+        t.proposed[0].2
+    );
+    t.settle();
+    let Answer::Opened {
+        handle: h,
+        created: true,
+        ..
+    } = t.answer(o)
+    else {
+        panic!("not created")
+    };
+    assert!(h.is_volatile(), "{h:?}");
+    assert!(t.db.handle(s, h).is_none(), "the log kept the handle");
+    let w = t.write(s, h, b"v2");
+    assert!(matches!(&t.proposed[0].2, Op::WithHandle { handle, .. } if *handle == h));
+    t.settle();
+    assert!(matches!(t.answer(w), Answer::Written { .. }));
+    assert_eq!(t.read(s, h), b"v2");
+    let c = t.call(Call::Close {
+        session: s,
+        handle: h,
+    });
+    assert!(t.proposed.is_empty(), "the Close was proposed");
+    assert!(matches!(t.answer(c), Answer::Done));
+
+    // A node its directory makes ephemeral: the log keeps its handle, and its Close
+    // (proposed) deletes it.
+    let d = t.call(Call::Open(OpenArgs {
+        kind: NodeKind::Directory,
+        ..open_args(s, "/e")
+    }));
+    t.settle();
+    assert!(matches!(t.answer(d), Answer::Opened { .. }));
+    let m = t.call(Call::SetAttr {
+        session: s,
+        path: "/e".into(),
+        instance: None,
+        change: chubby_protocol::AttrChange {
+            ephemeral_children: Some(true),
+            ..Default::default()
+        },
+    });
+    t.settle();
+    t.answer(m);
+    let o = t.call(Call::Open(open_args(s, "/e/x")));
+    assert!(matches!(&t.proposed[0].2, Op::OpenKept { .. }));
+    t.settle();
+    let Answer::Opened {
+        handle: x, stat, ..
+    } = t.answer(o)
+    else {
+        panic!("not opened")
+    };
+    assert!(stat.ephemeral);
+    assert!(t.db.handle(s, x).is_some(), "the log did not keep it");
+    let c = t.call(Call::Close {
+        session: s,
+        handle: x,
+    });
+    assert!(matches!(&t.proposed[0].2, Op::Close { .. }));
+    t.settle();
+    assert!(matches!(t.answer(c), Answer::Done));
+    assert!(
+        t.stat_of(s, "/e/x").is_none(),
+        "the ephemeral file outlived its close"
+    );
+}
+
 /// Chubby §2.9 steps 6–8: a new master does not know the handles the old one kept; a
 /// client announces them again from what they record, and the master checks what an Open
 /// would. Nothing is proposed for a handle it does not know.
@@ -595,9 +692,9 @@ fn an_open_and_a_close_of_an_existing_file_cost_no_paxos_instance() {
 fn a_new_master_knows_a_kept_handle_once_it_is_announced_again() {
     let mut t = One::master();
     let s = t.session();
-    let created = t.open(s, "/f");
+    t.open(s, "/f");
     let h = t.open_kept(s, "/f");
-    let instance = t.db.handle(s, created).map(|x| x.instance).expect("open");
+    let instance = t.stat(s, "/f").instance;
     t.fail_over(
         Ballot {
             round: 2,
