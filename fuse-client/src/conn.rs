@@ -156,6 +156,30 @@ impl CellConn {
         })
     }
 
+    /// Connections of their own to the same replicas over `self`'s QUIC endpoint (one
+    /// UDP socket for both), for a process that runs many sessions: each QUIC connection
+    /// carries at most 100 requests at once, and a session's parked KeepAlive holds one
+    /// (`chubby-bench --sessions`).
+    #[must_use]
+    pub fn sibling(&self) -> CellConn {
+        let replicas = lock(&self.replicas)
+            .iter()
+            .map(|r| ReplicaSlot {
+                endpoint: r.endpoint.clone(),
+                addr: r.addr,
+                server_name: r.server_name.clone(),
+                conn: None,
+                failed_at: None,
+            })
+            .collect();
+        CellConn {
+            cell: self.cell.clone(),
+            endpoint: self.endpoint.clone(),
+            replicas: Mutex::new(replicas),
+            master: Mutex::new(*lock(&self.master)),
+        }
+    }
+
     /// The cell file this connection was made from.
     #[must_use]
     pub fn cell_file(&self) -> &CellFile {

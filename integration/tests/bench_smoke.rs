@@ -126,3 +126,48 @@ fn the_soak_counts_elections_and_lost_sessions() {
         "a CPU hog outlived the soak"
     );
 }
+
+#[test]
+fn the_session_load_holds_its_sessions_and_the_master_counts_their_keepalives() {
+    // Hundreds, not a hundred thousand: that the load sets up real sessions over shared
+    // connections (200 sessions is three connections), keeps every one alive through more
+    // than one KeepAlive period (the master answers a parked KeepAlive 8 s after it
+    // arrives), and that the master's own counters show their KeepAlives and handles.
+    let out = Command::new(env!("CARGO_BIN_EXE_chubby-bench"))
+        .args(["--sessions", "50,200", "--hold", "9", "--json"])
+        .output()
+        .expect("run chubby-bench --sessions");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sessions failed:\n{stdout}\n{stderr}");
+    let figures: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let value = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| f["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {name:?} in {stdout}"))
+    };
+    assert_eq!(value("0 sessions: held"), 0.0, "{stdout}");
+    assert_eq!(value("50 sessions: held"), 50.0, "{stdout}");
+    assert_eq!(value("200 sessions: held"), 200.0, "{stdout}");
+    // Each of the 200 sessions had its parked KeepAlive answered once in the 9 s held.
+    assert!(value("200 sessions: master KeepAlives") * 9.0 >= 200.0, "{stdout}");
+    assert!(value("200 sessions: master RSS per session") > 0.0, "{stdout}");
+    assert!(value("200 sessions: write p99") > 0.0, "{stdout}");
+    assert!(
+        !figures.iter().any(|f| f["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("stopped at"))),
+        "{stdout}"
+    );
+    let held = figures
+        .iter()
+        .find(|f| f["name"] == "200 sessions: held")
+        .and_then(|f| f["detail"].as_str())
+        .unwrap_or_default();
+    assert!(held.contains(" 0 lost") && held.contains("3 load connections"), "{held}");
+}

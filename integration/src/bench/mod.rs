@@ -11,6 +11,7 @@ pub mod compare;
 pub mod failover;
 pub mod mount;
 pub mod peers;
+pub mod sessions;
 pub mod soak;
 pub mod workloads;
 

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use chubby_integration::bench::workloads::{self, BenchError, Settings};
 use chubby_integration::bench::{
-    compare, failover, json_lines, peers, proc_cpu_seconds, proc_rss_mb, soak, table, Figure,
+    compare, failover, json_lines, peers, proc_cpu_seconds, proc_rss_mb, sessions, soak, table,
+    Figure,
 };
 use chubby_integration::real_cell::{find_binary, sample, RealCell};
 use chubby_protocol::cell::CellFile;
@@ -67,6 +68,24 @@ struct Cli {
     /// and lost sessions, and exits non-zero if there was any election or lost session.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     soak: Option<u64>,
+    /// Instead of the figures: hold 0, then each of these counts of sessions on the cell
+    /// (comma-separated, e.g. 1000,10000,50000,100000) for --hold seconds each, and print
+    /// per count the sessions held and lost, the master's KeepAlive rate, CPU and RSS (and
+    /// per session), the replicas' RSS, and a separate client's write p50/p99 and cached
+    /// reads while they are held. Each load session does what a client's does at the master:
+    /// it is created by a write, opens two handles, caches three paths and sends a KeepAlive
+    /// as soon as the last is answered. They share QUIC connections, 80 per connection (a
+    /// connection carries at most 100 requests at once), so the master keeps fewer
+    /// connections and answers fewer QUIC pings than it would for as many client machines.
+    /// The count stops rising once sessions are lost or fail to be set up, and the output
+    /// says why.
+    #[arg(long, value_name = "N,...", value_delimiter = ',',
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    sessions: Vec<u64>,
+    /// Seconds each count of --sessions is held and measured.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    hold: u64,
     /// Skip the figures through a FUSE mount (they need /dev/fuse and root).
     #[arg(long)]
     skip_mount: bool,
@@ -248,6 +267,21 @@ async fn run(
                 "soak: {elections} election(s) and {lost} lost session(s); there must be none"
             ));
         }
+        return Ok((figs, None));
+    }
+    if !cli.sessions.is_empty() {
+        let counts: Vec<usize> = cli
+            .sessions
+            .iter()
+            .map(|&n| usize::try_from(n).unwrap_or(usize::MAX))
+            .collect();
+        eprintln!(
+            "chubby-bench: sessions: holding {counts:?} sessions for {} s each ...",
+            cli.hold
+        );
+        let figs = sessions::sessions(&cell, master, &counts, Duration::from_secs(cli.hold))
+            .await
+            .map_err(|e| format!("sessions: {e}"))?;
         return Ok((figs, None));
     }
     let mut figures = Vec::new();
