@@ -94,24 +94,8 @@ fn bench_prints_every_figure_and_stops_its_cell() {
 fn the_soak_counts_elections_and_lost_sessions() {
     // Seconds, not minutes: that the soak runs its hog, counts from the replicas' metrics
     // and exits 0 only without elections or lost sessions; `--soak 300` is the real one.
-    let out = Command::new(env!("CARGO_BIN_EXE_chubby-bench"))
-        .args(["--soak", "3", "--clients", "2", "--json"])
-        .output()
-        .expect("run chubby-bench --soak");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "soak failed:\n{stdout}\n{stderr}");
-    let figures: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
-    let value = |name: &str| {
-        figures
-            .iter()
-            .find(|f| f["name"] == name)
-            .and_then(|f| f["value"].as_f64())
-            .unwrap_or_else(|| panic!("no {name:?} in {stdout}"))
-    };
+    let (figures, stdout) = run_json(&["--soak", "3", "--clients", "2"]);
+    let value = |name: &str| value_of(&figures, name, &stdout);
     assert!(value("soak: writes") > 0.0, "{stdout}");
     assert_eq!(value("soak: elections"), 0.0, "{stdout}");
     assert_eq!(value("soak: sessions lost"), 0.0, "{stdout}");
@@ -133,30 +117,20 @@ fn the_session_load_holds_its_sessions_and_the_master_counts_their_keepalives() 
     // connections (200 sessions is three connections), keeps every one alive through more
     // than one KeepAlive period (the master answers a parked KeepAlive 8 s after it
     // arrives), and that the master's own counters show their KeepAlives and handles.
-    let out = Command::new(env!("CARGO_BIN_EXE_chubby-bench"))
-        .args(["--sessions", "50,200", "--hold", "9", "--json"])
-        .output()
-        .expect("run chubby-bench --sessions");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sessions failed:\n{stdout}\n{stderr}");
-    let figures: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
-    let value = |name: &str| {
-        figures
-            .iter()
-            .find(|f| f["name"] == name)
-            .and_then(|f| f["value"].as_f64())
-            .unwrap_or_else(|| panic!("no {name:?} in {stdout}"))
-    };
+    let (figures, stdout) = run_json(&["--sessions", "50,200", "--hold", "9"]);
+    let value = |name: &str| value_of(&figures, name, &stdout);
     assert_eq!(value("0 sessions: held"), 0.0, "{stdout}");
     assert_eq!(value("50 sessions: held"), 50.0, "{stdout}");
     assert_eq!(value("200 sessions: held"), 200.0, "{stdout}");
     // Each of the 200 sessions had its parked KeepAlive answered once in the 9 s held.
-    assert!(value("200 sessions: master KeepAlives") * 9.0 >= 200.0, "{stdout}");
-    assert!(value("200 sessions: master RSS per session") > 0.0, "{stdout}");
+    assert!(
+        value("200 sessions: master KeepAlives") * 9.0 >= 200.0,
+        "{stdout}"
+    );
+    assert!(
+        value("200 sessions: master RSS per session") > 0.0,
+        "{stdout}"
+    );
     assert!(value("200 sessions: write p99") > 0.0, "{stdout}");
     assert!(
         !figures.iter().any(|f| f["name"]
@@ -169,5 +143,37 @@ fn the_session_load_holds_its_sessions_and_the_master_counts_their_keepalives() 
         .find(|f| f["name"] == "200 sessions: held")
         .and_then(|f| f["detail"].as_str())
         .unwrap_or_default();
-    assert!(held.contains(" 0 lost") && held.contains("3 load connections"), "{held}");
+    assert!(
+        held.contains(" 0 lost") && held.contains("3 load connections"),
+        "{held}"
+    );
+}
+
+/// Runs `chubby-bench ARGS --json`, asserting it succeeds; its figures and its output.
+fn run_json(args: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chubby-bench"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run chubby-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "chubby-bench {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    let figures = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    (figures, stdout)
+}
+
+/// The value of figure `name`.
+fn value_of(figures: &[serde_json::Value], name: &str, stdout: &str) -> f64 {
+    figures
+        .iter()
+        .find(|f| f["name"] == name)
+        .and_then(|f| f["value"].as_f64())
+        .unwrap_or_else(|| panic!("no {name:?} in {stdout}"))
 }
