@@ -158,6 +158,15 @@ impl Load {
             while let Some(done) = setting_up.try_join_next() {
                 self.keep(done);
             }
+            if self.asked.is_multiple_of(10_000) {
+                eprintln!(
+                    "chubby-bench: sessions: {} asked, {} set up, {} failed, {:.0} s",
+                    self.asked,
+                    self.counters.established.load(Ordering::Relaxed),
+                    self.counters.setup_failed.load(Ordering::Relaxed),
+                    start.elapsed().as_secs_f64()
+                );
+            }
         }
         while let Some(done) = setting_up.join_next().await {
             self.keep(done);
