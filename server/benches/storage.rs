@@ -59,18 +59,8 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 
 /// (syncs/s, records/s, p50 µs, p99 µs)
 fn wal(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
-    wal_with(records_per_batch, batches, true)
-}
-
-/// The write-ahead log appending past its end, as before it preallocated.
-fn wal_appending(records_per_batch: u64, batches: u64) -> (f64, f64, f64, f64) {
-    wal_with(records_per_batch, batches, false)
-}
-
-fn wal_with(records_per_batch: u64, batches: u64, prealloc: bool) -> (f64, f64, f64, f64) {
     let dir = dir("wal");
     let mut store = WalStorage::open(&dir).expect("open the write-ahead log");
-    store.set_preallocate(prealloc);
     let (latencies, seconds) = timed(batches, |b| {
         store
             .persist(&batch(1 + b * records_per_batch, records_per_batch))
@@ -146,23 +136,11 @@ fn main() {
         "{:<40} {:>10} {:>12} {:>10} {:>10}",
         "what", "syncs/s", "records/s", "p50 µs", "p99 µs"
     );
-    let rows: [(&str, Measure, u64, u64); 8] = [
+    let rows: [(&str, Measure, u64, u64); 6] = [
         ("write-ahead log, 1 record per batch", wal, 1, 2_000),
-        (
-            "  the same, appending (no preallocation)",
-            wal_appending,
-            1,
-            2_000,
-        ),
         ("sled 0.34.7, 1 record per batch", sled, 1, 2_000),
         ("raw append + fdatasync, 1 per sync", raw, 1, 2_000),
         ("write-ahead log, 100 records per batch", wal, 100, 300),
-        (
-            "  the same, appending (no preallocation)",
-            wal_appending,
-            100,
-            300,
-        ),
         ("sled 0.34.7, 100 records per batch", sled, 100, 300),
         ("raw 100 appends + 1 fdatasync", raw, 100, 300),
     ];

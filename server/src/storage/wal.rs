@@ -31,18 +31,6 @@
 //!   the no-vote rule, never using a byte of the store. A damaged *last* frame is treated as
 //!   corruption too (it may have been acknowledged).
 //!
-//! **Preallocation**: the file is extended `PREALLOC_BYTES` at a time with `fallocate(2)`
-//! (synced with its metadata), and frames are written into that space at their offset.
-//! Appending past the end made every `fdatasync` also commit the file's new size to the
-//! filesystem's journal: on the development VM's ext4, 0.14 ms per 100-byte sync against
-//! 0.10 ms into allocated space, and a p99 of 1–3 ms against 0.2–0.3 ms. The zeros after the
-//! last frame are the "zero-filled end" above, so a reopen cuts them off (logged at debug
-//! level only when the end is all zeros) and the next append allocates again. A
-//! filesystem without `fallocate` gets plain appends. One consequence: a frame torn by a
-//! power loss in allocated space has zeros after it, not the end of the file, so it reads
-//! as a damaged last frame and the replica rebuilds from its peers (safe; the replica does
-//! not vote until then), where a torn append was cut off.
-//!
 //! **Compaction**: the file only grows, so when it is more than twice the live data (plus a
 //! slack) the live map is written as a fresh file (`wal.new`, synced, renamed over `wal`,
 //! directory synced): a crash leaves either the old or the new file, both complete. Log
@@ -55,7 +43,6 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::ops::RangeInclusive;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
@@ -70,8 +57,6 @@ pub const MAGIC: &[u8; 8] = b"CHUBWAL1";
 pub const HEADER_BYTES: usize = 12;
 /// Compaction waits until the file exceeds twice the live data by this much.
 pub const COMPACT_SLACK_BYTES: u64 = 16 << 20;
-/// Bytes the file is extended by at a time (see "Preallocation").
-pub const PREALLOC_BYTES: u64 = 8 << 20;
 /// Bytes of puts per frame of a compacted file (keeps frames far below the `u32` length).
 const COMPACT_FRAME_BYTES: usize = 64 << 20;
 
@@ -92,12 +77,7 @@ type Frame = (bool, Option<KeyRange>, Vec<(Vec<u8>, Vec<u8>)>);
 pub struct WalStorage {
     dir: PathBuf,
     file: File,
-    /// Bytes of frames (and magic): where the next frame is written.
     len: u64,
-    /// The file's size: `len` plus the preallocated zeros after it.
-    allocated: u64,
-    /// `fallocate` works here (else frames are plain appends).
-    prealloc: bool,
     live: BTreeMap<Vec<u8>, Vec<u8>>,
     live_bytes: u64,
     /// What `open` found wrong; `load` reports it and `persist` refuses until `wipe`.
@@ -142,15 +122,13 @@ impl WalStorage {
                 sync_dir(parent)?;
             }
         }
-        // Frames are written at their offset (`len`), into preallocated space.
-        let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
+        // Append mode: writes go to the end even after a torn end is cut off below.
+        let mut file = OpenOptions::new().read(true).append(true).open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let mut store = WalStorage {
             dir: dir.to_path_buf(),
             len: bytes.len() as u64,
-            allocated: bytes.len() as u64,
-            prealloc: true,
             file,
             live: BTreeMap::new(),
             live_bytes: 0,
@@ -170,19 +148,12 @@ impl WalStorage {
                 }
                 if end < bytes.len() {
                     store.torn_bytes = (bytes.len() - end) as u64;
-                    if bytes[end..].iter().all(|&b| b == 0) {
-                        tracing::debug!(file = %path.display(), offset = end, bytes = store.torn_bytes,
-                            "write-ahead log ends in zeros (preallocated, or a write that never \
-                             completed): cutting them off");
-                    } else {
-                        tracing::warn!(file = %path.display(), offset = end, bytes = store.torn_bytes,
-                            "write-ahead log ends in an incomplete write (a crash during a write \
-                             that was never acknowledged): cutting it off");
-                    }
+                    tracing::warn!(file = %path.display(), offset = end, bytes = store.torn_bytes,
+                        "write-ahead log ends in an incomplete write (a crash during a write that \
+                         was never acknowledged): cutting it off");
                     store.file.set_len(end as u64)?;
                     store.file.sync_all()?;
                     store.len = end as u64;
-                    store.allocated = end as u64;
                 }
                 store.formatted = !store.live.is_empty();
             }
@@ -194,12 +165,6 @@ impl WalStorage {
             }
         }
         Ok(store)
-    }
-
-    /// Whether to preallocate (on by default; off appends, as before preallocation: the
-    /// storage benchmark's comparison row).
-    pub fn set_preallocate(&mut self, on: bool) {
-        self.prealloc = on;
     }
 
     /// Compacts once the file exceeds twice the live data by `bytes` (tests set it low).
@@ -260,37 +225,11 @@ impl WalStorage {
     fn append(&mut self, frame: &Frame) -> Result<(), StorageError> {
         let bytes = encode_frame(frame)?;
         self.failed = true;
-        let end = self.len + bytes.len() as u64;
-        if end > self.allocated {
-            self.preallocate(end)?;
-        }
-        self.file.write_all_at(&bytes, self.len)?;
+        self.file.write_all(&bytes)?;
         self.file.sync_data()?;
         self.failed = false;
         self.len += bytes.len() as u64;
         self.syncs += 1;
-        Ok(())
-    }
-
-    /// Makes the file at least `end` bytes of allocated space (see "Preallocation"), its
-    /// size synced, so that the frames' syncs need not commit it; or leaves it to the
-    /// appends where the filesystem cannot allocate.
-    fn preallocate(&mut self, end: u64) -> Result<(), StorageError> {
-        if !self.prealloc {
-            return Ok(());
-        }
-        let target = end.div_ceil(PREALLOC_BYTES) * PREALLOC_BYTES;
-        match allocate(&self.file, self.allocated, target - self.allocated) {
-            Ok(()) => {
-                self.file.sync_all()?;
-                self.allocated = target;
-            }
-            Err(e) => {
-                tracing::info!(dir = %self.dir.display(), error = %e,
-                    "the filesystem cannot preallocate the write-ahead log: appending instead");
-                self.prealloc = false;
-            }
-        }
         Ok(())
     }
 
@@ -331,7 +270,6 @@ impl WalStorage {
         self.file = write_file(&self.dir, &body)?;
         self.failed = false;
         self.len = (MAGIC.len() + body.len()) as u64;
-        self.allocated = self.len;
         self.syncs += 1;
         Ok(())
     }
@@ -494,12 +432,6 @@ fn write_file(dir: &Path, body: &[u8]) -> Result<File, StorageError> {
     Ok(file)
 }
 
-/// `fallocate(2)` of `len` bytes at `offset`, extending the file's size.
-fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len)
-        .map_err(std::io::Error::from)
-}
-
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)?.sync_all()?;
     Ok(())
@@ -551,73 +483,7 @@ mod tests {
             store.persist(&batch(s)).unwrap();
             expected.apply(&batch(s));
         }
-        drop(store);
-        trim(&dir);
         (tmp, dir, expected)
-    }
-
-    /// Cuts the preallocated zeros off the file (a reopen does), so that tests can work
-    /// on the frames' bytes alone.
-    fn trim(dir: &Path) {
-        drop(WalStorage::open(dir).unwrap());
-    }
-
-    #[test]
-    fn frames_go_into_preallocated_space_and_a_reopen_cuts_the_zeros_off() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("paxos");
-        let path = WalStorage::file_path(&dir);
-        let mut store = WalStorage::open(&dir).unwrap();
-        let mut expected = DurableState::default();
-        for s in 1..=3 {
-            store.persist(&batch(s)).unwrap();
-            expected.apply(&batch(s));
-        }
-        let frames = store.len;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            PREALLOC_BYTES,
-            "the file was not preallocated"
-        );
-        assert_eq!(store.syncs(), 3);
-        drop(store);
-        let mut store = WalStorage::open(&dir).unwrap();
-        assert_eq!(state(&mut store), expected);
-        assert_eq!(store.torn_bytes(), PREALLOC_BYTES - frames);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), frames);
-        // Appends after the cut land after the last frame, into space allocated again.
-        store.persist(&batch(4)).unwrap();
-        expected.apply(&batch(4));
-        drop(store);
-        assert_eq!(state(&mut WalStorage::open(&dir).unwrap()), expected);
-
-        // Frames past the space allocated extend the file again.
-        let mut store = WalStorage::open(&dir).unwrap();
-        let mut slot = 5;
-        while store.len <= PREALLOC_BYTES {
-            let mut big = batch(slot);
-            let (_, entry) = big.entries.first_mut().unwrap();
-            entry.value = Value::commands(vec![vec![7u8; 256 << 10]]);
-            store.persist(&big).unwrap();
-            expected.apply(&big);
-            slot += 1;
-        }
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            2 * PREALLOC_BYTES,
-            "not extended by the step"
-        );
-        drop(store);
-        assert_eq!(state(&mut WalStorage::open(&dir).unwrap()), expected);
-
-        // Without preallocation (a filesystem that cannot): plain appends.
-        let mut store = WalStorage::open(&dir).unwrap();
-        store.set_preallocate(false);
-        store.persist(&batch(slot)).unwrap();
-        expected.apply(&batch(slot));
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), store.len);
-        drop(store);
-        assert_eq!(state(&mut WalStorage::open(&dir).unwrap()), expected);
     }
 
     #[test]
@@ -673,7 +539,6 @@ mod tests {
         let mut store = WalStorage::open(&dir).unwrap();
         store.persist(&batch(4)).unwrap();
         drop(store);
-        trim(&dir);
         let full = std::fs::read(&path).unwrap();
         let mut ends: Vec<Vec<u8>> = (clean.len()..full.len())
             .map(|cut| full[..cut].to_vec())
