@@ -159,7 +159,11 @@ fn an_acceptor_syncs_before_its_reply_leaves() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for i in 0..20 {
+        // More writes than replies required: a reply is judged only if its Accept's
+        // arrival precedes it in the trace, which the traced follower's threads do not
+        // always keep (CI once judged 19 replies of 20 writes, none violating; the cause
+        // was not found).
+        for i in 0..30 {
             assert_eq!(writer.write(i).await, WriteOutcome::Acked, "write {i}");
         }
         // The traced follower is slowed down: let it process every Accept before detaching.
@@ -168,7 +172,7 @@ fn an_acceptor_syncs_before_its_reply_leaves() {
         // transport task writes it on its own thread (CI once detached one write early).
         // Wait until the trace shows the replies, or give up and let the judge say so.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while judge(&std::fs::read_to_string(&out).unwrap_or_default()).replies_checked < 20
+        while judge(&std::fs::read_to_string(&out).unwrap_or_default()).replies_checked < 30
             && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

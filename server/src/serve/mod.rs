@@ -859,13 +859,26 @@ impl Serve {
                     master.kept_mut().remove(desc.session, *handle);
                 }
             }
-            if let (Op::OpenKept { handle, args }, Ok(Outcome::Opened { stat, .. })) =
-                (&cmd.op, &applied.result)
+            if let (
+                Op::OpenKept { handle, args },
+                Ok(Outcome::Opened {
+                    handle: answered,
+                    stat,
+                    ..
+                }),
+            ) = (&cmd.op, &applied.result)
             {
                 // Opened under a volatile id; the log kept it only if the node is
-                // ephemeral. Whichever master applies it keeps it (a new master saves its
-                // client a Reannounce).
-                if db.handle(args.session, *handle).is_none() {
+                // ephemeral. The handle answered must be this command's own: a copy of a
+                // call the log already answered (sent again before the first was applied)
+                // is answered with the first copy's handle, and keeping this id too would
+                // hold a handle nobody knows until the session ends. Over the session's
+                // bound (opens in flight each passed it), it is not kept: its first use is
+                // refused, and announcing it again is refused TooMany.
+                if answered == handle
+                    && db.handle(args.session, *handle).is_none()
+                    && master.kept().may_open(args.session)
+                {
                     match db.reannounce_check(
                         args.session,
                         *handle,
@@ -875,7 +888,12 @@ impl Serve {
                         args.lock_delay_ms,
                     ) {
                         Ok((desc, _)) => {
-                            master.kept_mut().reannounce(*handle, desc);
+                            if !master.kept_mut().reannounce(*handle, desc) {
+                                warn!(
+                                    handle = handle.0,
+                                    "an opened handle's id is another handle's here: not kept"
+                                );
+                            }
                         }
                         Err(refusal) => {
                             debug!(?refusal, "an opened handle is not kept: its node went");

@@ -430,6 +430,36 @@ fn a_numbered_call_sent_again_is_answered_from_its_record() {
     ));
 }
 
+/// A creating Open sent again before its first copy was applied is proposed twice (the
+/// record does not know it yet), under two volatile ids; both copies are answered with the
+/// first copy's handle, and only that one is kept: the second id, which nobody was told,
+/// must not hold a handle until the session ends (found by review).
+#[test]
+fn a_creating_open_sent_twice_keeps_one_handle() {
+    let mut t = One::master();
+    let s = t.session();
+    let n = Some(CallNumber {
+        number: 1,
+        done_below: 1,
+    });
+    let create = Call::Open(OpenArgs {
+        contents: b"v1".to_vec(),
+        ..open_args(s, "/f")
+    });
+    let first = t.call_numbered(create.clone(), n);
+    let again = t.call_numbered(create, n);
+    assert_eq!(t.proposed.len(), 2, "both copies are proposed");
+    t.settle();
+    let (a, b) = (t.answer(first), t.answer(again));
+    assert_eq!(a, b, "both copies answered alike");
+    let Answer::Opened { handle, .. } = a else {
+        panic!("{a:?}")
+    };
+    let kept = t.serve.master.as_ref().map(|m| m.kept().count(s));
+    assert_eq!(kept, Some(1), "a handle nobody knows was kept");
+    assert_eq!(t.read(s, handle), b"v1");
+}
+
 fn open_args(session: SessionId, path: &str) -> OpenArgs {
     OpenArgs {
         session,
