@@ -176,6 +176,25 @@ impl OpenOptions {
             ..OpenOptions::read()
         }
     }
+
+    /// The Open call's arguments for `path` in `session`.
+    #[must_use]
+    pub fn into_args(self, session: SessionId, path: &str) -> OpenArgs {
+        OpenArgs {
+            session,
+            path: path.to_owned(),
+            mode: self.mode,
+            creation: self.creation,
+            kind: self.kind,
+            ephemeral: self.ephemeral,
+            contents: self.contents,
+            acl: self.acl,
+            lock_delay_ms: self.lock_delay_ms,
+            events: self.events,
+            create_mode: self.create_mode,
+            create_owner: self.create_owner,
+        }
+    }
 }
 
 /// A successful Open.
@@ -845,20 +864,8 @@ impl Client {
     /// # Errors
     /// The master's refusal (`NotFound`, `Exists`, `PermissionDenied`, ...), or the session.
     pub async fn open(&self, path: &str, o: OpenOptions) -> Result<Opened, ClientError> {
-        let args = OpenArgs {
-            session: self.session(),
-            path: path.to_owned(),
-            mode: o.mode,
-            creation: o.creation,
-            kind: o.kind,
-            ephemeral: o.ephemeral,
-            contents: o.contents,
-            acl: o.acl,
-            lock_delay_ms: o.lock_delay_ms,
-            events: o.events,
-            create_mode: o.create_mode,
-            create_owner: o.create_owner,
-        };
+        let (mode, lock_delay_ms) = (o.mode, o.lock_delay_ms);
+        let args = o.into_args(self.session(), path);
         match self.call(Call::Open(args)).await? {
             Answer::Opened {
                 handle,
@@ -873,8 +880,8 @@ impl Client {
                     let announce = Announce {
                         path: path.to_owned(),
                         instance: stat.instance,
-                        mode: o.mode,
-                        lock_delay_ms: o.lock_delay_ms,
+                        mode,
+                        lock_delay_ms,
                     };
                     state.announced.insert(handle, announce);
                 }

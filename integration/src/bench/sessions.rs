@@ -26,11 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chubby_client::client::Client;
+use chubby_client::client::{Client, OpenOptions};
 use chubby_client::conn::{CellConn, ClientError};
 use chubby_protocol::client_msg::{Answer, Call, CallError, Reply, Request};
-use chubby_protocol::db::OpenArgs;
-use chubby_protocol::{Ballot, Creation, EventMask, NodeKind, OpenMode, Refusal, SessionId};
+use chubby_protocol::{Ballot, Refusal, SessionId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -208,20 +207,7 @@ async fn set_up(conn: &CellConn) -> Result<(SessionId, Ballot, u64), String> {
     };
     let call = |c: Call| conn.call_in(Some(epoch), c, CALL);
     for (i, path) in OPENED.iter().enumerate() {
-        let args = OpenArgs {
-            session,
-            path: (*path).to_owned(),
-            mode: OpenMode::READ,
-            creation: Creation::Never,
-            kind: NodeKind::File,
-            ephemeral: false,
-            contents: Vec::new(),
-            acl: None,
-            lock_delay_ms: None,
-            events: EventMask::NONE,
-            create_mode: None,
-            create_owner: None,
-        };
+        let args = OpenOptions::read().into_args(session, path);
         let handle = match call(Call::Open(args)).await {
             Ok(Answer::Opened { handle, .. }) => handle,
             Ok(other) => return Err(unexpected("Open", &other)),
@@ -526,6 +512,7 @@ pub async fn sessions(
             p.writes.len()
         );
         #[allow(clippy::cast_precision_loss)]
+        let first = figures.len();
         #[allow(clippy::cast_precision_loss)]
         figures.extend([
             fig("held", held as f64, "sessions", ""),
@@ -576,14 +563,7 @@ pub async fn sessions(
                 "the separate client reading a file by path from its cache, 1 s".to_owned(),
             ),
         ]);
-        for f in figures
-            .iter()
-            .rev()
-            .take(9)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
+        for f in &figures[first..] {
             eprintln!("chubby-bench: {} = {:.2} {}", f.name, f.value, f.unit);
         }
         #[allow(clippy::cast_precision_loss)]
